@@ -1,0 +1,83 @@
+"""ekv: an embedded, durable, eventually consistent key-value store.
+
+Layout (imports only go downward):
+
+* ``_core``     pure, deterministic rules: versions and LWW, the hybrid clock, keys and shards,
+                durations. No I/O.
+* ``_storage``  SQLite shard files: schema, group commit, readers, the data directory.
+* ``_node``     the running node: subscriptions, GC, info.
+* ``_api``      the two facades, :class:`EKV` (threads) and :class:`AsyncEKV` (asyncio).
+* ``testing``   public test helpers: a fake clock and GC/inspection hooks.
+"""
+
+from ekv._api.aio import AsyncEKV
+from ekv._api.sync import EKV
+from ekv._codec import Codec, JsonCodec, PickleCodec
+from ekv._core.clock import SystemClock, WallClock
+from ekv._errors import (
+    ClosedError,
+    CodecError,
+    ConfigError,
+    CorruptionError,
+    DataDirError,
+    DecodeError,
+    DiskFullError,
+    EncodeError,
+    Error,
+    InstanceNameError,
+    InternalError,
+    InvalidArgument,
+    InvalidArgumentType,
+    LockedError,
+    ShardCountError,
+    SQLiteVersionError,
+    StorageError,
+    SubscriptionClosed,
+    SubscriptionOverflow,
+    Timeout,
+    ValueTooLargeError,
+)
+from ekv._model import Event, Version
+from ekv._node.subscriptions import AsyncSubscription, CallbackSubscription, Subscription
+from ekv._version import __version__
+
+__all__ = [
+    "EKV",
+    "AsyncEKV",
+    "AsyncSubscription",
+    "CallbackSubscription",
+    "ClosedError",
+    "Codec",
+    "CodecError",
+    "ConfigError",
+    "CorruptionError",
+    "DataDirError",
+    "DecodeError",
+    "DiskFullError",
+    "EncodeError",
+    "Error",
+    "Event",
+    "InstanceNameError",
+    "InternalError",
+    "InvalidArgument",
+    "InvalidArgumentType",
+    "JsonCodec",
+    "LockedError",
+    "PickleCodec",
+    "SQLiteVersionError",
+    "ShardCountError",
+    "StorageError",
+    "Subscription",
+    "SubscriptionClosed",
+    "SubscriptionOverflow",
+    "SystemClock",
+    "Timeout",
+    "ValueTooLargeError",
+    "Version",
+    "WallClock",
+    "__version__",
+]
+
+import logging as _logging
+
+_logging.getLogger("ekv").addHandler(_logging.NullHandler())

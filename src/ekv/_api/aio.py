@@ -1,0 +1,259 @@
+"""``ekv.AsyncEKV``: the asyncio facade.
+
+The same operations as :class:`ekv.EKV`, as coroutines. Every call that touches SQLite runs on a
+small private thread pool, so the event loop is never blocked by a commit, an fsync, a checkpoint
+or a large value; subscriptions are async iterators fed with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from ekv._api.sync import Seconds
+from ekv._config import (
+    DEFAULT_GC_INTERVAL_S,
+    DEFAULT_MAX_VALUE_SIZE,
+    DEFAULT_SHARDS,
+    DEFAULT_SUBSCRIBER_QUEUE,
+    DEFAULT_TOMBSTONE_TTL_S,
+    Config,
+    OverflowPolicy,
+)
+from ekv._core.clock import WallClock
+from ekv._errors import ClosedError
+from ekv._model import Version
+from ekv._node.node import Node
+from ekv._node.subscriptions import AsyncSubscription
+
+__all__ = ["AsyncEKV"]
+
+T = TypeVar("T")
+
+_ITER_CHUNK = 256
+
+
+class AsyncEKV:
+    """The asyncio facade of an ekv store. Options are those of :class:`ekv.EKV`.
+
+    ::
+
+        async with ekv.AsyncEKV("my_kv", data_dir="data/ekv/my_kv") as kv:
+            await kv.put("user/1", {"name": "Alice"})
+            async for batch in await kv.subscribe("user/"):
+                ...
+
+    The store opens on ``async with`` or ``await kv.open()`` (or on first use); the constructor
+    only validates options. ``workers`` bounds the thread pool that runs storage calls.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        data_dir: str | PathLike[str],
+        *,
+        shards: int = DEFAULT_SHARDS,
+        tombstone_ttl: Seconds = DEFAULT_TOMBSTONE_TTL_S,
+        gc_interval: Seconds = DEFAULT_GC_INTERVAL_S,
+        log: Literal["info", "verbose", False] = "info",
+        durability: Literal["normal", "full"] = "normal",
+        codec: Any = "pickle",
+        clock: WallClock | None = None,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        subscriber_queue: int = DEFAULT_SUBSCRIBER_QUEUE,
+        allow_stale_startup: bool = False,
+        workers: int = 4,
+    ) -> None:
+        self._config = Config.create(
+            name,
+            data_dir,
+            shards=shards,
+            tombstone_ttl=tombstone_ttl,
+            gc_interval=gc_interval,
+            log=log,
+            durability=durability,
+            codec=codec,
+            clock=clock,
+            max_value_size=max_value_size,
+            subscriber_queue=subscriber_queue,
+            allow_stale_startup=allow_stale_startup,
+        )
+        self._node: Node | None = None
+        self._executor = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix=f"ekv-{name}")
+        self._opening: asyncio.Future[Node] | None = None
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def data_dir(self) -> Path:
+        return self._config.data_dir
+
+    @property
+    def node_id(self) -> str:
+        """This node's identity (available once open)."""
+        if self._node is None:
+            raise ClosedError("the store is not open yet; await kv.open() first")
+        return self._node.node_id
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._node else "not opened")
+        return f"<ekv.AsyncEKV {self.name!r} at {str(self.data_dir)!r} ({state})>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> AsyncEKV:
+        """Open the data directory (in the thread pool). Idempotent."""
+        await self._ensure()
+        return self
+
+    async def _ensure(self) -> Node:
+        node = self._node
+        if node is not None:
+            if node.closed:
+                raise ClosedError("the store is closed")
+            return node
+        if self._closed:
+            raise ClosedError("the store is closed")
+        loop = asyncio.get_running_loop()
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(loop.run_in_executor(self._executor, Node, self._config))
+        opening = self._opening
+        try:
+            node = await asyncio.shield(opening)
+        except BaseException:
+            if opening.done():
+                self._opening = None
+            raise
+        self._node = node
+        return node
+
+    async def close(self) -> None:
+        """Close the store (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        opening, node = self._opening, self._node
+        if node is None and opening is not None:
+            try:
+                node = await opening
+            except Exception:
+                node = None
+        if node is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, node.close)
+        self._executor.shutdown(wait=False)
+
+    async def __aenter__(self) -> AsyncEKV:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        node = getattr(self, "_node", None)
+        if node is not None and not node.closed:
+            warnings.warn(f"unclosed {self!r}; await close() or use 'async with'", ResourceWarning, stacklevel=2)
+            node.close()
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def put(self, key: str, value: Any, ttl: Seconds | None = None) -> Version:
+        """See :meth:`ekv.EKV.put`."""
+        node = await self._ensure()
+        return await self._call(node.store.put, key, value, ttl)
+
+    async def delete(self, key: str) -> Version:
+        """See :meth:`ekv.EKV.delete`."""
+        node = await self._ensure()
+        return await self._call(node.store.delete, key)
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """See :meth:`ekv.EKV.get`."""
+        node = await self._ensure()
+        return await self._call(node.store.get, key, default)
+
+    async def lookup(self, key: str) -> tuple[Any, Version] | None:
+        """See :meth:`ekv.EKV.lookup`."""
+        node = await self._ensure()
+        return await self._call(node.store.lookup, key)
+
+    async def scan(self, prefix: str = "") -> dict[str, Any]:
+        """See :meth:`ekv.EKV.scan`."""
+        node = await self._ensure()
+        return await self._call(node.store.scan, prefix)
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """See :meth:`ekv.EKV.keys`."""
+        node = await self._ensure()
+        return await self._call(node.store.keys, prefix)
+
+    async def iter(self, prefix: str = "") -> AsyncIterator[tuple[str, Any]]:
+        """Lazily yield ``(key, value)`` under ``prefix`` in ascending order (``async for``);
+        pages are read in the thread pool."""
+        node = await self._ensure()
+        items = node.store.iter_items(prefix)
+        async for item in self._drain(items):
+            yield item
+
+    async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Lazily yield the keys under ``prefix`` in ascending order."""
+        node = await self._ensure()
+        async for key in self._drain(node.store.iter_keys(prefix)):
+            yield key
+
+    async def _drain(self, source: Iterator[T]) -> AsyncIterator[T]:
+        while True:
+            chunk = await self._call(lambda: list(itertools.islice(source, _ITER_CHUNK)))
+            for item in chunk:
+                yield item
+            if len(chunk) < _ITER_CHUNK:
+                return
+
+    async def subscribe(
+        self,
+        prefix: str = "",
+        *more: str,
+        max_queue: int | None = None,
+        overflow: OverflowPolicy = "error",
+    ) -> AsyncSubscription:
+        """An :class:`ekv.AsyncSubscription` (``async for batch in sub``) for keys matching
+        ``prefix`` and ``more``; see :meth:`ekv.EKV.subscribe` for matching and overflow."""
+        node = await self._ensure()
+        sub = node.subscribe(
+            (prefix, *more),
+            factory=AsyncSubscription,
+            max_queue=max_queue,
+            overflow=overflow,
+            owner=self,
+            loop=asyncio.get_running_loop(),
+        )
+        assert isinstance(sub, AsyncSubscription)
+        return sub
+
+    async def unsubscribe(self, prefix: str = "") -> None:
+        """See :meth:`ekv.EKV.unsubscribe`."""
+        node = await self._ensure()
+        node.unsubscribe(prefix, self)
+
+    async def info(self) -> dict[str, Any]:
+        """See :meth:`ekv.EKV.info`."""
+        node = await self._ensure()
+        return await self._call(node.info)

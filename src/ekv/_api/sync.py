@@ -1,0 +1,263 @@
+"""``ekv.EKV``: the synchronous, thread-safe facade.
+
+Every method runs on the calling thread: reads go straight to this thread's SQLite connections,
+writes commit through the owning shard's group commit and return once durable. There is no
+hop to a background thread on the hot path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal, overload
+
+from ekv._config import (
+    DEFAULT_GC_INTERVAL_S,
+    DEFAULT_MAX_VALUE_SIZE,
+    DEFAULT_SHARDS,
+    DEFAULT_SUBSCRIBER_QUEUE,
+    DEFAULT_TOMBSTONE_TTL_S,
+    Config,
+    OverflowPolicy,
+)
+from ekv._core.clock import WallClock
+from ekv._model import Event, Version
+from ekv._node.node import Node
+from ekv._node.subscriptions import CallbackSubscription, Subscription
+
+__all__ = ["EKV"]
+
+Seconds = float | int | timedelta
+
+
+class EKV:
+    """An embedded, durable key-value store (one node).
+
+    ::
+
+        import ekv
+        with ekv.EKV("my_kv", data_dir="data/ekv/my_kv") as kv:
+            kv.put("user/1", {"name": "Alice"})
+            kv.get("user/1")          # {'name': 'Alice'}
+
+    Args:
+        name: instance name (letters, digits, ``_ . -``); recorded in ``data_dir``.
+        data_dir: directory for the shard files; created if missing.
+        shards: number of SQLite files; fixed when ``data_dir`` is created.
+        tombstone_ttl: how long deletes are remembered (seconds or timedelta; default 7 days).
+        gc_interval: period of expiry, tombstone purge and change-log truncation (default 300 s).
+        log: ``"info"`` (default), ``"verbose"`` or ``False``; logger name ``"ekv"``.
+        durability: ``"normal"`` survives a process crash; ``"full"`` also a power cut.
+        codec: ``"pickle"`` (default), ``"json"`` or an object with ``dumps``/``loads``.
+        clock: a wall clock with ``now_ns()`` (tests and simulations inject one).
+        max_value_size: largest encoded value in bytes (default 256 MiB).
+        subscriber_queue: default bound in events of a subscription's queue (default 10,000).
+        allow_stale_startup: trust a data directory older than ``tombstone_ttl``.
+
+    Raises:
+        ekv.ConfigError: an option is invalid (nothing is created on disk).
+        ekv.LockedError: another process or ``EKV`` object has ``data_dir`` open.
+        ekv.ShardCountError, ekv.InstanceNameError, ekv.CorruptionError, ekv.DataDirError.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        data_dir: str | PathLike[str],
+        *,
+        shards: int = DEFAULT_SHARDS,
+        tombstone_ttl: Seconds = DEFAULT_TOMBSTONE_TTL_S,
+        gc_interval: Seconds = DEFAULT_GC_INTERVAL_S,
+        log: Literal["info", "verbose", False] = "info",
+        durability: Literal["normal", "full"] = "normal",
+        codec: Any = "pickle",
+        clock: WallClock | None = None,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        subscriber_queue: int = DEFAULT_SUBSCRIBER_QUEUE,
+        allow_stale_startup: bool = False,
+    ) -> None:
+        self._node: Node | None = None
+        config = Config.create(
+            name,
+            data_dir,
+            shards=shards,
+            tombstone_ttl=tombstone_ttl,
+            gc_interval=gc_interval,
+            log=log,
+            durability=durability,
+            codec=codec,
+            clock=clock,
+            max_value_size=max_value_size,
+            subscriber_queue=subscriber_queue,
+            allow_stale_startup=allow_stale_startup,
+        )
+        self._node = node = Node(config)
+        self._store = node.store
+
+    # -- identity ----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The instance name."""
+        return self._config.name
+
+    @property
+    def data_dir(self) -> Path:
+        return self._config.data_dir
+
+    @property
+    def node_id(self) -> str:
+        """This node's identity: stable for the data directory, the ``origin`` of its writes."""
+        return self._store.node_id
+
+    @property
+    def closed(self) -> bool:
+        return self._store.closed
+
+    @property
+    def _config(self) -> Config:
+        assert self._node is not None
+        return self._node.config
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<ekv.EKV {self.name!r} at {str(self.data_dir)!r} ({state})>"
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(self, key: str, value: Any, ttl: Seconds | None = None) -> Version:
+        """Store ``value`` under ``key`` and return the write's version once it is durable.
+
+        ``ttl`` (seconds or timedelta) makes the key expire: it becomes invisible at once when
+        the time is up and is turned into a tombstone by the next GC pass.
+
+        Raises:
+            TypeError (ekv.InvalidArgumentType): key not a str, ttl of the wrong type.
+            ValueError (ekv.InvalidArgument): empty key, NUL in key, ttl <= 0 or NaN.
+            ekv.EncodeError: the codec cannot encode ``value``.
+            ekv.ValueTooLargeError: the encoded value exceeds ``max_value_size``.
+            ekv.DiskFullError / ekv.StorageError: the write was not applied.
+        """
+        return self._store.put(key, value, ttl)
+
+    def delete(self, key: str) -> Version:
+        """Delete ``key`` (a tombstone that replicates and wins by version, like a put) and
+        return the tombstone's version. Deleting an absent key also writes a tombstone."""
+        return self._store.delete(key)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` if absent, deleted or expired."""
+        return self._store.get(key, default)
+
+    def lookup(self, key: str) -> tuple[Any, Version] | None:
+        """``(value, version)`` for a visible key, else ``None``."""
+        return self._store.lookup(key)
+
+    def scan(self, prefix: str = "") -> dict[str, Any]:
+        """Every visible key starting with ``prefix`` and its value, as a dict in ascending key
+        order. Use :meth:`iter` for ranges too large to hold in memory."""
+        return self._store.scan(prefix)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every visible key starting with ``prefix``, ascending."""
+        return self._store.keys(prefix)
+
+    def iter(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """Lazily yield ``(key, value)`` pairs under ``prefix`` in ascending key order.
+
+        Memory stays bounded (one page per shard). The iteration is not a snapshot: keys written
+        while it runs may or may not appear, but no key appears twice.
+        """
+        return self._store.iter_items(prefix)
+
+    def iter_keys(self, prefix: str = "") -> Iterator[str]:
+        """Lazily yield the keys under ``prefix`` in ascending order."""
+        return self._store.iter_keys(prefix)
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    @overload
+    def subscribe(
+        self,
+        prefix: str = "",
+        *more: str,
+        callback: None = None,
+        max_queue: int | None = None,
+        overflow: OverflowPolicy = "error",
+    ) -> Subscription: ...
+
+    @overload
+    def subscribe(
+        self,
+        prefix: str = "",
+        *more: str,
+        callback: Callable[[list[Event]], Any],
+        max_queue: int | None = None,
+        overflow: OverflowPolicy = "error",
+    ) -> CallbackSubscription: ...
+
+    def subscribe(
+        self,
+        prefix: str = "",
+        *more: str,
+        callback: Callable[[list[Event]], Any] | None = None,
+        max_queue: int | None = None,
+        overflow: OverflowPolicy = "error",
+    ) -> Subscription | CallbackSubscription:
+        """Receive batches of :class:`ekv.Event` for keys matching ``prefix`` (and ``more``).
+
+        ``"room/"`` matches every key under ``room/``; ``"room/1"`` (no trailing slash) only that
+        key; ``""`` every key. Events fire for local writes, applied replicated writes and TTL
+        expiry, never for a write that lost last-writer-wins; each event reaches a subscription
+        once even if several of its patterns match.
+
+        Without ``callback``, iterate the returned :class:`ekv.Subscription` or call its
+        ``get(timeout)``. With ``callback``, it is called with each batch on a dispatcher thread.
+        The queue holds at most ``max_queue`` events (default ``subscriber_queue``); see
+        ``overflow`` policies in the README. Writers are never blocked by a slow subscriber.
+        """
+        return self._node_checked.subscribe(  # type: ignore[return-value]
+            (prefix, *more), callback=callback, max_queue=max_queue, overflow=overflow, owner=self
+        )
+
+    def unsubscribe(self, prefix: str = "") -> None:
+        """Stop every subscription made through this object from matching ``prefix``; a
+        subscription left with no pattern is closed. ``sub.close()`` closes one subscription."""
+        self._node_checked.unsubscribe(prefix, self)
+
+    # -- operations --------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Node identity, options, per-shard key/tombstone counts, change-log state, GC and
+        subscription counters (see README, "info()")."""
+        return self._node_checked.info()
+
+    def close(self) -> None:
+        """Close the store: stop GC, close subscriptions, checkpoint and close every shard,
+        release ``data_dir``. Idempotent."""
+        if self._node is not None:
+            self._node.close()
+
+    @property
+    def _node_checked(self) -> Node:
+        node = self._node
+        assert node is not None
+        node.check_open()
+        return node
+
+    def __enter__(self) -> EKV:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        node = getattr(self, "_node", None)
+        if node is not None and not node.closed:
+            warnings.warn(f"unclosed {self!r}; call close() or use 'with'", ResourceWarning, stacklevel=2)
+            node.close()

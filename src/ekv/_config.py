@@ -1,0 +1,168 @@
+"""Options of an ekv instance, validated once at construction.
+
+Every option given to ``EKV(...)`` / ``AsyncEKV(...)`` lands in a frozen :class:`Config`. Each
+field is checked here with a message that names the option, so no bad value reaches the storage
+or the background threads. Durations are kept in nanoseconds (``*_ns``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from ekv._codec import Codec, resolve_codec
+from ekv._core.clock import SystemClock, WallClock
+from ekv._core.durations import NS_PER_S, duration_ns
+from ekv._errors import ConfigError, InvalidArgumentType
+
+__all__ = ["Config", "Durability", "LogLevel", "OverflowPolicy"]
+
+Durability = Literal["normal", "full"]
+LogLevel = Literal["info", "verbose", False]
+OverflowPolicy = Literal["error", "drop_oldest", "drop_newest"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+DEFAULT_SHARDS = 8
+DEFAULT_TOMBSTONE_TTL_S = 7 * 24 * 3600
+DEFAULT_GC_INTERVAL_S = 300
+DEFAULT_MAX_VALUE_SIZE = 256 * 1024 * 1024
+MAX_VALUE_SIZE_LIMIT = 1_000_000_000 - 65_536  # SQLite's default SQLITE_MAX_LENGTH, minus slack
+DEFAULT_SUBSCRIBER_QUEUE = 10_000
+OVERFLOW_POLICIES: tuple[str, ...] = ("error", "drop_oldest", "drop_newest")
+
+
+def _seconds(value: object, option: str) -> int:
+    try:
+        return duration_ns(value, option, error=ConfigError)
+    except InvalidArgumentType as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_positive_int(value: object, option: str, *, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{option} must be an int, not {type(value).__name__}: {value!r:.80}")
+    if value < 1:
+        raise ConfigError(f"{option} must be at least 1, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{option} must be at most {maximum}, got {value}")
+    return value
+
+
+def check_overflow(value: object) -> OverflowPolicy:
+    if value not in OVERFLOW_POLICIES:
+        raise ConfigError(f"overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The validated options of one ekv instance. Build it with :meth:`Config.create`."""
+
+    name: str
+    """Instance name; only same-named instances replicate with each other."""
+    data_dir: Path
+    """Directory holding the shard files; created if missing."""
+    shards: int = DEFAULT_SHARDS
+    """Number of SQLite shard files; fixed when the data directory is created."""
+    tombstone_ttl_ns: int = DEFAULT_TOMBSTONE_TTL_S * NS_PER_S
+    """How long tombstones (and expired entries) are kept before they are purged."""
+    gc_interval_ns: int = DEFAULT_GC_INTERVAL_S * NS_PER_S
+    """Period of the garbage collector (TTL expiry, tombstone purge, change-log truncation)."""
+    log: LogLevel = "info"
+    """``"info"``: operational messages; ``"verbose"``: per-shard detail; ``False``: silent."""
+    durability: Durability = "normal"
+    """``"normal"``: survives a process crash; ``"full"``: also survives power loss (fsync)."""
+    codec: Codec = field(default_factory=lambda: resolve_codec("pickle"))
+    """How values are encoded to bytes."""
+    clock: WallClock = field(default_factory=SystemClock)
+    """The wall clock (injectable for tests and simulations)."""
+    max_value_size: int = DEFAULT_MAX_VALUE_SIZE
+    """Largest encoded value accepted, in bytes."""
+    subscriber_queue: int = DEFAULT_SUBSCRIBER_QUEUE
+    """Default bound, in events, of each subscription's queue."""
+    allow_stale_startup: bool = False
+    """Trust a data directory older than ``tombstone_ttl`` (whole-cluster restores)."""
+
+    @classmethod
+    def create(
+        cls,
+        name: object,
+        data_dir: object,
+        *,
+        shards: object = DEFAULT_SHARDS,
+        tombstone_ttl: object = DEFAULT_TOMBSTONE_TTL_S,
+        gc_interval: object = DEFAULT_GC_INTERVAL_S,
+        log: object = "info",
+        durability: object = "normal",
+        codec: object = "pickle",
+        clock: object = None,
+        max_value_size: object = DEFAULT_MAX_VALUE_SIZE,
+        subscriber_queue: object = DEFAULT_SUBSCRIBER_QUEUE,
+        allow_stale_startup: object = False,
+    ) -> Config:
+        """Validate every option, raising :class:`~ekv.ConfigError` naming the bad one."""
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigError(
+                "name must be 1-64 characters of letters, digits, '_', '.' or '-', starting with a "
+                f"letter or digit; got {name!r:.80}"
+            )
+        if isinstance(data_dir, (str, os.PathLike)):
+            path = Path(os.fsdecode(data_dir))
+            if not str(path):
+                raise ConfigError("data_dir must not be empty")
+        else:
+            raise ConfigError(f"data_dir must be a str or a path, not {type(data_dir).__name__}")
+        if str(data_dir) == "":
+            raise ConfigError("data_dir must not be empty")
+        shard_count = check_positive_int(shards, "shards", maximum=1024)
+        ttl_ns = _seconds(tombstone_ttl, "tombstone_ttl")
+        gc_ns = _seconds(gc_interval, "gc_interval")
+        if gc_ns >= ttl_ns:
+            raise ConfigError(
+                f"gc_interval ({gc_ns / NS_PER_S:g} s) must be shorter than tombstone_ttl "
+                f"({ttl_ns / NS_PER_S:g} s); a hundred times shorter is a good rule"
+            )
+        if log is True:
+            log = "info"
+        if log not in ("info", "verbose", False):
+            raise ConfigError(f"log must be 'info', 'verbose' or False, got {log!r}")
+        if durability not in ("normal", "full"):
+            raise ConfigError(f"durability must be 'normal' or 'full', got {durability!r}")
+        wall = SystemClock() if clock is None else clock
+        if not callable(getattr(wall, "now_ns", None)):
+            raise ConfigError(f"clock must have a now_ns() method, got {clock!r:.80}")
+        max_value = check_positive_int(max_value_size, "max_value_size", maximum=MAX_VALUE_SIZE_LIMIT)
+        queue = check_positive_int(subscriber_queue, "subscriber_queue")
+        if not isinstance(allow_stale_startup, bool):
+            raise ConfigError(f"allow_stale_startup must be a bool, got {allow_stale_startup!r}")
+        return cls(
+            name=name,
+            data_dir=path,
+            shards=shard_count,
+            tombstone_ttl_ns=ttl_ns,
+            gc_interval_ns=gc_ns,
+            log=log,  # type: ignore[arg-type]
+            durability=durability,  # type: ignore[arg-type]
+            codec=resolve_codec(codec),
+            clock=wall,  # type: ignore[arg-type]
+            max_value_size=max_value,
+            subscriber_queue=queue,
+            allow_stale_startup=allow_stale_startup,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The options as plain values, for ``info()``."""
+        return {
+            "shards": self.shards,
+            "tombstone_ttl": timedelta(microseconds=self.tombstone_ttl_ns // 1000).total_seconds(),
+            "gc_interval": timedelta(microseconds=self.gc_interval_ns // 1000).total_seconds(),
+            "durability": self.durability,
+            "log": self.log,
+            "max_value_size": self.max_value_size,
+            "subscriber_queue": self.subscriber_queue,
+        }

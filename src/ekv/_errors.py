@@ -1,0 +1,158 @@
+"""The exception hierarchy of ekv.
+
+Every error ekv raises on purpose derives from :class:`ekv.Error`, so one ``except ekv.Error``
+catches them all. Errors caused by bad arguments also derive from the built-in ``ValueError`` or
+``TypeError`` so that generic code that expects those keeps working::
+
+    Error
+    ├── InvalidArgument (ValueError)        bad key, ttl, prefix, option value ...
+    │   ├── ConfigError                     an option given to EKV(...) is invalid
+    │   └── ValueTooLargeError              encoded value above the documented maximum
+    ├── InvalidArgumentType (TypeError)     an argument of the wrong type
+    ├── CodecError
+    │   ├── EncodeError                     the codec could not encode a value (nothing written)
+    │   └── DecodeError                     a stored value could not be decoded
+    ├── ClosedError                         the store (or its subscription) was closed
+    │   ├── SubscriptionClosed              the subscription was closed (unsubscribe, close)
+    │   └── SubscriptionOverflow            the subscriber fell too far behind; events were lost
+    ├── Timeout (TimeoutError)              Subscription.get(timeout=...) saw no event in time
+    ├── StorageError                        SQLite or the file system failed
+    │   ├── DataDirError                    data_dir missing, not a directory, not writable
+    │   ├── DiskFullError                   no space left; the write was not applied
+    │   ├── CorruptionError                 a corrupt or foreign file in data_dir (named)
+    │   ├── ShardCountError                 shards= differs from what data_dir was created with
+    │   ├── InstanceNameError               name= differs from what data_dir was created with
+    │   ├── LockedError                     another process (or EKV object) has data_dir open
+    │   └── SQLiteVersionError              the SQLite library has a known corruption bug
+    └── InternalError                       a broken invariant: a bug in ekv, please report it
+
+Operating errors (disk full, locked directory, closed store) are typed so callers can handle them;
+programmer errors (wrong types, bad values) raise early and write nothing.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClosedError",
+    "CodecError",
+    "ConfigError",
+    "CorruptionError",
+    "DataDirError",
+    "DecodeError",
+    "DiskFullError",
+    "EncodeError",
+    "Error",
+    "InstanceNameError",
+    "InternalError",
+    "InvalidArgument",
+    "InvalidArgumentType",
+    "LockedError",
+    "SQLiteVersionError",
+    "ShardCountError",
+    "StorageError",
+    "SubscriptionClosed",
+    "SubscriptionOverflow",
+    "Timeout",
+    "ValueTooLargeError",
+]
+
+
+class Error(Exception):
+    """Base class of every error raised by ekv."""
+
+
+class InvalidArgument(Error, ValueError):
+    """An argument has the right type but an invalid value (empty key, ttl <= 0, ...)."""
+
+
+class ConfigError(InvalidArgument):
+    """An option passed to ``EKV(...)`` / ``AsyncEKV(...)`` is invalid."""
+
+
+class ValueTooLargeError(InvalidArgument):
+    """The encoded value is larger than ``max_value_size``; nothing was written."""
+
+
+class InvalidArgumentType(Error, TypeError):
+    """An argument has the wrong type (a key that is not a ``str``, a ttl that is a string, ...)."""
+
+
+class CodecError(Error):
+    """Base class for value encoding and decoding failures."""
+
+
+class EncodeError(CodecError):
+    """The codec could not encode the value; nothing was written. ``__cause__`` holds the
+    codec's own exception."""
+
+
+class DecodeError(CodecError):
+    """A stored value could not be decoded by the configured codec."""
+
+
+class ClosedError(Error):
+    """The store was closed; only ``close()`` may still be called."""
+
+
+class SubscriptionClosed(ClosedError):
+    """The subscription was closed (``sub.close()``, ``unsubscribe`` or closing the store)."""
+
+
+class SubscriptionOverflow(SubscriptionClosed):
+    """The subscriber's bounded queue overflowed with ``overflow="error"``.
+
+    The events that were already queued were delivered first; the events after the overflow
+    point were not. Re-subscribe and re-read the state (``scan``) to recover.
+    """
+
+
+class Timeout(Error, TimeoutError):
+    """No event arrived within the timeout given to ``Subscription.get``."""
+
+
+class StorageError(Error):
+    """SQLite or the file system failed. The write that raised it was not applied."""
+
+
+class DataDirError(StorageError):
+    """``data_dir`` is missing, is not a directory or cannot be written."""
+
+
+class DiskFullError(StorageError):
+    """The disk is full. The write was not applied; the store stays consistent and writes work
+    again once space is freed."""
+
+
+class CorruptionError(StorageError):
+    """A file in ``data_dir`` is corrupt or is not an ekv file. The message names the file;
+    ekv never overwrites such a file."""
+
+
+class ShardCountError(StorageError):
+    """``shards=`` differs from the shard count recorded in ``data_dir``. The shard count of a
+    data directory is fixed when it is created."""
+
+
+class InstanceNameError(StorageError):
+    """``name=`` differs from the instance name recorded in ``data_dir``."""
+
+
+class LockedError(StorageError):
+    """``data_dir`` is already open in another process or another ``EKV`` object.
+
+    Attributes:
+        owner_pid: the pid recorded by the owner, or ``None`` if it could not be read.
+    """
+
+    def __init__(self, message: str, owner_pid: int | None = None) -> None:
+        super().__init__(message)
+        self.owner_pid = owner_pid
+
+
+class SQLiteVersionError(StorageError):
+    """The SQLite library in use has a known data-corruption bug (the WAL-reset race fixed in
+    3.51.3); ekv refuses to run on it."""
+
+
+class InternalError(Error):
+    """A broken internal invariant: a bug in ekv. Please report it with the traceback."""

@@ -1,0 +1,275 @@
+"""The running node: storage, clock, subscriptions and background work wired together.
+
+Both facades (:class:`ekv.EKV` and :class:`ekv.AsyncEKV`) wrap one :class:`Node`. The node owns
+
+* the :class:`~ekv._storage.store.ShardedStore` (reads and writes run on the caller's thread);
+* the :class:`~ekv._core.clock.HybridClock` that stamps every local write;
+* the subscription :class:`~ekv._node.subscriptions.Registry` and the callback dispatcher;
+* the GC thread, which every ``gc_interval`` expires TTL entries, purges old tombstones,
+  truncates the change log and refreshes ``last_active_at``.
+
+Background threads hold only a weak reference to the node, so a node that is dropped without
+``close()`` can still be collected (its facade warns with ``ResourceWarning``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from ekv._version import __version__
+from ekv._codec import codec_name
+from ekv._config import Config, check_overflow, check_positive_int
+from ekv._core.clock import HybridClock
+from ekv._core.durations import NS_PER_S, tombstone_cutoff_ns
+from ekv._core.keys import check_prefix
+from ekv._errors import ClosedError, InvalidArgumentType
+from ekv._model import Event
+from ekv._node.subscriptions import (
+    BaseSubscription,
+    CallbackSubscription,
+    Dispatcher,
+    Registry,
+    Subscription,
+)
+from ekv._storage.sqlite import sqlite_version
+from ekv._storage.store import GcReport, ShardedStore
+
+__all__ = ["Node", "NodeLog"]
+
+_logger = logging.getLogger("ekv")
+
+
+class NodeLog:
+    """Logging honouring the ``log`` option, with the instance name in every message.
+
+    ``log=False`` silences everything; ``"info"`` emits operational messages and problems;
+    ``"verbose"`` adds per-shard detail at DEBUG level. Nothing is logged on the hot path.
+    """
+
+    def __init__(self, name: str, level: object) -> None:
+        self._prefix = f"ekv[{name}] "
+        self._on = level is not False
+        self._verbose = level == "verbose"
+
+    def info(self, msg: str, *args: object) -> None:
+        if self._on:
+            _logger.info(self._prefix + msg, *args)
+
+    def warning(self, msg: str, *args: object) -> None:
+        if self._on:
+            _logger.warning(self._prefix + msg, *args)
+
+    def error(self, msg: str, *args: object, exc_info: bool = False) -> None:
+        if self._on:
+            _logger.error(self._prefix + msg, *args, exc_info=exc_info)
+
+    def verbose(self, msg: str, *args: object) -> None:
+        if self._verbose:
+            _logger.debug(self._prefix + msg, *args)
+
+
+class _GcThread:
+    """Runs :meth:`Node.run_gc` every ``gc_interval`` until stopped."""
+
+    def __init__(self, node: Node) -> None:
+        self._node_ref = weakref.ref(node)
+        self._interval_s = node.config.gc_interval_ns / NS_PER_S
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"ekv-gc-{node.config.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            node = self._node_ref()
+            if node is None or node.closed:
+                return
+            try:
+                node.run_gc()
+            except ClosedError:
+                return
+            except Exception:
+                node.log.error("GC pass failed; will retry next interval", exc_info=True)
+            del node
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(30)
+
+
+class Node:
+    """One open ekv instance. Thread-safe."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.log = NodeLog(config.name, config.log)
+        self.clock = HybridClock(config.clock)
+        self.registry = Registry(config.codec.loads)
+        self.dispatcher = Dispatcher(config.name)
+        started = time.perf_counter()
+        self.store = ShardedStore.open(config, self.clock, self.registry)
+        self.node_id = self.store.node_id
+        self.opened_at_ns = config.clock.now_ns()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._gc_lock = threading.Lock()
+        self.gc_stats: dict[str, Any] = {
+            "runs": 0,
+            "last_run_at_ns": None,
+            "last_duration_s": None,
+            "expired": 0,
+            "purged": 0,
+            "log_truncated": 0,
+        }
+        self.log.info(
+            "opened %s (node %s, %d shards, durability=%s) in %.1f ms",
+            config.data_dir,
+            self.node_id,
+            config.shards,
+            config.durability,
+            (time.perf_counter() - started) * 1e3,
+        )
+        self._gc_thread = _GcThread(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.store.closed
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ClosedError("the store is closed")
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        patterns: tuple[str, ...],
+        *,
+        factory: Callable[..., BaseSubscription] | None = None,
+        callback: Callable[[list[Event]], Any] | None = None,
+        max_queue: int | None,
+        overflow: str,
+        owner: Any,
+        **extra: Any,
+    ) -> BaseSubscription:
+        """Register a subscription for ``patterns`` (one or more prefixes or exact keys)."""
+        self.check_open()
+        checked = [check_prefix(p) for p in patterns] or [""]
+        queue = self.config.subscriber_queue if max_queue is None else check_positive_int(max_queue, "max_queue")
+        policy = check_overflow(overflow)
+        if callback is not None:
+            if not callable(callback):
+                raise InvalidArgumentType(f"callback must be callable, not {type(callback).__name__}")
+            sub: BaseSubscription = CallbackSubscription(
+                self.registry,
+                checked,
+                max_queue=queue,
+                overflow=policy,
+                owner=owner,
+                callback=callback,
+                dispatcher=self.dispatcher,
+            )
+        else:
+            make = factory or Subscription
+            sub = make(self.registry, checked, max_queue=queue, overflow=policy, owner=owner, **extra)
+        self.registry.add(sub, sub.patterns)
+        return sub
+
+    def unsubscribe(self, pattern: str, owner: Any) -> int:
+        """Remove ``pattern`` from every subscription made through ``owner``; return how many
+        subscriptions it was removed from."""
+        self.check_open()
+        pattern = check_prefix(pattern)
+        count = 0
+        for sub in self.registry.subscriptions():
+            if sub.owner is owner and pattern in sub.patterns:
+                sub._remove_pattern(pattern)
+                count += 1
+        return count
+
+    # -- garbage collection ------------------------------------------------------------------
+
+    def run_gc(self) -> GcReport:
+        """One GC pass over every shard (normally run by the GC thread)."""
+        self.check_open()
+        with self._gc_lock:
+            started = time.perf_counter()
+            now = self.config.clock.now_ns()
+            cutoff = tombstone_cutoff_ns(now, self.config.tombstone_ttl_ns)
+            total = GcReport()
+            for index in range(self.config.shards):
+                # A node without peers has nobody to send its change log to: truncate it all.
+                report = self.store.gc_shard(index, now_ns=now, cutoff_ns=cutoff, truncate_log=True)
+                total.expired += report.expired
+                total.purged += report.purged
+                total.log_truncated += report.log_truncated
+                self.log.verbose(
+                    "gc shard %d: expired %d, purged %d, log truncated %d",
+                    index,
+                    report.expired,
+                    report.purged,
+                    report.log_truncated,
+                )
+            stats = self.gc_stats
+            stats["runs"] += 1
+            stats["last_run_at_ns"] = now
+            stats["last_duration_s"] = time.perf_counter() - started
+            stats["expired"] += total.expired
+            stats["purged"] += total.purged
+            stats["log_truncated"] += total.log_truncated
+            return total
+
+    # -- info --------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """A snapshot of the node's identity, configuration and per-shard state."""
+        self.check_open()
+        config = self.config
+        shards = [self.store.shard_info(i) for i in range(config.shards)]
+        subs = self.registry.subscriptions()
+        last_active = [s["last_active_at_ns"] for s in shards if s["last_active_at_ns"] is not None]
+        return {
+            "name": config.name,
+            "node_id": self.node_id,
+            "data_dir": str(config.data_dir),
+            "listen": None,
+            "members": [],
+            "ekv_version": __version__,
+            "sqlite_version": sqlite_version(),
+            "codec": codec_name(config.codec),
+            "options": config.summary(),
+            "opened_at_ns": self.opened_at_ns,
+            "last_active_at_ns": min(last_active) if last_active else None,
+            "clock": {"last_ns": self.clock.last_ns, "wall_ns": config.clock.now_ns(), "skew_ns": {}},
+            "keys": sum(s["keys"] for s in shards),
+            "tombstones": sum(s["tombstones"] for s in shards),
+            "subscriptions": {
+                "count": len(subs),
+                "queued_events": sum(s.pending for s in subs),
+                "delivered_events": self.registry.delivered,
+                "overflows": self.registry.overflows,
+                "dropped_events": self.registry.dropped,
+            },
+            "gc": dict(self.gc_stats),
+            "shards": shards,
+        }
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop background work, close subscriptions and storage. Idempotent and thread-safe."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._gc_thread.stop()
+        with self._gc_lock:
+            self.registry.close_all()
+            self.dispatcher.stop()
+            self.store.close()
+        self.log.info("closed %s", self.config.data_dir)

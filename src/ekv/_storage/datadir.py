@@ -1,0 +1,239 @@
+"""The data directory: its manifest, its lock and the names of its shard files.
+
+Layout::
+
+    data_dir/
+      ekv.json          manifest: format, instance name, shard count, node id, creation time
+      LOCK              flock()ed while an EKV object has the directory open; holds the pid
+      shard_000.db      one SQLite database per shard (+ -wal and -shm while open)
+      ...
+
+The manifest is written last when a directory is created (write to a temporary file, fsync,
+rename, fsync the directory), so a directory with shard files but no manifest can only come from
+an interrupted creation or from someone else's files; ekv tells the two apart and never
+overwrites a file it did not create.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from ekv._errors import (
+    CorruptionError,
+    DataDirError,
+    DiskFullError,
+    InstanceNameError,
+    LockedError,
+    ShardCountError,
+)
+
+__all__ = ["DataDir", "Manifest", "new_node_id"]
+
+MANIFEST_NAME = "ekv.json"
+LOCK_NAME = "LOCK"
+FORMAT = 1
+
+
+def new_node_id() -> str:
+    """A fresh random node identity: 16 lowercase hex digits (64 bits)."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What a data directory records about itself."""
+
+    name: str
+    shards: int
+    node_id: str
+    created_at_ns: int
+    format: int = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": self.format,
+                "name": self.name,
+                "shards": self.shards,
+                "node_id": self.node_id,
+                "created_at_ns": self.created_at_ns,
+            },
+            indent=2,
+        )
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or file creation in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DataDir:
+    """Access to one data directory. Holds the lock from :meth:`lock` until :meth:`unlock`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_fd: int | None = None
+
+    # -- paths -------------------------------------------------------------------------------
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_NAME
+
+    def shard_path(self, index: int) -> Path:
+        return self.path / f"shard_{index:03d}.db"
+
+    def existing_shard_files(self) -> list[Path]:
+        return sorted(self.path.glob("shard_*.db"))
+
+    # -- preparing and locking ---------------------------------------------------------------
+
+    def ensure_exists(self) -> None:
+        """Create the directory if needed and check it is a writable directory."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise DataDirError(f"data_dir {str(path)!r} exists and is not a directory")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataDirError(f"cannot create data_dir {str(path)!r}: {exc.strerror or exc}") from exc
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise DataDirError(f"data_dir {str(path)!r} is not writable by this process")
+
+    def lock(self) -> None:
+        """Take the exclusive lock on the directory or raise :class:`LockedError`.
+
+        ``flock`` locks belong to the open file, so a second ``EKV`` object in the same process
+        is refused just like another process; the kernel drops the lock if the process dies.
+        """
+        lock_path = self.path / LOCK_NAME
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise DataDirError(f"cannot open lock file {str(lock_path)!r}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            owner = _read_owner(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise DataDirError(f"cannot lock {str(lock_path)!r}: {exc.strerror or exc}") from exc
+            pid, host = owner
+            who = f"process {pid}" if pid is not None else "another process"
+            if host:
+                who += f" on {host}"
+            if pid == os.getpid():
+                who = "another EKV object in this process"
+            raise LockedError(
+                f"data_dir {str(self.path)!r} is already open by {who}; "
+                "close it first or use a different data_dir",
+                owner_pid=pid,
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass  # the pid is informational; holding the lock is what matters
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # -- manifest ----------------------------------------------------------------------------
+
+    def read_manifest(self) -> Manifest | None:
+        """The manifest, or ``None`` if the directory holds no store yet."""
+        path = self.manifest_path
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DataDirError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+        try:
+            data = json.loads(raw)
+            manifest = Manifest(
+                name=data["name"],
+                shards=data["shards"],
+                node_id=data["node_id"],
+                created_at_ns=data["created_at_ns"],
+                format=data["format"],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptionError(f"{str(path)!r} is corrupt or not an ekv manifest ({exc})") from None
+        if manifest.format != FORMAT:
+            raise CorruptionError(
+                f"{str(path)!r} has format {manifest.format!r}; this ekv reads format {FORMAT} "
+                "(was it written by a newer ekv?)"
+            )
+        if not (
+            isinstance(manifest.name, str)
+            and isinstance(manifest.shards, int)
+            and manifest.shards > 0
+            and isinstance(manifest.node_id, str)
+            and manifest.node_id
+        ):
+            raise CorruptionError(f"{str(path)!r} has invalid fields")
+        return manifest
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        """Write the manifest atomically and durably."""
+        tmp = self.path / (MANIFEST_NAME + ".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(manifest.to_json() + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.manifest_path)
+            fsync_dir(self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(f"disk full while creating {str(self.path)!r}") from exc
+            raise DataDirError(f"cannot write {str(self.manifest_path)!r}: {exc.strerror or exc}") from exc
+
+    def check_manifest(self, manifest: Manifest, *, name: str, shards: int) -> None:
+        """Refuse to open a directory created with another shard count or instance name."""
+        if manifest.shards != shards:
+            raise ShardCountError(
+                f"data_dir {str(self.path)!r} was created with shards={manifest.shards}, "
+                f"but shards={shards} was given; the shard count of a data directory cannot change"
+            )
+        if manifest.name != name:
+            raise InstanceNameError(
+                f"data_dir {str(self.path)!r} belongs to instance {manifest.name!r}, "
+                f"not {name!r}"
+            )
+
+    def remove_db_files(self, base: Path) -> None:
+        """Delete a database file and its WAL companions (only used for interrupted creations)."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{base}{suffix}")
+
+
+def _read_owner(fd: int) -> tuple[int | None, str | None]:
+    try:
+        text = os.pread(fd, 256, 0).decode(errors="replace").split()
+    except OSError:
+        return None, None
+    pid = int(text[0]) if text and text[0].isdigit() else None
+    host = text[1] if len(text) > 1 else None
+    return pid, host

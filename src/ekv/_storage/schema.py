@@ -1,0 +1,141 @@
+"""The schema of one shard file and every SQL statement ekv runs against it.
+
+Tables
+------
+``kv``
+    Current state, one row per key: the winning version of the key, live or tombstone.
+    ``value`` is NULL exactly for tombstones; ``deleted_at`` is then when the key died (the
+    delete's timestamp, or the expiry time of an expired put) and drives tombstone purging.
+    A rowid table with a unique key index: with values over a few hundred bytes it is several
+    times faster than WITHOUT ROWID (measured while designing, see docs/architecture.md).
+``log``
+    The change log: one row per applied write, keyed by its dot ``(origin, oseq)``. The value
+    is not copied: a change-log row points at the key, whose current row holds the value, so a
+    write costs one small append. The log is what delta sync reads; it is truncated by GC.
+``vv``
+    Per-origin replication progress of this shard (used by the cluster layer).
+``meta``
+    Identity and bookkeeping: shard index and count, node id, instance name, schema version,
+    ``last_active_at``, and the floors of the local sequence counter and clock that survive
+    change-log truncation.
+
+The LWW rule is in :data:`UPSERT`'s ``WHERE`` clause and mirrors :func:`ekv._core.lww.wins`.
+``PRAGMA application_id`` marks the file as ekv's and ``PRAGMA user_version`` holds the schema
+version, so foreign or future files are refused instead of being written to.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APPLICATION_ID",
+    "DDL",
+    "GET",
+    "LOG_INSERT",
+    "SCHEMA_VERSION",
+    "UPSERT",
+    "range_sql",
+]
+
+APPLICATION_ID = 0x454B5631  # "EKV1"
+SCHEMA_VERSION = 1
+
+DDL = """
+CREATE TABLE kv (
+    key         TEXT    NOT NULL PRIMARY KEY,
+    ts          INTEGER NOT NULL,
+    origin      TEXT    NOT NULL,
+    oseq        INTEGER NOT NULL,
+    expires_at  INTEGER,
+    deleted_at  INTEGER,
+    value       BLOB
+);
+CREATE INDEX kv_expiring ON kv(expires_at) WHERE value IS NOT NULL AND expires_at IS NOT NULL;
+CREATE INDEX kv_deleted ON kv(deleted_at) WHERE deleted_at IS NOT NULL;
+CREATE TABLE log (
+    origin  TEXT    NOT NULL,
+    oseq    INTEGER NOT NULL,
+    key     TEXT    NOT NULL,
+    ts      INTEGER NOT NULL,
+    PRIMARY KEY (origin, oseq)
+) WITHOUT ROWID;
+CREATE TABLE vv (
+    origin  TEXT    NOT NULL PRIMARY KEY,
+    oseq    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE meta (
+    key     TEXT NOT NULL PRIMARY KEY,
+    value
+) WITHOUT ROWID;
+"""
+
+# The one LWW rule, in SQL: replace the stored row only if the incoming version is higher.
+UPSERT = """
+INSERT INTO kv (key, ts, origin, oseq, expires_at, deleted_at, value) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET
+    ts = excluded.ts, origin = excluded.origin, oseq = excluded.oseq,
+    expires_at = excluded.expires_at, deleted_at = excluded.deleted_at, value = excluded.value
+WHERE excluded.ts > kv.ts OR (excluded.ts = kv.ts AND excluded.origin > kv.origin)
+"""
+
+LOG_INSERT = "INSERT INTO log (origin, oseq, key, ts) VALUES (?, ?, ?, ?)"
+# A remote write that is applied again after its tombstone was purged keeps its dot.
+LOG_UPSERT = "INSERT OR REPLACE INTO log (origin, oseq, key, ts) VALUES (?, ?, ?, ?)"
+
+GET = "SELECT value, expires_at FROM kv WHERE key = ?"
+LOOKUP = "SELECT value, expires_at, ts, origin FROM kv WHERE key = ?"
+ROW = "SELECT key, ts, origin, oseq, expires_at, value FROM kv WHERE key = ?"
+VERSION_OF = "SELECT ts, origin FROM kv WHERE key = ?"
+
+META_GET = "SELECT value FROM meta WHERE key = ?"
+META_SET = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+
+OWN_LOG_TAIL = "SELECT oseq, ts FROM log WHERE origin = ? ORDER BY oseq DESC LIMIT 1"
+
+EXPIRED_BATCH = (
+    "SELECT key, ts, origin, value, expires_at FROM kv "
+    "WHERE value IS NOT NULL AND expires_at IS NOT NULL AND expires_at <= ? "
+    "ORDER BY expires_at LIMIT ?"
+)
+# Turning an expired put into a tombstone keeps its version: every node does the same
+# deterministic rewrite, so no new version competes with a newer put.
+EXPIRE_ROW = (
+    "UPDATE kv SET value = NULL, deleted_at = expires_at "
+    "WHERE key = ? AND ts = ? AND origin = ? AND value IS NOT NULL"
+)
+PURGE_BATCH = (
+    "DELETE FROM kv WHERE rowid IN "
+    "(SELECT rowid FROM kv WHERE deleted_at IS NOT NULL AND deleted_at < ? LIMIT ?)"
+)
+
+# Parameters: now_ns, now_ns. Returns (visible keys, tombstones, expired but not yet collected,
+# keys with a TTL still running).
+COUNTS = (
+    "SELECT coalesce(sum(value IS NOT NULL AND (expires_at IS NULL OR expires_at > ?)), 0), "
+    "coalesce(sum(value IS NULL), 0), "
+    "coalesce(sum(value IS NOT NULL AND expires_at <= ?), 0), "
+    "coalesce(sum(value IS NOT NULL AND expires_at IS NOT NULL), 0) FROM kv"
+)
+LOG_RANGES = "SELECT origin, min(oseq), max(oseq), count(*) FROM log GROUP BY origin ORDER BY origin"
+
+_RANGE_CACHE: dict[tuple[bool, bool, bool], str] = {}
+
+
+def range_sql(*, with_values: bool, after: bool, bounded: bool) -> str:
+    """The paged range query used by scan/keys/iter.
+
+    ``after`` continues strictly after the last key of the previous page; otherwise the page
+    starts at the prefix itself. ``bounded`` adds the exclusive upper bound of the prefix.
+    Parameters: lower, [upper,] now_ns, limit.
+    """
+    cache_key = (with_values, after, bounded)
+    sql = _RANGE_CACHE.get(cache_key)
+    if sql is None:
+        columns = "key, value" if with_values else "key"
+        lower = "key > ?" if after else "key >= ?"
+        upper = " AND key < ?" if bounded else ""
+        sql = (
+            f"SELECT {columns} FROM kv WHERE {lower}{upper} AND value IS NOT NULL "
+            "AND (expires_at IS NULL OR expires_at > ?) ORDER BY key LIMIT ?"
+        )
+        _RANGE_CACHE[cache_key] = sql
+    return sql

@@ -1,0 +1,128 @@
+"""The SQLite seam: opening connections with ekv's settings, checking the library version and
+translating APSW exceptions into ekv errors.
+
+ekv talks to SQLite through APSW, whose wheels bundle a current SQLite, so every machine runs the
+same engine whatever its system library.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import NoReturn
+
+import apsw
+
+from ekv._errors import (
+    ClosedError,
+    Error,
+    CorruptionError,
+    DataDirError,
+    DiskFullError,
+    SQLiteVersionError,
+    StorageError,
+)
+
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "check_sqlite_version",
+    "open_connection",
+    "raise_storage_error",
+    "sqlite_version",
+    "storage_error",
+]
+
+BUSY_TIMEOUT_MS = 5_000
+
+# The WAL-reset race (two connections writing and checkpointing at once can lose committed
+# transactions) exists from 3.7.0 to 3.51.2; it was fixed in 3.51.3 and backported to 3.50.7
+# and 3.44.6.
+_FIXED_IN = (3, 51, 3)
+_BACKPORTS = ((3, 50, 7), (3, 44, 6))
+
+
+def sqlite_version() -> str:
+    """The version of the SQLite library APSW runs."""
+    return str(apsw.sqlite_lib_version())
+
+
+def _parse(version: str) -> tuple[int, int, int]:
+    parts = [int(p) for p in version.split(".")[:3]]
+    while len(parts) < 3:
+        parts.append(0)
+    return parts[0], parts[1], parts[2]
+
+
+def version_is_safe(version: str) -> bool:
+    """False for SQLite versions with the WAL-reset corruption bug."""
+    v = _parse(version)
+    if v >= _FIXED_IN or v < (3, 7, 0):
+        return v >= _FIXED_IN
+    return any(v[:2] == fix[:2] and v >= fix for fix in _BACKPORTS)
+
+
+def check_sqlite_version(version: str | None = None) -> None:
+    """Refuse SQLite libraries with the WAL-reset corruption bug."""
+    version = sqlite_version() if version is None else version
+    if not version_is_safe(version):
+        raise SQLiteVersionError(
+            f"SQLite {version} has the WAL-reset corruption bug (fixed in 3.51.3, backported to "
+            "3.50.7 and 3.44.6); upgrade apsw: pip install -U apsw"
+        )
+
+
+def open_connection(path: str, *, create: bool, synchronous: str, reader: bool = False) -> apsw.Connection:
+    """Open a connection to one shard file with ekv's pragmas.
+
+    Writers and readers both use WAL; readers are additionally ``query_only`` so a stray write
+    cannot slip through a reader connection. ``synchronous`` is ``NORMAL`` (a process crash loses
+    nothing, a power cut may lose the last commits) or ``FULL`` (fsync on every commit).
+    """
+    flags = apsw.SQLITE_OPEN_READWRITE
+    if create:
+        flags |= apsw.SQLITE_OPEN_CREATE
+    try:
+        conn = apsw.Connection(path, flags=flags)
+        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        if not reader:
+            # journal_mode returns a row; APSW runs later statements only as rows are consumed,
+            # so every statement here is executed on its own.
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        conn.execute(f"PRAGMA synchronous={synchronous}").fetchall()
+        if reader:
+            conn.execute("PRAGMA query_only=1").fetchall()
+    except apsw.Error as exc:
+        raise_storage_error(exc, path)
+    return conn
+
+
+def raise_storage_error(exc: BaseException, path: str | None = None) -> NoReturn:
+    """Raise the ekv error matching an APSW or OS exception, chained to it."""
+    raise storage_error(exc, path) from exc
+
+
+def storage_error(exc: BaseException, path: str | None = None) -> Error:
+    """The ekv error matching an APSW or OS exception (a new instance, ``__cause__`` set).
+
+    A new instance per call matters: one failed group commit fails the write of every thread in
+    the batch, and each thread must raise its own exception object.
+    """
+    err = _translate(exc, path)
+    err.__cause__ = exc
+    return err
+
+
+def _translate(exc: BaseException, path: str | None) -> Error:
+    where = f" ({path})" if path else ""
+    if isinstance(exc, Error):
+        return type(exc)(*exc.args)
+    if isinstance(exc, apsw.ConnectionClosedError | apsw.CursorClosedError):
+        return ClosedError("the store is closed")
+    if isinstance(exc, apsw.FullError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+        return DiskFullError(f"disk full{where}: the write was not applied")
+    if isinstance(exc, apsw.NotADBError | apsw.CorruptError):
+        return CorruptionError(f"{path or 'a shard file'} is corrupt or not an ekv file: {exc}")
+    if isinstance(exc, apsw.ReadOnlyError | apsw.PermissionsError | apsw.CantOpenError | PermissionError):
+        return DataDirError(f"cannot write{where}: {exc}")
+    if not isinstance(exc, Exception):
+        return StorageError(f"the operation was interrupted by {type(exc).__name__} and not applied")
+    return StorageError(f"storage error{where}: {exc}")

@@ -1,0 +1,543 @@
+"""The sharded store: every shard of a data directory behind one key-value interface.
+
+Writes are routed to the shard that owns the key (:func:`ekv._core.keys.shard_of`) and go
+through that shard's group commit. Reads never touch a writer: each thread reads through its
+own connection to each shard (WAL lets readers and the writer proceed at once), created on first
+use and closed with the store. Prefix reads fan out to every shard and merge the per-shard
+results, which are each in key order, into one ascending stream.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zlib import crc32
+
+import apsw
+
+from ekv._config import Config
+from ekv._core.clock import HybridClock
+from ekv._core.durations import duration_ns
+from ekv._core.keys import MAX_KEY_BYTES, check_key, check_prefix, prefix_upper_bound, shard_of
+from ekv._errors import (
+    ClosedError,
+    CorruptionError,
+    DecodeError,
+    EncodeError,
+    ValueTooLargeError,
+)
+from ekv._model import Entry, Version
+from ekv._storage import schema
+from ekv._storage.datadir import DataDir, Manifest, new_node_id
+from ekv._storage.shard import EventSink, RawEvent, Shard
+from ekv._storage.sqlite import check_sqlite_version, open_connection, raise_storage_error
+
+__all__ = ["GcReport", "ShardedStore"]
+
+_log = logging.getLogger("ekv.storage")
+
+_PAGE = 512
+_EXPIRE_BATCH = 500
+_PURGE_BATCH = 2_000
+
+_open_stores: weakref.WeakSet[ShardedStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Connections, locks and threads do not survive fork(); a store inherited by a child
+    # process must not be used there (its parent still owns the files).
+    for store in list(_open_stores):
+        store._forked = True
+        store._closed = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@dataclass(slots=True)
+class GcReport:
+    """What one GC pass over one shard did."""
+
+    expired: int = 0
+    purged: int = 0
+    log_truncated: int = 0
+
+
+class _Identity:
+    __slots__ = ("name", "node_id", "shards")
+
+    def __init__(self, name: str, node_id: str, shards: int) -> None:
+        self.name = name
+        self.node_id = node_id
+        self.shards = shards
+
+
+class ShardedStore:
+    """All shards of one data directory. Create with :meth:`open`; thread-safe."""
+
+    def __init__(self, config: Config, datadir: DataDir, manifest: Manifest, clock: HybridClock) -> None:
+        self.config = config
+        self.datadir = datadir
+        self.manifest = manifest
+        self.node_id = manifest.node_id
+        self.clock = clock
+        self.shards: list[Shard] = []
+        self._count = config.shards
+        self._now = config.clock.now_ns
+        self._dumps = config.codec.dumps
+        self._loads = config.codec.loads
+        self._max_value = config.max_value_size
+        self._synchronous = "FULL" if config.durability == "full" else "NORMAL"
+        self._tls = threading.local()
+        self._readers: weakref.WeakSet[apsw.Connection] = weakref.WeakSet()
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._forked = False
+
+    # -- opening and closing -----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, config: Config, clock: HybridClock, sink: EventSink) -> ShardedStore:
+        """Open or create the data directory of ``config`` and every shard in it."""
+        check_sqlite_version()
+        datadir = DataDir(config.data_dir)
+        datadir.ensure_exists()
+        datadir.lock()
+        try:
+            manifest, create = _load_or_plan(datadir, config)
+            store = cls(config, datadir, manifest, clock)
+            identity = _Identity(config.name, manifest.node_id, config.shards)
+            try:
+                for index in range(config.shards):
+                    store.shards.append(
+                        Shard.open(
+                            index,
+                            str(datadir.shard_path(index)),
+                            create=create,
+                            identity=identity,
+                            clock=clock,
+                            sink=sink,
+                            synchronous=store._synchronous,
+                        )
+                    )
+                if create:
+                    datadir.write_manifest(manifest)
+            except BaseException:
+                for shard in store.shards:
+                    shard.close()
+                raise
+        except BaseException:
+            datadir.unlock()
+            raise
+        _open_stores.add(store)
+        return store
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close every shard and reader connection and release the directory. Idempotent."""
+        self._closed = True
+        if self._forked or not self.shards:
+            return  # already closed, or the parent process owns the files: touch nothing
+        with self._readers_lock:
+            readers = list(self._readers)
+            self._readers = weakref.WeakSet()
+        for conn in readers:
+            try:
+                conn.close()
+            except apsw.Error as exc:  # pragma: no cover - close of a reader
+                _log.debug("closing a reader failed: %s", exc)
+        shards, self.shards = self.shards, []
+        for shard in shards:
+            shard.close()
+        self.datadir.unlock()
+        _open_stores.discard(self)
+
+    def _closed_error(self) -> ClosedError:
+        if self._forked:
+            return ClosedError("this store was opened by the parent process; open it again after fork()")
+        return ClosedError("the store is closed")
+
+    # -- readers -----------------------------------------------------------------------------
+
+    def _cursors(self) -> list[apsw.Cursor]:
+        try:
+            return self._tls.cursors  # type: ignore[no-any-return]
+        except AttributeError:
+            return self._open_readers()
+
+    def _open_readers(self) -> list[apsw.Cursor]:
+        if self._closed:
+            raise self._closed_error()
+        cursors = []
+        with self._readers_lock:
+            for index in range(self._count):
+                conn = open_connection(
+                    str(self.datadir.shard_path(index)), create=False, synchronous=self._synchronous, reader=True
+                )
+                self._readers.add(conn)
+                cursors.append(conn.cursor())
+        self._tls.cursors = cursors
+        return cursors
+
+    # -- point operations --------------------------------------------------------------------
+
+    def _encode_key(self, key: object) -> bytes:
+        try:
+            encoded: bytes = key.encode()  # type: ignore[attr-defined]
+        except (AttributeError, UnicodeEncodeError, TypeError):
+            return check_key(key)
+        if type(key) is not str or not encoded or b"\x00" in encoded or len(encoded) > MAX_KEY_BYTES:
+            return check_key(key)
+        return encoded
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` if it is absent, deleted or expired."""
+        if self._closed:
+            raise self._closed_error()
+        encoded = self._encode_key(key)
+        try:
+            row = self._cursors()[crc32(encoded) % self._count].execute(schema.GET, (key,)).get
+        except apsw.Error as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            raise_storage_error(exc)
+        if row is None:
+            return default
+        value, expires_at = row
+        if value is None or (expires_at is not None and expires_at <= self._now()):
+            return default
+        return self._decode(value, key)
+
+    def lookup(self, key: str) -> tuple[Any, Version] | None:
+        """``(value, version)`` of a visible key, else ``None``."""
+        if self._closed:
+            raise self._closed_error()
+        encoded = self._encode_key(key)
+        try:
+            row = self._cursors()[crc32(encoded) % self._count].execute(schema.LOOKUP, (key,)).get
+        except apsw.Error as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            raise_storage_error(exc)
+        if row is None:
+            return None
+        value, expires_at, ts, origin = row
+        if value is None or (expires_at is not None and expires_at <= self._now()):
+            return None
+        return self._decode(value, key), Version(ts, origin)
+
+    def _decode(self, value: bytes, key: str) -> Any:
+        try:
+            return self._loads(value)
+        except Exception as exc:
+            raise DecodeError(f"cannot decode the stored value of key {key!r:.80}: {exc}") from exc
+
+    def put(self, key: str, value: Any, ttl: object = None) -> Version:
+        """Store ``value`` under ``key``; return the write's version once it is durable."""
+        if self._closed:
+            raise self._closed_error()
+        encoded = self._encode_key(key)
+        expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
+        try:
+            blob = self._dumps(value)
+        except Exception as exc:
+            raise EncodeError(f"cannot encode the value for key {key!r:.80}: {type(exc).__name__}: {exc}") from exc
+        if type(blob) is not bytes:
+            blob = self._coerce_blob(blob, key)
+        if len(blob) > self._max_value:
+            raise ValueTooLargeError(
+                f"the encoded value for key {key!r:.80} is {len(blob)} bytes; "
+                f"the maximum (max_value_size) is {self._max_value}"
+            )
+        return self.shards[crc32(encoded) % self._count].write(key, blob, expires_at)
+
+    def _coerce_blob(self, blob: object, key: str) -> bytes:
+        if isinstance(blob, bytes | bytearray | memoryview):
+            return bytes(blob)
+        raise EncodeError(f"the codec returned {type(blob).__name__}, not bytes, for key {key!r:.80}")
+
+    def delete(self, key: str) -> Version:
+        """Write a tombstone for ``key`` (also when it is absent); return its version."""
+        if self._closed:
+            raise self._closed_error()
+        encoded = self._encode_key(key)
+        return self.shards[crc32(encoded) % self._count].write(key, None, None)
+
+    def apply(self, entries: Sequence[Entry]) -> list[Entry]:
+        """Apply versions made elsewhere; return those that won (see :meth:`Shard.apply`)."""
+        if self._closed:
+            raise self._closed_error()
+        by_shard: dict[int, list[Entry]] = {}
+        for entry in entries:
+            by_shard.setdefault(shard_of(check_key(entry.key), self._count), []).append(entry)
+        applied: list[Entry] = []
+        for index in sorted(by_shard):
+            applied.extend(self.shards[index].apply(by_shard[index]))
+        return applied
+
+    def entry(self, key: str) -> Entry | None:
+        """The stored entry of ``key`` including tombstones and expired puts (for tests,
+        tools and replication)."""
+        if self._closed:
+            raise self._closed_error()
+        encoded = check_key(key)
+        row = self._cursors()[shard_of(encoded, self._count)].execute(schema.ROW, (key,)).get
+        return None if row is None else Entry(*row)
+
+    def entries(self, shard: int | None = None) -> Iterator[Entry]:
+        """Every stored entry (tombstones too), shard by shard, each shard in key order."""
+        indexes = range(self._count) if shard is None else [shard]
+        for index in indexes:
+            last: str | None = None
+            while True:
+                if self._closed:
+                    raise self._closed_error()
+                cur = self._cursors()[index]
+                if last is None:
+                    rows = cur.execute(
+                        "SELECT key, ts, origin, oseq, expires_at, value FROM kv ORDER BY key LIMIT ?", (_PAGE,)
+                    ).fetchall()
+                else:
+                    rows = cur.execute(
+                        "SELECT key, ts, origin, oseq, expires_at, value FROM kv WHERE key > ? ORDER BY key LIMIT ?",
+                        (last, _PAGE),
+                    ).fetchall()
+                for row in rows:
+                    yield Entry(*row)
+                if len(rows) < _PAGE:
+                    break
+                last = rows[-1][0]
+
+    # -- prefix reads ------------------------------------------------------------------------
+
+    def _shard_rows(self, index: int, prefix: str, upper: str | None, now: int, with_values: bool) -> Iterator[Any]:
+        lower = prefix
+        after = False
+        bounded = upper is not None
+        while True:
+            if self._closed:
+                raise self._closed_error()
+            sql = schema.range_sql(with_values=with_values, after=after, bounded=bounded)
+            params: tuple[Any, ...] = (lower, upper, now, _PAGE) if bounded else (lower, now, _PAGE)
+            try:
+                rows = self._cursors()[index].execute(sql, params).fetchall()
+            except apsw.Error as exc:
+                if self._closed:
+                    raise self._closed_error() from exc
+                raise_storage_error(exc)
+            if with_values:
+                yield from rows
+            else:
+                for row in rows:
+                    yield row[0]
+            if len(rows) < _PAGE:
+                return
+            lower = rows[-1][0]
+            after = True
+
+    def iter_items(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Lazily yield ``(key, value)`` for visible keys under ``prefix``, ascending; memory
+        stays bounded by one page per shard."""
+        prefix = check_prefix(prefix)
+        if self._closed:
+            raise self._closed_error()
+        upper = prefix_upper_bound(prefix)
+        now = self._now()
+        streams = [self._shard_rows(i, prefix, upper, now, True) for i in range(self._count)]
+        decode = self._decode
+        for key, value in heapq.merge(*streams):
+            yield key, decode(value, key)
+
+    def iter_keys(self, prefix: str) -> Iterator[str]:
+        """Lazily yield visible keys under ``prefix`` in ascending order."""
+        prefix = check_prefix(prefix)
+        if self._closed:
+            raise self._closed_error()
+        upper = prefix_upper_bound(prefix)
+        now = self._now()
+        streams = [self._shard_rows(i, prefix, upper, now, False) for i in range(self._count)]
+        yield from heapq.merge(*streams)
+
+    def _range_all(self, prefix: str, with_values: bool) -> list[Any]:
+        prefix = check_prefix(prefix)
+        if self._closed:
+            raise self._closed_error()
+        upper = prefix_upper_bound(prefix)
+        now = self._now()
+        sql = schema.range_sql(with_values=with_values, after=False, bounded=upper is not None)
+        params: tuple[Any, ...] = (prefix, upper, now, -1) if upper is not None else (prefix, now, -1)
+        try:
+            cursors = self._cursors()
+            parts = [cur.execute(sql, params).fetchall() for cur in cursors]
+        except apsw.Error as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            raise_storage_error(exc)
+        rows = list(itertools.chain.from_iterable(parts))
+        rows.sort()
+        return rows
+
+    def scan(self, prefix: str) -> dict[str, Any]:
+        """Every visible key under ``prefix`` with its value, as a dict in ascending key order."""
+        decode = self._decode
+        return {key: decode(value, key) for key, value in self._range_all(prefix, True)}
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every visible key under ``prefix``, ascending."""
+        return [row[0] for row in self._range_all(prefix, False)]
+
+    # -- garbage collection ------------------------------------------------------------------
+
+    def gc_shard(self, index: int, *, now_ns: int, cutoff_ns: int, truncate_log: bool) -> GcReport:
+        """One GC pass over one shard: expire TTL entries (events), purge tombstones that died
+        before ``cutoff_ns``, truncate the change log, refresh ``last_active_at``."""
+        shard = self.shards[index]
+        report = GcReport()
+        while True:
+            events, count = shard.run_exclusive(lambda cur: _expire_batch(shard, cur, now_ns))
+            report.expired += count
+            if events:
+                shard.sink.publish(events)
+            if count < _EXPIRE_BATCH:
+                break
+        while True:
+            purged = shard.run_exclusive(lambda cur: _purge_batch(shard, cur, cutoff_ns))
+            report.purged += purged
+            if purged < _PURGE_BATCH:
+                break
+        report.log_truncated = shard.run_exclusive(
+            lambda cur: _finish_gc(shard, cur, now_ns, truncate_log)
+        )
+        return report
+
+    # -- info --------------------------------------------------------------------------------
+
+    def shard_info(self, index: int) -> dict[str, Any]:
+        """Counts and change-log state of one shard, read through this thread's reader."""
+        if self._closed:
+            raise self._closed_error()
+        cur = self._cursors()[index]
+        try:
+            now = self._now()
+            live, tombstones, expired, expiring = cur.execute(schema.COUNTS, (now, now)).get
+            ranges = cur.execute(schema.LOG_RANGES).fetchall()
+            last_active = cur.execute(schema.META_GET, ("last_active_at",)).get
+        except apsw.Error as exc:
+            raise_storage_error(exc, str(self.datadir.shard_path(index)))
+        path = self.datadir.shard_path(index)
+        size = 0
+        for suffix in ("", "-wal"):
+            try:
+                size += os.stat(f"{path}{suffix}").st_size
+            except OSError:
+                pass
+        return {
+            "index": index,
+            "path": str(path),
+            "keys": live,
+            "tombstones": tombstones,
+            "expired_pending_gc": expired,
+            "with_ttl": expiring - expired,
+            "log": {
+                "entries": sum(r[3] for r in ranges),
+                "origins": {r[0]: {"first": r[1], "last": r[2], "entries": r[3]} for r in ranges},
+            },
+            "local_seq": self.shards[index].oseq if self.shards else None,
+            "last_active_at_ns": last_active,
+            "size_bytes": size,
+        }
+
+
+def _load_or_plan(datadir: DataDir, config: Config) -> tuple[Manifest, bool]:
+    """The manifest of an existing store, or a new one to create (``create`` True)."""
+    manifest = datadir.read_manifest()
+    if manifest is not None:
+        datadir.check_manifest(manifest, name=config.name, shards=config.shards)
+        for index in range(config.shards):
+            path = datadir.shard_path(index)
+            if not path.exists():
+                raise CorruptionError(
+                    f"shard file {str(path)!r} is missing from data_dir; refusing to recreate it empty "
+                    "(restore it from a backup, or move the whole data_dir aside to start afresh)"
+                )
+        return manifest, False
+    # No manifest: a new store, unless shard files exist. Files from an interrupted creation
+    # (ekv shards holding no rows) are removed; anything else is refused untouched.
+    for path in datadir.existing_shard_files():
+        if not _is_abandoned_shard(path):
+            raise CorruptionError(
+                f"{str(path)!r} exists but {str(datadir.manifest_path)!r} does not; "
+                "this is not an ekv data directory (or its manifest was lost); refusing to overwrite it"
+            )
+    for path in datadir.existing_shard_files():
+        datadir.remove_db_files(path)
+    manifest = Manifest(
+        name=config.name,
+        shards=config.shards,
+        node_id=new_node_id(),
+        created_at_ns=config.clock.now_ns(),
+    )
+    return manifest, True
+
+
+def _is_abandoned_shard(path: Path) -> bool:
+    """True for an ekv shard file that holds no data (left by an interrupted creation)."""
+    try:
+        if path.stat().st_size == 0:
+            return True
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            cur = conn.cursor()
+            if cur.execute("PRAGMA application_id").get != schema.APPLICATION_ID:
+                return False
+            return bool(cur.execute("SELECT count(*) FROM kv").get == 0)
+        finally:
+            conn.close()
+    except (apsw.Error, OSError):
+        return False
+
+
+def _expire_batch(shard: Shard, cur: apsw.Cursor, now_ns: int) -> tuple[list[RawEvent], int]:
+    rows = cur.execute(schema.EXPIRED_BATCH, (now_ns, _EXPIRE_BATCH)).fetchall()
+    if not rows:
+        return [], 0
+    sink = shard.sink
+    events: list[RawEvent] = []
+    wanted = sink.active
+    cur.execute("BEGIN")
+    for key, ts, origin, value, _expires_at in rows:
+        cur.execute(schema.EXPIRE_ROW, (key, ts, origin))
+        if wanted and sink.matches(key):
+            events.append(("expired", key, value, Version(ts, origin)))
+    cur.execute("COMMIT")
+    return events, len(rows)
+
+
+def _purge_batch(shard: Shard, cur: apsw.Cursor, cutoff_ns: int) -> int:
+    cur.execute(schema.PURGE_BATCH, (cutoff_ns, _PURGE_BATCH))
+    return int(cur.connection.changes())
+
+
+def _finish_gc(shard: Shard, cur: apsw.Cursor, now_ns: int, truncate_log: bool) -> int:
+    cur.execute("BEGIN")
+    truncated = 0
+    if truncate_log:
+        shard.persist_floors(cur)
+        for origin, top in cur.execute("SELECT origin, max(oseq) FROM log GROUP BY origin").fetchall():
+            cur.execute(schema.META_SET, (f"log_floor/{origin}", top))
+        cur.execute("DELETE FROM log")
+        truncated = int(cur.connection.changes())
+    cur.execute(schema.META_SET, ("last_active_at", now_ns))
+    cur.execute("COMMIT")
+    return truncated

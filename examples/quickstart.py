@@ -39,8 +39,10 @@ def main() -> None:
     with ekv.EKV("my_kv", data_dir=data_dir) as kv:
         print(f"\nafter a restart, scan 'user/'   -> {kv.scan('user/')}")
         info = kv.info()
-        print(f"node {info['node_id']}: {info['keys']} keys, {info['tombstones']} tombstones, "
-              f"{info['options']['shards']} shards")
+        print(
+            f"node {info['node_id']}: {info['keys']} keys, {info['tombstones']} tombstones, "
+            f"{info['options']['shards']} shards"
+        )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,7 @@ def resolve_codec(codec: object) -> Codec:
         raise ConfigError(f"codec must be 'pickle', 'json' or an object with dumps/loads, not {codec!r}")
     if not (callable(getattr(codec, "dumps", None)) and callable(getattr(codec, "loads", None))):
         raise ConfigError(
-            f"codec {codec!r:.80} has no callable dumps() and loads(); "
-            "use 'pickle', 'json' or an object providing both"
+            f"codec {codec!r:.80} has no callable dumps() and loads(); use 'pickle', 'json' or an object providing both"
         )
     return codec  # type: ignore[return-value]
 

@@ -146,8 +146,8 @@ class Config:
             shards=shard_count,
             tombstone_ttl_ns=ttl_ns,
             gc_interval_ns=gc_ns,
-            log=log,  # type: ignore[arg-type]
-            durability=durability,  # type: ignore[arg-type]
+            log=log,
+            durability=durability,
             codec=resolve_codec(codec),
             clock=wall,  # type: ignore[arg-type]
             max_value_size=max_value,

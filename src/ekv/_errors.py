@@ -8,7 +8,8 @@ catches them all. Errors caused by bad arguments also derive from the built-in `
     ├── InvalidArgument (ValueError)        bad key, ttl, prefix, option value ...
     │   ├── ConfigError                     an option given to EKV(...) is invalid
     │   └── ValueTooLargeError              encoded value above the documented maximum
-    ├── InvalidArgumentType (TypeError)     an argument of the wrong type
+    ├── InvalidArgumentType (TypeError,     an argument of the wrong type
+    │                        ValueError)
     ├── CodecError
     │   ├── EncodeError                     the codec could not encode a value (nothing written)
     │   └── DecodeError                     a stored value could not be decoded
@@ -73,8 +74,11 @@ class ValueTooLargeError(InvalidArgument):
     """The encoded value is larger than ``max_value_size``; nothing was written."""
 
 
-class InvalidArgumentType(Error, TypeError):
-    """An argument has the wrong type (a key that is not a ``str``, a ttl that is a string, ...)."""
+class InvalidArgumentType(Error, TypeError, ValueError):
+    """An argument has the wrong type (a key that is not a ``str``, a ttl that is a string, ...).
+
+    It is a ``TypeError`` and also a ``ValueError``, so code that treats every bad input as a
+    ``ValueError`` keeps working."""
 
 
 class CodecError(Error):

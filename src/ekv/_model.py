@@ -81,6 +81,4 @@ class Entry:
 
     def is_visible(self, now_ns: int) -> bool:
         """True if a read at wall time ``now_ns`` returns this entry's value."""
-        return self.value is not None and (
-            self.expires_at_ns is None or self.expires_at_ns > now_ns
-        )
+        return self.value is not None and (self.expires_at_ns is None or self.expires_at_ns > now_ns)

@@ -32,13 +32,14 @@ def duration_ns(value: object, what: str, *, error: type[InvalidArgument] = Inva
         ns = (value.days * 86_400 + value.seconds) * NS_PER_S + value.microseconds * 1_000
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentType(
-            f"{what} must be a number of seconds or a datetime.timedelta, "
-            f"not {type(value).__name__}: {value!r:.80}"
+            f"{what} must be a number of seconds or a datetime.timedelta, not {type(value).__name__}: {value!r:.80}"
         )
     else:
         seconds = float(value)
         if math.isnan(seconds) or math.isinf(seconds):
             raise error(f"{what} must be a finite number of seconds, got {value!r}")
+        if seconds > _MAX_NS / NS_PER_S:
+            raise error(f"{what} is too large: {value!r}")
         ns = value * NS_PER_S if isinstance(value, int) else round(value * NS_PER_S)
     if seconds <= 0 or ns <= 0:
         raise error(f"{what} must be greater than zero, got {value!r}")

@@ -53,18 +53,14 @@ def check_key(key: object) -> bytes:
     if b"\x00" in encoded:
         raise InvalidArgument(f"key {_describe(key)} contains a NUL character")
     if len(encoded) > MAX_KEY_BYTES:
-        raise InvalidArgument(
-            f"key {_describe(key)} is {len(encoded)} bytes long; the maximum is {MAX_KEY_BYTES}"
-        )
+        raise InvalidArgument(f"key {_describe(key)} is {len(encoded)} bytes long; the maximum is {MAX_KEY_BYTES}")
     return encoded
 
 
 def check_prefix(prefix: object) -> str:
     """Validate a scan or subscription prefix; ``""`` (everything) is allowed."""
     if not isinstance(prefix, str):
-        raise InvalidArgumentType(
-            f"prefix must be a str, not {type(prefix).__name__}: {prefix!r:.80}"
-        )
+        raise InvalidArgumentType(f"prefix must be a str, not {type(prefix).__name__}: {prefix!r:.80}")
     if prefix:
         try:
             prefix.encode()

@@ -21,7 +21,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ekv._version import __version__
 from ekv._codec import codec_name
 from ekv._config import Config, check_overflow, check_positive_int
 from ekv._core.clock import HybridClock
@@ -38,6 +37,7 @@ from ekv._node.subscriptions import (
 )
 from ekv._storage.sqlite import sqlite_version
 from ekv._storage.store import GcReport, ShardedStore
+from ekv._version import __version__
 
 __all__ = ["Node", "NodeLog"]
 

@@ -179,23 +179,25 @@ class BaseSubscription:
     # -- producer side (writer threads) ------------------------------------------------------
 
     def _push(self, events: list[Event]) -> None:
-        count = len(events)
         with self._lock:
             if self._closed is not None:
                 return
-            if self._queued + count > self.max_queue:
-                if not self._make_room(events, count):
-                    return
-                count = len(events)
-            self._batches.append(events)
-            self._queued += count
-            self._registry.delivered += count
-            first = self._queued == count
-        self._wake(first)
+            if self._queued + len(events) > self.max_queue and not self._make_room(events):
+                # Dropped (drop_newest) or overflowed (error): only an overflow wakes the
+                # consumer, which must learn that the subscription ended.
+                wake = self._closed is not None
+            else:
+                self._batches.append(events)
+                self._queued += len(events)
+                self._registry.delivered += len(events)
+                wake = self._queued == len(events)  # the queue was empty: a consumer may wait
+        if wake:
+            self._wake()  # never with self._lock held: a Condition shares that lock
 
-    def _make_room(self, events: list[Event], count: int) -> bool:
+    def _make_room(self, events: list[Event]) -> bool:
         """Apply the overflow policy with ``self._lock`` held. False: nothing to enqueue."""
         registry = self._registry
+        count = len(events)
         if self.overflow == "drop_newest":
             self.dropped += count
             registry.dropped += count
@@ -227,10 +229,9 @@ class BaseSubscription:
         )
         registry.remove(self)  # lock order: subscription, then registry (never the reverse)
         _log.warning("ekv: subscriber %r overflowed (%d events queued); it was closed", self.patterns, self._queued)
-        self._wake(True)
         return False
 
-    def _wake(self, first: bool) -> None:  # pragma: no cover - overridden
+    def _wake(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     # -- closing -----------------------------------------------------------------------------
@@ -247,7 +248,7 @@ class BaseSubscription:
                 self._batches.clear()
                 self._queued = 0
         self._registry.remove(self)
-        self._wake(True)
+        self._wake()
 
     def _remove_pattern(self, pattern: str) -> None:
         """Stop matching ``pattern``; close the subscription when no pattern is left."""
@@ -279,10 +280,9 @@ class Subscription(BaseSubscription):
         super().__init__(*args, **kwargs)
         self._cond = threading.Condition(self._lock)
 
-    def _wake(self, first: bool) -> None:
-        if first:
-            with self._cond:
-                self._cond.notify_all()
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def get(self, timeout: float | None = None) -> list[Event]:
         """The next batch of events.
@@ -301,11 +301,10 @@ class Subscription(BaseSubscription):
                     self._cond.wait()
                 else:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not self._cond.wait(remaining):
-                        if not self._batches:
-                            if self._closed is not None:
-                                raise type(self._closed)(*self._closed.args)
-                            raise Timeout(f"no event within {timeout} s")
+                    if (remaining <= 0 or not self._cond.wait(remaining)) and not self._batches:
+                        if self._closed is not None:
+                            raise type(self._closed)(*self._closed.args)
+                        raise Timeout(f"no event within {timeout} s")
             batch = self._batches.popleft()
             self._queued -= len(batch)
             return batch
@@ -340,9 +339,7 @@ class AsyncSubscription(BaseSubscription):
         self._loop = loop
         self._ready = asyncio.Event()
 
-    def _wake(self, first: bool) -> None:
-        if not first:
-            return
+    def _wake(self) -> None:
         try:
             self._loop.call_soon_threadsafe(self._ready.set)
         except RuntimeError:  # the loop is closed: nobody can consume any more
@@ -395,12 +392,14 @@ class AsyncSubscription(BaseSubscription):
 class CallbackSubscription(BaseSubscription):
     """Calls ``callback(events)`` on the store's dispatcher thread for every batch."""
 
-    def __init__(self, *args: Any, callback: Callable[[list[Event]], Any], dispatcher: Dispatcher, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, callback: Callable[[list[Event]], Any], dispatcher: Dispatcher, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.callback = callback
         self._dispatcher = dispatcher
 
-    def _wake(self, first: bool) -> None:
+    def _wake(self) -> None:
         self._dispatcher.notify(self)
 
 

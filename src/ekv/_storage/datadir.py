@@ -137,8 +137,7 @@ class DataDir:
             if pid == os.getpid():
                 who = "another EKV object in this process"
             raise LockedError(
-                f"data_dir {str(self.path)!r} is already open by {who}; "
-                "close it first or use a different data_dir",
+                f"data_dir {str(self.path)!r} is already open by {who}; close it first or use a different data_dir",
                 owner_pid=pid,
             ) from None
         try:
@@ -217,10 +216,7 @@ class DataDir:
                 f"but shards={shards} was given; the shard count of a data directory cannot change"
             )
         if manifest.name != name:
-            raise InstanceNameError(
-                f"data_dir {str(self.path)!r} belongs to instance {manifest.name!r}, "
-                f"not {name!r}"
-            )
+            raise InstanceNameError(f"data_dir {str(self.path)!r} belongs to instance {manifest.name!r}, not {name!r}")
 
     def remove_db_files(self, base: Path) -> None:
         """Delete a database file and its WAL companions (only used for interrupted creations)."""

@@ -11,7 +11,8 @@ Tables
 ``log``
     The change log: one row per applied write, keyed by its dot ``(origin, oseq)``. The value
     is not copied: a change-log row points at the key, whose current row holds the value, so a
-    write costs one small append. The log is what delta sync reads; it is truncated by GC.
+    write costs one small append. Triggers on ``kv`` write it, so the state row and its log row
+    are one statement (and one transaction) by construction. Delta sync reads it; GC truncates it.
 ``vv``
     Per-origin replication progress of this shard (used by the cluster layer).
 ``meta``
@@ -30,7 +31,6 @@ __all__ = [
     "APPLICATION_ID",
     "DDL",
     "GET",
-    "LOG_INSERT",
     "SCHEMA_VERSION",
     "UPSERT",
     "range_sql",
@@ -58,6 +58,19 @@ CREATE TABLE log (
     ts      INTEGER NOT NULL,
     PRIMARY KEY (origin, oseq)
 ) WITHOUT ROWID;
+-- Every version that lands in kv (insert or LWW-winning update) is appended to the change log
+-- by SQLite itself, inside the same statement: one statement per write, no window between them.
+-- (A dot already in the log is the same write applied again, e.g. after its tombstone was
+-- purged; an UPSERT is used because an OR REPLACE inside a trigger is overridden by the outer
+-- statement's conflict policy.)
+CREATE TRIGGER kv_log_insert AFTER INSERT ON kv BEGIN
+    INSERT INTO log (origin, oseq, key, ts) VALUES (new.origin, new.oseq, new.key, new.ts)
+    ON CONFLICT (origin, oseq) DO UPDATE SET key = excluded.key, ts = excluded.ts;
+END;
+CREATE TRIGGER kv_log_update AFTER UPDATE OF ts, origin ON kv BEGIN
+    INSERT INTO log (origin, oseq, key, ts) VALUES (new.origin, new.oseq, new.key, new.ts)
+    ON CONFLICT (origin, oseq) DO UPDATE SET key = excluded.key, ts = excluded.ts;
+END;
 CREATE TABLE vv (
     origin  TEXT    NOT NULL PRIMARY KEY,
     oseq    INTEGER NOT NULL
@@ -77,9 +90,6 @@ ON CONFLICT (key) DO UPDATE SET
 WHERE excluded.ts > kv.ts OR (excluded.ts = kv.ts AND excluded.origin > kv.origin)
 """
 
-LOG_INSERT = "INSERT INTO log (origin, oseq, key, ts) VALUES (?, ?, ?, ?)"
-# A remote write that is applied again after its tombstone was purged keeps its dot.
-LOG_UPSERT = "INSERT OR REPLACE INTO log (origin, oseq, key, ts) VALUES (?, ?, ?, ?)"
 
 GET = "SELECT value, expires_at FROM kv WHERE key = ?"
 LOOKUP = "SELECT value, expires_at, ts, origin FROM kv WHERE key = ?"
@@ -99,12 +109,10 @@ EXPIRED_BATCH = (
 # Turning an expired put into a tombstone keeps its version: every node does the same
 # deterministic rewrite, so no new version competes with a newer put.
 EXPIRE_ROW = (
-    "UPDATE kv SET value = NULL, deleted_at = expires_at "
-    "WHERE key = ? AND ts = ? AND origin = ? AND value IS NOT NULL"
+    "UPDATE kv SET value = NULL, deleted_at = expires_at WHERE key = ? AND ts = ? AND origin = ? AND value IS NOT NULL"
 )
 PURGE_BATCH = (
-    "DELETE FROM kv WHERE rowid IN "
-    "(SELECT rowid FROM kv WHERE deleted_at IS NOT NULL AND deleted_at < ? LIMIT ?)"
+    "DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE deleted_at IS NOT NULL AND deleted_at < ? LIMIT ?)"
 )
 
 # Parameters: now_ns, now_ns. Returns (visible keys, tombstones, expired but not yet collected,

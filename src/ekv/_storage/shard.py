@@ -1,26 +1,15 @@
-"""One shard: a SQLite file, its single writer connection and the group commit in front of it.
+"""One shard: a SQLite file and its single writer connection.
 
-Writes never wait on another thread when nobody else is writing: the calling thread appends its
-operation to the shard's queue, takes the shard mutex and commits the operation itself. When
-several threads write at once, whoever holds the mutex (the *combiner*) commits every queued
-operation in one transaction, still checking each write against last-writer-wins on its own,
-then wakes the other threads, whose writes are now durable. One transaction for many writes is
-what keeps aggregate throughput up when 8 threads share 2 cores. A combiner that has served
-``_MAX_ROUNDS`` batches hands the mutex to the owner of the next queued operation, so no thread
-is kept busy serving others forever.
-
-Everything that changes the file goes through this queue: local writes, remote applies (the
-same LWW path replication will use) and exclusive jobs such as GC and close, so the writer
-connection is only ever used by one thread at a time and no write can race a GC pass.
-
-Reads do not come here at all; see :mod:`ekv._storage.readers`.
+This module holds the SQL work of a shard: opening and verifying the file, committing a group
+of writes (each one LWW-checked on its own), applying remote versions, and running exclusive jobs.
+*When* that work runs, and on which thread, is decided by the node-wide group commit in
+:mod:`ekv._storage.commit`; reads never come here (see :mod:`ekv._storage.store`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -30,14 +19,12 @@ from ekv._core.clock import HybridClock
 from ekv._errors import ClosedError, CorruptionError, Error, InternalError
 from ekv._model import Entry, Version
 from ekv._storage import schema
-from ekv._storage.sqlite import open_connection, raise_storage_error, storage_error
+from ekv._storage.commit import Apply, Committer, Exclusive, Op, Write
+from ekv._storage.sqlite import enable_wal, open_connection, raise_storage_error, storage_error
 
 __all__ = ["EventSink", "RawEvent", "Shard", "ShardIdentity"]
 
 _log = logging.getLogger("ekv.storage")
-
-_MAX_BATCH = 128
-_MAX_ROUNDS = 8
 
 T = TypeVar("T")
 
@@ -62,51 +49,6 @@ class ShardIdentity(Protocol):
     shards: int
 
 
-class _Op:
-    """A queued unit of work. ``waiter`` is a lock the submitting thread blocks on."""
-
-    __slots__ = ("done", "error", "handoff", "waiter")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.handoff = False
-        self.error: BaseException | None = None
-        self.waiter: Any = None
-
-
-class _Write(_Op):
-    __slots__ = ("blob", "expires_at", "key", "version")
-
-    def __init__(self, key: str, blob: bytes | None, expires_at: int | None) -> None:
-        super().__init__()
-        self.key = key
-        self.blob = blob
-        self.expires_at = expires_at
-        self.version: Version | None = None
-
-
-class _Apply(_Op):
-    __slots__ = ("applied", "entries")
-
-    def __init__(self, entries: Sequence[Entry]) -> None:
-        super().__init__()
-        self.entries = entries
-        self.applied: list[Entry] = []
-
-
-class _Exclusive(_Op):
-    __slots__ = ("fn", "result")
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        super().__init__()
-        self.fn = fn
-        self.result: Any = None
-
-
-_allocate_lock: Callable[[], Any]
-from _thread import allocate_lock as _allocate_lock  # noqa: E402
-
-
 class Shard:
     """The writer side of one shard file. Create with :meth:`open`."""
 
@@ -119,6 +61,7 @@ class Shard:
         origin: str,
         clock: HybridClock,
         sink: EventSink,
+        committer: Committer,
         oseq: int,
         last_active_at_ns: int | None,
     ) -> None:
@@ -132,8 +75,7 @@ class Shard:
         self._conn = conn
         self._cur = conn.cursor()
         self._oseq = oseq
-        self._queue: deque[_Op] = deque()
-        self._mutex = _allocate_lock()
+        self._committer = committer
         self._closed = False
 
     # -- opening -----------------------------------------------------------------------------
@@ -148,6 +90,7 @@ class Shard:
         identity: ShardIdentity,
         clock: HybridClock,
         sink: EventSink,
+        committer: Committer,
         synchronous: str,
     ) -> Shard:
         """Open (or create) a shard file, verify it belongs to this store, load its counters.
@@ -163,16 +106,16 @@ class Shard:
                 _initialise(cur, index, identity)
             else:
                 _verify(cur, path, index, identity, app_id)
+            enable_wal(conn)  # only now: a file that is not ours is never modified
             oseq, own_ts = _own_tail(cur, identity.node_id)
             clock.observe(own_ts)
             last_active = cur.execute(schema.META_GET, ("last_active_at",)).get
-            cur.execute(schema.META_SET, ("last_active_at", clock.wall.now_ns()))
         except Error:
             conn.close()
             raise
         except apsw.Error as exc:
             conn.close()
-            raise_storage_error(exc, path)
+            raise_storage_error(exc, path, action="open")
         return cls(
             index,
             path,
@@ -180,6 +123,7 @@ class Shard:
             origin=identity.node_id,
             clock=clock,
             sink=sink,
+            committer=committer,
             oseq=oseq,
             last_active_at_ns=last_active if isinstance(last_active, int) else None,
         )
@@ -193,8 +137,8 @@ class Shard:
     def write(self, key: str, blob: bytes | None, expires_at: int | None) -> Version:
         """Write a local put (``blob`` set) or delete (``blob`` None); return its version once
         it has committed."""
-        op = _Write(key, blob, expires_at)
-        self._submit(op)
+        op = Write(self, key, blob, expires_at)
+        self._committer.submit(op)
         if op.error is not None:
             raise op.error
         version = op.version
@@ -204,8 +148,8 @@ class Shard:
     def apply(self, entries: Sequence[Entry]) -> list[Entry]:
         """Apply versions made elsewhere through the one LWW path; return those that won, in the
         form they were stored (an already-expired put is stored as a tombstone)."""
-        op = _Apply(entries)
-        self._submit(op)
+        op = Apply(self, entries)
+        self._committer.submit(op)
         if op.error is not None:
             raise op.error
         return op.applied
@@ -215,11 +159,20 @@ class Shard:
 
         ``fn`` manages its own transactions. Used by GC, close and maintenance.
         """
-        op = _Exclusive(lambda: fn(self._cur))
-        self._submit(op)
+        op = Exclusive(self, lambda: fn(self._cur))
+        self._committer.submit(op)
         if op.error is not None:
             raise op.error
         return op.result  # type: ignore[no-any-return]
+
+    def touch(self, now_ns: int) -> None:
+        """Record activity now (``last_active_at``); done once every shard opened cleanly."""
+        self.run_exclusive(lambda cur: cur.execute(schema.META_SET, ("last_active_at", now_ns)))
+
+    def abort(self) -> None:
+        """Close the writer without touching the file (a failed open of the store)."""
+        self._closed = True
+        self._conn.close()
 
     def close(self) -> None:
         """Wait for queued writes, checkpoint, close the writer. Idempotent."""
@@ -228,78 +181,21 @@ class Shard:
         with contextlib.suppress(ClosedError):
             self.run_exclusive(self._close_now)
 
-    # -- the group commit --------------------------------------------------------------------
+    # -- called by the group commit (one thread at a time) ------------------------------------
 
-    def _submit(self, op: _Op) -> None:
-        if self._closed:
-            raise ClosedError("the store is closed")
-        self._queue.append(op)
-        if self._mutex.acquire(False):
-            self._combine()
-        else:
-            waiter = _allocate_lock()
-            waiter.acquire()
-            op.waiter = waiter
-            # The combiner sets done/handoff and then reads op.waiter; we set op.waiter and
-            # then read done/handoff: one of the two always sees the other.
-            if not op.done and not op.handoff:
-                waiter.acquire()
-            if op.handoff:
-                self._combine()
-        assert op.done, "a submitted operation returned before it ran"
-
-    def _combine(self) -> None:
-        """Serve queued operations while holding the mutex; release it (or hand it on)."""
-        queue = self._queue
-        rounds = 0
-        while True:
-            while queue:
-                if rounds >= _MAX_ROUNDS:
-                    head = queue[0]
-                    head.handoff = True
-                    waiter = head.waiter
-                    if waiter is not None:
-                        waiter.release()
-                    return  # the mutex now belongs to head's thread
-                self._run_round()
-                rounds += 1
-            self._mutex.release()
-            # An operation queued after our last look must not be stranded: take the mutex
-            # back if nobody else did.
-            if not queue or not self._mutex.acquire(False):
-                return
-
-    def _run_round(self) -> None:
-        queue = self._queue
-        first = queue.popleft()
-        batch: list[_Op] = [first]
-        try:
-            if type(first) is _Exclusive:
-                self._run_exclusive(first)
-            else:
-                while queue and len(batch) < _MAX_BATCH and type(queue[0]) is not _Exclusive:
-                    batch.append(queue.popleft())
-                self._commit(batch)
-        finally:
-            for op in batch:
-                op.done = True
-                waiter = op.waiter
-                if waiter is not None and not op.handoff:
-                    waiter.release()
-
-    def _run_exclusive(self, op: _Exclusive) -> None:
+    def run_exclusive_op(self, op: Exclusive) -> None:
         if self._closed:
             op.error = ClosedError("the store is closed")
             return
         try:
             op.result = op.fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the submitting thread
+        except BaseException as exc:
             with contextlib.suppress(apsw.Error):
                 if not self._conn.getautocommit():
                     self._cur.execute("ROLLBACK")
             op.error = exc if isinstance(exc, Error) else storage_error(exc, self.path)
 
-    def _commit(self, batch: list[_Op]) -> None:
+    def commit(self, batch: list[Op]) -> None:
         if self._closed:
             for op in batch:
                 op.error = ClosedError("the store is closed")
@@ -308,25 +204,36 @@ class Shard:
         sink = self.sink
         events: list[RawEvent] | None = [] if sink.active else None
         saved_oseq = self._oseq
+        # A lone local write is one autocommit statement (the change-log row is written by a
+        # trigger): one call into SQLite, one release of the GIL. Batches share a transaction.
+        explicit = len(batch) > 1 or type(batch[0]) is not Write
         try:
-            cur.execute("BEGIN")
+            if explicit:
+                cur.execute("BEGIN")
+            remote = False
             for op in batch:
-                if type(op) is _Write:
+                if type(op) is Write:
                     self._write_one(cur, op, events)
                 else:
-                    assert type(op) is _Apply
+                    assert type(op) is Apply
                     self._apply_one(cur, op, events)
-            cur.execute("COMMIT")
-        except BaseException as exc:  # noqa: BLE001 - every writer in the batch gets an error
+                    remote = True
+            if remote:
+                # Versions applied from peers may be ahead of this node's own writes; persist
+                # the clock so a restart still issues timestamps above them (causality).
+                cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
+            if explicit:
+                cur.execute("COMMIT")
+        except BaseException as exc:
             self._oseq = saved_oseq
             with contextlib.suppress(apsw.Error):
                 if not self._conn.getautocommit():
                     cur.execute("ROLLBACK")
             for op in batch:
                 op.error = storage_error(exc, self.path)
-                if type(op) is _Write:
+                if type(op) is Write:
                     op.version = None
-                elif type(op) is _Apply:
+                elif type(op) is Apply:
                     op.applied = []
             return
         if events:
@@ -335,7 +242,7 @@ class Shard:
             except Exception:  # a subscriber bug must never fail a committed write
                 _log.exception("ekv: delivering events failed")
 
-    def _write_one(self, cur: apsw.Cursor, op: _Write, events: list[RawEvent] | None) -> None:
+    def _write_one(self, cur: apsw.Cursor, op: Write, events: list[RawEvent] | None) -> None:
         key = op.key
         blob = op.blob
         prev: bytes | None = None
@@ -348,7 +255,6 @@ class Shard:
         cur.execute(schema.UPSERT, (key, ts, origin, oseq, op.expires_at, None if blob is not None else ts, blob))
         if not self._conn.changes():
             ts = self._overtake(cur, op, oseq)
-        cur.execute(schema.LOG_INSERT, (origin, oseq, key, ts))
         self._oseq = oseq
         version = op.version = Version(ts, origin)
         if wanted:
@@ -358,7 +264,7 @@ class Shard:
             else:
                 events.append(("delete", key, prev, version))
 
-    def _overtake(self, cur: apsw.Cursor, op: _Write, oseq: int) -> int:
+    def _overtake(self, cur: apsw.Cursor, op: Write, oseq: int) -> int:
         """A local write lost LWW: the stored version is ahead of our clock (data written by a
         peer whose clock ran ahead, before a restart). Observe it and write again above it."""
         stored = cur.execute(schema.VERSION_OF, (op.key,)).get
@@ -375,7 +281,7 @@ class Shard:
             raise InternalError(f"a local write of {op.key!r} lost to {stored!r} after the clock passed it")
         return ts
 
-    def _apply_one(self, cur: apsw.Cursor, op: _Apply, events: list[RawEvent] | None) -> None:
+    def _apply_one(self, cur: apsw.Cursor, op: Apply, events: list[RawEvent] | None) -> None:
         clock = self.clock
         now = clock.wall.now_ns()
         sink = self.sink
@@ -396,7 +302,6 @@ class Shard:
             cur.execute(schema.UPSERT, (key, ts, entry.origin, entry.oseq, expires_at, deleted_at, value))
             if not changes():
                 continue
-            cur.execute(schema.LOG_UPSERT, (entry.origin, entry.oseq, key, ts))
             stored = entry if value is entry.value else Entry(key, ts, entry.origin, entry.oseq, expires_at, None)
             applied.append(stored)
             if wanted:
@@ -443,7 +348,7 @@ class Shard:
 
 
 def _is_empty(cur: apsw.Cursor) -> bool:
-    return cur.execute("SELECT count(*) FROM sqlite_schema").get == 0
+    return bool(cur.execute("SELECT count(*) FROM sqlite_schema").get == 0)
 
 
 def _initialise(cur: apsw.Cursor, index: int, identity: ShardIdentity) -> None:
@@ -467,10 +372,13 @@ def _verify(cur: apsw.Cursor, path: str, index: int, identity: ShardIdentity, ap
         raise CorruptionError(f"{path} is not an ekv shard file (application_id {app_id:#x}); refusing to touch it")
     version = cur.execute("PRAGMA user_version").get
     if version > schema.SCHEMA_VERSION:
-        raise CorruptionError(f"{path} has schema version {version}, newer than this ekv supports ({schema.SCHEMA_VERSION})")
+        raise CorruptionError(
+            f"{path} has schema version {version}, newer than this ekv supports ({schema.SCHEMA_VERSION})"
+        )
     if version < 1:
         raise CorruptionError(f"{path} has no ekv schema version; it is damaged")
-    meta = dict(cur.execute("SELECT key, value FROM meta").fetchall())
+    rows: list[Any] = cur.execute("SELECT key, value FROM meta").fetchall()
+    meta = {row[0]: row[1] for row in rows}
     expected = {"shard_index": index, "shard_count": identity.shards, "node_id": identity.node_id}
     for key, want in expected.items():
         if meta.get(key) != want:

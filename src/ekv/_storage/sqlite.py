@@ -14,10 +14,10 @@ import apsw
 
 from ekv._errors import (
     ClosedError,
-    Error,
     CorruptionError,
     DataDirError,
     DiskFullError,
+    Error,
     SQLiteVersionError,
     StorageError,
 )
@@ -25,6 +25,7 @@ from ekv._errors import (
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "check_sqlite_version",
+    "enable_wal",
     "open_connection",
     "raise_storage_error",
     "sqlite_version",
@@ -83,42 +84,50 @@ def open_connection(path: str, *, create: bool, synchronous: str, reader: bool =
     try:
         conn = apsw.Connection(path, flags=flags)
         conn.set_busy_timeout(BUSY_TIMEOUT_MS)
-        if not reader:
-            # journal_mode returns a row; APSW runs later statements only as rows are consumed,
-            # so every statement here is executed on its own.
-            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        # Each pragma runs on its own: APSW runs later statements of a script only as the rows
+        # of earlier ones are consumed. journal_mode is set by the writer once the file is
+        # known to be an ekv shard (see enable_wal), so a foreign file is never modified.
         conn.execute(f"PRAGMA synchronous={synchronous}").fetchall()
         if reader:
             conn.execute("PRAGMA query_only=1").fetchall()
     except apsw.Error as exc:
-        raise_storage_error(exc, path)
+        raise_storage_error(exc, path, action="open")
     return conn
 
 
-def raise_storage_error(exc: BaseException, path: str | None = None) -> NoReturn:
+def enable_wal(conn: apsw.Connection) -> None:
+    """Switch a verified shard to WAL mode (persistent in the file; a no-op when already set)."""
+    mode = conn.execute("PRAGMA journal_mode=WAL").get
+    if str(mode).lower() != "wal":
+        raise StorageError(f"could not switch to WAL mode (journal_mode is {mode!r})")
+
+
+def raise_storage_error(exc: BaseException, path: str | None = None, *, action: str = "write") -> NoReturn:
     """Raise the ekv error matching an APSW or OS exception, chained to it."""
-    raise storage_error(exc, path) from exc
+    raise storage_error(exc, path, action=action) from exc
 
 
-def storage_error(exc: BaseException, path: str | None = None) -> Error:
+def storage_error(exc: BaseException, path: str | None = None, *, action: str = "write") -> Error:
     """The ekv error matching an APSW or OS exception (a new instance, ``__cause__`` set).
 
     A new instance per call matters: one failed group commit fails the write of every thread in
     the batch, and each thread must raise its own exception object.
     """
-    err = _translate(exc, path)
+    err = _translate(exc, path, action)
     err.__cause__ = exc
     return err
 
 
-def _translate(exc: BaseException, path: str | None) -> Error:
+def _translate(exc: BaseException, path: str | None, action: str) -> Error:
     where = f" ({path})" if path else ""
     if isinstance(exc, Error):
         return type(exc)(*exc.args)
     if isinstance(exc, apsw.ConnectionClosedError | apsw.CursorClosedError):
         return ClosedError("the store is closed")
     if isinstance(exc, apsw.FullError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
-        return DiskFullError(f"disk full{where}: the write was not applied")
+        if action == "write":
+            return DiskFullError(f"disk full{where}: the write was not applied")
+        return DiskFullError(f"disk full{where} while trying to {action}")
     if isinstance(exc, apsw.NotADBError | apsw.CorruptError):
         return CorruptionError(f"{path or 'a shard file'} is corrupt or not an ekv file: {exc}")
     if isinstance(exc, apsw.ReadOnlyError | apsw.PermissionsError | apsw.CantOpenError | PermissionError):

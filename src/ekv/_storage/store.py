@@ -9,6 +9,7 @@ results, which are each in key order, into one ascending stream.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -36,6 +37,7 @@ from ekv._errors import (
 )
 from ekv._model import Entry, Version
 from ekv._storage import schema
+from ekv._storage.commit import Committer
 from ekv._storage.datadir import DataDir, Manifest, new_node_id
 from ekv._storage.shard import EventSink, RawEvent, Shard
 from ekv._storage.sqlite import check_sqlite_version, open_connection, raise_storage_error
@@ -100,6 +102,7 @@ class ShardedStore:
         self._readers: weakref.WeakSet[apsw.Connection] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._released = False
         self._forked = False
 
     # -- opening and closing -----------------------------------------------------------------
@@ -125,14 +128,18 @@ class ShardedStore:
                             identity=identity,
                             clock=clock,
                             sink=sink,
+                            committer=Committer(),
                             synchronous=store._synchronous,
                         )
                     )
                 if create:
                     datadir.write_manifest(manifest)
+                now = config.clock.now_ns()
+                for shard in store.shards:
+                    shard.touch(now)
             except BaseException:
                 for shard in store.shards:
-                    shard.close()
+                    shard.abort()
                 raise
         except BaseException:
             datadir.unlock()
@@ -146,9 +153,13 @@ class ShardedStore:
 
     def close(self) -> None:
         """Close every shard and reader connection and release the directory. Idempotent."""
-        self._closed = True
-        if self._forked or not self.shards:
-            return  # already closed, or the parent process owns the files: touch nothing
+        with self._readers_lock:
+            if self._closed and (self._forked or self._released):
+                return  # already closed, or the parent process owns the files: touch nothing
+            self._closed = True
+            if self._forked:
+                return
+            self._released = True
         with self._readers_lock:
             readers = list(self._readers)
             self._readers = weakref.WeakSet()
@@ -157,8 +168,9 @@ class ShardedStore:
                 conn.close()
             except apsw.Error as exc:  # pragma: no cover - close of a reader
                 _log.debug("closing a reader failed: %s", exc)
-        shards, self.shards = self.shards, []
-        for shard in shards:
+        # self.shards stays populated: a write racing with close finds a closed shard and raises
+        # ClosedError from there.
+        for shard in self.shards:
             shard.close()
         self.datadir.unlock()
         _open_stores.discard(self)
@@ -305,14 +317,15 @@ class ShardedStore:
                     raise self._closed_error()
                 cur = self._cursors()[index]
                 if last is None:
-                    rows = cur.execute(
-                        "SELECT key, ts, origin, oseq, expires_at, value FROM kv ORDER BY key LIMIT ?", (_PAGE,)
-                    ).fetchall()
+                    rows = _fetch(
+                        cur, "SELECT key, ts, origin, oseq, expires_at, value FROM kv ORDER BY key LIMIT ?", (_PAGE,)
+                    )
                 else:
-                    rows = cur.execute(
+                    rows = _fetch(
+                        cur,
                         "SELECT key, ts, origin, oseq, expires_at, value FROM kv WHERE key > ? ORDER BY key LIMIT ?",
                         (last, _PAGE),
-                    ).fetchall()
+                    )
                 for row in rows:
                     yield Entry(*row)
                 if len(rows) < _PAGE:
@@ -331,7 +344,7 @@ class ShardedStore:
             sql = schema.range_sql(with_values=with_values, after=after, bounded=bounded)
             params: tuple[Any, ...] = (lower, upper, now, _PAGE) if bounded else (lower, now, _PAGE)
             try:
-                rows = self._cursors()[index].execute(sql, params).fetchall()
+                rows: list[Any] = self._cursors()[index].execute(sql, params).fetchall()
             except apsw.Error as exc:
                 if self._closed:
                     raise self._closed_error() from exc
@@ -416,9 +429,7 @@ class ShardedStore:
             report.purged += purged
             if purged < _PURGE_BATCH:
                 break
-        report.log_truncated = shard.run_exclusive(
-            lambda cur: _finish_gc(shard, cur, now_ns, truncate_log)
-        )
+        report.log_truncated = shard.run_exclusive(lambda cur: _finish_gc(shard, cur, now_ns, truncate_log))
         return report
 
     # -- info --------------------------------------------------------------------------------
@@ -438,10 +449,8 @@ class ShardedStore:
         path = self.datadir.shard_path(index)
         size = 0
         for suffix in ("", "-wal"):
-            try:
+            with contextlib.suppress(OSError):
                 size += os.stat(f"{path}{suffix}").st_size
-            except OSError:
-                pass
         return {
             "index": index,
             "path": str(path),
@@ -457,6 +466,10 @@ class ShardedStore:
             "last_active_at_ns": last_active,
             "size_bytes": size,
         }
+
+
+def _fetch(cur: apsw.Cursor, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    return cur.execute(sql, params).fetchall()
 
 
 def _load_or_plan(datadir: DataDir, config: Config) -> tuple[Manifest, bool]:
@@ -492,14 +505,20 @@ def _load_or_plan(datadir: DataDir, config: Config) -> tuple[Manifest, bool]:
 
 
 def _is_abandoned_shard(path: Path) -> bool:
-    """True for an ekv shard file that holds no data (left by an interrupted creation)."""
+    """True for a shard file left by an interrupted creation: empty, an SQLite file with no
+    schema yet, or an ekv shard holding no rows. Read with ``immutable=1`` so checking a file
+    creates no ``-wal``/``-shm`` companions."""
     try:
         if path.stat().st_size == 0:
             return True
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        uri = "file:" + str(path.resolve()) + "?immutable=1"
+        conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
         try:
             cur = conn.cursor()
-            if cur.execute("PRAGMA application_id").get != schema.APPLICATION_ID:
+            app_id = cur.execute("PRAGMA application_id").get
+            if app_id == 0:
+                return bool(cur.execute("SELECT count(*) FROM sqlite_schema").get == 0)
+            if app_id != schema.APPLICATION_ID:
                 return False
             return bool(cur.execute("SELECT count(*) FROM kv").get == 0)
         finally:
@@ -509,7 +528,7 @@ def _is_abandoned_shard(path: Path) -> bool:
 
 
 def _expire_batch(shard: Shard, cur: apsw.Cursor, now_ns: int) -> tuple[list[RawEvent], int]:
-    rows = cur.execute(schema.EXPIRED_BATCH, (now_ns, _EXPIRE_BATCH)).fetchall()
+    rows: list[Any] = cur.execute(schema.EXPIRED_BATCH, (now_ns, _EXPIRE_BATCH)).fetchall()
     if not rows:
         return [], 0
     sink = shard.sink

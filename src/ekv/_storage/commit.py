@@ -1,0 +1,186 @@
+"""Group commit: how writes from many threads reach the shards' single writer connections.
+
+A commit costs far more than the statement it commits (measured here: an upsert alone is about
+3.5 µs, committing it about 17 µs more), and on CPython every call into SQLite hands the GIL to
+another thread, which costs tens of microseconds on a busy 2-core machine. So:
+
+* A thread that writes while nobody else does never waits on another thread: it appends its
+  operation to the queue, takes the mutex and commits the operation itself (one autocommit
+  statement for a lone write).
+* When several threads write at once, whoever holds the mutex (the *combiner*) takes every
+  queued operation, groups them by shard and commits each group in one transaction, checking
+  every write against last-writer-wins on its own, then wakes the other threads, whose writes
+  are now durable. Waiting threads sleep on their own lock, so they do not fight the combiner for
+  the GIL. The queue is node-wide rather than per shard because with 8 shards concurrent writers
+  rarely share a shard; a node-wide batch still turns N writes into at most one commit per
+  shard.
+* A combiner that has served ``_MAX_ROUNDS`` batches hands the mutex to the owner of the next
+  queued operation, so no thread is kept busy serving others forever.
+
+Everything that changes a shard file goes through here: local writes, remote applies and
+exclusive jobs (GC, close), so each writer connection is only ever used by one thread at a time
+and no write can race a GC pass. Per shard, operations run in the order they were queued.
+"""
+
+from __future__ import annotations
+
+from _thread import allocate_lock
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ekv._errors import ClosedError
+from ekv._model import Entry, Version
+
+if TYPE_CHECKING:
+    from ekv._storage.shard import Shard
+
+__all__ = ["Apply", "Committer", "Exclusive", "Op", "Write"]
+
+_MAX_BATCH = 256
+_MAX_ROUNDS = 8
+
+
+class Op:
+    """A queued unit of work for one shard. ``waiter`` is a lock its thread sleeps on."""
+
+    __slots__ = ("done", "error", "handoff", "shard", "waiter")
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.done = False
+        self.handoff = False
+        self.error: BaseException | None = None
+        self.waiter: Any = None
+
+
+class Write(Op):
+    """A local put (``blob`` set) or delete (``blob`` None)."""
+
+    __slots__ = ("blob", "expires_at", "key", "version")
+
+    def __init__(self, shard: Shard, key: str, blob: bytes | None, expires_at: int | None) -> None:
+        super().__init__(shard)
+        self.key = key
+        self.blob = blob
+        self.expires_at = expires_at
+        self.version: Version | None = None
+
+
+class Apply(Op):
+    """Versions made elsewhere, applied through the LWW path."""
+
+    __slots__ = ("applied", "entries")
+
+    def __init__(self, shard: Shard, entries: Sequence[Entry]) -> None:
+        super().__init__(shard)
+        self.entries = entries
+        self.applied: list[Entry] = []
+
+
+class Exclusive(Op):
+    """A job that runs alone on a shard's writer connection (GC, close, maintenance)."""
+
+    __slots__ = ("fn", "result")
+
+    def __init__(self, shard: Shard, fn: Callable[[], Any]) -> None:
+        super().__init__(shard)
+        self.fn = fn
+        self.result: Any = None
+
+
+class Committer:
+    """The node-wide write queue and its combining mutex."""
+
+    def __init__(self) -> None:
+        self._queue: deque[Op] = deque()
+        self._mutex = allocate_lock()
+        self.closed = False
+
+    def submit(self, op: Op) -> None:
+        """Run ``op`` (possibly batched with others) and return once it has run; the outcome
+        is in ``op.error`` and the op's result fields."""
+        if self.closed:
+            raise ClosedError("the store is closed")
+        self._queue.append(op)
+        if self._mutex.acquire(False):
+            self._combine()
+        else:
+            waiter = allocate_lock()
+            waiter.acquire()
+            op.waiter = waiter
+            # The combiner sets done/handoff and then reads op.waiter; we set op.waiter and
+            # then read done/handoff: one of the two always sees the other.
+            if not op.done and not op.handoff:
+                waiter.acquire()
+            if op.handoff:
+                self._combine()
+        assert op.done, "a submitted operation returned before it ran"
+
+    def _combine(self) -> None:
+        """Serve queued operations while holding the mutex; release it (or hand it on)."""
+        queue = self._queue
+        rounds = 0
+        while True:
+            while queue:
+                if rounds >= _MAX_ROUNDS:
+                    head = queue[0]
+                    head.handoff = True
+                    waiter = head.waiter
+                    if waiter is not None:
+                        waiter.release()
+                    return  # the mutex now belongs to head's thread
+                self._run_round()
+                rounds += 1
+            self._mutex.release()
+            # An operation queued after our last look must not be stranded: take the mutex
+            # back if nobody else did.
+            if not queue or not self._mutex.acquire(False):
+                return
+
+    def _run_round(self) -> None:
+        queue = self._queue
+        batch = [queue.popleft()]
+        while queue and len(batch) < _MAX_BATCH:
+            batch.append(queue.popleft())
+        try:
+            if len(batch) == 1:
+                op = batch[0]
+                if type(op) is Exclusive:
+                    op.shard.run_exclusive_op(op)
+                else:
+                    op.shard.commit(batch)
+                _wake(batch)
+                return
+            groups: dict[Shard, list[Op]] = {}
+            for op in batch:
+                if type(op) is Exclusive:
+                    self._flush(groups)
+                    groups = {}
+                    op.shard.run_exclusive_op(op)
+                    _wake((op,))
+                else:
+                    group = groups.get(op.shard)
+                    if group is None:
+                        groups[op.shard] = [op]
+                    else:
+                        group.append(op)
+            self._flush(groups)
+        finally:
+            _wake(batch)  # whatever an exception skipped; waking twice is prevented by `done`
+
+    @staticmethod
+    def _flush(groups: dict[Shard, list[Op]]) -> None:
+        for shard, group in groups.items():
+            shard.commit(group)
+            _wake(group)
+
+
+def _wake(ops: Sequence[Op] | tuple[Op, ...]) -> None:
+    for op in ops:
+        if op.done:
+            continue
+        op.done = True
+        waiter = op.waiter
+        if waiter is not None and not op.handoff:
+            waiter.release()

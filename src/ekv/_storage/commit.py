@@ -48,8 +48,7 @@ class Op:
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
-        self.done = False
-        self.handoff = False
+        self.done = self.handoff = False
         self.error: BaseException | None = None
         self.waiter: Any = None
 
@@ -57,13 +56,18 @@ class Op:
 class Write(Op):
     """A local put (``blob`` set) or delete (``blob`` None)."""
 
-    __slots__ = ("blob", "expires_at", "key", "version")
+    __slots__ = ("blob", "expires_at", "key", "oseq", "version")
 
     def __init__(self, shard: Shard, key: str, blob: bytes | None, expires_at: int | None) -> None:
-        super().__init__(shard)
+        # Fields set inline rather than through super().__init__: this runs on every write.
+        self.shard = shard
+        self.done = self.handoff = False
+        self.error = None
+        self.waiter = None
         self.key = key
         self.blob = blob
         self.expires_at = expires_at
+        self.oseq = 0
         self.version: Version | None = None
 
 
@@ -102,6 +106,15 @@ class Committer:
         is in ``op.error`` and the op's result fields."""
         if self.closed:
             raise ClosedError("the store is closed")
+        if not self._queue and self._mutex.acquire(False):
+            # Uncontended: run our own operation directly, then serve whatever was queued
+            # meanwhile before letting go of the mutex.
+            try:
+                op.shard.run(op)
+            finally:
+                op.done = True
+                self._combine()
+            return
         self._queue.append(op)
         if self._mutex.acquire(False):
             self._combine()
@@ -145,11 +158,7 @@ class Committer:
             batch.append(queue.popleft())
         try:
             if len(batch) == 1:
-                op = batch[0]
-                if type(op) is Exclusive:
-                    op.shard.run_exclusive_op(op)
-                else:
-                    op.shard.commit(batch)
+                batch[0].shard.run(batch[0])
                 _wake(batch)
                 return
             groups: dict[Shard, list[Op]] = {}

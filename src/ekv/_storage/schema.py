@@ -91,6 +91,19 @@ WHERE excluded.ts > kv.ts OR (excluded.ts = kv.ts AND excluded.origin > kv.origi
 """
 
 
+_UPSERT_HEAD, _UPSERT_TAIL = UPSERT.split("VALUES (?, ?, ?, ?, ?, ?, ?)")
+_UPSERT_ROWS: dict[int, str] = {1: UPSERT}
+
+
+def upsert_rows(rows: int) -> str:
+    """:data:`UPSERT` for ``rows`` rows in one statement (each row LWW-checked on its own)."""
+    sql = _UPSERT_ROWS.get(rows)
+    if sql is None:
+        sql = _UPSERT_HEAD + "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows) + _UPSERT_TAIL
+        _UPSERT_ROWS[rows] = sql
+    return sql
+
+
 GET = "SELECT value, expires_at FROM kv WHERE key = ?"
 LOOKUP = "SELECT value, expires_at, ts, origin FROM kv WHERE key = ?"
 ROW = "SELECT key, ts, origin, oseq, expires_at, value FROM kv WHERE key = ?"

@@ -195,21 +195,106 @@ class Shard:
                     self._cur.execute("ROLLBACK")
             op.error = exc if isinstance(exc, Error) else storage_error(exc, self.path)
 
+    def run(self, op: Op) -> None:
+        """Run one operation (the uncontended path of the group commit)."""
+        kind = type(op)
+        if kind is Write:
+            if self._closed:
+                op.error = ClosedError("the store is closed")
+            else:
+                self._commit_writes([op])  # type: ignore[list-item]
+        elif kind is Exclusive:
+            self.run_exclusive_op(op)  # type: ignore[arg-type]
+        else:
+            self.commit([op])
+
     def commit(self, batch: list[Op]) -> None:
+        """Commit a group of queued operations; set each op's outcome."""
         if self._closed:
             for op in batch:
                 op.error = ClosedError("the store is closed")
             return
-        cur = self._cur
+        if all(type(op) is Write for op in batch):
+            self._commit_writes(batch)  # type: ignore[arg-type]
+        else:
+            self._commit_mixed(batch)
+
+    def _commit_writes(self, batch: list[Write]) -> None:
+        """Local writes: one multi-row upsert statement, committed on its own.
+
+        One statement means one call into SQLite (one release of the GIL, which costs tens of
+        microseconds when other threads wait for it) and one commit for the whole group. The row
+        count is rounded up to a power of two by repeating the last row (a repeat is an exact
+        duplicate version and changes nothing), so only nine statement shapes are ever prepared.
+        Every row is still checked against LWW by the statement's WHERE clause.
+        """
         sink = self.sink
+        cur = self._cur
         events: list[RawEvent] | None = [] if sink.active else None
-        saved_oseq = self._oseq
-        # A lone local write is one autocommit statement (the change-log row is written by a
-        # trigger): one call into SQLite, one release of the GIL. Batches share a transaction.
-        explicit = len(batch) > 1 or type(batch[0]) is not Write
+        tick = self.clock.tick
+        origin = self.origin
+        oseq = self._oseq
+        params: list[Any] = []
+        latest: dict[str, bytes | None] = {}  # for delete events: values written earlier in the group
+        wanted: list[tuple[Write, bytes | None]] = []
         try:
-            if explicit:
-                cur.execute("BEGIN")
+            for op in batch:
+                key = op.key
+                blob = op.blob
+                if events is not None and sink.matches(key):
+                    prev = None
+                    if blob is None:
+                        prev = latest[key] if key in latest else self._visible_value(cur, key)
+                    wanted.append((op, prev))
+                    latest[key] = blob
+                ts = tick()
+                oseq += 1
+                op.oseq = oseq
+                op.version = Version(ts, origin)
+                params += (key, ts, origin, oseq, op.expires_at, None if blob is not None else ts, blob)
+            rows = len(batch)
+            if rows == 1:
+                cur.execute(schema.UPSERT, params)
+            else:
+                shape = 1 << (rows - 1).bit_length()
+                if shape != rows:
+                    params += params[-7:] * (shape - rows)
+                cur.execute(schema.upsert_rows(shape), params)
+            if self._conn.changes() != rows:
+                self._overtake_lost(cur, batch)
+        except BaseException as exc:
+            for op in batch:
+                op.error = storage_error(exc, self.path)
+                op.version = None
+            return
+        self._oseq = oseq
+        if events is not None and wanted:
+            for op, prev in wanted:
+                version = op.version
+                assert version is not None
+                if op.blob is not None:
+                    events.append(("put", op.key, op.blob, version))
+                else:
+                    events.append(("delete", op.key, prev, version))
+            self._publish(events)
+
+    def _overtake_lost(self, cur: apsw.Cursor, batch: list[Write]) -> None:
+        """Some local writes lost LWW: the stored version was ahead of this node's clock (data
+        written by a peer whose clock ran ahead, before a restart). Rewrite each of them, in
+        order, above the stored version; ``_overtake`` advances the clock past it."""
+        for op in batch:
+            stored = cur.execute(schema.VERSION_OF, (op.key,)).get
+            assert op.version is not None
+            if stored is not None and Version(*stored) > op.version:
+                op.version = Version(self._overtake(cur, op, op.oseq), self.origin)
+
+    def _commit_mixed(self, batch: list[Op]) -> None:
+        """Remote applies (possibly with local writes): one explicit transaction."""
+        cur = self._cur
+        events: list[RawEvent] | None = [] if self.sink.active else None
+        saved_oseq = self._oseq
+        try:
+            cur.execute("BEGIN")
             remote = False
             for op in batch:
                 if type(op) is Write:
@@ -222,8 +307,7 @@ class Shard:
                 # Versions applied from peers may be ahead of this node's own writes; persist
                 # the clock so a restart still issues timestamps above them (causality).
                 cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
-            if explicit:
-                cur.execute("COMMIT")
+            cur.execute("COMMIT")
         except BaseException as exc:
             self._oseq = saved_oseq
             with contextlib.suppress(apsw.Error):
@@ -237,10 +321,13 @@ class Shard:
                     op.applied = []
             return
         if events:
-            try:
-                sink.publish(events)
-            except Exception:  # a subscriber bug must never fail a committed write
-                _log.exception("ekv: delivering events failed")
+            self._publish(events)
+
+    def _publish(self, events: list[RawEvent]) -> None:
+        try:
+            self.sink.publish(events)
+        except Exception:  # a subscriber bug must never fail a committed write
+            _log.exception("ekv: delivering events failed")
 
     def _write_one(self, cur: apsw.Cursor, op: Write, events: list[RawEvent] | None) -> None:
         key = op.key
@@ -250,7 +337,7 @@ class Shard:
         if wanted and blob is None:
             prev = self._visible_value(cur, key)
         ts = self.clock.tick()
-        oseq = self._oseq + 1
+        oseq = op.oseq = self._oseq + 1
         origin = self.origin
         cur.execute(schema.UPSERT, (key, ts, origin, oseq, op.expires_at, None if blob is not None else ts, blob))
         if not self._conn.changes():

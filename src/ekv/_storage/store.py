@@ -259,7 +259,12 @@ class ShardedStore:
         """Store ``value`` under ``key``; return the write's version once it is durable."""
         if self._closed:
             raise self._closed_error()
-        encoded = self._encode_key(key)
+        try:
+            encoded: bytes = key.encode()
+        except (AttributeError, UnicodeEncodeError, TypeError):
+            encoded = check_key(key)
+        if type(key) is not str or not encoded or b"\x00" in encoded or len(encoded) > MAX_KEY_BYTES:
+            encoded = check_key(key)
         expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
         try:
             blob = self._dumps(value)

@@ -24,7 +24,11 @@ catches them all. Errors caused by bad arguments also derive from the built-in `
     │   ├── ShardCountError                 shards= differs from what data_dir was created with
     │   ├── InstanceNameError               name= differs from what data_dir was created with
     │   ├── LockedError                     another process (or EKV object) has data_dir open
-    │   └── SQLiteVersionError              the SQLite library has a known corruption bug
+    │   ├── SQLiteVersionError              the SQLite library has a known corruption bug
+    │   └── StaleDataError                  data_dir is older than tombstone_ttl (cluster)
+    ├── ClusterError                        the cluster layer
+    │   ├── ProtocolError                   a peer sent bytes that are not valid ekv protocol
+    │   └── AuthenticationError             a peer failed the cookie challenge (or we did)
     └── InternalError                       a broken invariant: a bug in ekv, please report it
 
 Operating errors (disk full, locked directory, closed store) are typed so callers can handle them;
@@ -34,7 +38,9 @@ programmer errors (wrong types, bad values) raise early and write nothing.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ClosedError",
+    "ClusterError",
     "CodecError",
     "ConfigError",
     "CorruptionError",
@@ -48,8 +54,10 @@ __all__ = [
     "InvalidArgument",
     "InvalidArgumentType",
     "LockedError",
+    "ProtocolError",
     "SQLiteVersionError",
     "ShardCountError",
+    "StaleDataError",
     "StorageError",
     "SubscriptionClosed",
     "SubscriptionOverflow",
@@ -156,6 +164,24 @@ class LockedError(StorageError):
 class SQLiteVersionError(StorageError):
     """The SQLite library in use has a known data-corruption bug (the WAL-reset race fixed in
     3.51.3); ekv refuses to run on it."""
+
+
+class StaleDataError(StorageError):
+    """The data directory was last active longer ago than ``tombstone_ttl``: rejoining a cluster
+    with it could resurrect deleted keys."""
+
+
+class ClusterError(Error):
+    """Base class for errors of the cluster layer (transport, membership, replication)."""
+
+
+class ProtocolError(ClusterError):
+    """A peer sent bytes that are not valid ekv protocol (garbage, an oversized or truncated
+    frame, an unknown version or message). The connection is closed; no data changes."""
+
+
+class AuthenticationError(ClusterError):
+    """A peer did not prove it knows the cluster cookie (or proved a different one)."""
 
 
 class InternalError(Error):

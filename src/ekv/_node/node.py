@@ -204,7 +204,7 @@ class Node:
             total = GcReport()
             for index in range(self.config.shards):
                 # A node without peers has nobody to send its change log to: truncate it all.
-                report = self.store.gc_shard(index, now_ns=now, cutoff_ns=cutoff, truncate_log=True)
+                report = self.store.gc_shard(index, now_ns=now, cutoff_ns=cutoff, log_targets=None)
                 total.expired += report.expired
                 total.purged += report.purged
                 total.log_truncated += report.log_truncated

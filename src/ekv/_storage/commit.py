@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from _thread import allocate_lock
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ekv._errors import ClosedError
@@ -74,11 +74,13 @@ class Write(Op):
 class Apply(Op):
     """Versions made elsewhere, applied through the LWW path."""
 
-    __slots__ = ("applied", "entries")
+    __slots__ = ("applied", "entries", "vv")
 
-    def __init__(self, shard: Shard, entries: Sequence[Entry]) -> None:
+    def __init__(self, shard: Shard, entries: Sequence[Entry], vv: Mapping[str, int] | None = None) -> None:
         super().__init__(shard)
         self.entries = entries
+        self.vv = vv
+        """Version-vector raises to persist in the same transaction as the entries."""
         self.applied: list[Entry] = []
 
 

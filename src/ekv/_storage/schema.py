@@ -14,7 +14,15 @@ Tables
     write costs one small append. Triggers on ``kv`` write it, so the state row and its log row
     are one statement (and one transaction) by construction. Delta sync reads it; GC truncates it.
 ``vv``
-    Per-origin replication progress of this shard (used by the cluster layer).
+    This shard's version vector for other origins: origin -> highest oseq such that every write
+    of that origin up to it is covered here (applied, or superseded by a higher version). The
+    entry for the local origin is not stored: it is the local sequence counter.
+``floors``
+    Per origin, the highest oseq removed from the change log by truncation. A delta sync can
+    serve a peer only if, for every origin, the peer already covers this floor.
+``peers``
+    The last version vector each peer reported for this shard (in its sync requests), and when:
+    truncation keeps what a recently seen peer still lacks.
 ``meta``
     Identity and bookkeeping: shard index and count, node id, instance name, schema version,
     ``last_active_at``, and the floors of the local sequence counter and clock that survive
@@ -75,6 +83,15 @@ CREATE TABLE vv (
     origin  TEXT    NOT NULL PRIMARY KEY,
     oseq    INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE floors (
+    origin  TEXT    NOT NULL PRIMARY KEY,
+    oseq    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE peers (
+    node_id      TEXT    NOT NULL PRIMARY KEY,
+    vv           TEXT    NOT NULL,
+    reported_at  INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE meta (
     key     TEXT NOT NULL PRIMARY KEY,
     value
@@ -113,6 +130,19 @@ META_GET = "SELECT value FROM meta WHERE key = ?"
 META_SET = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 OWN_LOG_TAIL = "SELECT oseq, ts FROM log WHERE origin = ? ORDER BY oseq DESC LIMIT 1"
+VV_ALL = "SELECT origin, oseq FROM vv"
+VV_RAISE = (
+    "INSERT INTO vv (origin, oseq) VALUES (?, ?) ON CONFLICT (origin) DO UPDATE SET oseq = max(oseq, excluded.oseq)"
+)
+FLOORS_ALL = "SELECT origin, oseq FROM floors"
+FLOOR_RAISE = (
+    "INSERT INTO floors (origin, oseq) VALUES (?, ?) ON CONFLICT (origin) DO UPDATE SET oseq = max(oseq, excluded.oseq)"
+)
+PEER_REPORT = (
+    "INSERT INTO peers (node_id, vv, reported_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (node_id) DO UPDATE SET vv = excluded.vv, reported_at = excluded.reported_at"
+)
+PEERS_ALL = "SELECT node_id, vv, reported_at FROM peers"
 
 EXPIRED_BATCH = (
     "SELECT key, ts, origin, value, expires_at FROM kv "

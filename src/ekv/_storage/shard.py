@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import apsw
@@ -77,6 +77,9 @@ class Shard:
         self._oseq = oseq
         self._committer = committer
         self._closed = False
+        self.outbox: Callable[[int, list[Entry]], None] | None = None
+        """Called with (shard index, entries) after each commit of local writes, in commit
+        order; the cluster layer sets it to feed live replication."""
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -145,10 +148,13 @@ class Shard:
         assert version is not None
         return version
 
-    def apply(self, entries: Sequence[Entry]) -> list[Entry]:
+    def apply(self, entries: Sequence[Entry], vv: Mapping[str, int] | None = None) -> list[Entry]:
         """Apply versions made elsewhere through the one LWW path; return those that won, in the
-        form they were stored (an already-expired put is stored as a tombstone)."""
-        op = Apply(self, entries)
+        form they were stored (an already-expired put is stored as a tombstone).
+
+        ``vv`` raises this shard's stored version vector in the same transaction, so the vector
+        never claims a write whose row did not commit."""
+        op = Apply(self, entries, vv)
         self._committer.submit(op)
         if op.error is not None:
             raise op.error
@@ -268,6 +274,9 @@ class Shard:
                 op.version = None
             return
         self._oseq = oseq
+        outbox = self.outbox
+        if outbox is not None:
+            self._send_out(outbox, batch)
         if events is not None and wanted:
             for op, prev in wanted:
                 version = op.version
@@ -302,6 +311,10 @@ class Shard:
                 else:
                     assert type(op) is Apply
                     self._apply_one(cur, op, events)
+                    if op.vv:
+                        for origin, oseq in op.vv.items():
+                            if origin != self.origin:
+                                cur.execute(schema.VV_RAISE, (origin, oseq))
                     remote = True
             if remote:
                 # Versions applied from peers may be ahead of this node's own writes; persist
@@ -320,8 +333,24 @@ class Shard:
                 elif type(op) is Apply:
                     op.applied = []
             return
+        outbox = self.outbox
+        if outbox is not None:
+            writes = [op for op in batch if type(op) is Write]
+            if writes:
+                self._send_out(outbox, writes)
         if events:
             self._publish(events)
+
+    def _send_out(self, outbox: Callable[[int, list[Entry]], None], batch: list[Write]) -> None:
+        out = []
+        for op in batch:
+            version = op.version
+            if version is not None:
+                out.append(Entry(op.key, version.timestamp_ns, version.origin, op.oseq, op.expires_at, op.blob))
+        try:
+            outbox(self.index, out)
+        except Exception:  # replication trouble must never fail a committed write
+            _log.exception("ekv: queueing writes for replication failed")
 
     def _publish(self, events: list[RawEvent]) -> None:
         try:
@@ -479,6 +508,8 @@ def _own_tail(cur: apsw.Cursor, node_id: str) -> tuple[int, int]:
     """The last local sequence number and clock value, from the change log and the floors
     persisted when the log was truncated."""
     oseq_floor = cur.execute(schema.META_GET, ("oseq_floor",)).get or 0
+    truncated = cur.execute("SELECT oseq FROM floors WHERE origin = ?", (node_id,)).get or 0
+    oseq_floor = max(oseq_floor, truncated)
     hlc_floor = cur.execute(schema.META_GET, ("hlc_floor",)).get or 0
     tail = cur.execute(schema.OWN_LOG_TAIL, (node_id,)).get
     if tail is not None:

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from ekv._storage.commit import Committer
 from ekv._storage.datadir import DataDir, Manifest, new_node_id
 from ekv._storage.shard import EventSink, RawEvent, Shard
 from ekv._storage.sqlite import check_sqlite_version, open_connection, raise_storage_error
+from ekv._storage.sync import truncate_log
 
 __all__ = ["GcReport", "ShardedStore"]
 
@@ -108,14 +109,19 @@ class ShardedStore:
     # -- opening and closing -----------------------------------------------------------------
 
     @classmethod
-    def open(cls, config: Config, clock: HybridClock, sink: EventSink) -> ShardedStore:
-        """Open or create the data directory of ``config`` and every shard in it."""
+    def open(
+        cls, config: Config, clock: HybridClock, sink: EventSink, *, new_node_id: str | None = None
+    ) -> ShardedStore:
+        """Open or create the data directory of ``config`` and every shard in it.
+
+        ``new_node_id`` fixes the identity of a store being created (the simulator uses it for
+        reproducible runs); an existing store keeps its recorded identity."""
         check_sqlite_version()
         datadir = DataDir(config.data_dir)
         datadir.ensure_exists()
         datadir.lock()
         try:
-            manifest, create = _load_or_plan(datadir, config)
+            manifest, create = _load_or_plan(datadir, config, new_node_id)
             store = cls(config, datadir, manifest, clock)
             identity = _Identity(config.name, manifest.node_id, config.shards)
             try:
@@ -303,6 +309,18 @@ class ShardedStore:
             applied.extend(self.shards[index].apply(by_shard[index]))
         return applied
 
+    def apply_shard(self, index: int, entries: Sequence[Entry], vv: Mapping[str, int] | None = None) -> list[Entry]:
+        """Apply entries that all belong to shard ``index`` (checked: an entry of another shard
+        raises ValueError) and raise the shard's version vector by ``vv`` in the same
+        transaction; return the entries that won."""
+        if self._closed:
+            raise self._closed_error()
+        count = self._count
+        for entry in entries:
+            if shard_of(check_key(entry.key), count) != index:
+                raise ValueError(f"key {entry.key!r:.80} does not belong to shard {index}")
+        return self.shards[index].apply(entries, vv)
+
     def entry(self, key: str) -> Entry | None:
         """The stored entry of ``key`` including tombstones and expired puts (for tests,
         tools and replication)."""
@@ -417,9 +435,12 @@ class ShardedStore:
 
     # -- garbage collection ------------------------------------------------------------------
 
-    def gc_shard(self, index: int, *, now_ns: int, cutoff_ns: int, truncate_log: bool) -> GcReport:
+    def gc_shard(
+        self, index: int, *, now_ns: int, cutoff_ns: int, log_targets: Mapping[str, int] | None = None
+    ) -> GcReport:
         """One GC pass over one shard: expire TTL entries (events), purge tombstones that died
-        before ``cutoff_ns``, truncate the change log, refresh ``last_active_at``."""
+        before ``cutoff_ns``, truncate the change log up to ``log_targets`` (per origin; None
+        truncates everything), refresh ``last_active_at``."""
         shard = self.shards[index]
         report = GcReport()
         while True:
@@ -434,7 +455,7 @@ class ShardedStore:
             report.purged += purged
             if purged < _PURGE_BATCH:
                 break
-        report.log_truncated = shard.run_exclusive(lambda cur: _finish_gc(shard, cur, now_ns, truncate_log))
+        report.log_truncated = shard.run_exclusive(lambda cur: _finish_gc(shard, cur, now_ns, log_targets))
         return report
 
     # -- info --------------------------------------------------------------------------------
@@ -477,7 +498,7 @@ def _fetch(cur: apsw.Cursor, sql: str, params: tuple[Any, ...]) -> list[Any]:
     return cur.execute(sql, params).fetchall()
 
 
-def _load_or_plan(datadir: DataDir, config: Config) -> tuple[Manifest, bool]:
+def _load_or_plan(datadir: DataDir, config: Config, node_id: str | None) -> tuple[Manifest, bool]:
     """The manifest of an existing store, or a new one to create (``create`` True)."""
     manifest = datadir.read_manifest()
     if manifest is not None:
@@ -503,7 +524,7 @@ def _load_or_plan(datadir: DataDir, config: Config) -> tuple[Manifest, bool]:
     manifest = Manifest(
         name=config.name,
         shards=config.shards,
-        node_id=new_node_id(),
+        node_id=node_id or new_node_id(),
         created_at_ns=config.clock.now_ns(),
     )
     return manifest, True
@@ -553,15 +574,10 @@ def _purge_batch(shard: Shard, cur: apsw.Cursor, cutoff_ns: int) -> int:
     return int(cur.connection.changes())
 
 
-def _finish_gc(shard: Shard, cur: apsw.Cursor, now_ns: int, truncate_log: bool) -> int:
+def _finish_gc(shard: Shard, cur: apsw.Cursor, now_ns: int, targets: Mapping[str, int] | None) -> int:
     cur.execute("BEGIN")
-    truncated = 0
-    if truncate_log:
-        shard.persist_floors(cur)
-        for origin, top in cur.execute("SELECT origin, max(oseq) FROM log GROUP BY origin").fetchall():
-            cur.execute(schema.META_SET, (f"log_floor/{origin}", top))
-        cur.execute("DELETE FROM log")
-        truncated = int(cur.connection.changes())
+    shard.persist_floors(cur)
+    truncated = truncate_log(cur, shard.origin, targets)
     cur.execute(schema.META_SET, ("last_active_at", now_ns))
     cur.execute("COMMIT")
     return truncated

@@ -1,0 +1,140 @@
+"""The messages of the ekv wire protocol, version 1.
+
+Every message is a frozen dataclass; :mod:`ekv._cluster.wire` turns them into bytes and back.
+Values inside entries are opaque bytes (the codec's output): nothing received from the network is
+ever unpickled here.
+
+Connection set-up (both sides, in this order)::
+
+    -> Hello   (protocol versions, features, instance name, node id, shard count, nonce)
+    <- Hello
+    -> Auth    (HMAC of both nonces and both identities with the cookie)
+    <- Auth
+    ... then any of the session messages, in both directions.
+
+A side that refuses the other (wrong instance, shard count, version, cookie) sends ``Reject``
+with a reason and closes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ekv._model import Entry
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Auth",
+    "Bye",
+    "Hello",
+    "Live",
+    "Members",
+    "Message",
+    "Ping",
+    "Pong",
+    "Reject",
+    "SyncChunk",
+    "SyncDone",
+    "SyncRequest",
+    "VersionVector",
+]
+
+PROTOCOL_VERSION = 1
+"""The highest protocol version this ekv speaks; Hello advertises every version it accepts."""
+
+VersionVector = dict[str, int]
+"""Per-origin replication progress of one shard: origin -> highest oseq such that every write of
+that origin with a lower or equal oseq is covered (applied, or superseded by a higher version)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    versions: tuple[int, ...]
+    features: tuple[str, ...]
+    instance: str
+    node_id: str
+    shards: int
+    nonce: bytes
+    listen: str | None = None
+    """The address this node accepts connections on, for the other members to dial."""
+    wall_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    wall_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    echo_wall_ns: int
+    wall_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """Members this node knows: (node_id, listen address) pairs. Gossip that lets one connection
+    reach the whole mesh."""
+
+    members: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """ "Send me what I lack in ``shard``": the requester's version vector."""
+
+    shard: int
+    sync_id: int
+    vv: VersionVector = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncChunk:
+    """Part ``seq`` (0, 1, 2, ...) of a sync. The receiver applies it at once (each entry
+    LWW-checked); only a complete, in-order sequence lets it merge the final vector."""
+
+    shard: int
+    sync_id: int
+    seq: int
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDone:
+    """The terminal message of a sync, also when it sent nothing. ``vv`` is the sender's version
+    vector at the snapshot the sync was read from; the receiver merges it into its own."""
+
+    shard: int
+    sync_id: int
+    vv: VersionVector
+    kind: str
+    """"delta" or "full"."""
+    chunks: int
+    """How many SyncChunk messages preceded this one."""
+    entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """Writes made by the sender (its own origin), in oseq order, sent as they commit."""
+
+    shard: int
+    entries: tuple[Entry, ...]
+
+
+Message = Hello | Auth | Reject | Bye | Ping | Pong | Members | SyncRequest | SyncChunk | SyncDone | Live

@@ -1,0 +1,451 @@
+"""The replication state machine of one node: sans-I/O, deterministic, shared by the running node
+and the simulator.
+
+It is driven from outside, on one thread: :meth:`peer_up` / :meth:`peer_down` when an
+authenticated session with a member starts or ends, :meth:`on_message` for each message from a
+member, :meth:`on_local_writes` with the writes this node committed, and :meth:`tick` with the
+current time. It answers by calling ``send(peer_id, message)`` and by reading and writing the
+store. It never blocks on the network and never reads the clock by itself.
+
+Protocol (per shard, see docs/architecture.md for why it converges):
+
+* Live: every local write is sent to every connected member as it commits (``Live``, the
+  sender's own writes only, in oseq order). The receiver applies them through LWW and raises its
+  version vector through consecutive oseqs of that origin.
+* Pull sync: when a session starts, and then every ``anti_entropy_interval`` (jittered), a node
+  sends each member ``SyncRequest(vv)`` for each shard, at most one in flight per member and
+  shard. The member answers from one snapshot with every current row whose dot the requester does
+  not cover, read from its change log (delta) when the log still holds everything the requester
+  lacks, else all live rows and recent tombstones (full), in chunks bounded by count and bytes,
+  then ``SyncDone`` with its vector, also when nothing was sent. The requester merges that vector
+  only if it received every chunk of that sync, in order. Because a member's log also holds the
+  writes it applied from third nodes, pulling from B delivers A's writes to C when A and C cannot
+  talk; because the requester's vector covers what it already got live, healthy members send
+  each other nothing.
+* Long partitions: when a member goes away its down-since time is persisted; a member that comes
+  back after more than ``tombstone_ttl`` is quarantined (no sync, no live traffic, logged, in
+  ``info()``) until the operator clears it, because deletes made meanwhile may have been purged.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ekv._cluster.messages import Live, Message, SyncChunk, SyncDone, SyncRequest
+from ekv._core import vv as vvmod
+from ekv._core.durations import NS_PER_S, tombstone_cutoff_ns
+from ekv._model import Entry
+from ekv._storage import schema
+from ekv._storage.store import ShardedStore
+from ekv._storage.sync import SyncSnapshot, load_peer_reports, local_vv, record_peer_report
+
+__all__ = ["ReplicationSettings", "Replicator"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationSettings:
+    anti_entropy_interval_ns: int = 30 * NS_PER_S
+    sync_chunk_entries: int = 500
+    sync_chunk_bytes: int = 1 << 20
+    tombstone_ttl_ns: int = 7 * 86_400 * NS_PER_S
+    sync_timeout_ns: int = 60 * NS_PER_S
+    """A pull that made no progress for this long is abandoned and retried (its requests or
+    answers were lost without the session ending)."""
+    quarantine: bool = True
+    """Quarantine members that come back after more than ``tombstone_ttl``."""
+    anti_entropy: bool = True
+
+
+@dataclass(slots=True)
+class _OutSync:
+    sync_id: int
+    snapshot: SyncSnapshot
+    seq: int = 0
+    started_ns: int = 0
+
+
+@dataclass(slots=True)
+class _InSync:
+    sync_id: int
+    started_ns: int
+    progress_ns: int = 0
+    next_seq: int = 0
+    entries: int = 0
+    broken: bool = False
+
+
+@dataclass(slots=True)
+class PeerState:
+    """What this node tracks about one connected member."""
+
+    node_id: str
+    connected_at_ns: int
+    last_seen_ns: int
+    quarantined: bool = False
+    out: dict[int, _OutSync] = field(default_factory=dict)
+    inbound: dict[int, _InSync] = field(default_factory=dict)
+    next_pull_ns: dict[int, int] = field(default_factory=dict)
+    reported_vv: dict[int, dict[str, int]] = field(default_factory=dict)
+    last_sync: dict[int, dict[str, Any]] = field(default_factory=dict)
+    syncs_in: dict[str, int] = field(default_factory=lambda: {"delta": 0, "full": 0})
+    syncs_out: dict[str, int] = field(default_factory=lambda: {"delta": 0, "full": 0})
+
+
+class Replicator:
+    """Replication for one node (all shards). Not thread-safe: one driver thread at a time."""
+
+    def __init__(
+        self,
+        store: ShardedStore,
+        settings: ReplicationSettings,
+        *,
+        send: Callable[[str, Message], None],
+        can_send: Callable[[str], bool] = lambda _peer: True,
+        rng: random.Random | None = None,
+        log: Any = None,
+    ) -> None:
+        self.store = store
+        self.node_id = store.node_id
+        self.settings = settings
+        self._send = send
+        self._can_send = can_send
+        self._rng = rng or random.Random()
+        self._log = log
+        self._shards = len(store.shards)
+        self._next_sync_id = 1
+        self._now = 0
+        self.peers: dict[str, PeerState] = {}
+        self.vv: list[dict[str, int]] = [self._load_vv(i) for i in range(self._shards)]
+        self.stats = {"live_sent": 0, "live_received": 0, "live_applied": 0, "sync_entries_applied": 0}
+        self._down_since: dict[str, int] = self._load_markers("member_down/")
+        self.quarantined: dict[str, int] = self._load_markers("member_quarantined/")
+
+    # -- persistent node-level markers (kept in shard 0's meta table) ---------------------------
+
+    def _load_markers(self, prefix: str) -> dict[str, int]:
+        def read(cur: Any) -> dict[str, int]:
+            rows = cur.execute("SELECT key, value FROM meta WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff"))
+            return {key[len(prefix) :]: int(value) for key, value in rows.fetchall() if isinstance(value, int)}
+
+        result: dict[str, int] = self.store.shards[0].run_exclusive(read)
+        return result
+
+    def _set_marker(self, prefix: str, node_id: str, value: int | None) -> None:
+        key = prefix + node_id
+
+        def write(cur: Any) -> None:
+            if value is None:
+                cur.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                cur.execute(schema.META_SET, (key, value))
+
+        self.store.shards[0].run_exclusive(write)
+
+    def _load_vv(self, shard: int) -> dict[str, int]:
+        node_id = self.node_id
+        result: dict[str, int] = self.store.shards[shard].run_exclusive(lambda cur: local_vv(cur, node_id))
+        return result
+
+    def _info(self, msg: str, *args: object) -> None:
+        if self._log is not None:
+            self._log.info(msg, *args)
+
+    def _warning(self, msg: str, *args: object) -> None:
+        if self._log is not None:
+            self._log.warning(msg, *args)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def peer_up(self, peer_id: str, now_ns: int) -> None:
+        """An authenticated session with member ``peer_id`` started."""
+        self.peer_down(peer_id, now_ns, record=False)  # a new session replaces any old one
+        state = PeerState(peer_id, connected_at_ns=now_ns, last_seen_ns=now_ns)
+        self.peers[peer_id] = state
+        down = self._down_since.pop(peer_id, None)
+        if peer_id in self.quarantined:
+            state.quarantined = True
+        elif down is not None and self.settings.quarantine and now_ns - down > self.settings.tombstone_ttl_ns:
+            state.quarantined = True
+            self.quarantined[peer_id] = now_ns
+            self._set_marker("member_quarantined/", peer_id, now_ns)
+            self._warning(
+                "QUARANTINED member %s: it was unreachable for %.0f s, longer than tombstone_ttl (%.0f s); "
+                "syncing could resurrect deleted keys, so this pair will not replicate. See docs/operators.md "
+                "('Quarantine') for the way out.",
+                peer_id,
+                (now_ns - down) / NS_PER_S,
+                self.settings.tombstone_ttl_ns / NS_PER_S,
+            )
+        if down is not None:
+            self._set_marker("member_down/", peer_id, None)
+        if state.quarantined:
+            return
+        for shard in range(self._shards):
+            self._pull(state, shard, now_ns)
+
+    def peer_down(self, peer_id: str, now_ns: int, *, record: bool = True) -> None:
+        """The session with ``peer_id`` ended: abort its syncs; remember since when it is gone."""
+        state = self.peers.pop(peer_id, None)
+        if state is None:
+            return
+        for out in state.out.values():
+            out.snapshot.close()
+        state.out.clear()
+        state.inbound.clear()
+        if record and peer_id not in self._down_since:
+            self._down_since[peer_id] = now_ns
+            self._set_marker("member_down/", peer_id, now_ns)
+
+    def clear_quarantine(self, peer_id: str) -> bool:
+        """Operator override: allow ``peer_id`` to sync again (accepting that deletes purged
+        during the partition may come back). Takes effect on its next session."""
+        found = self.quarantined.pop(peer_id, None) is not None
+        self._down_since.pop(peer_id, None)
+        self._set_marker("member_quarantined/", peer_id, None)
+        self._set_marker("member_down/", peer_id, None)
+        state = self.peers.get(peer_id)
+        if state is not None:
+            state.quarantined = False
+        return found
+
+    def close(self) -> None:
+        for peer_id in list(self.peers):
+            state = self.peers.pop(peer_id)
+            for out in state.out.values():
+                out.snapshot.close()
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    def on_message(self, peer_id: str, msg: Message, now_ns: int) -> None:
+        self._now = now_ns
+        state = self.peers.get(peer_id)
+        if state is None:
+            return  # no session (message raced the end of a session)
+        state.last_seen_ns = now_ns
+        if state.quarantined:
+            return
+        if isinstance(msg, Live):
+            self._on_live(peer_id, msg)
+        elif isinstance(msg, SyncRequest):
+            self._on_sync_request(state, msg, now_ns)
+        elif isinstance(msg, SyncChunk):
+            self._on_sync_chunk(state, msg)
+        elif isinstance(msg, SyncDone):
+            self._on_sync_done(state, msg, now_ns)
+
+    def _check_shard(self, shard: int) -> bool:
+        return 0 <= shard < self._shards
+
+    def _on_live(self, peer_id: str, msg: Live) -> None:
+        if not self._check_shard(msg.shard) or not msg.entries:
+            return
+        self.stats["live_received"] += len(msg.entries)
+        vv = self.vv[msg.shard]
+        trial = dict(vv)
+        raised: dict[str, int] = {}
+        by_origin: dict[str, list[int]] = {}
+        for entry in msg.entries:
+            by_origin.setdefault(entry.origin, []).append(entry.oseq)
+        for origin, oseqs in by_origin.items():
+            if origin == self.node_id:
+                continue
+            new = vvmod.advance(trial, origin, oseqs)
+            if new is not None:
+                raised[origin] = new
+        applied = self.store.apply_shard(msg.shard, msg.entries, raised or None)
+        self.stats["live_applied"] += len(applied)
+        vv.update(raised)
+
+    def _on_sync_request(self, state: PeerState, msg: SyncRequest, now_ns: int) -> None:
+        if not self._check_shard(msg.shard):
+            return
+        peer_vv = {origin: oseq for origin, oseq in msg.vv.items() if oseq > 0}
+        state.reported_vv[msg.shard] = peer_vv
+        self.store.shards[msg.shard].run_exclusive(lambda cur: record_peer_report(cur, state.node_id, peer_vv, now_ns))
+        old = state.out.pop(msg.shard, None)
+        if old is not None:
+            old.snapshot.close()
+        snapshot = SyncSnapshot(
+            str(self.store.datadir.shard_path(msg.shard)),
+            self.node_id,
+            peer_vv,
+            now_ns=now_ns,
+            cutoff_ns=tombstone_cutoff_ns(now_ns, self.settings.tombstone_ttl_ns),
+        )
+        state.out[msg.shard] = _OutSync(msg.sync_id, snapshot, started_ns=now_ns)
+        state.syncs_out[snapshot.kind] += 1
+
+    def _on_sync_chunk(self, state: PeerState, msg: SyncChunk) -> None:
+        current = state.inbound.get(msg.shard)
+        if current is None or current.sync_id != msg.sync_id:
+            # A late chunk of an abandoned sync: its entries are still valid versions (LWW makes
+            # applying them safe), it just cannot count towards a complete sync.
+            if msg.entries and self._check_shard(msg.shard):
+                self.stats["sync_entries_applied"] += len(self.store.apply_shard(msg.shard, msg.entries))
+            return
+        current.progress_ns = self._now
+        if msg.seq != current.next_seq:
+            current.broken = True  # lost or reordered: still apply (LWW is safe), never merge
+        current.next_seq = max(current.next_seq, msg.seq) + 1
+        current.entries += len(msg.entries)
+        if msg.entries:
+            applied = self.store.apply_shard(msg.shard, msg.entries)
+            self.stats["sync_entries_applied"] += len(applied)
+
+    def _on_sync_done(self, state: PeerState, msg: SyncDone, now_ns: int) -> None:
+        current = state.inbound.get(msg.shard)
+        if current is None or current.sync_id != msg.sync_id:
+            return
+        del state.inbound[msg.shard]
+        complete = not current.broken and current.next_seq == msg.chunks and current.entries == msg.entries
+        if complete:
+            vv = self.vv[msg.shard]
+            raised = {
+                origin: oseq for origin, oseq in msg.vv.items() if origin != self.node_id and oseq > vv.get(origin, 0)
+            }
+            if raised:
+                self.store.apply_shard(msg.shard, [], raised)
+                vv.update(raised)
+            if msg.kind in state.syncs_in:
+                state.syncs_in[msg.kind] += 1
+        state.last_sync[msg.shard] = {
+            "kind": msg.kind,
+            "entries": msg.entries,
+            "complete": complete,
+            "finished_at_ns": now_ns,
+            "duration_s": (now_ns - current.started_ns) / NS_PER_S,
+        }
+        self._schedule_pull(state, msg.shard, now_ns)
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    def on_local_writes(self, shard: int, entries: list[Entry]) -> None:
+        """Send this node's newly committed writes of ``shard`` to every member."""
+        if not entries:
+            return
+        message = Live(shard, tuple(entries))
+        for peer_id, state in self.peers.items():
+            if not state.quarantined:
+                self._send(peer_id, message)
+                self.stats["live_sent"] += len(entries)
+
+    def _pull(self, state: PeerState, shard: int, now_ns: int) -> None:
+        sync_id = self._next_sync_id
+        self._next_sync_id += 1
+        state.inbound[shard] = _InSync(sync_id, started_ns=now_ns, progress_ns=now_ns)
+        state.next_pull_ns.pop(shard, None)
+        self._send(state.node_id, SyncRequest(shard, sync_id, self.current_vv(shard)))
+
+    def current_vv(self, shard: int) -> dict[str, int]:
+        """This shard's version vector, with the local origin's entry at the latest local write."""
+        vv = dict(self.vv[shard])
+        own = self.store.shards[shard].oseq
+        if own:
+            vv[self.node_id] = own
+        return vv
+
+    def _schedule_pull(self, state: PeerState, shard: int, now_ns: int) -> None:
+        if not self.settings.anti_entropy:
+            return
+        interval = self.settings.anti_entropy_interval_ns
+        jitter = int(self._rng.uniform(0, min(interval / 10, 5 * NS_PER_S)))
+        state.next_pull_ns[shard] = now_ns + interval + jitter
+
+    def tick(self, now_ns: int, *, max_chunks: int = 64) -> None:
+        """Start due anti-entropy pulls and send pending sync chunks (at most ``max_chunks``
+        per call, so the driver interleaves them with live traffic)."""
+        self._now = now_ns
+        timeout = self.settings.sync_timeout_ns
+        for state in list(self.peers.values()):
+            if state.quarantined:
+                continue
+            for shard, pending in list(state.inbound.items()):
+                if now_ns - pending.progress_ns > timeout:
+                    del state.inbound[shard]  # lost without the session ending: ask again
+                    self._pull(state, shard, now_ns)
+            for shard, due in list(state.next_pull_ns.items()):
+                if due <= now_ns and shard not in state.inbound:
+                    self._pull(state, shard, now_ns)
+        self.pump(max_chunks)
+
+    def pump(self, max_chunks: int = 64) -> int:
+        """Send up to ``max_chunks`` chunks of the outbound syncs, round-robin, while the
+        transport accepts them. Returns how many messages were sent."""
+        sent = 0
+        progress = True
+        while progress and sent < max_chunks:
+            progress = False
+            for peer_id, state in list(self.peers.items()):
+                for shard, out in list(state.out.items()):
+                    if sent >= max_chunks or not self._can_send(peer_id):
+                        break
+                    progress = True
+                    sent += 1
+                    entries = out.snapshot.next_chunk(self.settings.sync_chunk_entries, self.settings.sync_chunk_bytes)
+                    if entries:
+                        self._send(peer_id, SyncChunk(shard, out.sync_id, out.seq, tuple(entries)))
+                        out.seq += 1
+                    else:
+                        snap = out.snapshot
+                        self._send(
+                            peer_id,
+                            SyncDone(shard, out.sync_id, dict(snap.vv), snap.kind, out.seq, snap.sent),
+                        )
+                        snap.close()
+                        del state.out[shard]
+        return sent
+
+    @property
+    def busy(self) -> bool:
+        """True while some outbound sync still has chunks to send."""
+        return any(state.out for state in self.peers.values())
+
+    # -- GC support ------------------------------------------------------------------------
+
+    def truncation_targets(self, shard: int, now_ns: int, retention_ns: int) -> dict[str, int] | None:
+        """How far ``shard``'s change log may be truncated: what every member seen within
+        ``retention_ns`` has reported covering. None (everything) when no member is known."""
+        reports: dict[str, dict[str, int]] = {}
+        stored = self.store.shards[shard].run_exclusive(load_peer_reports)
+        for node_id, (vv, reported_at) in stored.items():
+            if now_ns - reported_at <= retention_ns:
+                reports[node_id] = vv
+        for node_id, state in self.peers.items():
+            if shard in state.reported_vv:
+                reports[node_id] = state.reported_vv[shard]
+            elif node_id in reports:
+                pass
+            else:
+                reports[node_id] = {}  # connected but has not reported yet: keep everything
+        if not reports:
+            return None
+        return vvmod.truncation_targets(self.current_vv(shard), reports.values())
+
+    # -- info --------------------------------------------------------------------------------
+
+    def peer_info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for node_id, state in self.peers.items():
+            out[node_id] = {
+                "connected_at_ns": state.connected_at_ns,
+                "last_seen_ns": state.last_seen_ns,
+                "quarantined": state.quarantined,
+                "syncs_in": dict(state.syncs_in),
+                "syncs_out": dict(state.syncs_out),
+                "shards": {
+                    shard: {
+                        "their_vv": state.reported_vv.get(shard),
+                        "pulling": shard in state.inbound,
+                        "sending": shard in state.out,
+                        "last_sync": state.last_sync.get(shard),
+                    }
+                    for shard in range(self._shards)
+                },
+            }
+        return out
+
+    def down_since(self) -> dict[str, int]:
+        return dict(self._down_since)

@@ -1,0 +1,217 @@
+"""Reading and maintaining a shard for replication.
+
+* :func:`local_vv`: the shard's version vector (stored vector plus the local sequence counter).
+* :class:`SyncSnapshot`: what one peer lacks, read from a single snapshot in bounded chunks, as a
+  delta (from the change log) or a full sync (every live row and every tombstone younger than
+  ``tombstone_ttl``). A dedicated read connection holds the snapshot for the sync's lifetime, so
+  the vector sent at the end describes exactly the rows that were read.
+* :func:`truncate_log`: remove change-log entries every peer already covers, raising the
+  per-origin floors that decide between delta and full sync.
+
+An entry whose TTL has run out is sent as a tombstone (value ``None``, its version and expiry
+kept), so a peer holding an older live version drops it, and no expired value travels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import apsw
+
+from ekv._core import vv as vvmod
+from ekv._model import Entry
+from ekv._storage import schema
+from ekv._storage.sqlite import open_connection
+
+__all__ = ["SyncSnapshot", "load_peer_reports", "local_vv", "truncate_log"]
+
+_PAGE = 256
+
+
+def local_vv(cur: apsw.Cursor, node_id: str) -> dict[str, int]:
+    """The shard's version vector as seen by ``cur`` (inside a transaction for a snapshot)."""
+    rows: list[Any] = cur.execute(schema.VV_ALL).fetchall()
+    vv = {origin: oseq for origin, oseq in rows}
+    own = cur.execute(schema.META_GET, ("oseq_floor",)).get or 0
+    floor = cur.execute("SELECT oseq FROM floors WHERE origin = ?", (node_id,)).get or 0
+    tail = cur.execute(schema.OWN_LOG_TAIL, (node_id,)).get
+    own = max(int(own), int(floor), int(tail[0]) if tail else 0)
+    if own:
+        vv[node_id] = own
+    vv.pop("", None)
+    return vv
+
+
+def floors(cur: apsw.Cursor) -> dict[str, int]:
+    rows: list[Any] = cur.execute(schema.FLOORS_ALL).fetchall()
+    return {origin: oseq for origin, oseq in rows}
+
+
+def load_peer_reports(cur: apsw.Cursor) -> dict[str, tuple[dict[str, int], int]]:
+    """node_id -> (the vector it last reported for this shard, when)."""
+    rows: list[Any] = cur.execute(schema.PEERS_ALL).fetchall()
+    out: dict[str, tuple[dict[str, int], int]] = {}
+    for node_id, raw, reported_at in rows:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            out[node_id] = ({str(k): int(v) for k, v in data.items() if isinstance(v, int)}, int(reported_at))
+    return out
+
+
+def record_peer_report(cur: apsw.Cursor, node_id: str, vv: Mapping[str, int], now_ns: int) -> None:
+    cur.execute(schema.PEER_REPORT, (node_id, json.dumps(dict(vv), sort_keys=True), now_ns))
+
+
+def truncate_log(cur: apsw.Cursor, node_id: str, targets: Mapping[str, int] | None) -> int:
+    """Delete change-log entries at or below ``targets[origin]`` (everything when ``targets`` is
+    None) and raise the floors to match; returns the number of entries removed. Runs in the
+    caller's transaction. The local sequence counter survives through ``floors``."""
+    tops: list[Any] = cur.execute("SELECT origin, max(oseq) FROM log GROUP BY origin").fetchall()
+    removed = 0
+    for origin, top in tops:
+        limit = top if targets is None else min(top, targets.get(origin, 0))
+        if limit <= 0:
+            continue
+        cur.execute("DELETE FROM log WHERE origin = ? AND oseq <= ?", (origin, limit))
+        removed += int(cur.connection.changes())
+        cur.execute(schema.FLOOR_RAISE, (origin, limit))
+    return removed
+
+
+def _entry(row: Any, now_ns: int) -> Entry:
+    key, ts, origin, oseq, expires_at, value = row
+    if value is not None and expires_at is not None and expires_at <= now_ns:
+        value = None  # expired: travels as a tombstone that keeps its version and expiry
+    return Entry(key, ts, origin, oseq, expires_at, value)
+
+
+class SyncSnapshot:
+    """One outgoing sync of one shard to one peer, read from a single snapshot.
+
+    Call :meth:`next_chunk` until it returns an empty list, then :meth:`close` (also on abort).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        node_id: str,
+        peer_vv: Mapping[str, int],
+        *,
+        now_ns: int,
+        cutoff_ns: int,
+        synchronous: str = "NORMAL",
+        force_full: bool = False,
+    ) -> None:
+        self._conn = open_connection(path, create=False, synchronous=synchronous, reader=True)
+        self._cur = self._conn.cursor()
+        self._cur.execute("BEGIN")
+        try:
+            self.vv = local_vv(self._cur, node_id)  # the first read pins the snapshot
+            self.floors = floors(self._cur)
+        except BaseException:
+            self.close()
+            raise
+        self.peer_vv = dict(peer_vv)
+        self.kind = "delta" if not force_full and vvmod.log_covers(self.floors, self.peer_vv) else "full"
+        self._now = now_ns
+        self._cutoff = cutoff_ns
+        self.sent = 0
+        self.done = False
+        # full sync: paging by key
+        self._last_key: str | None = None
+        # delta sync: paging by origin, then oseq; keys already sent
+        self._origins: list[str] = []
+        self._origin_index = 0
+        self._last_oseq = 0
+        self._sent_keys: set[str] = set()
+        if self.kind == "delta":
+            origins: list[Any] = self._cur.execute("SELECT DISTINCT origin FROM log ORDER BY origin").fetchall()
+            self._origins = [row[0] for row in origins]
+            if self._origins:
+                self._last_oseq = self.peer_vv.get(self._origins[0], 0)
+
+    def next_chunk(self, max_entries: int, max_bytes: int) -> list[Entry]:
+        """The next entries to send (at most ``max_entries``, about ``max_bytes``); ``[]`` once
+        the sync is complete."""
+        if self.done:
+            return []
+        chunk = (
+            self._next_full(max_entries, max_bytes) if self.kind == "full" else self._next_delta(max_entries, max_bytes)
+        )
+        self.sent += len(chunk)
+        if not chunk:
+            self.done = True
+        return chunk
+
+    def _next_full(self, max_entries: int, max_bytes: int) -> list[Entry]:
+        out: list[Entry] = []
+        size = 0
+        while len(out) < max_entries and size < max_bytes:
+            if self._last_key is None:
+                rows: list[Any] = self._cur.execute(
+                    "SELECT key, ts, origin, oseq, expires_at, value FROM kv "
+                    "WHERE deleted_at IS NULL OR deleted_at >= ? ORDER BY key LIMIT ?",
+                    (self._cutoff, min(_PAGE, max_entries - len(out))),
+                ).fetchall()
+            else:
+                rows = self._cur.execute(
+                    "SELECT key, ts, origin, oseq, expires_at, value FROM kv "
+                    "WHERE key > ? AND (deleted_at IS NULL OR deleted_at >= ?) ORDER BY key LIMIT ?",
+                    (self._last_key, self._cutoff, min(_PAGE, max_entries - len(out))),
+                ).fetchall()
+            if not rows:
+                break
+            for row in rows:
+                entry = _entry(row, self._now)
+                out.append(entry)
+                size += len(entry.key) + (len(entry.value) if entry.value is not None else 0) + 40
+                self._last_key = entry.key
+                if size >= max_bytes:
+                    break
+        return out
+
+    def _next_delta(self, max_entries: int, max_bytes: int) -> list[Entry]:
+        out: list[Entry] = []
+        size = 0
+        peer = self.peer_vv
+        while len(out) < max_entries and size < max_bytes and self._origin_index < len(self._origins):
+            origin = self._origins[self._origin_index]
+            rows: list[Any] = self._cur.execute(
+                "SELECT oseq, key FROM log WHERE origin = ? AND oseq > ? ORDER BY oseq LIMIT ?",
+                (origin, self._last_oseq, _PAGE),
+            ).fetchall()
+            if not rows:
+                self._origin_index += 1
+                if self._origin_index < len(self._origins):
+                    self._last_oseq = peer.get(self._origins[self._origin_index], 0)
+                continue
+            for oseq, key in rows:
+                self._last_oseq = oseq
+                if key in self._sent_keys:
+                    continue
+                row = self._cur.execute(schema.ROW, (key,)).get
+                if row is None or vvmod.covered(peer, row[2], row[3]):
+                    continue  # purged, or the peer already has this version or a later one
+                self._sent_keys.add(key)
+                entry = _entry(row, self._now)
+                out.append(entry)
+                size += len(key) + (len(entry.value) if entry.value is not None else 0) + 40
+                if len(out) >= max_entries or size >= max_bytes:
+                    break
+        return out
+
+    def close(self) -> None:
+        """End the snapshot and close its connection. Idempotent."""
+        conn, self._conn = self._conn, None  # type: ignore[assignment]
+        if conn is not None:
+            try:
+                if not conn.getautocommit():
+                    conn.execute("ROLLBACK")
+            except apsw.Error:
+                pass
+            conn.close()

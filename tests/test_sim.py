@@ -1,0 +1,157 @@
+"""The deterministic simulator: many seeds of random faults must converge without losing
+acknowledged writes or resurrecting deletes, and deliberately broken variants must be caught."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ekv._cluster import replicator as replicator_module
+from ekv._core import vv as vv_module
+from ekv._storage import schema
+from ekv.testing import sim
+
+SEEDS = int(os.environ.get("EKV_SIM_SEEDS", "200"))
+
+
+def run(seed: int, **options: object) -> tuple[list[sim.Violation], int, sim.Simulation]:
+    return sim.run_seed(seed, duration_ms=int(options.pop("duration_ms", 20_000)), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("block", range(0, SEEDS, 25))
+def test_random_faults_converge(block: int) -> None:
+    """3 nodes, random partitions (halves, single links), crashes, 2% loss, 2% duplicates,
+    reordering delays, +-200 ms skew; every seed must converge with nothing lost."""
+    failures = []
+    for seed in range(block, min(block + 25, SEEDS)):
+        problems, _, _ = run(seed)
+        if problems:
+            failures.append(f"seed {seed}: {problems[:3]} (replay: ekv.testing.sim.run_seed({seed}))")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_five_nodes_lossy_with_aggressive_truncation(seed: int) -> None:
+    problems, _, sim_run = run(
+        1000 + seed, nodes=5, drop=0.05, duplicate=0.05, keys=30, log_retention_s=5, duration_ms=30_000
+    )
+    assert not problems, f"seed {1000 + seed}: {problems[:3]}"
+    assert len(sim_run.acked) > 500
+
+
+def test_same_seed_replays_identically() -> None:
+    _, _, first = run(7)
+    _, _, second = run(7)
+    assert first.trace == second.trace
+    assert first.acked == second.acked
+    assert first.messages == second.messages
+
+
+def test_non_transitive_partition_relays_within_one_interval() -> None:
+    with sim.Simulation(3, nodes=3, drop=0, duplicate=0, anti_entropy_ms=1_000) as s:
+        s.run(500, writes_per_s=0, faults=False)
+        s.cut("n0", "n2")  # n0-n1 and n1-n2 up, n0-n2 down
+        store = s.nodes["n0"].store
+        assert store is not None
+        version = store.put("k0/relay", b"from n0")
+        s.run(1_700, writes_per_s=0, faults=False)  # one anti-entropy interval plus jitter
+        entry = s.nodes["n2"].store.entry("k0/relay")  # type: ignore[union-attr]
+        assert entry is not None and entry.version == version
+
+
+def test_healthy_members_do_not_replay_traffic() -> None:
+    with sim.Simulation(5, nodes=3, drop=0, duplicate=0, anti_entropy_ms=1_000) as s:
+        s.run(10_000, writes_per_s=40, faults=False)
+        s.settle()
+        before = {n: node.rep.stats["sync_entries_applied"] for n, node in s.nodes.items()}  # type: ignore[union-attr]
+        s.run(10_000, writes_per_s=40, faults=False)  # ten anti-entropy rounds of healthy traffic
+        after = {n: node.rep.stats["sync_entries_applied"] for n, node in s.nodes.items()}  # type: ignore[union-attr]
+        assert after == before, "anti-entropy re-sent writes that live replication had delivered"
+        s.settle()
+        assert not s.check()
+
+
+def test_long_partition_is_quarantined() -> None:
+    with sim.Simulation(11, nodes=3, drop=0, duplicate=0, tombstone_ttl_s=5, log_retention_s=2) as s:
+        s.run(1_000, writes_per_s=0, faults=False)
+        s.partition([["n0", "n1"], ["n2"]])
+        s.run(8_000, writes_per_s=20, faults=False)  # longer than tombstone_ttl
+        s.heal()
+        s.run(3_000, writes_per_s=0, faults=False)
+        n2_id = s.node_id("n2")
+        for name in ("n0", "n1"):
+            rep = s.nodes[name].rep
+            assert rep is not None and n2_id in rep.quarantined
+            assert rep.peers[n2_id].quarantined
+        # the way out: clear the quarantine on both sides (accepting resurrections) and reconnect
+        for name in ("n0", "n1"):
+            s.nodes[name].rep.clear_quarantine(n2_id)  # type: ignore[union-attr]
+        for other in ("n0", "n1"):
+            s.nodes["n2"].rep.clear_quarantine(s.node_id(other))  # type: ignore[union-attr]
+        s.partition([["n0", "n1"], ["n2"]])
+        s.heal()
+        s.settle()
+        assert s._converged()
+
+
+# -- negative controls: each deliberately broken variant must be caught ----------------------------
+
+
+def caught(monkeypatch: pytest.MonkeyPatch, seeds: range, **options: object) -> int:
+    found = 0
+    for seed in seeds:
+        problems, _, _ = run(seed, **options)
+        found += bool(problems)
+    return found
+
+
+def test_checker_catches_merging_incomplete_syncs(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = replicator_module.Replicator._on_sync_done
+
+    def trusting(self, state, msg, now_ns):  # type: ignore[no-untyped-def]
+        current = state.inbound.get(msg.shard)
+        if current is not None:
+            current.broken = False
+            current.next_seq = msg.chunks
+            current.entries = msg.entries
+        original(self, state, msg, now_ns)
+
+    monkeypatch.setattr(replicator_module.Replicator, "_on_sync_done", trusting)
+    assert caught(monkeypatch, range(20), drop=0.2, chunk_entries=1, duration_ms=10_000) > 0
+
+
+def test_checker_catches_a_cursor_that_skips_gaps(monkeypatch: pytest.MonkeyPatch) -> None:
+    def skipping(vv, origin, oseqs):  # type: ignore[no-untyped-def]
+        top = max(oseqs)
+        if top > vv.get(origin, 0):
+            vv[origin] = top
+            return top
+        return None
+
+    monkeypatch.setattr(vv_module, "advance", skipping)
+    assert caught(monkeypatch, range(20), drop=0.2, duration_ms=10_000) > 0
+
+
+def test_checker_catches_a_broken_merge_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = schema.UPSERT.replace(
+        "WHERE excluded.ts > kv.ts OR (excluded.ts = kv.ts AND excluded.origin > kv.origin)", "WHERE 1"
+    )
+    assert broken != schema.UPSERT
+    monkeypatch.setattr(schema, "UPSERT", broken)
+    monkeypatch.setattr(schema, "_UPSERT_ROWS", {1: broken})
+    head, tail = broken.split("VALUES (?, ?, ?, ?, ?, ?, ?)")
+    monkeypatch.setattr(schema, "_UPSERT_HEAD", head)
+    monkeypatch.setattr(schema, "_UPSERT_TAIL", tail)
+    assert caught(monkeypatch, range(10), duration_ms=10_000) > 0
+
+
+def test_checker_catches_missing_anti_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = replicator_module.ReplicationSettings.__init__
+
+    def no_anti_entropy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs["anti_entropy"] = False
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(replicator_module.ReplicationSettings, "__init__", no_anti_entropy)
+    assert caught(monkeypatch, range(10), drop=0.1, duration_ms=10_000) > 0

@@ -60,6 +60,32 @@ def check_overflow(value: object) -> OverflowPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterOptions:
+    """Validated cluster options (see ``EKV`` for their meaning)."""
+
+    listen: tuple[str, int] | None
+    advertise: str | None
+    peers: tuple[str, ...]
+    discovery: tuple[str, ...]
+    discovery_interval_ns: int
+    cookie: bytes
+    ssl_server: Any
+    ssl_client: Any
+    heartbeat_interval_ns: int
+    heartbeat_timeout_ns: int
+    anti_entropy_interval_ns: int
+    sync_chunk_entries: int
+    sync_chunk_bytes: int
+    send_buffer: int
+    compression_threshold: int | None
+    log_retention_ns: int
+    quarantine: bool
+    max_frame_size: int
+    connect_timeout_ns: int
+    reconnect_max_ns: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The validated options of one ekv instance. Build it with :meth:`Config.create`."""
 
@@ -87,6 +113,8 @@ class Config:
     """Default bound, in events, of each subscription's queue."""
     allow_stale_startup: bool = False
     """Trust a data directory older than ``tombstone_ttl`` (whole-cluster restores)."""
+    cluster: ClusterOptions | None = None
+    """Replication options; None for a single embedded node."""
 
     @classmethod
     def create(
@@ -104,6 +132,7 @@ class Config:
         max_value_size: object = DEFAULT_MAX_VALUE_SIZE,
         subscriber_queue: object = DEFAULT_SUBSCRIBER_QUEUE,
         allow_stale_startup: object = False,
+        **cluster: Any,
     ) -> Config:
         """Validate every option, raising :class:`~ekv.ConfigError` naming the bad one."""
         if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -140,6 +169,7 @@ class Config:
         queue = check_positive_int(subscriber_queue, "subscriber_queue")
         if not isinstance(allow_stale_startup, bool):
             raise ConfigError(f"allow_stale_startup must be a bool, got {allow_stale_startup!r}")
+        cluster_options = _cluster_options(cluster, ttl_ns=ttl_ns, max_value=max_value)
         return cls(
             name=name,
             data_dir=path,
@@ -153,6 +183,7 @@ class Config:
             max_value_size=max_value,
             subscriber_queue=queue,
             allow_stale_startup=allow_stale_startup,
+            cluster=cluster_options,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -166,3 +197,109 @@ class Config:
             "max_value_size": self.max_value_size,
             "subscriber_queue": self.subscriber_queue,
         }
+
+
+CLUSTER_DEFAULTS: dict[str, Any] = {
+    "listen": None,
+    "advertise": None,
+    "peers": (),
+    "discovery": (),
+    "discovery_interval": 30,
+    "cookie": None,
+    "ssl_server": None,
+    "ssl_client": None,
+    "heartbeat_interval": 1.0,
+    "heartbeat_timeout": 5.0,
+    "anti_entropy_interval": 30,
+    "sync_chunk_entries": 500,
+    "sync_chunk_bytes": 1 << 20,
+    "send_buffer": 64 << 20,
+    "compression_threshold": 256 * 1024,
+    "log_retention": 86_400,
+    "quarantine": True,
+    "connect_timeout": 5.0,
+    "reconnect_max": 10.0,
+}
+
+
+def _cluster_options(given: dict[str, Any], *, ttl_ns: int, max_value: int) -> ClusterOptions | None:
+    unknown = set(given) - set(CLUSTER_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    opts = {**CLUSTER_DEFAULTS, **{k: v for k, v in given.items() if v is not None or k == "listen"}}
+    from ekv._core.addresses import format_address, is_loopback, parse_address
+
+    listen = None if opts["listen"] is None else parse_address(opts["listen"], "listen")
+    peers = opts["peers"]
+    if isinstance(peers, str):
+        peers = [peers]
+    if not isinstance(peers, (list, tuple)):
+        raise ConfigError(f"peers must be a list of 'host:port' strings, not {type(peers).__name__}")
+    peer_list = tuple(format_address(*parse_address(p, "peer")) for p in peers)
+    discovery = opts["discovery"]
+    if isinstance(discovery, str):
+        discovery = [discovery]
+    if not isinstance(discovery, (list, tuple)):
+        raise ConfigError("discovery must be a 'dns-name:port' string or a list of them")
+    discovery_list = tuple(format_address(*parse_address(d, "discovery")) for d in discovery)
+    if listen is None and not peer_list and not discovery_list:
+        for key in given:
+            if given[key] is not None and key not in ("listen", "peers", "discovery"):
+                raise ConfigError(f"{key} is a cluster option: give listen=, peers= or discovery= as well")
+        return None
+    cookie = opts["cookie"]
+    if cookie is None:
+        cookie_bytes = b""
+    elif isinstance(cookie, str):
+        cookie_bytes = cookie.encode()
+    elif isinstance(cookie, bytes):
+        cookie_bytes = cookie
+    else:
+        raise ConfigError(f"cookie must be a str or bytes, not {type(cookie).__name__}")
+    if listen is not None and not cookie_bytes and not is_loopback(listen[0]):
+        raise ConfigError(
+            f"listening on {format_address(*listen)} (not loopback) requires a cookie: "
+            "pass cookie=... (a long random secret shared by every member)"
+        )
+    advertise = opts["advertise"]
+    if advertise is not None:
+        advertise = format_address(*parse_address(advertise, "advertise"))
+    import ssl as _ssl
+
+    for key in ("ssl_server", "ssl_client"):
+        if opts[key] is not None and not isinstance(opts[key], _ssl.SSLContext):
+            raise ConfigError(f"{key} must be an ssl.SSLContext, not {type(opts[key]).__name__}")
+    heartbeat = _seconds(opts["heartbeat_interval"], "heartbeat_interval")
+    timeout = _seconds(opts["heartbeat_timeout"], "heartbeat_timeout")
+    if timeout < 2 * heartbeat:
+        raise ConfigError("heartbeat_timeout must be at least twice heartbeat_interval")
+    threshold = opts["compression_threshold"]
+    if threshold is not False:
+        threshold = check_positive_int(threshold, "compression_threshold")
+    retention = _seconds(opts["log_retention"], "log_retention")
+    if retention > ttl_ns:
+        raise ConfigError("log_retention must not exceed tombstone_ttl")
+    if not isinstance(opts["quarantine"], bool):
+        raise ConfigError("quarantine must be a bool")
+    return ClusterOptions(
+        listen=listen,
+        advertise=advertise,
+        peers=peer_list,
+        discovery=discovery_list,
+        discovery_interval_ns=_seconds(opts["discovery_interval"], "discovery_interval"),
+        cookie=cookie_bytes,
+        ssl_server=opts["ssl_server"],
+        ssl_client=opts["ssl_client"],
+        heartbeat_interval_ns=heartbeat,
+        heartbeat_timeout_ns=timeout,
+        anti_entropy_interval_ns=_seconds(opts["anti_entropy_interval"], "anti_entropy_interval"),
+        sync_chunk_entries=check_positive_int(opts["sync_chunk_entries"], "sync_chunk_entries"),
+        sync_chunk_bytes=check_positive_int(opts["sync_chunk_bytes"], "sync_chunk_bytes"),
+        send_buffer=check_positive_int(opts["send_buffer"], "send_buffer"),
+        compression_threshold=None if threshold is False else threshold,
+        log_retention_ns=retention,
+        quarantine=opts["quarantine"],
+        max_frame_size=max_value + (2 << 20),
+        connect_timeout_ns=_seconds(opts["connect_timeout"], "connect_timeout"),
+        reconnect_max_ns=_seconds(opts["reconnect_max"], "reconnect_max"),
+    )

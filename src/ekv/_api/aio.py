@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from pathlib import Path
@@ -68,6 +69,25 @@ class AsyncEKV:
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         subscriber_queue: int = DEFAULT_SUBSCRIBER_QUEUE,
         allow_stale_startup: bool = False,
+        listen: str | None = None,
+        peers: Sequence[str] = (),
+        cookie: str | bytes | None = None,
+        discovery: str | Sequence[str] = (),
+        advertise: str | None = None,
+        ssl_server: ssl.SSLContext | None = None,
+        ssl_client: ssl.SSLContext | None = None,
+        heartbeat_interval: Seconds | None = None,
+        heartbeat_timeout: Seconds | None = None,
+        anti_entropy_interval: Seconds | None = None,
+        discovery_interval: Seconds | None = None,
+        sync_chunk_entries: int | None = None,
+        sync_chunk_bytes: int | None = None,
+        send_buffer: int | None = None,
+        compression_threshold: int | Literal[False] | None = None,
+        log_retention: Seconds | None = None,
+        quarantine: bool | None = None,
+        connect_timeout: Seconds | None = None,
+        reconnect_max: Seconds | None = None,
         workers: int = 4,
     ) -> None:
         self._config = Config.create(
@@ -83,6 +103,25 @@ class AsyncEKV:
             max_value_size=max_value_size,
             subscriber_queue=subscriber_queue,
             allow_stale_startup=allow_stale_startup,
+            listen=listen,
+            peers=peers,
+            cookie=cookie,
+            discovery=discovery,
+            advertise=advertise,
+            ssl_server=ssl_server,
+            ssl_client=ssl_client,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            anti_entropy_interval=anti_entropy_interval,
+            discovery_interval=discovery_interval,
+            sync_chunk_entries=sync_chunk_entries,
+            sync_chunk_bytes=sync_chunk_bytes,
+            send_buffer=send_buffer,
+            compression_threshold=compression_threshold,
+            log_retention=log_retention,
+            quarantine=quarantine,
+            connect_timeout=connect_timeout,
+            reconnect_max=reconnect_max,
         )
         self._node: Node | None = None
         self._executor = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix=f"ekv-{name}")
@@ -252,6 +291,22 @@ class AsyncEKV:
         """See :meth:`ekv.EKV.unsubscribe`."""
         node = await self._ensure()
         node.unsubscribe(prefix, self)
+
+    @property
+    def listen_address(self) -> str | None:
+        """See :attr:`ekv.EKV.listen_address` (available once open)."""
+        node = self._node
+        return None if node is None or node.cluster is None else node.cluster.listen_address
+
+    async def connect(self, address: str) -> None:
+        """See :meth:`ekv.EKV.connect`."""
+        node = await self._ensure()
+        node.connect(address)
+
+    async def clear_quarantine(self, node_id: str) -> bool:
+        """See :meth:`ekv.EKV.clear_quarantine`."""
+        node = await self._ensure()
+        return await self._call(node.clear_quarantine, node_id)
 
     async def info(self) -> dict[str, Any]:
         """See :meth:`ekv.EKV.info`."""

@@ -7,8 +7,9 @@ hop to a background thread on the hot path.
 
 from __future__ import annotations
 
+import ssl
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from os import PathLike
 from pathlib import Path
@@ -78,6 +79,25 @@ class EKV:
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         subscriber_queue: int = DEFAULT_SUBSCRIBER_QUEUE,
         allow_stale_startup: bool = False,
+        listen: str | None = None,
+        peers: Sequence[str] = (),
+        cookie: str | bytes | None = None,
+        discovery: str | Sequence[str] = (),
+        advertise: str | None = None,
+        ssl_server: ssl.SSLContext | None = None,
+        ssl_client: ssl.SSLContext | None = None,
+        heartbeat_interval: Seconds | None = None,
+        heartbeat_timeout: Seconds | None = None,
+        anti_entropy_interval: Seconds | None = None,
+        discovery_interval: Seconds | None = None,
+        sync_chunk_entries: int | None = None,
+        sync_chunk_bytes: int | None = None,
+        send_buffer: int | None = None,
+        compression_threshold: int | Literal[False] | None = None,
+        log_retention: Seconds | None = None,
+        quarantine: bool | None = None,
+        connect_timeout: Seconds | None = None,
+        reconnect_max: Seconds | None = None,
     ) -> None:
         self._node: Node | None = None
         config = Config.create(
@@ -93,6 +113,25 @@ class EKV:
             max_value_size=max_value_size,
             subscriber_queue=subscriber_queue,
             allow_stale_startup=allow_stale_startup,
+            listen=listen,
+            peers=peers,
+            cookie=cookie,
+            discovery=discovery,
+            advertise=advertise,
+            ssl_server=ssl_server,
+            ssl_client=ssl_client,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            anti_entropy_interval=anti_entropy_interval,
+            discovery_interval=discovery_interval,
+            sync_chunk_entries=sync_chunk_entries,
+            sync_chunk_bytes=sync_chunk_bytes,
+            send_buffer=send_buffer,
+            compression_threshold=compression_threshold,
+            log_retention=log_retention,
+            quarantine=quarantine,
+            connect_timeout=connect_timeout,
+            reconnect_max=reconnect_max,
         )
         self._node = node = Node(config)
         self._store = node.store
@@ -229,6 +268,24 @@ class EKV:
         """Stop every subscription made through this object from matching ``prefix``; a
         subscription left with no pattern is closed. ``sub.close()`` closes one subscription."""
         self._node_checked.unsubscribe(prefix, self)
+
+    # -- cluster -----------------------------------------------------------------------------
+
+    @property
+    def listen_address(self) -> str | None:
+        """The address this node accepts members on (the real port if ``listen`` asked for 0)."""
+        node = self._node
+        return None if node is None or node.cluster is None else node.cluster.listen_address
+
+    def connect(self, address: str) -> None:
+        """Dial a member at ``"host:port"``; the rest of the mesh is learned from it. Returns at
+        once; the connection is made (and retried) in the background."""
+        self._node_checked.connect(address)
+
+    def clear_quarantine(self, node_id: str) -> bool:
+        """Let a quarantined member replicate again (see the operators guide: deletes made
+        during the partition may come back). Returns False if it was not quarantined."""
+        return self._node_checked.clear_quarantine(node_id)
 
     # -- operations --------------------------------------------------------------------------
 

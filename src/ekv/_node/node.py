@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ekv._codec import codec_name
 from ekv._config import Config, check_overflow, check_positive_int
@@ -37,6 +37,9 @@ from ekv._node.subscriptions import (
 )
 from ekv._storage.sqlite import sqlite_version
 from ekv._storage.store import GcReport, ShardedStore
+
+if TYPE_CHECKING:
+    from ekv._cluster.cluster import ClusterNode
 from ekv._version import __version__
 
 __all__ = ["Node", "NodeLog"]
@@ -126,6 +129,16 @@ class Node:
             "purged": 0,
             "log_truncated": 0,
         }
+        self.cluster: ClusterNode | None = None
+        if config.cluster is not None:
+            from ekv._cluster.cluster import ClusterNode
+
+            self.cluster = ClusterNode(config, self.store, self.log)
+            try:
+                self.cluster.start()
+            except BaseException:
+                self.store.close()
+                raise
         self.log.info(
             "opened %s (node %s, %d shards, durability=%s) in %.1f ms",
             config.data_dir,
@@ -203,8 +216,9 @@ class Node:
             cutoff = tombstone_cutoff_ns(now, self.config.tombstone_ttl_ns)
             total = GcReport()
             for index in range(self.config.shards):
-                # A node without peers has nobody to send its change log to: truncate it all.
-                report = self.store.gc_shard(index, now_ns=now, cutoff_ns=cutoff, log_targets=None)
+                # Keep what a member still lacks; a node without members truncates everything.
+                targets = None if self.cluster is None else self.cluster.truncation_targets(index, now)
+                report = self.store.gc_shard(index, now_ns=now, cutoff_ns=cutoff, log_targets=targets)
                 total.expired += report.expired
                 total.purged += report.purged
                 total.log_truncated += report.log_truncated
@@ -224,6 +238,21 @@ class Node:
             stats["log_truncated"] += total.log_truncated
             return total
 
+    # -- cluster -------------------------------------------------------------------------------
+
+    def connect(self, address: str) -> None:
+        """Add a member address to dial (the mesh is learned from it)."""
+        self.check_open()
+        if self.cluster is None:
+            from ekv._errors import ClusterError
+
+            raise ClusterError("this store was opened without cluster options (listen=, peers= or discovery=)")
+        self.cluster.connect(address)
+
+    def clear_quarantine(self, node_id: str) -> bool:
+        self.check_open()
+        return self.cluster is not None and self.cluster.clear_quarantine(node_id)
+
     # -- info --------------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
@@ -233,12 +262,12 @@ class Node:
         shards = [self.store.shard_info(i) for i in range(config.shards)]
         subs = self.registry.subscriptions()
         last_active = [s["last_active_at_ns"] for s in shards if s["last_active_at_ns"] is not None]
-        return {
+        result: dict[str, Any] = {
             "name": config.name,
             "node_id": self.node_id,
             "data_dir": str(config.data_dir),
             "listen": None,
-            "members": [],
+            "members": {},
             "ekv_version": __version__,
             "sqlite_version": sqlite_version(),
             "codec": codec_name(config.codec),
@@ -258,6 +287,25 @@ class Node:
             "gc": dict(self.gc_stats),
             "shards": shards,
         }
+        if self.cluster is not None:
+            cluster = self.cluster.info()
+            result["listen"] = cluster["listen"]
+            result["members"] = cluster["members"]
+            result["quarantined"] = cluster["quarantined"]
+            result["replication"] = cluster["stats"]
+            result["clock"]["skew_ns"] = {
+                node_id: member.get("skew_ns")
+                for node_id, member in cluster["members"].items()
+                if member.get("connected")
+            }
+            for index, shard in enumerate(shards):
+                shard["vv"] = cluster["vv"][index]
+                shard["peers"] = {
+                    node_id: (member.get("replication") or {}).get("shards", {}).get(index)
+                    for node_id, member in cluster["members"].items()
+                    if member.get("connected")
+                }
+        return result
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -268,6 +316,11 @@ class Node:
                 return
             self._closed = True
         self._gc_thread.stop()
+        if self.cluster is not None:
+            try:
+                self.cluster.stop()
+            except Exception:
+                self.log.error("stopping replication failed", exc_info=True)
         with self._gc_lock:
             self.registry.close_all()
             self.dispatcher.stop()

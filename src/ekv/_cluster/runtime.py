@@ -1,0 +1,165 @@
+"""The process-wide network runtime: one asyncio loop on a background thread, and the listeners.
+
+Every clustered ekv instance of a process shares one event loop thread ("ekv-net"), started with
+the first instance and stopped with the last. Instances that listen on the same address share one
+listening socket: an incoming connection names its instance in its Hello and is handed to the
+instance of that name, so several named instances replicate side by side, each only with
+same-named instances elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+__all__ = ["Endpoint", "Runtime", "runtime"]
+
+_log = logging.getLogger("ekv.net")
+
+T = TypeVar("T")
+
+
+class Endpoint(Protocol):
+    """An instance that accepts connections on a shared listener."""
+
+    name: str
+
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: Any) -> None: ...
+
+
+class _Listener:
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.server: asyncio.Server | None = None
+        self.address = address
+        self.endpoints: dict[str, Endpoint] = {}
+
+
+class Runtime:
+    """The loop thread and the listeners of this process. Use :func:`runtime`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._listeners: dict[tuple[str, int], _Listener] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def acquire(self) -> asyncio.AbstractEventLoop:
+        """Start the loop thread if needed and count one more user."""
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+                    # drain what is left, then close
+                    pending = asyncio.all_tasks(loop)
+                    for task in pending:
+                        task.cancel()
+                    if pending:
+                        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                    loop.close()
+
+                thread = threading.Thread(target=run, name="ekv-net", daemon=True)
+                thread.start()
+                ready.wait()
+                self._loop, self._thread = loop, thread
+            self._users += 1
+            return self._loop
+
+    def release(self) -> None:
+        """Count one user less; stop the loop thread after the last one."""
+        with self._lock:
+            self._users -= 1
+            if self._users > 0 or self._loop is None:
+                return
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(30)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        assert loop is not None, "the ekv network runtime is not running"
+        return loop
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop thread and wait for its result (never call from that thread)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Schedule ``fn(*args)`` on the loop thread (from any thread)."""
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    # -- listeners (called on the loop thread) -------------------------------------------------
+
+    async def listen(self, host: str, port: int, endpoint: Endpoint, ssl: Any = None) -> tuple[str, int]:
+        """Register ``endpoint`` on a listener for (host, port), creating it if needed; returns
+        the bound address (the real port when ``port`` is 0)."""
+        listener = self._listeners.get((host, port)) if port else None
+        if listener is None:
+            listener = _Listener((host, port))
+            bound_listener = listener
+            server = await asyncio.start_server(
+                lambda r, w: self._accept(bound_listener, r, w), host or None, port, ssl=ssl, reuse_address=True
+            )
+            listener.server = server
+            listener.address = (host, int(server.sockets[0].getsockname()[1]))
+            self._listeners[listener.address] = listener
+        if endpoint.name in listener.endpoints:
+            raise OSError(f"an ekv instance named {endpoint.name!r} already listens on {host}:{listener.address[1]}")
+        listener.endpoints[endpoint.name] = endpoint
+        return listener.address
+
+    async def unlisten(self, address: tuple[str, int], endpoint: Endpoint) -> None:
+        listener = self._listeners.get(address)
+        if listener is None:
+            return
+        if listener.endpoints.get(endpoint.name) is endpoint:
+            del listener.endpoints[endpoint.name]
+        if not listener.endpoints:
+            del self._listeners[address]
+            server = listener.server
+            if server is not None:
+                server.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 5)
+
+    async def _accept(self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from ekv._cluster.session import read_hello_for_routing
+
+        try:
+            routed = await read_hello_for_routing(reader, writer, listener.endpoints.get)
+            if routed is None:
+                return
+            endpoint, first = routed
+            await endpoint.accept(reader, writer, first)
+        except Exception:  # one bad connection must never take the listener down
+            _log.debug("ekv: incoming connection failed", exc_info=True)
+            writer.close()
+
+
+_RUNTIME = Runtime()
+
+
+def runtime() -> Runtime:
+    """The process's network runtime."""
+    return _RUNTIME

@@ -1,0 +1,357 @@
+"""One connection between two members: the handshake, then framed messages both ways.
+
+Handshake (the dialer speaks first, the listener never proves anything to a stranger first)::
+
+    dialer                         listener
+      Hello  ───────────────────▶  route by instance name; check version, shards, identity
+             ◀───────────────────  Hello (or Reject + close)
+      Auth   ───────────────────▶  verify the dialer's proof (or Reject + close)
+             ◀───────────────────  Auth
+      verify the listener's proof
+
+Until both proofs are verified the frame cap is small (64 KiB), so an unauthenticated peer cannot
+make us buffer much; everything it sends goes through :class:`~ekv._cluster.wire.FrameDecoder`,
+and any violation closes the connection with a log line and changes no data.
+
+After the handshake a :class:`Session` reads frames and hands messages to its owner, writes
+frames the owner sends (counting queued bytes for backpressure: a peer that falls more than
+``send_buffer`` bytes behind is disconnected, to be resynced when it comes back), and runs the
+heartbeat: a Ping every ``heartbeat_interval``; a peer silent for ``heartbeat_timeout`` (dead,
+partitioned or SIGSTOPped) is declared down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ekv._cluster import auth, wire
+from ekv._cluster.messages import Auth, Bye, Hello, Message, Ping, Pong, Reject
+from ekv._errors import AuthenticationError, ClusterError, ProtocolError
+
+__all__ = ["PRE_AUTH_MAX_FRAME", "HandshakeParams", "Session", "SessionOwner", "dial_handshake", "accept_handshake"]
+
+PRE_AUTH_MAX_FRAME = 64 * 1024
+_READ_SIZE = 256 * 1024
+
+
+class SessionOwner(Protocol):
+    def session_message(self, session: Session, message: Message) -> None: ...
+
+    def session_closed(self, session: Session, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeParams:
+    hello: Hello
+    cookie: bytes
+    timeout_s: float
+    max_frame_size: int
+
+
+class Refused(ClusterError):
+    """The handshake failed; ``reason`` says why (also sent to the peer when possible)."""
+
+
+async def _read_message(reader: asyncio.StreamReader, decoder: wire.FrameDecoder, pending: list[Message]) -> Message:
+    while not pending:
+        data = await reader.read(_READ_SIZE)
+        if not data:
+            raise Refused("connection closed during the handshake")
+        pending.extend(decoder.feed(data))
+    return pending.pop(0)
+
+
+async def read_hello_for_routing(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    lookup: Callable[[str], Any],
+    timeout_s: float = 10.0,
+) -> tuple[Any, tuple[Hello, wire.FrameDecoder, list[Message]]] | None:
+    """Read an incoming connection's Hello and find the instance it asks for (listener side)."""
+    decoder = wire.FrameDecoder(PRE_AUTH_MAX_FRAME)
+    pending: list[Message] = []
+    try:
+        first = await asyncio.wait_for(_read_message(reader, decoder, pending), timeout_s)
+    except (ProtocolError, Refused, TimeoutError, ConnectionError, OSError) as exc:
+        _close(writer)
+        raise Refused(f"no valid Hello from {_peer(writer)}: {exc}") from None
+    if not isinstance(first, Hello):
+        await _reject(writer, "expected Hello")
+        raise Refused(f"{_peer(writer)} sent {type(first).__name__} before Hello")
+    endpoint = lookup(first.instance)
+    if endpoint is None:
+        await _reject(writer, f"no ekv instance named {first.instance!r} here")
+        raise Refused(f"{_peer(writer)} asked for unknown instance {first.instance!r}")
+    return endpoint, (first, decoder, pending)
+
+
+def check_peer_hello(mine: Hello, theirs: Hello) -> tuple[int, frozenset[str]]:
+    """Validate the other side's Hello; raises Refused with a reason fit for both logs."""
+    if theirs.instance != mine.instance:
+        raise Refused(f"peer runs instance {theirs.instance!r}, we run {mine.instance!r}")
+    try:
+        version, features = wire.negotiate(mine, theirs)
+    except ProtocolError as exc:
+        raise Refused(str(exc)) from None
+    if theirs.shards != mine.shards:
+        raise Refused(f"peer {theirs.node_id} has {theirs.shards} shards, we have {mine.shards}; they cannot replicate")
+    if theirs.node_id == mine.node_id:
+        raise Refused("connected to ourselves")
+    return version, features
+
+
+async def dial_handshake(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, params: HandshakeParams
+) -> tuple[Hello, frozenset[str], wire.FrameDecoder, list[Message]]:
+    """The dialer's side of the handshake; returns the peer's Hello and the negotiated features."""
+    decoder = wire.FrameDecoder(PRE_AUTH_MAX_FRAME)
+    pending: list[Message] = []
+    mine = params.hello
+
+    async def run() -> tuple[Hello, frozenset[str]]:
+        writer.write(wire.encode(mine))
+        theirs = await _read_message(reader, decoder, pending)
+        if isinstance(theirs, Reject):
+            raise Refused(f"refused by the peer: {theirs.reason}")
+        if not isinstance(theirs, Hello):
+            raise Refused(f"expected Hello, got {type(theirs).__name__}")
+        try:
+            _, features = check_peer_hello(mine, theirs)
+        except Refused as exc:
+            await _reject(writer, str(exc))
+            raise
+        writer.write(wire.encode(Auth(auth.proof(params.cookie, mine=mine, theirs=theirs))))
+        answer = await _read_message(reader, decoder, pending)
+        if isinstance(answer, Reject):
+            raise Refused(f"refused by the peer: {answer.reason}")
+        if not isinstance(answer, Auth):
+            raise Refused(f"expected Auth, got {type(answer).__name__}")
+        try:
+            auth.verify(params.cookie, answer.mac, mine=mine, theirs=theirs)
+        except AuthenticationError:
+            await _reject(writer, "authentication failed")
+            raise Refused("the peer failed the cookie challenge (a different cookie?)") from None
+        return theirs, features
+
+    try:
+        theirs, features = await asyncio.wait_for(run(), params.timeout_s)
+    except TimeoutError:
+        raise Refused("handshake timed out") from None
+    except (ProtocolError, ConnectionError, OSError) as exc:
+        raise Refused(f"handshake failed: {exc}") from None
+    decoder.set_max_frame_size(params.max_frame_size)
+    return theirs, features, decoder, pending
+
+
+async def accept_handshake(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    params: HandshakeParams,
+    theirs: Hello,
+    decoder: wire.FrameDecoder,
+    pending: list[Message],
+) -> frozenset[str]:
+    """The listener's side, after routing read the dialer's Hello."""
+    mine = params.hello
+    try:
+        _, features = check_peer_hello(mine, theirs)
+    except Refused as exc:
+        await _reject(writer, str(exc))
+        raise
+
+    async def run() -> None:
+        writer.write(wire.encode(mine))
+        answer = await _read_message(reader, decoder, pending)
+        if not isinstance(answer, Auth):
+            await _reject(writer, "expected Auth")
+            raise Refused(f"expected Auth, got {type(answer).__name__}")
+        try:
+            auth.verify(params.cookie, answer.mac, mine=mine, theirs=theirs)
+        except AuthenticationError:
+            await _reject(writer, "authentication failed")
+            raise Refused("the peer failed the cookie challenge (wrong or missing cookie)") from None
+        writer.write(wire.encode(Auth(auth.proof(params.cookie, mine=mine, theirs=theirs))))
+        await writer.drain()
+
+    try:
+        await asyncio.wait_for(run(), params.timeout_s)
+    except TimeoutError:
+        raise Refused("handshake timed out") from None
+    except (ProtocolError, ConnectionError, OSError) as exc:
+        raise Refused(f"handshake failed: {exc}") from None
+    decoder.set_max_frame_size(params.max_frame_size)
+    return features
+
+
+async def _reject(writer: asyncio.StreamWriter, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        writer.write(wire.encode(Reject(reason[:200])))
+        await asyncio.wait_for(writer.drain(), 1.0)
+    _close(writer)
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    try:
+        peer = writer.get_extra_info("peername")
+    except Exception:
+        return "?"
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+class Session:
+    """An authenticated connection to one member (lives on the network loop thread)."""
+
+    def __init__(
+        self,
+        owner: SessionOwner,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        hello: Hello,
+        features: frozenset[str],
+        decoder: wire.FrameDecoder,
+        pending: list[Message],
+        dialer: bool,
+        address: str | None,
+        heartbeat_interval_s: float,
+        heartbeat_timeout_s: float,
+        send_buffer: int,
+        wall: Callable[[], int],
+    ) -> None:
+        self.owner = owner
+        self.reader = reader
+        self.writer = writer
+        self.hello = hello
+        self.peer_id = hello.node_id
+        self.features = features
+        self.dialer = dialer
+        self.address = address
+        """The address the peer accepts connections on, if known."""
+        self.remote = _peer(writer)
+        self._decoder = decoder
+        self._pending = pending
+        self._interval = heartbeat_interval_s
+        self._timeout = heartbeat_timeout_s
+        self._send_buffer = send_buffer
+        self._wall = wall
+        self._closed = False
+        self.close_reason = ""
+        self.started_at = time.monotonic()
+        self.last_received = self.started_at
+        self.last_seen_wall_ns = wall()
+        self.rtt_s: float | None = None
+        self.skew_ns: int | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._heartbeat_loop())]
+        for message in self._pending:
+            self._dispatch(message)
+        self._pending = []
+
+    # -- writing -------------------------------------------------------------------------------
+
+    @property
+    def queued_bytes(self) -> int:
+        transport = self.writer.transport
+        return 0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue one encoded frame (on the loop thread). A peer too slow to keep up is dropped."""
+        if self._closed:
+            return
+        try:
+            self.writer.write(frame)
+        except Exception as exc:
+            self.close(f"write failed: {exc}")
+            return
+        self.bytes_out += len(frame)
+        if self.queued_bytes > self._send_buffer:
+            self.close(f"too slow: more than {self._send_buffer} bytes queued; it will be resynced on reconnect")
+
+    def send(self, message: Message) -> None:
+        self.send_frame(wire.encode(message))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        reason = "connection closed by the peer"
+        try:
+            while not self._closed:
+                data = await self.reader.read(_READ_SIZE)
+                if not data:
+                    break
+                self.bytes_in += len(data)
+                self.last_received = time.monotonic()
+                self.last_seen_wall_ns = self._wall()
+                for message in self._decoder.feed(data):
+                    self._dispatch(message)  # after a close the owner ignores what is left
+        except ProtocolError as exc:
+            reason = f"protocol error: {exc}"
+        except (ConnectionError, OSError) as exc:
+            reason = f"connection lost: {exc}"
+        except asyncio.CancelledError:
+            reason = self.close_reason or "cancelled"
+        except Exception as exc:  # a bug while handling a message: drop the connection, keep serving
+            reason = f"internal error handling a message: {type(exc).__name__}: {exc}"
+            self.owner.session_message(self, Bye(reason))  # lets the owner log it
+        self.close(reason)
+
+    def _dispatch(self, message: Message) -> None:
+        if isinstance(message, Ping):
+            self.send(Pong(message.wall_ns, self._wall()))
+        elif isinstance(message, Pong):
+            now = self._wall()
+            rtt = max(0, now - message.echo_wall_ns)
+            self.rtt_s = rtt / 1e9
+            self.skew_ns = message.wall_ns - (message.echo_wall_ns + rtt // 2)
+        elif isinstance(message, Bye):
+            self.close(f"peer said goodbye: {message.reason}" if message.reason else "peer said goodbye")
+        elif isinstance(message, Reject):
+            self.close(f"rejected by the peer: {message.reason}")
+        else:
+            self.owner.session_message(self, message)
+
+    async def _heartbeat_loop(self) -> None:
+        try:
+            while not self._closed:
+                self.send(Ping(self._wall()))
+                await asyncio.sleep(self._interval)
+                silent = time.monotonic() - self.last_received
+                if silent > self._timeout:
+                    self.close(f"no heartbeat for {silent:.1f} s (timeout {self._timeout} s)")
+        except asyncio.CancelledError:
+            pass
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.close_reason = reason
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        _close(self.writer)
+        self.owner.session_closed(self, reason)

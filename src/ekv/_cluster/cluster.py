@@ -67,7 +67,9 @@ class ClusterNode:
             sync_chunk_bytes=options.sync_chunk_bytes,
             tombstone_ttl_ns=config.tombstone_ttl_ns,
             quarantine=options.quarantine,
-            sync_timeout_ns=max(60 * NS_PER_S, 2 * options.anti_entropy_interval_ns),
+            # a sync in flight makes progress continuously; a long stall means its messages were
+            # lost with a replaced connection: ask again
+            sync_timeout_ns=max(10 * NS_PER_S, 2 * options.heartbeat_timeout_ns),
         )
         self.sessions: dict[str, Session] = {}
         self.addresses: dict[str, dict[str, Any]] = {}
@@ -80,8 +82,9 @@ class ClusterNode:
         self._listen_address: tuple[str, int] | None = None
         self.advertised: str | None = None
         self._stopping = False
-        self._encoded: tuple[int, bool, bytes] | None = None
+        self._encoded: tuple[Message, bool, bytes] | None = None
         self.replicator: Replicator | None = None
+        self._blocked: frozenset[str] = frozenset()
         self._runtime = runtime()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -309,6 +312,9 @@ class ClusterNode:
             session.close("shutting down")
             return False
         peer = session.peer_id
+        if peer in self._blocked:
+            session.close("blocked (test partition)")
+            return False
         existing = self.sessions.get(peer)
         if existing is not None and not existing.closed:
             if self._dialer_of(session) >= self._dialer_of(existing):
@@ -317,10 +323,10 @@ class ClusterNode:
             self.sessions[peer] = session  # registered first, so closing the old one is not a "down"
             existing.close("replaced by a newer connection")
         self.sessions[peer] = session
-        session.start()
         rep = self.replicator
         assert rep is not None
-        rep.peer_up(peer, self._wall())
+        rep.peer_up(peer, self._wall())  # before start(): messages read during the handshake need it
+        session.start()
         self.log.info("member %s connected (%s, %s)", peer, session.remote, "dialed" if session.dialer else "accepted")
         session.send(Members(self._member_list()))
         self._kick()
@@ -377,12 +383,14 @@ class ClusterNode:
         if session is None or session.closed:
             return
         compress = "zlib" in session.features and self.options.compression_threshold is not None
+        # The replicator sends the same message object to every member: encode it once. The
+        # cache holds the message itself, so its identity cannot be reused by a new object.
         cached = self._encoded
-        if cached is not None and cached[0] == id(message) and cached[1] == compress:
+        if cached is not None and cached[0] is message and cached[1] == compress:
             frame = cached[2]
         else:
             frame = wire.encode(message, compress_threshold=self.options.compression_threshold if compress else None)
-            self._encoded = (id(message), compress, frame)
+            self._encoded = (message, compress, frame)
         session.send_frame(frame)
 
     def _can_send(self, peer_id: str) -> bool:
@@ -509,6 +517,18 @@ class ClusterNode:
         assert rep is not None
         result: dict[str, int] | None = self.call(rep.truncation_targets, shard, now_ns, self.options.log_retention_ns)
         return result
+
+    def set_blocked(self, node_ids: set[str] | frozenset[str]) -> None:
+        """Testing hook (``ekv.testing.partition``): drop the sessions with these members and
+        refuse new ones until unblocked, in both directions as seen from this node."""
+
+        def apply() -> None:
+            self._blocked = frozenset(node_ids)
+            for node_id in list(self.sessions):
+                if node_id in self._blocked:
+                    self.sessions[node_id].close("blocked (test partition)")
+
+        self.call(apply)
 
     def skew(self) -> dict[str, int | None]:
         return {node_id: s.skew_ns for node_id, s in self.sessions.items()}

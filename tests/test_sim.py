@@ -8,8 +8,10 @@ import os
 import pytest
 
 from ekv._cluster import replicator as replicator_module
+from ekv._core import lww
 from ekv._core import vv as vv_module
 from ekv._storage import schema
+from ekv._storage import shard as sim_module_shard
 from ekv.testing import sim
 
 SEEDS = int(os.environ.get("EKV_SIM_SEEDS", "200"))
@@ -134,6 +136,7 @@ def test_checker_catches_a_cursor_that_skips_gaps(monkeypatch: pytest.MonkeyPatc
 
 
 def test_checker_catches_a_broken_merge_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lww, "wins", lambda incoming, current: True)  # the Python rule: always overwrite
     broken = schema.UPSERT.replace(
         "WHERE excluded.ts > kv.ts OR (excluded.ts = kv.ts AND excluded.origin > kv.origin)", "WHERE 1"
     )
@@ -143,6 +146,7 @@ def test_checker_catches_a_broken_merge_rule(monkeypatch: pytest.MonkeyPatch) ->
     head, tail = broken.split("VALUES (?, ?, ?, ?, ?, ?, ?)")
     monkeypatch.setattr(schema, "_UPSERT_HEAD", head)
     monkeypatch.setattr(schema, "_UPSERT_TAIL", tail)
+    monkeypatch.setattr(sim_module_shard, "_ROWS_PER_STATEMENT", 1)  # no padding rows: they would now apply
     assert caught(monkeypatch, range(10), duration_ms=10_000) > 0
 
 

@@ -46,14 +46,16 @@ class Event:
     version: Version | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One version of one key as stored and replicated.
 
     ``value`` holds the encoded bytes, or ``None`` for a tombstone (a delete, or a put whose TTL
     has run out and that was turned into a tombstone). ``oseq`` is the per-origin, per-shard
     sequence number of the write: together with ``origin`` it names the write uniquely and
     forever (its "dot"), which is what replication progress is measured in.
+
+    A named tuple rather than a dataclass: one is built for every replicated write, on both
+    sides, and a tuple is three times cheaper to create.
     """
 
     key: str

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ekv._codec import codec_name
 from ekv._config import Config, check_overflow, check_positive_int
 from ekv._core.clock import HybridClock
-from ekv._core.durations import NS_PER_S, tombstone_cutoff_ns
+from ekv._core.durations import NS_PER_S, is_stale, tombstone_cutoff_ns
 from ekv._core.keys import check_prefix
 from ekv._errors import ClosedError, InvalidArgumentType
 from ekv._model import Event
@@ -105,6 +105,36 @@ class _GcThread:
             self._thread.join(30)
 
 
+class _CheckpointThread:
+    """Checkpoints the shards' WALs in the background, so no commit pays for a checkpoint's
+    fsync (measured here: a write that triggered one could stall 10-20 ms)."""
+
+    def __init__(self, node: Node, interval_s: float = 0.1) -> None:
+        self._node_ref = weakref.ref(node)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"ekv-checkpoint-{node.config.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            node = self._node_ref()
+            if node is None or node.closed:
+                return
+            try:
+                node.store.checkpoint()
+            except ClosedError:
+                return
+            except Exception:
+                node.log.error("checkpoint failed; will retry", exc_info=True)
+            del node
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(30)
+
+
 class Node:
     """One open ekv instance. Thread-safe."""
 
@@ -116,6 +146,9 @@ class Node:
         self.dispatcher = Dispatcher(config.name)
         started = time.perf_counter()
         self.store = ShardedStore.open(config, self.clock, self.registry)
+        self.stale_moved_to: str | None = None
+        if config.cluster is not None and not self.store.created:
+            self._check_stale()
         self.node_id = self.store.node_id
         self.opened_at_ns = config.clock.now_ns()
         self._closed = False
@@ -148,6 +181,45 @@ class Node:
             (time.perf_counter() - started) * 1e3,
         )
         self._gc_thread = _GcThread(self)
+        self._checkpoint_thread = _CheckpointThread(self)
+
+    def _check_stale(self) -> None:
+        """Stale data protection (clustered nodes): a data directory last active longer ago than
+        ``tombstone_ttl`` (minus one GC interval) must not rejoin with its data, because peers may
+        have purged the tombstones of deletes it never saw, which would come back. Its files are
+        moved aside (never deleted) and the node starts empty, under a new identity, and is rebuilt
+        by full sync. ``allow_stale_startup=True`` trusts the old data instead."""
+        config = self.config
+        now = config.clock.now_ns()
+        last = self.store.last_active_at_ns()
+        if not is_stale(now, last, config.tombstone_ttl_ns, config.gc_interval_ns):
+            return
+        age = "unknown" if last is None else f"{(now - last) / NS_PER_S:.0f} s"
+        if config.allow_stale_startup:
+            self.log.warning(
+                "data_dir %s was last active %s ago, longer than tombstone_ttl (%.0f s); "
+                "allow_stale_startup=True: trusting its data (deletes purged meanwhile may come back)",
+                config.data_dir,
+                age,
+                config.tombstone_ttl_ns / NS_PER_S,
+            )
+            return
+        old_id = self.store.node_id
+        self.store.close()
+        moved = self.store.datadir.move_aside(config.shards, now)
+        self.stale_moved_to = str(moved)
+        self.store = ShardedStore.open(config, self.clock, self.registry)
+        self.log.warning(
+            "STALE DATA: data_dir %s was last active %s ago, longer than tombstone_ttl (%.0f s). Its files were "
+            "moved to %s (nothing was deleted); node %s starts empty as new node %s and is rebuilt from its peers. "
+            "For a whole-cluster restore from old data, start every node with allow_stale_startup=True.",
+            config.data_dir,
+            age,
+            config.tombstone_ttl_ns / NS_PER_S,
+            moved,
+            old_id,
+            self.store.node_id,
+        )
 
     @property
     def closed(self) -> bool:
@@ -273,6 +345,7 @@ class Node:
             "codec": codec_name(config.codec),
             "options": config.summary(),
             "opened_at_ns": self.opened_at_ns,
+            "stale_data_moved_to": self.stale_moved_to,
             "last_active_at_ns": min(last_active) if last_active else None,
             "clock": {"last_ns": self.clock.last_ns, "wall_ns": config.clock.now_ns(), "skew_ns": {}},
             "keys": sum(s["keys"] for s in shards),
@@ -316,6 +389,7 @@ class Node:
                 return
             self._closed = True
         self._gc_thread.stop()
+        self._checkpoint_thread.stop()
         if self.cluster is not None:
             try:
                 self.cluster.stop()

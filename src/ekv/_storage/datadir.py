@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,6 +218,28 @@ class DataDir:
             )
         if manifest.name != name:
             raise InstanceNameError(f"data_dir {str(self.path)!r} belongs to instance {manifest.name!r}, not {name!r}")
+
+    def move_aside(self, shards: int, now_ns: int) -> Path:
+        """Move the manifest and every shard file (with its WAL companions) into a new
+        ``stale-<UTC time>`` directory inside the data directory; nothing is deleted. Returns
+        the new directory. The caller must have closed the store."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now_ns / 1e9))
+        target = self.path / f"stale-{stamp}"
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = self.path / f"stale-{stamp}-{suffix}"
+        target.mkdir()
+        moved = [self.manifest_path]
+        for index in range(shards):
+            base = self.shard_path(index)
+            moved += [Path(f"{base}{extra}") for extra in ("", "-wal", "-shm")]
+        for path in moved:
+            if path.exists():
+                os.replace(path, target / path.name)
+        fsync_dir(target)
+        fsync_dir(self.path)
+        return target
 
     def remove_db_files(self, base: Path) -> None:
         """Delete a database file and its WAL companions (only used for interrupted creations)."""

@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import apsw
 
+from ekv._core import lww
 from ekv._core.clock import HybridClock
 from ekv._errors import ClosedError, CorruptionError, Error, InternalError
 from ekv._model import Entry, Version
@@ -23,6 +24,8 @@ from ekv._storage.commit import Apply, Committer, Exclusive, Op, Write
 from ekv._storage.sqlite import enable_wal, open_connection, raise_storage_error, storage_error
 
 __all__ = ["EventSink", "RawEvent", "Shard", "ShardIdentity"]
+
+_ROWS_PER_STATEMENT = 256
 
 _log = logging.getLogger("ekv.storage")
 
@@ -398,37 +401,77 @@ class Shard:
         return ts
 
     def _apply_one(self, cur: apsw.Cursor, op: Apply, events: list[RawEvent] | None) -> None:
+        """Apply remote entries in order, each checked against LWW.
+
+        The winners are decided in Python against the stored versions (read with one query per
+        500 keys) and the versions applied earlier in the same batch, then written with
+        multi-row upserts: a few calls into SQLite per batch instead of one per entry. The
+        upsert's WHERE clause still guards every row; if SQLite disagrees with the decision
+        (it cannot while we hold the shard), the batch fails rather than report a wrong result.
+        """
+        entries = op.entries
+        if not entries:
+            return
         clock = self.clock
         now = clock.wall.now_ns()
         sink = self.sink
-        changes = self._conn.changes
+        current = self._stored_versions(cur, {e.key for e in entries})
+        batch_value: dict[str, bytes | None] = {}  # values written earlier in this batch
+        rows: list[Any] = []
         applied = op.applied
-        for entry in op.entries:
+        top = 0
+        for entry in entries:
             key = entry.key
             ts = entry.timestamp_ns
-            clock.observe(ts)
+            if ts > top:
+                top = ts
+            version = Version(ts, entry.origin)
+            if not lww.wins(version, current.get(key)):
+                continue  # loses (or is a duplicate): changes nothing
+            current[key] = version
             value = entry.value
             expires_at = entry.expires_at_ns
             expired_value: bytes | None = None
             if value is not None and expires_at is not None and expires_at <= now:
                 expired_value, value = value, None  # already expired: store the tombstone form
-            wanted = events is not None and sink.matches(key)
-            prev = self._visible_value(cur, key) if wanted and value is None else None
-            deleted_at = None if value is not None else (expires_at if expires_at is not None else ts)
-            cur.execute(schema.UPSERT, (key, ts, entry.origin, entry.oseq, expires_at, deleted_at, value))
-            if not changes():
-                continue
-            stored = entry if value is entry.value else Entry(key, ts, entry.origin, entry.oseq, expires_at, None)
-            applied.append(stored)
-            if wanted:
-                assert events is not None
-                version = Version(ts, entry.origin)
+            if events is not None and sink.matches(key):
                 if value is not None:
                     events.append(("put", key, value, version))
-                elif expires_at is not None:
-                    events.append(("expired", key, expired_value if expired_value is not None else prev, version))
                 else:
-                    events.append(("delete", key, prev, version))
+                    prev = batch_value[key] if key in batch_value else self._visible_value(cur, key)
+                    if expires_at is not None:
+                        events.append(("expired", key, expired_value if expired_value is not None else prev, version))
+                    else:
+                        events.append(("delete", key, prev, version))
+            batch_value[key] = value if value is None or expires_at is None or expires_at > now else None
+            deleted_at = None if value is not None else (expires_at if expires_at is not None else ts)
+            rows += (key, ts, entry.origin, entry.oseq, expires_at, deleted_at, value)
+            applied.append(
+                entry if value is entry.value else Entry(key, ts, entry.origin, entry.oseq, expires_at, None)
+            )
+        clock.observe(top)
+        written = 0
+        step = 7 * _ROWS_PER_STATEMENT
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            count = len(chunk) // 7
+            shape = 1 << (count - 1).bit_length()
+            if shape != count:
+                chunk += chunk[-7:] * (shape - count)
+            cur.execute(schema.upsert_rows(shape), chunk)
+            written += self._conn.changes()
+        if written != len(applied):
+            raise InternalError(f"applied {written} remote rows where {len(applied)} were expected to win")
+
+    def _stored_versions(self, cur: apsw.Cursor, keys: set[str]) -> dict[str, Version]:
+        found: dict[str, Version] = {}
+        ordered = list(keys)
+        for start in range(0, len(ordered), 500):
+            part = ordered[start : start + 500]
+            sql = f"SELECT key, ts, origin FROM kv WHERE key IN ({', '.join('?' * len(part))})"
+            for key, ts, origin in cur.execute(sql, part):
+                found[key] = Version(ts, origin)
+        return found
 
     def _visible_value(self, cur: apsw.Cursor, key: str) -> bytes | None:
         row = cur.execute(schema.GET, (key,)).get

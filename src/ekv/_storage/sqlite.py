@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 BUSY_TIMEOUT_MS = 5_000
+WRITER_AUTOCHECKPOINT_PAGES = 16_384  # 64 MiB of 4 KiB pages: a safety valve only
 
 # The WAL-reset race (two connections writing and checkpointing at once can lose committed
 # transactions) exists from 3.7.0 to 3.51.2; it was fixed in 3.51.3 and backported to 3.50.7
@@ -100,6 +101,10 @@ def enable_wal(conn: apsw.Connection) -> None:
     mode = conn.execute("PRAGMA journal_mode=WAL").get
     if str(mode).lower() != "wal":
         raise StorageError(f"could not switch to WAL mode (journal_mode is {mode!r})")
+    # Checkpoints normally run on the node's checkpointer thread (see ShardedStore.checkpoint),
+    # off the write path: a checkpoint fsyncs, which stalls a commit for milliseconds. The writer
+    # checkpoints by itself only if the WAL grows far beyond that (nobody running the thread).
+    conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}").fetchall()
 
 
 def raise_storage_error(exc: BaseException, path: str | None = None, *, action: str = "write") -> NoReturn:

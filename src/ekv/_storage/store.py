@@ -101,8 +101,11 @@ class ShardedStore:
         self._synchronous = "FULL" if config.durability == "full" else "NORMAL"
         self._tls = threading.local()
         self._readers: weakref.WeakSet[apsw.Connection] = weakref.WeakSet()
+        self._checkpointers: dict[int, apsw.Connection] = {}
         self._readers_lock = threading.Lock()
         self._closed = False
+        self.created = False
+        """True if this open created the data directory's store."""
         self._released = False
         self._forked = False
 
@@ -123,6 +126,7 @@ class ShardedStore:
         try:
             manifest, create = _load_or_plan(datadir, config, new_node_id)
             store = cls(config, datadir, manifest, clock)
+            store.created = create
             identity = _Identity(config.name, manifest.node_id, config.shards)
             try:
                 for index in range(config.shards):
@@ -157,6 +161,14 @@ class ShardedStore:
     def closed(self) -> bool:
         return self._closed
 
+    def last_active_at_ns(self) -> int | None:
+        """The oldest ``last_active_at`` of the shards as found when they were opened (None if a
+        shard never recorded one)."""
+        values = [shard.last_active_at_ns for shard in self.shards]
+        if not values or any(v is None for v in values):
+            return None
+        return min(v for v in values if v is not None)
+
     def close(self) -> None:
         """Close every shard and reader connection and release the directory. Idempotent."""
         with self._readers_lock:
@@ -167,8 +179,9 @@ class ShardedStore:
                 return
             self._released = True
         with self._readers_lock:
-            readers = list(self._readers)
+            readers = list(self._readers) + list(self._checkpointers.values())
             self._readers = weakref.WeakSet()
+            self._checkpointers = {}
         for conn in readers:
             try:
                 conn.close()
@@ -457,6 +470,39 @@ class ShardedStore:
                 break
         report.log_truncated = shard.run_exclusive(lambda cur: _finish_gc(shard, cur, now_ns, log_targets))
         return report
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint(self, min_wal_bytes: int = 4 << 20) -> int:
+        """Checkpoint every shard whose WAL is larger than ``min_wal_bytes`` (PASSIVE: never
+        blocks readers or the writer). Runs on the node's checkpointer thread, with its own
+        connections. Returns how many shards were checkpointed."""
+        done = 0
+        for index in range(self._count):
+            path = str(self.datadir.shard_path(index))
+            try:
+                size = os.stat(path + "-wal").st_size
+            except OSError:
+                continue
+            if size >= min_wal_bytes and self._checkpoint_shard(index, path):
+                done += 1
+        return done
+
+    def _checkpoint_shard(self, index: int, path: str) -> bool:
+        with self._readers_lock:
+            if self._closed:
+                return False
+            conn = self._checkpointers.get(index)
+            if conn is None:
+                conn = open_connection(path, create=False, synchronous=self._synchronous)
+                self._checkpointers[index] = conn
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except apsw.Error as exc:
+            if not self._closed:
+                _log.warning("ekv: checkpoint of %s failed: %s", path, exc)
+            return False
+        return True
 
     # -- info --------------------------------------------------------------------------------
 

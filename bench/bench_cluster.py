@@ -1,0 +1,343 @@
+"""Replication benchmark: ekv node processes on 127.0.0.1, measured in one run.
+
+    python3 -m pip install -e . && python3 bench/bench_cluster.py           # full run
+    python3 bench/bench_cluster.py --quick                                  # smaller
+
+What it measures (node A lives in this process, node B is a child process):
+
+* replication latency: ``A.put`` until B's subscriber sees the event (both sides read
+  ``time.monotonic_ns``, which is one clock for every process of the machine); p50/p99 over
+  sequential puts;
+* sustained replicated writes: A puts N keys as fast as one thread can; throughput = N / (time
+  until B has them all), next to A's single-node put throughput measured in the same run;
+* full sync: A holds K keys, B starts empty; keys/s until B has them all (and B's RSS growth);
+* delta sync: A and B connected, then partitioned; A writes 10,000 keys; time from the heal until
+  B has them;
+* 3 nodes: the latency of a put on A as seen on the two others.
+
+Each figure is the median of the repetitions (default 3; sync runs once per size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ekv
+import ekv.testing
+from ekv._model import Entry
+
+FAST = {"heartbeat_interval": 0.5, "heartbeat_timeout": 5.0, "anti_entropy_interval": 2.0, "reconnect_max": 0.5}
+
+
+# -- the peer process ---------------------------------------------------------------------------
+
+
+def peer_main(args: argparse.Namespace) -> int:
+    if os.environ.get("NOGC"):
+        import gc
+
+        gc.disable()
+    """Run node B: subscribe to everything, report arrival times; commands on stdin."""
+    kv = ekv.EKV("bench", args.data_dir, listen="127.0.0.1:0", peers=[args.peer], log=False, codec="pickle", **FAST)
+    sub = kv.subscribe("")
+    out = sys.stdout
+    out.write(json.dumps({"ready": True, "listen": kv.listen_address, "node_id": kv.node_id}) + "\n")
+    out.flush()
+    arrivals: dict[str, int] = {}
+    lock = threading.Lock()
+    state = {"expect": None, "prefix": "", "done_at": None, "rss_peak": 0}
+
+    counted = {"n": 0}
+
+    def consume() -> None:
+        for batch in sub:
+            now = time.monotonic_ns()
+            with lock:
+                prefix = state["prefix"]
+                for event in batch:
+                    if event.key not in arrivals:
+                        arrivals[event.key] = now
+                        if event.key.startswith(prefix):  # type: ignore[arg-type]
+                            counted["n"] += 1
+                expect = state["expect"]
+                if expect is not None and state["done_at"] is None and counted["n"] >= expect:  # type: ignore[operator]
+                    state["done_at"] = now
+            state["rss_peak"] = max(state["rss_peak"], rss_mb())  # type: ignore[type-var,assignment]
+
+    threading.Thread(target=consume, daemon=True).start()
+    for line in sys.stdin:
+        command = json.loads(line)
+        op = command["op"]
+        if op == "expect":
+            with lock:
+                state.update(expect=command["count"], prefix=command["prefix"], done_at=None, rss_peak=rss_mb())
+                counted["n"] = sum(1 for k in arrivals if k.startswith(command["prefix"]))
+                if counted["n"] >= command["count"]:
+                    state["done_at"] = time.monotonic_ns()
+            reply: dict[str, Any] = {"ok": True}
+        elif op == "wait":
+            deadline = time.monotonic() + command.get("timeout", 600)
+            while state["done_at"] is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            reply = {"done_at": state["done_at"], "rss_peak": state["rss_peak"], "rss_now": rss_mb()}
+        elif op == "arrivals":
+            prefix = command["prefix"]
+            with lock:
+                reply = {"arrivals": {k: v for k, v in arrivals.items() if k.startswith(prefix)}}
+        elif op == "block":
+            cluster = ekv.testing.node_of(kv).cluster
+            assert cluster is not None
+            cluster.set_blocked(set(command["node_ids"]))
+            reply = {"ok": True}
+        elif op == "close":
+            break
+        else:
+            reply = {"error": op}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+    kv.close()
+    return 0
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class Peer:
+    def __init__(self, data_dir: Path, peer: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--peer-mode", "--data-dir", str(data_dir), "--peer", peer],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        ready = self.read()
+        self.listen = ready["listen"]
+        self.node_id = ready["node_id"]
+
+    def read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("peer process died")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"op": "close"}) + "\n")
+            self.proc.stdin.flush()
+            self.proc.wait(30)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait(30)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+# -- measurements -------------------------------------------------------------------------------
+
+
+def wait_connected(kv: ekv.EKV, count: int, timeout: float = 60) -> None:
+    ekv.testing.wait_until(
+        lambda: sum(1 for m in kv.info()["members"].values() if m.get("connected")) >= count, timeout
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def measure_latency(a: ekv.EKV, peers: list[Peer], count: int, tag: str) -> dict[str, float]:
+    for peer in peers:
+        peer.call("expect", count=count, prefix=tag)
+    sent: dict[str, int] = {}
+    for i in range(count):
+        key = f"{tag}{i:06d}"
+        sent[key] = time.monotonic_ns()
+        a.put(key, i)
+        time.sleep(0.0005)  # sequential, spaced puts: latency, not throughput
+    lat: list[float] = []
+    for peer in peers:
+        peer.call("wait")
+        arrivals = peer.call("arrivals", prefix=tag)["arrivals"]
+        lat += [(arrivals[k] - sent[k]) / 1e3 for k in sent if k in arrivals]
+    return {"p50_us": percentile(lat, 0.5), "p99_us": percentile(lat, 0.99), "samples": len(lat)}
+
+
+def measure_throughput(a: ekv.EKV, peer: Peer, count: int, tag: str) -> dict[str, float]:
+    peer.call("expect", count=count, prefix=tag)
+    start = time.monotonic_ns()
+    for i in range(count):
+        a.put(f"{tag}{i:07d}", i)
+    local_done = time.monotonic_ns()
+    done = peer.call("wait")["done_at"]
+    return {
+        "local_ops_s": count / ((local_done - start) / 1e9),
+        "replicated_ops_s": count / ((done - start) / 1e9),
+    }
+
+
+def single_node_put(path: Path, count: int) -> float:
+    with ekv.EKV("bench", path, log=False) as kv:
+        start = time.perf_counter()
+        for i in range(count):
+            kv.put(f"single/{i:07d}", i)
+        return count / (time.perf_counter() - start)
+
+
+def load(kv: ekv.EKV, count: int, prefix: str) -> None:
+    """Fill a store fast through the apply path (as if replicated from a loader node)."""
+    import pickle
+
+    store = ekv.testing.node_of(kv).store
+    blob = pickle.dumps({"v": "x" * 40}, protocol=5)
+    ts = time.time_ns()
+    batch: list[Entry] = []
+    for i in range(count):
+        batch.append(Entry(f"{prefix}{i:08d}", ts + i, "loader", i + 1, None, blob))
+        if len(batch) == 5000:
+            store.apply(batch)
+            batch = []
+    if batch:
+        store.apply(batch)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="ekv-bench-cluster-"))
+    results: dict[str, Any] = {}
+    try:
+        results["single_node_put_ops_s"] = statistics.median(
+            single_node_put(root / f"single{i}", args.writes) for i in range(args.reps)
+        )
+        a = ekv.EKV("bench", root / "a", listen="127.0.0.1:0", log=False, **FAST)
+        try:
+            b = Peer(root / "b", a.listen_address)  # type: ignore[arg-type]
+            try:
+                wait_connected(a, 1)
+                lat = [measure_latency(a, [b], args.latency, f"lat{r}/") for r in range(args.reps)]
+                results["latency_2_nodes"] = {k: statistics.median(x[k] for x in lat) for k in lat[0]}
+                thr = [measure_throughput(a, b, args.writes, f"thr{r}/") for r in range(args.reps)]
+                results["throughput_2_nodes"] = {k: statistics.median(x[k] for x in thr) for k in thr[0]}
+                # delta sync after a partition
+                cluster = ekv.testing.node_of(a).cluster
+                assert cluster is not None
+                cluster.set_blocked({b.node_id})
+                b.call("block", node_ids=[a.node_id])
+                ekv.testing.wait_until(lambda: not any(m.get("connected") for m in a.info()["members"].values()))
+                for i in range(args.delta):
+                    a.put(f"delta/{i:06d}", i)
+                b.call("expect", count=args.delta, prefix="delta/")
+                healed = time.monotonic_ns()
+                cluster.set_blocked(set())
+                b.call("block", node_ids=[])
+                done = b.call("wait")["done_at"]
+                results["delta_sync"] = {"writes": args.delta, "seconds": (done - healed) / 1e9}
+                # 3 nodes
+                c = Peer(root / "c", a.listen_address)  # type: ignore[arg-type]
+                try:
+                    wait_connected(a, 2)
+                    lat3 = [measure_latency(a, [b, c], args.latency, f"lat3-{r}/") for r in range(args.reps)]
+                    results["latency_3_nodes"] = {k: statistics.median(x[k] for x in lat3) for k in lat3[0]}
+                finally:
+                    c.close()
+            finally:
+                b.close()
+            # full sync of K keys to an empty node
+            for size in args.full:
+                load(a, size, f"full{size}/")
+                peer = Peer(root / f"full{size}", a.listen_address)  # type: ignore[arg-type]
+                try:
+                    start = time.monotonic_ns()
+                    peer.call("expect", count=size, prefix=f"full{size}/")
+                    reply = peer.call("wait", timeout=3600)
+                    seconds = (reply["done_at"] - start) / 1e9
+                    results[f"full_sync_{size}"] = {
+                        "keys": size,
+                        "seconds": seconds,
+                        "keys_per_s": size / seconds,
+                        "peer_rss_peak_mb": reply["rss_peak"],
+                    }
+                finally:
+                    peer.close()
+        finally:
+            a.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [f"ekv {ekv.__version__}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, 127.0.0.1", ""]
+    l2, l3 = r["latency_2_nodes"], r["latency_3_nodes"]
+    lines.append(
+        f"replication latency, put on A -> event on B: p50 {l2['p50_us']:.0f} us, p99 {l2['p99_us']:.0f} us "
+        "(Elixir ekv 0.1.5 here: p50 316 us, p99 582 us)"
+    )
+    lines.append(f"  3 nodes, seen on both others: p50 {l3['p50_us']:.0f} us, p99 {l3['p99_us']:.0f} us")
+    t = r["throughput_2_nodes"]
+    single = r["single_node_put_ops_s"]
+    lines.append(
+        f"sustained replicated writes: {t['replicated_ops_s']:,.0f}/s visible on B "
+        f"({t['replicated_ops_s'] / single:.0%} of the single-node put, {single:,.0f}/s, same run)"
+    )
+    d = r["delta_sync"]
+    lines.append(f"delta sync after a partition: {d['writes']:,} writes in {d['seconds']:.2f} s after the heal")
+    for key, value in r.items():
+        if key.startswith("full_sync_"):
+            lines.append(
+                f"full sync of {value['keys']:,} keys: {value['seconds']:.2f} s = {value['keys_per_s']:,.0f} keys/s "
+                "(Elixir 0.1.5: 10,000 keys in 486 ms = 20.5k keys/s); "
+                f"peer RSS peak {value['peer_rss_peak_mb']:.0f} MB"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer-mode", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--peer", help=argparse.SUPPRESS)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--latency", type=int, default=1000, help="sequential puts per latency repetition")
+    parser.add_argument("--writes", type=int, default=20_000, help="puts per throughput repetition")
+    parser.add_argument("--delta", type=int, default=10_000, help="writes made during the partition")
+    parser.add_argument("--full", type=int, nargs="*", default=[10_000, 100_000], help="full-sync sizes")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.peer_mode:
+        return peer_main(args)
+    if args.quick:
+        args.reps, args.latency, args.writes, args.delta, args.full = 1, 200, 2000, 2000, [5000]
+    results = run(args)
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""A node process for multi-process tests, driven through JSON lines on stdin/stdout.
+
+    python -m ekv.testing.node --name c --data-dir DIR --listen 127.0.0.1:0 [--peer HOST:PORT]...
+                               [--option KEY=JSON]...
+
+It opens an :class:`ekv.EKV` with ``codec="json"``, prints one line
+``{"ready": true, "node_id": ..., "listen": ...}``, then answers one JSON line per command:
+
+    {"op": "put", "key": K, "value": V, "ttl": S?}   -> {"ok": true, "version": [ts, origin]}
+    {"op": "delete", "key": K}                       -> {"ok": true, "version": [ts, origin]}
+    {"op": "get", "key": K}                          -> {"ok": true, "value": V | null}
+    {"op": "keys", "prefix": P} / {"op": "scan", "prefix": P}
+    {"op": "dump"}     -> every stored entry, tombstones included: [[key, ts, origin, value|null], ...]
+    {"op": "members"}  -> {node_id: connected?}
+    {"op": "info"}     -> the info() dict (JSON-safe)
+    {"op": "block", "node_ids": [...]}   cut (and refuse) connections to these members
+    {"op": "connect", "address": A}
+    {"op": "gc"}
+    {"op": "close"}    -> closes the store and exits 0
+
+Errors come back as {"ok": false, "error": "...", "type": "..."}. Used by
+:mod:`ekv.testing.cluster`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import ekv
+from ekv.testing._hooks import node_of, run_gc
+
+
+def _handle(kv: ekv.EKV, command: dict[str, Any]) -> Any:
+    op = command["op"]
+    if op == "put":
+        version = kv.put(command["key"], command["value"], ttl=command.get("ttl"))
+        return {"version": list(version)}
+    if op == "delete":
+        return {"version": list(kv.delete(command["key"]))}
+    if op == "get":
+        found = kv.lookup(command["key"])
+        return {"value": None if found is None else found[0], "version": None if found is None else list(found[1])}
+    if op == "keys":
+        return {"keys": kv.keys(command.get("prefix", ""))}
+    if op == "scan":
+        return {"items": kv.scan(command.get("prefix", ""))}
+    if op == "dump":
+        store = node_of(kv).store
+        return {
+            "entries": [
+                [e.key, e.timestamp_ns, e.origin, None if e.value is None else e.value.decode(), e.expires_at_ns]
+                for e in store.entries()
+            ]
+        }
+    if op == "members":
+        members = kv.info()["members"]
+        return {"members": {k: bool(v.get("connected")) for k, v in members.items() if v.get("node_id")}}
+    if op == "info":
+        return {"info": kv.info()}
+    if op == "block":
+        cluster = node_of(kv).cluster
+        assert cluster is not None
+        cluster.set_blocked(set(command["node_ids"]))
+        return {}
+    if op == "connect":
+        kv.connect(command["address"])
+        return {}
+    if op == "gc":
+        report = run_gc(kv)
+        return {"expired": report.expired, "purged": report.purged, "log_truncated": report.log_truncated}
+    if op == "clear_quarantine":
+        return {"cleared": kv.clear_quarantine(command["node_id"])}
+    raise ValueError(f"unknown op {op!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--listen")
+    parser.add_argument("--peer", action="append", default=[])
+    parser.add_argument("--option", action="append", default=[], help="KEY=JSON, any EKV option")
+    args = parser.parse_args(argv)
+    options: dict[str, Any] = {}
+    for item in args.option:
+        key, _, raw = item.partition("=")
+        options[key] = json.loads(raw)
+    options.setdefault("codec", "json")
+    options.setdefault("log", False)
+    kv = ekv.EKV(args.name, args.data_dir, listen=args.listen, peers=args.peer, **options)
+    out = sys.stdout
+    out.write(json.dumps({"ready": True, "node_id": kv.node_id, "listen": kv.listen_address}) + "\n")
+    out.flush()
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            command = json.loads(line)
+            if command.get("op") == "close":
+                break
+            try:
+                reply = {"ok": True, **_handle(kv, command)}
+            except Exception as exc:
+                reply = {"ok": False, "error": str(exc), "type": type(exc).__name__}
+            out.write(json.dumps(reply, default=str) + "\n")
+            out.flush()
+    finally:
+        kv.close()
+    out.write(json.dumps({"ok": True, "closed": True}) + "\n")
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

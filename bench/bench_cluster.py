@@ -56,7 +56,7 @@ def peer_main(args: argparse.Namespace) -> int:
     out.flush()
     arrivals: dict[str, int] = {}
     lock = threading.Lock()
-    state = {"expect": None, "prefix": "", "done_at": None, "rss_peak": 0}
+    state = {"expect": None, "prefix": "", "done_at": None, "rss_peak": 0, "track": True}
 
     counted = {"n": 0}
 
@@ -65,8 +65,11 @@ def peer_main(args: argparse.Namespace) -> int:
             now = time.monotonic_ns()
             with lock:
                 prefix = state["prefix"]
+                track = state["track"]
                 for event in batch:
-                    if event.key not in arrivals:
+                    if not track:  # count only: a full sync delivers each key once
+                        counted["n"] += event.key.startswith(prefix)  # type: ignore[arg-type]
+                    elif event.key not in arrivals:
                         arrivals[event.key] = now
                         if event.key.startswith(prefix):  # type: ignore[arg-type]
                             counted["n"] += 1
@@ -81,11 +84,17 @@ def peer_main(args: argparse.Namespace) -> int:
         op = command["op"]
         if op == "expect":
             with lock:
-                state.update(expect=command["count"], prefix=command["prefix"], done_at=None, rss_peak=rss_mb())
+                state.update(
+                    expect=command["count"],
+                    prefix=command["prefix"],
+                    done_at=None,
+                    rss_peak=rss_mb(),
+                    track=command.get("track", True),
+                )
                 counted["n"] = sum(1 for k in arrivals if k.startswith(command["prefix"]))
                 if counted["n"] >= command["count"]:
                     state["done_at"] = time.monotonic_ns()
-            reply: dict[str, Any] = {"ok": True}
+            reply: dict[str, Any] = {"ok": True, "rss": rss_mb()}
         elif op == "wait":
             deadline = time.monotonic() + command.get("timeout", 600)
             while state["done_at"] is None and time.monotonic() < deadline:
@@ -265,23 +274,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     c.close()
             finally:
                 b.close()
-            # full sync of K keys to an empty node
+            # full sync of K keys to an empty node, each size from a fresh source holding only them
             for size in args.full:
-                load(a, size, f"full{size}/")
-                peer = Peer(root / f"full{size}", a.listen_address)  # type: ignore[arg-type]
+                source = ekv.EKV("bench", root / f"src{size}", listen="127.0.0.1:0", log=False, **FAST)
                 try:
-                    start = time.monotonic_ns()
-                    peer.call("expect", count=size, prefix=f"full{size}/")
-                    reply = peer.call("wait", timeout=3600)
-                    seconds = (reply["done_at"] - start) / 1e9
-                    results[f"full_sync_{size}"] = {
-                        "keys": size,
-                        "seconds": seconds,
-                        "keys_per_s": size / seconds,
-                        "peer_rss_peak_mb": reply["rss_peak"],
-                    }
+                    load(source, size, f"full{size}/")
+                    ekv.testing.run_gc(source)  # no members yet: the log is truncated, so this is a full sync
+                    peer = Peer(root / f"full{size}", source.listen_address)  # type: ignore[arg-type]
+                    try:
+                        start = time.monotonic_ns()
+                        rss_start = peer.call("expect", count=size, prefix=f"full{size}/", track=False)["rss"]
+                        reply = peer.call("wait", timeout=3600)
+                        seconds = (reply["done_at"] - start) / 1e9
+                        results[f"full_sync_{size}"] = {
+                            "keys": size,
+                            "seconds": seconds,
+                            "keys_per_s": size / seconds,
+                            "peer_rss_peak_mb": reply["rss_peak"],
+                            "peer_rss_start_mb": rss_start,
+                        }
+                    finally:
+                        peer.close()
                 finally:
-                    peer.close()
+                    source.close()
         finally:
             a.close()
     finally:
@@ -310,7 +325,7 @@ def report(r: dict[str, Any]) -> str:
             lines.append(
                 f"full sync of {value['keys']:,} keys: {value['seconds']:.2f} s = {value['keys_per_s']:,.0f} keys/s "
                 "(Elixir 0.1.5: 10,000 keys in 486 ms = 20.5k keys/s); "
-                f"peer RSS peak {value['peer_rss_peak_mb']:.0f} MB"
+                f"receiver RSS {value['peer_rss_start_mb']:.0f} -> peak {value['peer_rss_peak_mb']:.0f} MB"
             )
     return "\n".join(lines)
 

@@ -320,3 +320,73 @@ def test_async_facade_in_a_cluster(make: Callable[..., ekv.EKV], tmp_path: Path)
             assert a.get("from-async") == 1
 
     asyncio.run(main())
+
+
+# -- TLS, compression, discovery, clock skew ---------------------------------------------------------
+
+
+def test_tls_with_cookie(make: Callable[..., ekv.EKV]) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client)
+    a = make(cookie="s", ssl_server=server, ssl_client=client)
+    b = make(cookie="s", ssl_server=server, ssl_client=client, peers=[a.listen_address])
+    wait_until(lambda: connected(a, 1) and connected(b, 1))
+    a.put("secret", "over tls")
+    wait_until(lambda: b.get("secret") == "over tls")
+    # a client that does not trust the CA cannot join
+    untrusting = make(cookie="s", ssl_client=ssl.create_default_context(), peers=[a.listen_address])
+    wait_until(lambda: any(m["last_error"] for m in untrusting.info()["members"].values()))
+    assert untrusting.get("secret") is None
+
+
+def test_large_values_are_compressed_on_the_wire(make: Callable[..., ekv.EKV]) -> None:
+    a = make(compression_threshold=1024)
+    b = make(peers=[a.listen_address], compression_threshold=1024)
+    wait_until(lambda: connected(a, 1) and connected(b, 1))
+    before = a.info()["members"][node_of(b).node_id]["bytes_out"]
+    value = "abc" * 400_000  # 1.2 MB, very compressible
+    a.put("big", value)
+    wait_until(lambda: b.get("big") == value)
+    sent = a.info()["members"][node_of(b).node_id]["bytes_out"] - before
+    assert sent < 200_000, sent
+
+
+def test_dns_discovery(make: Callable[..., ekv.EKV]) -> None:
+    a = make()
+    port = a.listen_address.rsplit(":", 1)[1]  # type: ignore[union-attr]
+    b = make(discovery=f"localhost:{port}", discovery_interval=0.2)
+    wait_until(lambda: connected(a, 1) and connected(b, 1))
+    a.put("found", 1)
+    wait_until(lambda: b.get("found") == 1)
+
+
+class _AheadClock:
+    def now_ns(self) -> int:
+        import time
+
+        return time.time_ns() + 5_000_000_000
+
+
+def test_clock_skew_is_logged_and_shown_but_versions_still_apply(
+    make: Callable[..., ekv.EKV], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ekv"):
+        a = make(log="info", clock=_AheadClock())
+        b = make(log="info", peers=[a.listen_address])
+        wait_until(lambda: connected(a, 1) and connected(b, 1))
+        wait_until(lambda: "clock skew" in caplog.text)
+    skew = b.info()["clock"]["skew_ns"][node_of(a).node_id]
+    assert skew is not None and skew > 4_000_000_000
+    ahead = a.put("k", "from the future")
+    wait_until(lambda: b.get("k") == "from the future")
+    # a write on b after seeing a's value wins over it, whatever the skew (hybrid clock)
+    assert b.put("k", "later") > ahead
+    wait_until(lambda: a.get("k") == "later")

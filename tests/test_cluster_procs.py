@@ -711,3 +711,29 @@ def test_kill_9_during_heavy_writes_on_another_node(tmp_path: Path) -> None:
         writer.into(model)
         settle(cluster, model)
         print(f"\n  {len(writer.acked)} writes on a; b killed after {killed_at}, twice, back after {restarted_at}")
+
+
+def test_a_member_too_slow_to_keep_up_is_dropped_then_resynced(tmp_path: Path) -> None:
+    """Backpressure: a SIGSTOPped member cannot drain its connection; once more than
+    send_buffer bytes are queued for it, the writer side drops it instead of growing memory, and
+    it is resynced when it comes back."""
+    with ProcCluster(tmp_path, nodes=2, send_buffer=256 * 1024, heartbeat_timeout=60.0) as cluster:
+        a, b = cluster.nodes
+        cluster.wait_connected()
+        b.pause()
+        value = "x" * 4096
+        deadline = time.monotonic() + 60
+        dropped = False
+        i = 0
+        while time.monotonic() < deadline and not dropped:
+            for _ in range(200):
+                a.put(f"flood/{i:06d}", value)
+                i += 1
+            member = a.call("info")["info"]["members"].get(b.node_id, {})
+            reason = (member.get("last_disconnect") or {}).get("reason", "")
+            dropped = "too slow" in reason
+        assert dropped, "the slow member was never dropped"
+        b.resume()
+        cluster.wait_connected()
+        cluster.wait_converged()
+        assert len(b.call("keys", prefix="flood/")["keys"]) == i

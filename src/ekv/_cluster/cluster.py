@@ -21,6 +21,7 @@ import random
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Any
 
@@ -47,6 +48,7 @@ _LIVE_BATCH_BYTES = 1 << 20
 _CAN_SEND_BYTES = 2 << 20
 _BUSY_DRAIN = 8  # commits queued at one drain: writes are pouring in
 _BUSY_DRAIN_DELAY_S = 0.001
+_SKEW_WARN_NS = NS_PER_S
 
 
 class ClusterNode:
@@ -87,6 +89,8 @@ class ClusterNode:
         self._encoded: tuple[Message, bool, bytes] | None = None
         self.replicator: Replicator | None = None
         self._blocked: frozenset[str] = frozenset()
+        self.last_disconnect: dict[str, tuple[int, str]] = {}
+        self._skew_logged: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
         self._runtime = runtime()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -367,11 +371,27 @@ class ClusterNode:
         rep.on_message(session.peer_id, message, self._wall())
         self._kick()
 
+    def session_skew(self, session: Session, skew_ns: int) -> None:
+        """Log a member whose wall clock is far from ours (once per session, and again if it
+        gets worse). Replication still applies its versions: convergence comes first, and the
+        hybrid clock keeps causality; but last-writer-wins between concurrent writes favours
+        the node whose clock runs ahead."""
+        worst = self._skew_logged.get(session)
+        if abs(skew_ns) >= _SKEW_WARN_NS and (worst is None or abs(skew_ns) > 2 * worst):
+            self._skew_logged[session] = abs(skew_ns)
+            self.log.warning(
+                "clock skew: member %s's clock is %+.3f s from ours; run NTP (concurrent writes favour the node "
+                "whose clock runs ahead)",
+                session.peer_id,
+                skew_ns / NS_PER_S,
+            )
+
     def session_closed(self, session: Session, reason: str) -> None:
         peer = session.peer_id
         if self.sessions.get(peer) is not session:
             return
         del self.sessions[peer]
+        self.last_disconnect[peer] = (self._wall(), reason)
         rep = self.replicator
         if rep is not None:
             rep.peer_down(peer, self._wall())
@@ -505,6 +525,9 @@ class ClusterNode:
                     "replication": peers.get(node_id),
                 }
             )
+        for node_id, (when, reason) in self.last_disconnect.items():
+            item = members.setdefault(node_id, {"node_id": node_id, "connected": False, "state": "down"})
+            item["last_disconnect"] = {"at_ns": when, "reason": reason}
         for node_id, since in rep.down_since().items():
             item = members.setdefault(node_id, {"node_id": node_id, "connected": False, "state": "down"})
             item["down_since_ns"] = since

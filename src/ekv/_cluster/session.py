@@ -42,6 +42,8 @@ _READ_SIZE = 256 * 1024
 class SessionOwner(Protocol):
     def session_message(self, session: Session, message: Message) -> None: ...
 
+    def session_skew(self, session: Session, skew_ns: int) -> None: ...
+
     def session_closed(self, session: Session, reason: str) -> None: ...
 
 
@@ -279,6 +281,10 @@ class Session:
         """Queue one encoded frame (on the loop thread). A peer too slow to keep up is dropped."""
         if self._closed:
             return
+        transport = self.writer.transport
+        if transport is None or transport.is_closing():
+            self.close("connection lost")  # (asyncio would otherwise log every failed send)
+            return
         try:
             self.writer.write(frame)
         except Exception as exc:
@@ -324,6 +330,7 @@ class Session:
             rtt = max(0, now - message.echo_wall_ns)
             self.rtt_s = rtt / 1e9
             self.skew_ns = message.wall_ns - (message.echo_wall_ns + rtt // 2)
+            self.owner.session_skew(self, self.skew_ns)
         elif isinstance(message, Bye):
             self.close(f"peer said goodbye: {message.reason}" if message.reason else "peer said goodbye")
         elif isinstance(message, Reject):

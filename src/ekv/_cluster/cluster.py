@@ -87,6 +87,7 @@ class ClusterNode:
         self.advertised: str | None = None
         self._stopping = False
         self._encoded: tuple[Message, bool, bytes] | None = None
+        self._coalesce: dict[Session, list[bytes]] | None = None
         self.replicator: Replicator | None = None
         self._blocked: frozenset[str] = frozenset()
         self.last_disconnect: dict[str, tuple[int, str]] = {}
@@ -404,6 +405,7 @@ class ClusterNode:
         session = self.sessions.get(peer_id)
         if session is None or session.closed:
             return
+        pending = self._coalesce
         compress = "zlib" in session.features and self.options.compression_threshold is not None
         # The replicator sends the same message object to every member: encode it once. The
         # cache holds the message itself, so its identity cannot be reused by a new object.
@@ -413,7 +415,10 @@ class ClusterNode:
         else:
             frame = wire.encode(message, compress_threshold=self.options.compression_threshold if compress else None)
             self._encoded = (message, compress, frame)
-        session.send_frame(frame)
+        if pending is not None:
+            pending.setdefault(session, []).append(frame)  # written together at the end of the drain
+        else:
+            session.send_frame(frame)
 
     def _can_send(self, peer_id: str) -> bool:
         session = self.sessions.get(peer_id)
@@ -450,17 +455,23 @@ class ClusterNode:
         by_shard: dict[int, list[Entry]] = {}
         for shard, entries in items:
             by_shard.setdefault(shard, []).extend(entries)
-        for shard, entries in by_shard.items():
-            batch: list[Entry] = []
-            size = 0
-            for entry in entries:
-                batch.append(entry)
-                size += len(entry.key) + (len(entry.value) if entry.value is not None else 0) + 40
-                if size >= _LIVE_BATCH_BYTES:
+        self._coalesce = {}  # one socket write per member for the whole drain
+        try:
+            for shard, entries in by_shard.items():
+                batch: list[Entry] = []
+                size = 0
+                for entry in entries:
+                    batch.append(entry)
+                    size += len(entry.key) + (len(entry.value) if entry.value is not None else 0) + 40
+                    if size >= _LIVE_BATCH_BYTES:
+                        rep.on_local_writes(shard, batch)
+                        batch, size = [], 0
+                if batch:
                     rep.on_local_writes(shard, batch)
-                    batch, size = [], 0
-            if batch:
-                rep.on_local_writes(shard, batch)
+        finally:
+            pending, self._coalesce = self._coalesce, None
+            for session, frames in pending.items():
+                session.send_frame(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def _kick(self) -> None:
         rep = self.replicator

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 BUSY_TIMEOUT_MS = 5_000
-WRITER_AUTOCHECKPOINT_PAGES = 16_384  # 64 MiB of 4 KiB pages: a safety valve only
+WRITER_AUTOCHECKPOINT_PAGES = 32_768  # 128 MiB of 4 KiB pages: a safety valve only
 
 # The WAL-reset race (two connections writing and checkpointing at once can lose committed
 # transactions) exists from 3.7.0 to 3.51.2; it was fixed in 3.51.3 and backported to 3.50.7

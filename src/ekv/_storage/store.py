@@ -473,7 +473,7 @@ class ShardedStore:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def checkpoint(self, min_wal_bytes: int = 4 << 20) -> int:
+    def checkpoint(self, min_wal_bytes: int = 32 << 20) -> int:
         """Checkpoint every shard whose WAL is larger than ``min_wal_bytes`` (PASSIVE: never
         blocks readers or the writer). Runs on the node's checkpointer thread, with its own
         connections. Returns how many shards were checkpointed."""

@@ -9,18 +9,21 @@ What it measures (node A lives in this process, node B is a child process):
   ``time.monotonic_ns``, which is one clock for every process of the machine); p50/p99 over
   sequential puts;
 * sustained replicated writes: A puts N keys as fast as one thread can; throughput = N / (time
-  until B has them all), next to A's single-node put throughput measured in the same run;
+  until B has them all, known from one marker key per shard written after them), next to A's
+  single-node put throughput measured in the same run;
 * full sync: A holds K keys, B starts empty; keys/s until B has them all (and B's RSS growth);
 * delta sync: A and B connected, then partitioned; A writes 10,000 keys; time from the heal until
   B has them;
 * 3 nodes: the latency of a put on A as seen on the two others.
 
-Each figure is the median of the repetitions (default 3; sync runs once per size).
+Each figure is the median of the repetitions (default 3; sync runs once per size); every
+repetition is preceded by ``os.sync()`` and a short pause, as in bench_local.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -44,56 +47,41 @@ FAST = {"heartbeat_interval": 0.5, "heartbeat_timeout": 5.0, "anti_entropy_inter
 
 
 def peer_main(args: argparse.Namespace) -> int:
-    if os.environ.get("NOGC"):
-        import gc
-
-        gc.disable()
-    """Run node B: subscribe to everything, report arrival times; commands on stdin."""
+    """Run node B; ``expect`` subscribes to a prefix and records when its events arrive."""
     kv = ekv.EKV("bench", args.data_dir, listen="127.0.0.1:0", peers=[args.peer], log=False, codec="pickle", **FAST)
-    sub = kv.subscribe("")
     out = sys.stdout
     out.write(json.dumps({"ready": True, "listen": kv.listen_address, "node_id": kv.node_id}) + "\n")
     out.flush()
     arrivals: dict[str, int] = {}
     lock = threading.Lock()
-    state = {"expect": None, "prefix": "", "done_at": None, "rss_peak": 0, "track": True}
+    state: dict[str, Any] = {"expect": None, "done_at": None, "rss_peak": 0.0, "count": 0, "track": True}
+    current: list[Any] = [None]
 
-    counted = {"n": 0}
-
-    def consume() -> None:
+    def consume(sub: Any) -> None:
         for batch in sub:
             now = time.monotonic_ns()
             with lock:
-                prefix = state["prefix"]
-                track = state["track"]
-                for event in batch:
-                    if not track:  # count only: a full sync delivers each key once
-                        counted["n"] += event.key.startswith(prefix)  # type: ignore[arg-type]
-                    elif event.key not in arrivals:
-                        arrivals[event.key] = now
-                        if event.key.startswith(prefix):  # type: ignore[arg-type]
-                            counted["n"] += 1
-                expect = state["expect"]
-                if expect is not None and state["done_at"] is None and counted["n"] >= expect:  # type: ignore[operator]
+                if state["track"]:
+                    for event in batch:
+                        arrivals.setdefault(event.key, now)
+                state["count"] += len(batch)
+                if state["done_at"] is None and state["count"] >= state["expect"]:
                     state["done_at"] = now
-            state["rss_peak"] = max(state["rss_peak"], rss_mb())  # type: ignore[type-var,assignment]
+            state["rss_peak"] = max(state["rss_peak"], rss_mb())
 
-    threading.Thread(target=consume, daemon=True).start()
     for line in sys.stdin:
         command = json.loads(line)
         op = command["op"]
         if op == "expect":
+            if current[0] is not None:
+                current[0].close()
             with lock:
                 state.update(
-                    expect=command["count"],
-                    prefix=command["prefix"],
-                    done_at=None,
-                    rss_peak=rss_mb(),
-                    track=command.get("track", True),
+                    expect=command["count"], done_at=None, rss_peak=rss_mb(), count=0, track=command.get("track", True)
                 )
-                counted["n"] = sum(1 for k in arrivals if k.startswith(command["prefix"]))
-                if counted["n"] >= command["count"]:
-                    state["done_at"] = time.monotonic_ns()
+            sub = kv.subscribe(command["prefix"], max_queue=1_000_000, overflow="drop_oldest")
+            current[0] = sub
+            threading.Thread(target=consume, args=(sub,), daemon=True).start()
             reply: dict[str, Any] = {"ok": True, "rss": rss_mb()}
         elif op == "wait":
             deadline = time.monotonic() + command.get("timeout", 600)
@@ -179,7 +167,15 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(len(values) * q))]
 
 
+def settle() -> None:
+    """These 2-vCPU machines slow down on back-to-back runs (kernel writeback): let it finish."""
+    gc.collect()
+    os.sync()
+    time.sleep(0.3)
+
+
 def measure_latency(a: ekv.EKV, peers: list[Peer], count: int, tag: str) -> dict[str, float]:
+    settle()
     for peer in peers:
         peer.call("expect", count=count, prefix=tag)
     sent: dict[str, int] = {}
@@ -197,11 +193,19 @@ def measure_latency(a: ekv.EKV, peers: list[Peer], count: int, tag: str) -> dict
 
 
 def measure_throughput(a: ekv.EKV, peer: Peer, count: int, tag: str) -> dict[str, float]:
-    peer.call("expect", count=count, prefix=tag)
+    """One thread puts ``count`` keys on A, then one marker key per shard. B subscribes only to
+    the markers (so it does not decode every value for an event); live replication is in order
+    per shard, so when every shard's marker has arrived, B holds all the keys."""
+    settle()
+    shards = len(ekv.testing.node_of(a).store.shards)
+    markers = marker_keys(f"{tag}done/", shards)
+    peer.call("expect", count=len(markers), prefix=f"{tag}done/")
     start = time.monotonic_ns()
     for i in range(count):
         a.put(f"{tag}{i:07d}", i)
     local_done = time.monotonic_ns()
+    for key in markers:
+        a.put(key, True)
     done = peer.call("wait")["done_at"]
     return {
         "local_ops_s": count / ((local_done - start) / 1e9),
@@ -209,8 +213,21 @@ def measure_throughput(a: ekv.EKV, peer: Peer, count: int, tag: str) -> dict[str
     }
 
 
+def marker_keys(prefix: str, shards: int) -> list[str]:
+    from ekv._core.keys import shard_of
+
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < shards:
+        key = f"{prefix}{i}"
+        found.setdefault(shard_of(key.encode(), shards), key)
+        i += 1
+    return list(found.values())
+
+
 def single_node_put(path: Path, count: int) -> float:
     with ekv.EKV("bench", path, log=False) as kv:
+        settle()
         start = time.perf_counter()
         for i in range(count):
             kv.put(f"single/{i:07d}", i)
@@ -258,6 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ekv.testing.wait_until(lambda: not any(m.get("connected") for m in a.info()["members"].values()))
                 for i in range(args.delta):
                     a.put(f"delta/{i:06d}", i)
+                settle()
                 b.call("expect", count=args.delta, prefix="delta/")
                 healed = time.monotonic_ns()
                 cluster.set_blocked(set())
@@ -280,6 +298,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     load(source, size, f"full{size}/")
                     ekv.testing.run_gc(source)  # no members yet: the log is truncated, so this is a full sync
+                    settle()
                     peer = Peer(root / f"full{size}", source.listen_address)  # type: ignore[arg-type]
                     try:
                         start = time.monotonic_ns()

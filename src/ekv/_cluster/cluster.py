@@ -47,7 +47,7 @@ __all__ = ["ClusterNode"]
 _LIVE_BATCH_BYTES = 1 << 20
 _CAN_SEND_BYTES = 2 << 20
 _BUSY_DRAIN = 8  # commits queued at one drain: writes are pouring in
-_BUSY_DRAIN_DELAY_S = 0.001
+_BUSY_DRAIN_DELAY_S = 0.002
 _SKEW_WARN_NS = NS_PER_S
 
 

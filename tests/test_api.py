@@ -213,3 +213,21 @@ def test_unclosed_store_warns(data_dir: Path) -> None:
         gc.collect()
     # the directory was released: it can be opened again
     ekv.EKV("leak", data_dir, log=False).close()
+
+
+def test_metrics_single_node(kv: ekv.EKV) -> None:
+    kv.put("a", 1)
+    kv.put("b", 2)
+    kv.get("a")
+    kv.lookup("b")
+    sub = kv.subscribe("", max_queue=1)
+    kv.put("c", 3)
+    kv.put("d", 4)  # overflows the subscription
+    m = kv.metrics()
+    assert m["ekv_local_writes_total"] == 4
+    assert m["ekv_reads_total"] == 2
+    assert m["ekv_subscription_overflows_total"] == 1
+    text = ekv.format_metrics(m)
+    assert "# TYPE ekv_local_writes_total counter" in text and "ekv_local_writes_total 4" in text
+    assert "# TYPE ekv_subscriptions gauge" in text
+    sub.close()

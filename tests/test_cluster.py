@@ -390,3 +390,21 @@ def test_clock_skew_is_logged_and_shown_but_versions_still_apply(
     # a write on b after seeing a's value wins over it, whatever the skew (hybrid clock)
     assert b.put("k", "later") > ahead
     wait_until(lambda: a.get("k") == "later")
+
+
+def test_metrics_in_a_cluster(make: Callable[..., ekv.EKV]) -> None:
+    a = make()
+    b = make(peers=[a.listen_address])
+    wait_until(lambda: connected(a, 1) and connected(b, 1))
+    for i in range(20):
+        a.put(f"k{i}", i)
+    wait_until(lambda: b.get("k19") == 19)
+    peer = node_of(b).node_id
+    wait_until(lambda: a.metrics()[f'ekv_replication_lag_writes{{peer="{peer}"}}'] == 0)
+    m = a.metrics()
+    assert m["ekv_members_connected"] == 1
+    assert m["ekv_replication_live_sent_total"] >= 20
+    assert f'ekv_syncs_sent_total{{peer="{peer}",kind="delta"}}' in m
+    assert f'ekv_send_queue_bytes{{peer="{peer}"}}' in m
+    assert b.metrics()["ekv_replication_live_applied_total"] >= 20
+    assert "ekv_members_connected 1" in ekv.format_metrics(m)

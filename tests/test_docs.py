@@ -28,7 +28,7 @@ def table_after(heading: str) -> list[list[str]]:
 def test_readme_starts_with_the_two_commands() -> None:
     commands = re.findall(r"^python3 .*$", README.split("```sh", 1)[1].split("```", 1)[0], re.M)
     assert len(commands) == 2
-    assert "quickstart" in commands[0]
+    assert "ekv demo" in commands[0]
     assert "pytest" in commands[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1].split("#")[0].strip() in ci

@@ -41,6 +41,7 @@ from ekv._errors import (
     Timeout,
     ValueTooLargeError,
 )
+from ekv._info import format_metrics
 from ekv._model import Event, Version
 from ekv._node.subscriptions import AsyncSubscription, CallbackSubscription, Subscription
 from ekv._version import __version__
@@ -84,6 +85,7 @@ __all__ = [
     "Version",
     "WallClock",
     "__version__",
+    "format_metrics",
 ]
 
 import logging as _logging

@@ -308,6 +308,11 @@ class AsyncEKV:
         node = await self._ensure()
         return await self._call(node.clear_quarantine, node_id)
 
+    async def metrics(self) -> dict[str, float]:
+        """See :meth:`ekv.EKV.metrics`."""
+        node = await self._ensure()
+        return await self._call(node.metrics)
+
     async def info(self) -> dict[str, Any]:
         """See :meth:`ekv.EKV.info`."""
         node = await self._ensure()

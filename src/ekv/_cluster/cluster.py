@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import socket
 import threading
@@ -26,7 +27,7 @@ from collections import deque
 from typing import Any
 
 from ekv._cluster import auth, wire
-from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Hello, Members, Message
+from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Hello, Members, Message, Reply, Request
 from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._cluster.runtime import runtime
 from ekv._cluster.session import (
@@ -91,6 +92,9 @@ class ClusterNode:
         self.replicator: Replicator | None = None
         self._blocked: frozenset[str] = frozenset()
         self.last_disconnect: dict[str, tuple[int, str]] = {}
+        self.clients: set[Session] = set()
+        self.node_info: Any = None
+        """Set by the node: returns its info() (for client commands)."""
         self._skew_logged: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
         self._runtime = runtime()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -135,6 +139,8 @@ class ClusterNode:
 
     async def _stop(self) -> None:
         self._stopping = True
+        for client in list(self.clients):
+            client.close("shutting down")
         for session in list(self.sessions.values()):
             session.send(Bye("shutting down"))
             with contextlib.suppress(Exception):
@@ -257,6 +263,9 @@ class ClusterNode:
             self.log.warning("refused a connection from %s: %s", _remote(writer), exc)
             writer.close()
             return
+        if wire.CLIENT_FEATURE in theirs.features:
+            self._serve_client(reader, writer, theirs, features, decoder, pending)
+            return
         address = None
         if theirs.listen:
             host, port = parse_address(theirs.listen, "listen", default_host=_remote_host(writer))
@@ -269,6 +278,59 @@ class ClusterNode:
                 self.addresses[address]["node_id"] = theirs.node_id
             elif known["node_id"] is None:
                 known["node_id"] = theirs.node_id
+
+    def _serve_client(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        theirs: Hello,
+        features: frozenset[str],
+        decoder: wire.FrameDecoder,
+        pending: list[Message],
+    ) -> None:
+        """A command-line client: Request/Reply only, never replication or gossip."""
+        owner = _ClientOwner(self)
+        options = self.options
+        session = Session(
+            owner,
+            reader,
+            writer,
+            hello=theirs,
+            features=features,
+            decoder=decoder,
+            pending=pending,
+            dialer=False,
+            address=None,
+            heartbeat_interval_s=options.heartbeat_interval_ns / NS_PER_S,
+            heartbeat_timeout_s=max(30.0, options.heartbeat_timeout_ns / NS_PER_S),
+            send_buffer=options.send_buffer,
+            wall=self._wall,
+        )
+        self.clients.add(session)
+        session.start()
+
+    def client_op(self, op: str, args: dict[str, Any]) -> Any:
+        """Run one client command (on a worker thread: it may block on SQLite)."""
+        store = self.store
+        if op == "get":
+            found = store.lookup(args["key"])
+            return None if found is None else {"value": found[0], "version": list(found[1])}
+        if op == "put":
+            return {"version": list(store.put(args["key"], args["value"], args.get("ttl")))}
+        if op == "delete":
+            return {"version": list(store.delete(args["key"]))}
+        if op == "scan":
+            return {"items": store.scan(args.get("prefix", ""))}
+        if op == "keys":
+            return {"keys": store.keys(args.get("prefix", ""))}
+        if op == "info":
+            if self.node_info is None:
+                raise RuntimeError("info is not available")
+            return self.node_info()
+        if op == "block":  # the demo's partition: cut this node off from the given members
+            self.set_blocked(set(args.get("node_ids", [])))
+            return {}
+        raise ValueError(f"unknown command {op!r}")
 
     def _handshake_params(self) -> HandshakeParams:
         options = self.options
@@ -551,6 +613,42 @@ class ClusterNode:
             "stats": dict(rep.stats),
         }
 
+    def metrics(self) -> dict[str, float]:
+        return dict(self.call(self._metrics))
+
+    def _metrics(self) -> dict[str, float]:
+        rep = self.replicator
+        assert rep is not None
+        m: dict[str, float] = {
+            "ekv_members_connected": len(self.sessions),
+            "ekv_members_known": len(
+                {e["node_id"] for e in self.addresses.values() if e["node_id"]} | set(self.sessions)
+            ),
+            "ekv_members_quarantined": len(rep.quarantined),
+            "ekv_replication_live_sent_total": rep.stats["live_sent"],
+            "ekv_replication_live_received_total": rep.stats["live_received"],
+            "ekv_replication_live_applied_total": rep.stats["live_applied"],
+            "ekv_replication_sync_entries_applied_total": rep.stats["sync_entries_applied"],
+            "ekv_replication_outbox": len(self._outbox),
+        }
+        own = [self.store.shards[i].oseq for i in range(len(self.store.shards))]
+        for node_id, state in rep.peers.items():
+            label = f'{{peer="{node_id}"}}'
+            for kind in ("delta", "full"):
+                m[f'ekv_syncs_received_total{{peer="{node_id}",kind="{kind}"}}'] = state.syncs_in[kind]
+                m[f'ekv_syncs_sent_total{{peer="{node_id}",kind="{kind}"}}'] = state.syncs_out[kind]
+            # how many of this node's writes the member has not yet reported having
+            lag = sum(max(0, own[i] - state.reported_vv.get(i, {}).get(self.node_id, 0)) for i in range(len(own)))
+            m[f"ekv_replication_lag_writes{label}"] = lag
+            session = self.sessions.get(node_id)
+            if session is not None:
+                m[f"ekv_send_queue_bytes{label}"] = session.queued_bytes
+                if session.skew_ns is not None:
+                    m[f"ekv_clock_skew_seconds{label}"] = session.skew_ns / NS_PER_S
+                if session.rtt_s is not None:
+                    m[f"ekv_rtt_seconds{label}"] = session.rtt_s
+        return m
+
     def clear_quarantine(self, node_id: str) -> bool:
         rep = self.replicator
         assert rep is not None
@@ -576,6 +674,35 @@ class ClusterNode:
 
     def skew(self) -> dict[str, int | None]:
         return {node_id: s.skew_ns for node_id, s in self.sessions.items()}
+
+
+class _ClientOwner:
+    """Serves the Requests of one client session."""
+
+    def __init__(self, cluster: ClusterNode) -> None:
+        self.cluster = cluster
+
+    def session_message(self, session: Session, message: Message) -> None:
+        if isinstance(message, Request):
+            asyncio.get_running_loop().create_task(self._handle(session, message))
+
+    async def _handle(self, session: Session, request: Request) -> None:
+        try:
+            args = json.loads(request.args) if request.args else {}
+            if not isinstance(args, dict):
+                raise ValueError("arguments must be a JSON object")
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(None, self.cluster.client_op, request.op, args)
+            reply = Reply(request.request_id, True, json.dumps(result, default=repr))
+        except Exception as exc:
+            reply = Reply(request.request_id, False, "null", f"{type(exc).__name__}: {exc}")
+        session.send(reply)
+
+    def session_skew(self, session: Session, skew_ns: int) -> None:
+        pass
+
+    def session_closed(self, session: Session, reason: str) -> None:
+        self.cluster.clients.discard(session)
 
 
 def _remote(writer: asyncio.StreamWriter) -> str:

@@ -12,6 +12,9 @@ Connection set-up (both sides, in this order)::
     <- Auth
     ... then any of the session messages, in both directions.
 
+A client (``ekv ... --node``) does the same handshake with the ``"client"`` feature in its Hello;
+its session then carries only Request / Reply (and heartbeats), never replication.
+
 A side that refuses the other (wrong instance, shard count, version, cookie) sends ``Reject``
 with a reason and closes.
 """
@@ -33,6 +36,8 @@ __all__ = [
     "Ping",
     "Pong",
     "Reject",
+    "Reply",
+    "Request",
     "SyncChunk",
     "SyncDone",
     "SyncRequest",
@@ -137,4 +142,26 @@ class Live:
     entries: tuple[Entry, ...]
 
 
-Message = Hello | Auth | Reject | Bye | Ping | Pong | Members | SyncRequest | SyncChunk | SyncDone | Live
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A command from a client (the ``ekv`` command line with ``--node``) on a client session.
+    ``args`` is a JSON object encoded as text (values in it are the user's JSON)."""
+
+    request_id: int
+    op: str
+    args: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to a Request: ``result`` is JSON text when ``ok``, else ``error`` says why."""
+
+    request_id: int
+    ok: bool
+    result: str = "null"
+    error: str = ""
+
+
+Message = (
+    Hello | Auth | Reject | Bye | Ping | Pong | Members | SyncRequest | SyncChunk | SyncDone | Live | Request | Reply
+)

@@ -147,7 +147,14 @@ class Runtime:
         from ekv._cluster.session import read_hello_for_routing
 
         try:
-            routed = await read_hello_for_routing(reader, writer, listener.endpoints.get)
+
+            def lookup(name: str) -> Endpoint | None:
+                found = listener.endpoints.get(name)
+                if found is None and name == "*" and len(listener.endpoints) == 1:
+                    found = next(iter(listener.endpoints.values()))  # a client that does not name one
+                return found
+
+            routed = await read_hello_for_routing(reader, writer, lookup)
             if routed is None:
                 return
             endpoint, first = routed

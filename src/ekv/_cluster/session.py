@@ -93,14 +93,18 @@ async def read_hello_for_routing(
 
 
 def check_peer_hello(mine: Hello, theirs: Hello) -> tuple[int, frozenset[str]]:
-    """Validate the other side's Hello; raises Refused with a reason fit for both logs."""
-    if theirs.instance != mine.instance:
+    """Validate the other side's Hello; raises Refused with a reason fit for both logs.
+
+    A client (``"client"`` feature: the command line) may ask for instance ``"*"`` (whatever
+    instance the listener runs) and has no shards to compare."""
+    client = wire.CLIENT_FEATURE in theirs.features
+    if theirs.instance != mine.instance and not (client and theirs.instance == "*"):
         raise Refused(f"peer runs instance {theirs.instance!r}, we run {mine.instance!r}")
     try:
         version, features = wire.negotiate(mine, theirs)
     except ProtocolError as exc:
         raise Refused(str(exc)) from None
-    if theirs.shards != mine.shards:
+    if not client and theirs.shards != mine.shards:
         raise Refused(f"peer {theirs.node_id} has {theirs.shards} shards, we have {mine.shards}; they cannot replicate")
     if theirs.node_id == mine.node_id:
         raise Refused("connected to ourselves")

@@ -57,6 +57,8 @@ from ekv._cluster.messages import (
     Ping,
     Pong,
     Reject,
+    Reply,
+    Request,
     SyncChunk,
     SyncDone,
     SyncRequest,
@@ -66,9 +68,20 @@ from ekv._core.keys import MAX_KEY_BYTES
 from ekv._errors import InvalidArgument, ProtocolError
 from ekv._model import Entry
 
-__all__ = ["FEATURES", "HEADER_SIZE", "MAX_ORIGIN_BYTES", "FrameDecoder", "decode", "encode", "negotiate"]
+__all__ = [
+    "CLIENT_FEATURE",
+    "FEATURES",
+    "HEADER_SIZE",
+    "MAX_ORIGIN_BYTES",
+    "FrameDecoder",
+    "decode",
+    "encode",
+    "negotiate",
+]
 
 FEATURES: Final[tuple[str, ...]] = ("zlib",)
+CLIENT_FEATURE: Final = "client"
+"""Offered by a client (not a member): its session carries Request/Reply, never replication."""
 """The optional features this implementation supports; a feature is used on a connection only if
 both Hellos list it."""
 
@@ -97,7 +110,7 @@ _VALID_FLAGS = frozenset({0, 1, 2, 3, 6, 7})  # compressed only with a value
 _MALFORMED = (ValueError, TypeError, KeyError, IndexError, struct.error, zlib.error, RecursionError, OverflowError)
 """What a malformed body can make the parsing code raise; reported as a ProtocolError."""
 
-_HELLO, _AUTH, _REJECT, _BYE, _PING, _PONG, _MEMBERS, _SYNC_REQUEST, _SYNC_DONE = range(1, 10)
+_HELLO, _AUTH, _REJECT, _BYE, _PING, _PONG, _MEMBERS, _SYNC_REQUEST, _SYNC_DONE, _REQUEST, _REPLY = range(1, 12)
 _LIVE, _SYNC_CHUNK = 16, 17
 
 
@@ -507,6 +520,12 @@ _NAME, _ORIGIN, _REASON = _text(), _text(MAX_ORIGIN_BYTES), _text(None, empty=Tr
 _I64, _U64, _SHARD = _int(-(2**63), 2**63 - 1), _int(0, _U64_MAX), _int(0, _U16_MAX)
 
 
+def _bool(value: Any, what: str) -> bool:
+    if type(value) is not bool:
+        raise ProtocolError(f"{what} must be true or false")
+    return value
+
+
 def _member(value: Any, what: str) -> tuple[str, str]:
     if type(value) is not list or len(value) != 2:
         raise ProtocolError(f"{what} must be a [node_id, listen] pair")
@@ -550,6 +569,11 @@ _SCHEMAS: Final[dict[int, tuple[Callable[..., Message], tuple[tuple[str, _Check]
             ("chunks", _U64),
             ("entries", _U64),
         ),
+    ),
+    _REQUEST: (Request, (("request_id", _U64), ("op", _text(64)), ("args", _text(None, empty=True)))),
+    _REPLY: (
+        Reply,
+        (("request_id", _U64), ("ok", _bool), ("result", _text(None, empty=True)), ("error", _REASON)),
     ),
 }
 """Each control message: its class and its fields in constructor order, with their checks."""

@@ -91,6 +91,9 @@ def open_connection(path: str, *, create: bool, synchronous: str, reader: bool =
         conn.execute(f"PRAGMA synchronous={synchronous}").fetchall()
         if reader:
             conn.execute("PRAGMA query_only=1").fetchall()
+            # A reader may be the last connection to close: it must not checkpoint then, so
+            # that reading a data directory (ekv info, check, backup) never writes to it.
+            conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
     except apsw.Error as exc:
         raise_storage_error(exc, path, action="open")
     return conn

@@ -31,6 +31,7 @@ from ekv._core.keys import MAX_KEY_BYTES, check_key, check_prefix, prefix_upper_
 from ekv._errors import (
     ClosedError,
     CorruptionError,
+    DataDirError,
     DecodeError,
     EncodeError,
     ValueTooLargeError,
@@ -38,7 +39,7 @@ from ekv._errors import (
 from ekv._model import Entry, Version
 from ekv._storage import schema
 from ekv._storage.commit import Committer
-from ekv._storage.datadir import DataDir, Manifest, new_node_id
+from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, new_node_id
 from ekv._storage.shard import EventSink, RawEvent, Shard
 from ekv._storage.sqlite import check_sqlite_version, open_connection, raise_storage_error
 from ekv._storage.sync import truncate_log
@@ -104,6 +105,8 @@ class ShardedStore:
         self._checkpointers: dict[int, apsw.Connection] = {}
         self._readers_lock = threading.Lock()
         self._closed = False
+        self.reads = 0
+        self._readonly = False
         self.created = False
         """True if this open created the data directory's store."""
         self._released = False
@@ -157,9 +160,48 @@ class ShardedStore:
         _open_stores.add(store)
         return store
 
+    @classmethod
+    def open_readonly(cls, path: Path, *, lock: bool = True, codec: object = "pickle") -> ShardedStore:
+        """Open an existing data directory for reading only: no writer connections, no GC, no
+        ``last_active_at`` refresh, nothing written. ``lock`` takes the directory's lock (so a
+        running node is reported as :class:`~ekv.LockedError`); ``backup`` reads without it.
+
+        Raises :class:`~ekv.DataDirError` if the directory holds no store."""
+        check_sqlite_version()
+        datadir = DataDir(path)
+        if not path.is_dir():
+            raise DataDirError(f"{str(path)!r} is not a directory")
+        if lock:
+            datadir.lock()
+        try:
+            manifest = datadir.read_manifest()
+            if manifest is None:
+                raise DataDirError(f"{str(path)!r} holds no ekv store (no {MANIFEST_NAME})")
+            config = Config.create(manifest.name, path, shards=manifest.shards, log=False, codec=codec)
+            store = cls(config, datadir, manifest, HybridClock(config.clock))
+            store._readonly = True
+            for index in range(manifest.shards):
+                shard_path = datadir.shard_path(index)
+                if not shard_path.exists():
+                    raise CorruptionError(f"shard file {str(shard_path)!r} is missing")
+            store._cursors()  # opens and so checks every shard file
+            for index, cur in enumerate(store._cursors()):
+                app_id = cur.execute("PRAGMA application_id").get
+                if app_id != schema.APPLICATION_ID:
+                    raise CorruptionError(f"{datadir.shard_path(index)} is not an ekv shard file")
+        except BaseException:
+            if lock:
+                datadir.unlock()
+            raise
+        return store
+
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
 
     def last_active_at_ns(self) -> int | None:
         """The oldest ``last_active_at`` of the shards as found when they were opened (None if a
@@ -178,6 +220,8 @@ class ShardedStore:
             if self._forked:
                 return
             self._released = True
+            if not self.shards and not self._readonly:
+                return
         with self._readers_lock:
             readers = list(self._readers) + list(self._checkpointers.values())
             self._readers = weakref.WeakSet()
@@ -195,6 +239,8 @@ class ShardedStore:
         _open_stores.discard(self)
 
     def _closed_error(self) -> ClosedError:
+        if self._readonly and not self._closed:
+            return ClosedError("this store was opened read-only")
         if self._forked:
             return ClosedError("this store was opened by the parent process; open it again after fork()")
         return ClosedError("the store is closed")
@@ -236,6 +282,7 @@ class ShardedStore:
         """The value of ``key``, or ``default`` if it is absent, deleted or expired."""
         if self._closed:
             raise self._closed_error()
+        self.reads += 1  # approximate under threads (not locked): a metric, not an invariant
         encoded = self._encode_key(key)
         try:
             row = self._cursors()[crc32(encoded) % self._count].execute(schema.GET, (key,)).get
@@ -254,6 +301,7 @@ class ShardedStore:
         """``(value, version)`` of a visible key, else ``None``."""
         if self._closed:
             raise self._closed_error()
+        self.reads += 1
         encoded = self._encode_key(key)
         try:
             row = self._cursors()[crc32(encoded) % self._count].execute(schema.LOOKUP, (key,)).get
@@ -276,7 +324,7 @@ class ShardedStore:
 
     def put(self, key: str, value: Any, ttl: object = None) -> Version:
         """Store ``value`` under ``key``; return the write's version once it is durable."""
-        if self._closed:
+        if self._closed or self._readonly:
             raise self._closed_error()
         try:
             encoded: bytes = key.encode()
@@ -305,7 +353,7 @@ class ShardedStore:
 
     def delete(self, key: str) -> Version:
         """Write a tombstone for ``key`` (also when it is absent); return its version."""
-        if self._closed:
+        if self._closed or self._readonly:
             raise self._closed_error()
         encoded = self._encode_key(key)
         return self.shards[crc32(encoded) % self._count].write(key, None, None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import socket
 import threading
@@ -27,7 +26,8 @@ from collections import deque
 from typing import Any
 
 from ekv._cluster import auth, wire
-from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Hello, Members, Message, Reply, Request
+from ekv._cluster.clients import ClientOwner
+from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Hello, Members, Message
 from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._cluster.runtime import runtime
 from ekv._cluster.session import (
@@ -289,7 +289,7 @@ class ClusterNode:
         pending: list[Message],
     ) -> None:
         """A command-line client: Request/Reply only, never replication or gossip."""
-        owner = _ClientOwner(self)
+        owner = ClientOwner(self)
         options = self.options
         session = Session(
             owner,
@@ -308,29 +308,6 @@ class ClusterNode:
         )
         self.clients.add(session)
         session.start()
-
-    def client_op(self, op: str, args: dict[str, Any]) -> Any:
-        """Run one client command (on a worker thread: it may block on SQLite)."""
-        store = self.store
-        if op == "get":
-            found = store.lookup(args["key"])
-            return None if found is None else {"value": found[0], "version": list(found[1])}
-        if op == "put":
-            return {"version": list(store.put(args["key"], args["value"], args.get("ttl")))}
-        if op == "delete":
-            return {"version": list(store.delete(args["key"]))}
-        if op == "scan":
-            return {"items": store.scan(args.get("prefix", ""))}
-        if op == "keys":
-            return {"keys": store.keys(args.get("prefix", ""))}
-        if op == "info":
-            if self.node_info is None:
-                raise RuntimeError("info is not available")
-            return self.node_info()
-        if op == "block":  # the demo's partition: cut this node off from the given members
-            self.set_blocked(set(args.get("node_ids", [])))
-            return {}
-        raise ValueError(f"unknown command {op!r}")
 
     def _handshake_params(self) -> HandshakeParams:
         options = self.options
@@ -674,35 +651,6 @@ class ClusterNode:
 
     def skew(self) -> dict[str, int | None]:
         return {node_id: s.skew_ns for node_id, s in self.sessions.items()}
-
-
-class _ClientOwner:
-    """Serves the Requests of one client session."""
-
-    def __init__(self, cluster: ClusterNode) -> None:
-        self.cluster = cluster
-
-    def session_message(self, session: Session, message: Message) -> None:
-        if isinstance(message, Request):
-            asyncio.get_running_loop().create_task(self._handle(session, message))
-
-    async def _handle(self, session: Session, request: Request) -> None:
-        try:
-            args = json.loads(request.args) if request.args else {}
-            if not isinstance(args, dict):
-                raise ValueError("arguments must be a JSON object")
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(None, self.cluster.client_op, request.op, args)
-            reply = Reply(request.request_id, True, json.dumps(result, default=repr))
-        except Exception as exc:
-            reply = Reply(request.request_id, False, "null", f"{type(exc).__name__}: {exc}")
-        session.send(reply)
-
-    def session_skew(self, session: Session, skew_ns: int) -> None:
-        pass
-
-    def session_closed(self, session: Session, reason: str) -> None:
-        self.cluster.clients.discard(session)
 
 
 def _remote(writer: asyncio.StreamWriter) -> str:

@@ -1,0 +1,73 @@
+"""Serving command-line clients (``ekv ... --node``) on the cluster port.
+
+A client runs the member handshake with the ``"client"`` feature; its session then carries only
+Request/Reply (and heartbeats): it never takes part in replication or gossip. Commands run on a
+worker thread of the network loop, because storage calls may block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from ekv._cluster.messages import Message, Reply, Request
+from ekv._cluster.session import Session
+
+if TYPE_CHECKING:
+    from ekv._cluster.cluster import ClusterNode
+
+__all__ = ["ClientOwner", "client_op"]
+
+
+def client_op(cluster: ClusterNode, op: str, args: dict[str, Any]) -> Any:
+    """Run one client command (on a worker thread: it may block on SQLite)."""
+    store = cluster.store
+    if op == "get":
+        found = store.lookup(args["key"])
+        return None if found is None else {"value": found[0], "version": list(found[1])}
+    if op == "put":
+        return {"version": list(store.put(args["key"], args["value"], args.get("ttl")))}
+    if op == "delete":
+        return {"version": list(store.delete(args["key"]))}
+    if op == "scan":
+        return {"items": store.scan(args.get("prefix", ""))}
+    if op == "keys":
+        return {"keys": store.keys(args.get("prefix", ""))}
+    if op == "info":
+        if cluster.node_info is None:
+            raise RuntimeError("info is not available")
+        return cluster.node_info()
+    if op == "block":  # the demo's partition: cut this node off from the given members
+        cluster.set_blocked(set(args.get("node_ids", [])))
+        return {}
+    raise ValueError(f"unknown command {op!r}")
+
+
+class ClientOwner:
+    """Serves the Requests of one client session."""
+
+    def __init__(self, cluster: ClusterNode) -> None:
+        self.cluster = cluster
+
+    def session_message(self, session: Session, message: Message) -> None:
+        if isinstance(message, Request):
+            asyncio.get_running_loop().create_task(self._handle(session, message))
+
+    async def _handle(self, session: Session, request: Request) -> None:
+        try:
+            args = json.loads(request.args) if request.args else {}
+            if not isinstance(args, dict):
+                raise ValueError("arguments must be a JSON object")
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(None, client_op, self.cluster, request.op, args)
+            reply = Reply(request.request_id, True, json.dumps(result, default=repr))
+        except Exception as exc:
+            reply = Reply(request.request_id, False, "null", f"{type(exc).__name__}: {exc}")
+        session.send(reply)
+
+    def session_skew(self, session: Session, skew_ns: int) -> None:
+        pass
+
+    def session_closed(self, session: Session, reason: str) -> None:
+        self.cluster.clients.discard(session)

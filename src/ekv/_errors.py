@@ -25,7 +25,7 @@ catches them all. Errors caused by bad arguments also derive from the built-in `
     │   ├── InstanceNameError               name= differs from what data_dir was created with
     │   ├── LockedError                     another process (or EKV object) has data_dir open
     │   ├── SQLiteVersionError              the SQLite library has a known corruption bug
-    │   └── StaleDataError                  data_dir is older than tombstone_ttl (cluster)
+    │   └── StaleDataError                  reserved (stale data is moved aside, not raised)
     ├── ClusterError                        the cluster layer
     │   ├── ProtocolError                   a peer sent bytes that are not valid ekv protocol
     │   └── AuthenticationError             a peer failed the cookie challenge (or we did)
@@ -167,8 +167,9 @@ class SQLiteVersionError(StorageError):
 
 
 class StaleDataError(StorageError):
-    """The data directory was last active longer ago than ``tombstone_ttl``: rejoining a cluster
-    with it could resurrect deleted keys."""
+    """Reserved for stale data directories. ekv does not raise it today: a clustered data
+    directory last active longer ago than ``tombstone_ttl`` is moved aside and rebuilt instead
+    (see the operators guide), because refusing to start helps nobody at 3 a.m."""
 
 
 class ClusterError(Error):

@@ -109,6 +109,8 @@ class Replicator:
     ) -> None:
         self.store = store
         self.node_id = store.node_id
+        self.origin = store.origin
+        """This node's current origin: its writes, excluded from merges (it knows them best)."""
         self.settings = settings
         self._send = send
         self._can_send = can_send
@@ -145,8 +147,8 @@ class Replicator:
         self.store.shards[0].run_exclusive(write)
 
     def _load_vv(self, shard: int) -> dict[str, int]:
-        node_id = self.node_id
-        result: dict[str, int] = self.store.shards[shard].run_exclusive(lambda cur: local_vv(cur, node_id))
+        origin = self.origin
+        result: dict[str, int] = self.store.shards[shard].run_exclusive(lambda cur: local_vv(cur, origin))
         return result
 
     def _info(self, msg: str, *args: object) -> None:
@@ -250,7 +252,7 @@ class Replicator:
         for entry in msg.entries:
             by_origin.setdefault(entry.origin, []).append(entry.oseq)
         for origin, oseqs in by_origin.items():
-            if origin == self.node_id:
+            if origin == self.origin:
                 continue
             new = vvmod.advance(trial, origin, oseqs)
             if new is not None:
@@ -270,7 +272,7 @@ class Replicator:
             old.snapshot.close()
         snapshot = SyncSnapshot(
             str(self.store.datadir.shard_path(msg.shard)),
-            self.node_id,
+            self.origin,
             peer_vv,
             now_ns=now_ns,
             cutoff_ns=tombstone_cutoff_ns(now_ns, self.settings.tombstone_ttl_ns),
@@ -304,7 +306,7 @@ class Replicator:
         if complete:
             vv = self.vv[msg.shard]
             raised = {
-                origin: oseq for origin, oseq in msg.vv.items() if origin != self.node_id and oseq > vv.get(origin, 0)
+                origin: oseq for origin, oseq in msg.vv.items() if origin != self.origin and oseq > vv.get(origin, 0)
             }
             if raised:
                 self.store.apply_shard(msg.shard, [], raised)
@@ -344,7 +346,7 @@ class Replicator:
         vv = dict(self.vv[shard])
         own = self.store.shards[shard].oseq
         if own:
-            vv[self.node_id] = own
+            vv[self.origin] = own
         return vv
 
     def _schedule_pull(self, state: PeerState, shard: int, now_ns: int) -> None:

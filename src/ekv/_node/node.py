@@ -315,6 +315,7 @@ class Node:
         result: dict[str, Any] = {
             "name": config.name,
             "node_id": self.node_id,
+            "origin": self.store.origin,
             "data_dir": str(config.data_dir),
             "listen": None,
             "members": {},

@@ -50,6 +50,7 @@ class ShardIdentity(Protocol):
     name: str
     node_id: str
     shards: int
+    origin: str
 
 
 class Shard:
@@ -67,6 +68,7 @@ class Shard:
         committer: Committer,
         oseq: int,
         last_active_at_ns: int | None,
+        synchronous: str = "NORMAL",
     ) -> None:
         self.index = index
         self.path = path
@@ -79,7 +81,10 @@ class Shard:
         self._cur = conn.cursor()
         self._oseq = oseq
         self._committer = committer
+        self._synchronous = synchronous
         self._closed = False
+        self.was_clean = True
+        """Whether the file was closed cleanly last time (set by :meth:`open`)."""
         self.outbox: Callable[[int, list[Entry]], None] | None = None
         """Called with (shard index, entries) after each commit of local writes, in commit
         order; the cluster layer sets it to feed live replication."""
@@ -113,26 +118,30 @@ class Shard:
             else:
                 _verify(cur, path, index, identity, app_id)
             enable_wal(conn)  # only now: a file that is not ours is never modified
-            oseq, own_ts = _own_tail(cur, identity.node_id)
+            oseq, own_ts = own_tail(cur, identity.origin)
             clock.observe(own_ts)
             last_active = cur.execute(schema.META_GET, ("last_active_at",)).get
+            was_clean = cur.execute(schema.META_GET, ("clean_shutdown",)).get == 1
         except Error:
             conn.close()
             raise
         except apsw.Error as exc:
             conn.close()
             raise_storage_error(exc, path, action="open")
-        return cls(
+        shard = cls(
             index,
             path,
             conn,
-            origin=identity.node_id,
+            origin=identity.origin,
             clock=clock,
             sink=sink,
             committer=committer,
             oseq=oseq,
             last_active_at_ns=last_active if isinstance(last_active, int) else None,
+            synchronous=synchronous,
         )
+        shard.was_clean = was_clean or create
+        return shard
 
     # -- public operations -------------------------------------------------------------------
 
@@ -175,8 +184,38 @@ class Shard:
         return op.result  # type: ignore[no-any-return]
 
     def touch(self, now_ns: int) -> None:
-        """Record activity now (``last_active_at``); done once every shard opened cleanly."""
-        self.run_exclusive(lambda cur: cur.execute(schema.META_SET, ("last_active_at", now_ns)))
+        """Record activity now (``last_active_at``) and mark the shard open (not cleanly shut
+        down), durably: this one commit is fsynced even with ``durability="normal"``, so that
+        after a power cut the next open knows it must not trust its sequence numbers."""
+
+        def mark(cur: apsw.Cursor) -> None:
+            cur.execute("PRAGMA synchronous=FULL")
+            try:
+                cur.execute("BEGIN")
+                cur.execute(schema.META_SET, ("last_active_at", now_ns))
+                cur.execute(schema.META_SET, ("clean_shutdown", 0))
+                cur.execute("COMMIT")
+            finally:
+                cur.execute(f"PRAGMA synchronous={self._synchronous}")
+
+        self.run_exclusive(mark)
+
+    def switch_origin(self, origin: str) -> None:
+        """Start issuing writes under a new origin (after an unclean shutdown). The old origin's
+        durable writes are recorded as covered in this shard's version vector, and the clock
+        floor is kept, so the old origin becomes one more origin this node has seen."""
+        old, old_oseq = self.origin, self._oseq
+
+        def switch(cur: apsw.Cursor) -> None:
+            cur.execute("BEGIN")
+            if old_oseq:
+                cur.execute(schema.VV_RAISE, (old, old_oseq))
+            cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
+            cur.execute("COMMIT")
+
+        self.run_exclusive(switch)
+        self.origin = origin
+        self._oseq = self.run_exclusive(lambda cur: own_tail(cur, origin)[0])
 
     def abort(self) -> None:
         """Close the writer without touching the file (a failed open of the store)."""
@@ -486,6 +525,7 @@ class Shard:
         self._closed = True
         try:
             cur.execute(schema.META_SET, ("last_active_at", self.clock.wall.now_ns()))
+            cur.execute(schema.META_SET, ("clean_shutdown", 1))
             cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except apsw.Error as exc:
             _log.warning("ekv: final checkpoint of %s failed: %s", self.path, exc)
@@ -497,7 +537,7 @@ class Shard:
 
     def persist_floors(self, cur: apsw.Cursor) -> None:
         """Record the local sequence counter and clock so they survive log truncation."""
-        cur.execute(schema.META_SET, ("oseq_floor", self._oseq))
+        cur.execute(schema.META_SET, (f"oseq_floor/{self.origin}", self._oseq))
         cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
 
     @property
@@ -547,14 +587,18 @@ def _verify(cur: apsw.Cursor, path: str, index: int, identity: ShardIdentity, ap
             )
 
 
-def _own_tail(cur: apsw.Cursor, node_id: str) -> tuple[int, int]:
-    """The last local sequence number and clock value, from the change log and the floors
-    persisted when the log was truncated."""
-    oseq_floor = cur.execute(schema.META_GET, ("oseq_floor",)).get or 0
-    truncated = cur.execute("SELECT oseq FROM floors WHERE origin = ?", (node_id,)).get or 0
+def own_tail(cur: apsw.Cursor, origin: str) -> tuple[int, int]:
+    """The last sequence number issued under ``origin`` and the clock floor, from the change
+    log, the truncation floors and the values persisted when the log was truncated. (Stores
+    written before per-origin floors kept one ``oseq_floor``: the first origin's, the bare node
+    id, which has no ``~epoch``.)"""
+    oseq_floor = cur.execute(schema.META_GET, (f"oseq_floor/{origin}",)).get or 0
+    if "~" not in origin:
+        oseq_floor = max(oseq_floor, cur.execute(schema.META_GET, ("oseq_floor",)).get or 0)
+    truncated = cur.execute("SELECT oseq FROM floors WHERE origin = ?", (origin,)).get or 0
     oseq_floor = max(oseq_floor, truncated)
     hlc_floor = cur.execute(schema.META_GET, ("hlc_floor",)).get or 0
-    tail = cur.execute(schema.OWN_LOG_TAIL, (node_id,)).get
+    tail = cur.execute(schema.OWN_LOG_TAIL, (origin,)).get
     if tail is not None:
         oseq_floor = max(oseq_floor, tail[0])
         hlc_floor = max(hlc_floor, tail[1])

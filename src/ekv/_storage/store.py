@@ -17,7 +17,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from zlib import crc32
@@ -76,12 +76,13 @@ class GcReport:
 
 
 class _Identity:
-    __slots__ = ("name", "node_id", "shards")
+    __slots__ = ("name", "node_id", "origin", "shards")
 
-    def __init__(self, name: str, node_id: str, shards: int) -> None:
+    def __init__(self, name: str, node_id: str, shards: int, origin: str) -> None:
         self.name = name
         self.node_id = node_id
         self.shards = shards
+        self.origin = origin
 
 
 class ShardedStore:
@@ -130,7 +131,7 @@ class ShardedStore:
             manifest, create = _load_or_plan(datadir, config, new_node_id)
             store = cls(config, datadir, manifest, clock)
             store.created = create
-            identity = _Identity(config.name, manifest.node_id, config.shards)
+            identity = _Identity(config.name, manifest.node_id, config.shards, manifest.origin)
             try:
                 for index in range(config.shards):
                     store.shards.append(
@@ -147,6 +148,17 @@ class ShardedStore:
                     )
                 if create:
                     datadir.write_manifest(manifest)
+                elif not all(shard.was_clean for shard in store.shards):
+                    # Unclean shutdown (crash, kill -9, power cut): new writes get a new origin,
+                    # so no sequence number can be issued twice (see Manifest.origin).
+                    manifest = replace(manifest, epoch=manifest.epoch + 1)
+                    datadir.write_manifest(manifest)
+                    store.manifest = manifest
+                    for shard in store.shards:
+                        shard.switch_origin(manifest.origin)
+                    _log.info(
+                        "ekv: %s was not shut down cleanly; new writes use origin %s", config.data_dir, manifest.origin
+                    )
                 now = config.clock.now_ns()
                 for shard in store.shards:
                     shard.touch(now)
@@ -198,6 +210,12 @@ class ShardedStore:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def origin(self) -> str:
+        """The origin of this node's new writes (the node id, or ``node_id~epoch`` after an
+        unclean shutdown)."""
+        return self.manifest.origin
 
     @property
     def readonly(self) -> bool:

@@ -30,16 +30,16 @@ __all__ = ["SyncSnapshot", "load_peer_reports", "local_vv", "truncate_log"]
 _PAGE = 256
 
 
-def local_vv(cur: apsw.Cursor, node_id: str) -> dict[str, int]:
-    """The shard's version vector as seen by ``cur`` (inside a transaction for a snapshot)."""
+def local_vv(cur: apsw.Cursor, origin: str) -> dict[str, int]:
+    """The shard's version vector as seen by ``cur`` (inside a transaction for a snapshot): the
+    stored vector plus ``origin``'s (this node's current origin's) sequence counter."""
+    from ekv._storage.shard import own_tail
+
     rows: list[Any] = cur.execute(schema.VV_ALL).fetchall()
-    vv = {origin: oseq for origin, oseq in rows}
-    own = cur.execute(schema.META_GET, ("oseq_floor",)).get or 0
-    floor = cur.execute("SELECT oseq FROM floors WHERE origin = ?", (node_id,)).get or 0
-    tail = cur.execute(schema.OWN_LOG_TAIL, (node_id,)).get
-    own = max(int(own), int(floor), int(tail[0]) if tail else 0)
+    vv = {o: oseq for o, oseq in rows}
+    own = own_tail(cur, origin)[0]
     if own:
-        vv[node_id] = own
+        vv[origin] = own
     vv.pop("", None)
     return vv
 
@@ -99,7 +99,7 @@ class SyncSnapshot:
     def __init__(
         self,
         path: str,
-        node_id: str,
+        origin: str,
         peer_vv: Mapping[str, int],
         *,
         now_ns: int,
@@ -111,7 +111,7 @@ class SyncSnapshot:
         self._cur = self._conn.cursor()
         self._cur.execute("BEGIN")
         try:
-            self.vv = local_vv(self._cur, node_id)  # the first read pins the snapshot
+            self.vv = local_vv(self._cur, origin)  # the first read pins the snapshot
             self.floors = floors(self._cur)
         except BaseException:
             self.close()

@@ -234,8 +234,8 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
         writer.go.set()
         cluster.wait(lambda: len(writer.acked) >= 300, DEADLINE_S, "the writer made no progress")
         c.kill()
-        writer.finish()
-        assert writer.error is not None, "the writer should have seen its node die"
+        writer.join(DEADLINE_S)  # its next put fails on the dead node and ends the thread
+        assert not writer.is_alive() and writer.error is not None, "the writer should have seen its node die"
         acked = list(writer.acked)
         c.start()
         held = c.dump()

@@ -122,7 +122,7 @@ class RawApsw:
         self.seq += 1
         # ekv's write: one LWW upsert; the change-log row is appended by the schema's trigger,
         # in the same (autocommit) transaction.
-        self.cur.execute(schema.UPSERT, (key, time.time_ns(), "node", self.seq, None, None, blob))
+        self.cur.execute(schema.UPSERT, (key, time.time_ns(), "node", self.seq, None, None, blob, 0))
 
     def read(self, key: str) -> Any:
         row = self.cur.execute(schema.GET, (key,)).get
@@ -146,7 +146,7 @@ class RawSqlite3:
     def write(self, item: tuple[str, bytes]) -> None:
         key, blob = item
         self.seq += 1
-        self.conn.execute(schema.UPSERT, (key, time.time_ns(), "node", self.seq, None, None, blob))
+        self.conn.execute(schema.UPSERT, (key, time.time_ns(), "node", self.seq, None, None, blob, 0))
 
     def read(self, key: str) -> Any:
         row = self.conn.execute(schema.GET, (key,)).fetchone()

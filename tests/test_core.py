@@ -545,11 +545,11 @@ def test_sql_upsert_agrees_with_wins(memdb, current: Version, incoming: Version,
     cur = memdb.cursor()
     cur.execute("DELETE FROM kv")
     cur.execute("DELETE FROM log")  # every example starts from an empty shard
-    cur.execute(schema.UPSERT, ("k", current.timestamp_ns, current.origin, 1, None, None, b"old"))
+    cur.execute(schema.UPSERT, ("k", current.timestamp_ns, current.origin, 1, None, None, b"old", 0))
     assert memdb.changes() == 1
     value = None if tombstone else b"new"
     deleted_at = incoming.timestamp_ns if tombstone else None
-    cur.execute(schema.UPSERT, ("k", incoming.timestamp_ns, incoming.origin, 2, None, deleted_at, value))
+    cur.execute(schema.UPSERT, ("k", incoming.timestamp_ns, incoming.origin, 2, None, deleted_at, value, 0))
     changed = memdb.changes() == 1
     assert changed == wins(incoming, current)
     row = cur.execute("SELECT ts, origin, oseq, value FROM kv WHERE key = 'k'").fetchall()
@@ -560,7 +560,7 @@ def test_sql_upsert_agrees_with_wins(memdb, current: Version, incoming: Version,
     else:
         assert (Version(ts, origin), oseq, stored) == (current, 1, b"old")
     # and an insert into an empty slot always wins, like wins(v, None)
-    cur.execute(schema.UPSERT, ("other", incoming.timestamp_ns, incoming.origin, 3, None, None, b"x"))
+    cur.execute(schema.UPSERT, ("other", incoming.timestamp_ns, incoming.origin, 3, None, None, b"x", 0))
     assert memdb.changes() == 1 and wins(incoming, None)
     cur.execute("DELETE FROM kv")
     cur.execute("DELETE FROM log")
@@ -574,10 +574,10 @@ def test_upsert_that_wins_by_update_keeps_its_dot_in_the_log(memdb) -> None:  # 
     cur.execute("DELETE FROM kv")
     cur.execute("DELETE FROM log")
     try:
-        cur.execute(schema.UPSERT, ("k", 10, "peer", 7, None, 10, None))  # a delete, dot (peer, 7)
+        cur.execute(schema.UPSERT, ("k", 10, "peer", 7, None, 10, None, 0))  # a delete, dot (peer, 7)
         cur.execute("DELETE FROM kv")  # its tombstone is purged; the log still holds the dot
-        cur.execute(schema.UPSERT, ("k", 5, "other", 1, None, None, b"old"))  # an older put arrives
-        cur.execute(schema.UPSERT, ("k", 10, "peer", 7, None, 10, None))  # the delete is replayed
+        cur.execute(schema.UPSERT, ("k", 5, "other", 1, None, None, b"old", 0))  # an older put arrives
+        cur.execute(schema.UPSERT, ("k", 10, "peer", 7, None, 10, None, 0))  # the delete is replayed
         assert cur.execute("SELECT ts, origin, value FROM kv WHERE key = 'k'").fetchall() == [(10, "peer", None)]
         assert cur.execute("SELECT key, ts FROM log WHERE origin = 'peer' AND oseq = 7").fetchall() == [("k", 10)]
     finally:
@@ -590,9 +590,9 @@ def test_upsert_that_wins_by_insert_keeps_its_dot_in_the_log(memdb) -> None:  # 
     cur.execute("DELETE FROM kv")
     cur.execute("DELETE FROM log")
     try:
-        cur.execute(schema.UPSERT, ("k", 10, "peer", 7, None, 10, None))
+        cur.execute(schema.UPSERT, ("k", 10, "peer", 7, None, 10, None, 0))
         cur.execute("DELETE FROM kv")
-        cur.execute(schema.UPSERT, ("k", 10, "peer", 7, None, 10, None))  # replayed into an empty slot
+        cur.execute(schema.UPSERT, ("k", 10, "peer", 7, None, 10, None, 0))  # replayed into an empty slot
         assert cur.execute("SELECT key, ts FROM log WHERE origin = 'peer' AND oseq = 7").fetchall() == [("k", 10)]
     finally:
         cur.execute("DELETE FROM kv")

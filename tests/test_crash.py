@@ -451,7 +451,7 @@ def test_kill_during_gc_pass_then_reopen(tmp_path: Path) -> None:
 CREATOR = r"""
 import os, signal, sys
 import ekv._storage.datadir as datadir_mod
-import ekv._storage.shard as shard_mod
+import ekv._storage.shardfile as shard_mod
 import ekv
 
 data_dir, point, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -459,19 +459,19 @@ data_dir, point, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-initialise = shard_mod._initialise
+initialise = shard_mod.initialise
 if point == "before-initialise":  # the shard file exists (WAL mode set), its schema does not
     def hooked(cur, i, identity):
         if i == index:
             die()
         return initialise(cur, i, identity)
-    shard_mod._initialise = hooked
+    shard_mod.initialise = hooked
 elif point == "after-initialise":
     def hooked(cur, i, identity):
         initialise(cur, i, identity)
         if i == index:
             die()
-    shard_mod._initialise = hooked
+    shard_mod.initialise = hooked
 elif point == "before-manifest":  # every shard initialised, ekv.json not written yet
     datadir_mod.DataDir.write_manifest = die
 ekv.EKV("crash", data_dir, shards=4, log=False)

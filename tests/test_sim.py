@@ -143,7 +143,7 @@ def test_checker_catches_a_broken_merge_rule(monkeypatch: pytest.MonkeyPatch) ->
     assert broken != schema.UPSERT
     monkeypatch.setattr(schema, "UPSERT", broken)
     monkeypatch.setattr(schema, "_UPSERT_ROWS", {1: broken})
-    head, tail = broken.split("VALUES (?, ?, ?, ?, ?, ?, ?)")
+    head, tail = broken.split("VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
     monkeypatch.setattr(schema, "_UPSERT_HEAD", head)
     monkeypatch.setattr(schema, "_UPSERT_TAIL", tail)
     monkeypatch.setattr(sim_module_shard, "_ROWS_PER_STATEMENT", 1)  # no padding rows: they would now apply

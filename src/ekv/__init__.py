@@ -16,6 +16,7 @@ from ekv._codec import Codec, JsonCodec, PickleCodec
 from ekv._core.clock import SystemClock, WallClock
 from ekv._errors import (
     AuthenticationError,
+    ChecksumError,
     ClosedError,
     ClusterError,
     CodecError,
@@ -52,6 +53,7 @@ __all__ = [
     "AsyncSubscription",
     "AuthenticationError",
     "CallbackSubscription",
+    "ChecksumError",
     "ClosedError",
     "ClusterError",
     "Codec",

@@ -9,7 +9,8 @@ that already hold them would skip. A restored backup therefore joins as a new me
 whatever it lacks from the others.
 
 ``check`` verifies what can be verified without changing anything: the manifest, every shard's
-SQLite integrity, schema version and identity.
+SQLite integrity, schema version and identity, and every stored row's checksum (bit rot that
+SQLite's own integrity check cannot see).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import apsw
 
 from ekv._storage import schema
 from ekv._storage.datadir import MANIFEST_NAME, DataDir, fsync_dir, new_node_id
+from ekv._storage.integrity import row_ok
 from ekv._storage.sqlite import open_connection, storage_error
 
 __all__ = ["backup", "check"]
@@ -129,6 +131,18 @@ def _check_shard(
     result = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
     if result != ["ok"]:
         problems += [f"{name}: integrity: {line}" for line in result[:20]]
+    if version < 2:
+        return problems  # no checksums to verify; opening the store for writing upgrades it
+    damaged = [row[0] for row in conn.execute(f"SELECT {schema.ROW_COLUMNS} FROM kv") if not row_ok(row)]
+    if damaged:
+        listed = ", ".join(repr(key) for key in damaged[:20]) + (" ..." if len(damaged) > 20 else "")
+        problems.append(
+            f"{name}: {len(damaged)} stored version(s) failed their checksum (damaged on disk): {listed}; "
+            "a cluster node repairs them from its members, or write/delete the keys"
+        )
+    recorded = conn.execute("SELECT count(*) FROM damaged").get
+    if recorded:
+        notes.append(f"{name}: {recorded} key(s) recorded as damaged, waiting for repair")
     rows, tombstones = conn.execute("SELECT count(*), coalesce(sum(value IS NULL), 0) FROM kv").get
-    notes.append(f"{name}: ok, {rows - tombstones} live rows, {tombstones} tombstones")
+    notes.append(f"{name}: {'ok, ' if not damaged else ''}{rows - tombstones} live rows, {tombstones} tombstones")
     return problems

@@ -21,6 +21,7 @@ catches them all. Errors caused by bad arguments also derive from the built-in `
     │   ├── DataDirError                    data_dir missing, not a directory, not writable
     │   ├── DiskFullError                   no space left; the write was not applied
     │   ├── CorruptionError                 a corrupt or foreign file in data_dir (named)
+    │   │   └── ChecksumError               a stored value failed its checksum (bit rot)
     │   ├── ShardCountError                 shards= differs from what data_dir was created with
     │   ├── InstanceNameError               name= differs from what data_dir was created with
     │   ├── LockedError                     another process (or EKV object) has data_dir open
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "ChecksumError",
     "ClosedError",
     "ClusterError",
     "CodecError",
@@ -138,6 +140,21 @@ class DiskFullError(StorageError):
 class CorruptionError(StorageError):
     """A file in ``data_dir`` is corrupt or is not an ekv file. The message names the file;
     ekv never overwrites such a file."""
+
+
+class ChecksumError(CorruptionError):
+    """The stored version of a key failed its checksum: the disk changed bytes under SQLite
+    (which keeps no checksums of its own). ekv refuses to serve it. In a cluster the node asks
+    its members for the key again and the error stops once a copy arrives; writing or deleting
+    the key replaces the damaged version at once.
+
+    Attributes:
+        key: the key whose stored version is damaged.
+    """
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class ShardCountError(StorageError):

@@ -606,6 +606,7 @@ class ClusterNode:
             "ekv_replication_live_received_total": rep.stats["live_received"],
             "ekv_replication_live_applied_total": rep.stats["live_applied"],
             "ekv_replication_sync_entries_applied_total": rep.stats["sync_entries_applied"],
+            "ekv_replication_repair_pulls_total": rep.stats["repair_pulls"],
             "ekv_replication_outbox": len(self._outbox),
         }
         own = [self.store.shards[i].oseq for i in range(len(self.store.shards))]

@@ -25,6 +25,11 @@ Protocol (per shard, see docs/architecture.md for why it converges):
 * Long partitions: when a member goes away its down-since time is persisted; a member that comes
   back after more than ``tombstone_ttl`` is quarantined (no sync, no live traffic, logged, in
   ``info()``) until the operator clears it, because deletes made meanwhile may have been purged.
+* Repair: while a shard holds rows that failed their checksum (:mod:`ekv._storage.integrity`),
+  the node asks each connected member once for a full resend of that shard (a ``SyncRequest``
+  with an empty vector: "I cover nothing"). A resent copy replaces the damaged row. A member
+  serving a sync never sends a damaged row, and then withholds its vector, so that the requester
+  does not record as covered a write it never received.
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ class _InSync:
     next_seq: int = 0
     entries: int = 0
     broken: bool = False
+    resend: bool = False
+    """A repair pull: the member was asked for everything, to replace damaged rows."""
 
 
 @dataclass(slots=True)
@@ -121,7 +128,13 @@ class Replicator:
         self._now = 0
         self.peers: dict[str, PeerState] = {}
         self.vv: list[dict[str, int]] = [self._load_vv(i) for i in range(self._shards)]
-        self.stats = {"live_sent": 0, "live_received": 0, "live_applied": 0, "sync_entries_applied": 0}
+        self.stats = {
+            "live_sent": 0,
+            "live_received": 0,
+            "live_applied": 0,
+            "sync_entries_applied": 0,
+            "repair_pulls": 0,
+        }
         self._down_since: dict[str, int] = self._load_markers("member_down/")
         self.quarantined: dict[str, int] = self._load_markers("member_quarantined/")
 
@@ -303,6 +316,8 @@ class Replicator:
             return
         del state.inbound[msg.shard]
         complete = not current.broken and current.next_seq == msg.chunks and current.entries == msg.entries
+        if complete and current.resend:
+            self._resent(state.node_id, msg.shard)
         if complete:
             vv = self.vv[msg.shard]
             raised = {
@@ -334,12 +349,55 @@ class Replicator:
                 self._send(peer_id, message)
                 self.stats["live_sent"] += len(entries)
 
-    def _pull(self, state: PeerState, shard: int, now_ns: int) -> None:
+    def _pull(self, state: PeerState, shard: int, now_ns: int, *, resend: bool = False) -> None:
         sync_id = self._next_sync_id
         self._next_sync_id += 1
-        state.inbound[shard] = _InSync(sync_id, started_ns=now_ns, progress_ns=now_ns)
+        state.inbound[shard] = _InSync(sync_id, started_ns=now_ns, progress_ns=now_ns, resend=resend)
         state.next_pull_ns.pop(shard, None)
-        self._send(state.node_id, SyncRequest(shard, sync_id, self.current_vv(shard)))
+        if resend:
+            self.stats["repair_pulls"] += 1
+        self._send(state.node_id, SyncRequest(shard, sync_id, {} if resend else self.current_vv(shard)))
+
+    # -- repair of damaged rows ------------------------------------------------------------------
+
+    def _repair_pulls(self, now_ns: int) -> None:
+        """Ask every connected member that has not yet done so since the damage was found for a
+        full resend of each shard that holds damaged rows."""
+        for shard_index, shard in enumerate(self.store.shards):
+            if not shard.damaged:
+                continue
+            for peer_id, state in self.peers.items():
+                if not state.quarantined and peer_id not in shard.resent_by and shard_index not in state.inbound:
+                    self._pull(state, shard_index, now_ns, resend=True)
+
+    def _resent(self, peer_id: str, shard_index: int) -> None:
+        """A member completed a full resend. Once every connected member has, keys still listed
+        as damaged either verify (replaced by the best version the members had, older than the
+        damaged one: forgotten, with a warning) or had no copy anywhere (kept: the key stays
+        unreadable until it is written or deleted)."""
+        shard = self.store.shards[shard_index]
+        shard.resent_by.add(peer_id)
+        members = {peer for peer, peer_state in self.peers.items() if not peer_state.quarantined}
+        if not shard.damaged or not members <= shard.resent_by:
+            return
+        remaining = list(shard.damaged)
+        repaired = [key for key in remaining if shard.row_verifies(key)]
+        if repaired:
+            shard.forget_damaged(repaired)
+            self._warning(
+                "damaged keys %s in shard %d were replaced by the newest versions members had, which are older "
+                "than the damaged ones: those writes are lost",
+                repaired[:10],
+                shard_index,
+            )
+        lost = [key for key in remaining if key not in repaired]
+        if lost:
+            self._warning(
+                "damaged keys %s in shard %d could not be repaired: no member has a copy; they stay unreadable "
+                "until written or deleted",
+                lost[:10],
+                shard_index,
+            )
 
     def current_vv(self, shard: int) -> dict[str, int]:
         """This shard's version vector, with the local origin's entry at the latest local write."""
@@ -371,6 +429,7 @@ class Replicator:
             for shard, due in list(state.next_pull_ns.items()):
                 if due <= now_ns and shard not in state.inbound:
                     self._pull(state, shard, now_ns)
+        self._repair_pulls(now_ns)
         self.pump(max_chunks)
 
     def pump(self, max_chunks: int = 64) -> int:
@@ -387,6 +446,8 @@ class Replicator:
                     progress = True
                     sent += 1
                     entries = out.snapshot.next_chunk(self.settings.sync_chunk_entries, self.settings.sync_chunk_bytes)
+                    if out.snapshot.damaged:
+                        self._found_damaged(shard, out.snapshot.damaged)
                     if entries:
                         self._send(peer_id, SyncChunk(shard, out.sync_id, out.seq, tuple(entries)))
                         out.seq += 1
@@ -399,6 +460,11 @@ class Replicator:
                         snap.close()
                         del state.out[shard]
         return sent
+
+    def _found_damaged(self, shard: int, keys: list[str]) -> None:
+        for key in keys:
+            self.store.shards[shard].mark_damaged(key, self._now)
+        keys.clear()
 
     @property
     def busy(self) -> bool:

@@ -369,6 +369,7 @@ class Node:
         m: dict[str, float] = {
             "ekv_local_writes_total": sum(shard.oseq for shard in store.shards),
             "ekv_reads_total": store.reads,
+            "ekv_damaged_keys": sum(len(shard.damaged) for shard in store.shards),
             "ekv_gc_runs_total": self.gc_stats["runs"],
             "ekv_gc_expired_total": self.gc_stats["expired"],
             "ekv_gc_purged_total": self.gc_stats["purged"],

@@ -6,6 +6,8 @@ Tables
     Current state, one row per key: the winning version of the key, live or tombstone.
     ``value`` is NULL exactly for tombstones; ``deleted_at`` is then when the key died (the
     delete's timestamp, or the expiry time of an expired put) and drives tombstone purging.
+    ``crc`` is the row's checksum (:func:`ekv._core.checksum.row_checksum`), verified before the
+    row is served; NULL only in rows written by schema 1 and not yet upgraded (read-only opens).
     A rowid table with a unique key index: with values over a few hundred bytes it is several
     times faster than WITHOUT ROWID (measured while designing, see docs/architecture.md).
 ``log``
@@ -23,6 +25,10 @@ Tables
 ``peers``
     The last version vector each peer reported for this shard (in its sync requests), and when:
     truncation keeps what a recently seen peer still lacks.
+``damaged``
+    Rows whose checksum failed (bit rot), by key, with the version that was damaged: reads of
+    the key fail until a peer sends that version again (sync asks for it) or a newer write
+    replaces it.
 ``meta``
     Identity and bookkeeping: shard index and count, node id, instance name, schema version,
     ``last_active_at``, and the floors of the local sequence counter and clock that survive
@@ -45,7 +51,8 @@ __all__ = [
 ]
 
 APPLICATION_ID = 0x454B5631  # "EKV1"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: first release. 2: ``kv.crc`` and the ``damaged`` table (upgraded in place at open)."""
 
 DDL = """
 CREATE TABLE kv (
@@ -55,7 +62,8 @@ CREATE TABLE kv (
     oseq        INTEGER NOT NULL,
     expires_at  INTEGER,
     deleted_at  INTEGER,
-    value       BLOB
+    value       BLOB,
+    crc         INTEGER
 );
 CREATE INDEX kv_expiring ON kv(expires_at) WHERE value IS NOT NULL AND expires_at IS NOT NULL;
 CREATE INDEX kv_deleted ON kv(deleted_at) WHERE deleted_at IS NOT NULL;
@@ -92,6 +100,13 @@ CREATE TABLE peers (
     vv           TEXT    NOT NULL,
     reported_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE damaged (
+    key     TEXT    NOT NULL PRIMARY KEY,
+    ts      INTEGER NOT NULL,
+    origin  TEXT    NOT NULL,
+    oseq    INTEGER NOT NULL,
+    found_at INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE meta (
     key     TEXT NOT NULL PRIMARY KEY,
     value
@@ -100,15 +115,19 @@ CREATE TABLE meta (
 
 # The one LWW rule, in SQL: replace the stored row only if the incoming version is higher.
 UPSERT = """
-INSERT INTO kv (key, ts, origin, oseq, expires_at, deleted_at, value) VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO kv (key, ts, origin, oseq, expires_at, deleted_at, value, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (key) DO UPDATE SET
     ts = excluded.ts, origin = excluded.origin, oseq = excluded.oseq,
-    expires_at = excluded.expires_at, deleted_at = excluded.deleted_at, value = excluded.value
+    expires_at = excluded.expires_at, deleted_at = excluded.deleted_at, value = excluded.value,
+    crc = excluded.crc
 WHERE excluded.ts > kv.ts OR (excluded.ts = kv.ts AND excluded.origin > kv.origin)
 """
 
 
-_UPSERT_HEAD, _UPSERT_TAIL = UPSERT.split("VALUES (?, ?, ?, ?, ?, ?, ?)")
+UPSERT_COLUMNS = 8
+"""Parameters per row of :data:`UPSERT`: key, ts, origin, oseq, expires_at, deleted_at, value, crc."""
+
+_UPSERT_HEAD, _UPSERT_TAIL = UPSERT.split("VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _UPSERT_ROWS: dict[int, str] = {1: UPSERT}
 
 
@@ -116,14 +135,34 @@ def upsert_rows(rows: int) -> str:
     """:data:`UPSERT` for ``rows`` rows in one statement (each row LWW-checked on its own)."""
     sql = _UPSERT_ROWS.get(rows)
     if sql is None:
-        sql = _UPSERT_HEAD + "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows) + _UPSERT_TAIL
+        sql = _UPSERT_HEAD + "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows) + _UPSERT_TAIL
         _UPSERT_ROWS[rows] = sql
     return sql
 
 
-GET = "SELECT value, expires_at FROM kv WHERE key = ?"
-LOOKUP = "SELECT value, expires_at, ts, origin FROM kv WHERE key = ?"
-ROW = "SELECT key, ts, origin, oseq, expires_at, value FROM kv WHERE key = ?"
+# Reads that serve a value fetch everything its checksum covers.
+GET = "SELECT value, expires_at, ts, origin, oseq, crc FROM kv WHERE key = ?"
+ROW_COLUMNS = "key, ts, origin, oseq, expires_at, value, crc"
+ROW = f"SELECT {ROW_COLUMNS} FROM kv WHERE key = ?"
+DAMAGED_ADD = (
+    "INSERT INTO damaged (key, ts, origin, oseq, found_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET ts = excluded.ts, origin = excluded.origin, oseq = excluded.oseq"
+)
+DAMAGED_ALL = "SELECT key, ts, origin, oseq FROM damaged"
+DAMAGED_CLEAR = "DELETE FROM damaged WHERE key = ?"
+# Version 1 -> 2, run in one transaction at a writable open; ``ekv_row_checksum`` is registered
+# on the connection for it.
+UPGRADE_TO_2 = """
+ALTER TABLE kv ADD COLUMN crc INTEGER;
+UPDATE kv SET crc = ekv_row_checksum(key, ts, origin, oseq, expires_at, value);
+CREATE TABLE damaged (
+    key     TEXT    NOT NULL PRIMARY KEY,
+    ts      INTEGER NOT NULL,
+    origin  TEXT    NOT NULL,
+    oseq    INTEGER NOT NULL,
+    found_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
 VERSION_OF = "SELECT ts, origin FROM kv WHERE key = ?"
 
 META_GET = "SELECT value FROM meta WHERE key = ?"
@@ -145,14 +184,16 @@ PEER_REPORT = (
 PEERS_ALL = "SELECT node_id, vv, reported_at FROM peers"
 
 EXPIRED_BATCH = (
-    "SELECT key, ts, origin, value, expires_at FROM kv "
+    "SELECT key, ts, origin, oseq, expires_at, value, crc FROM kv "
     "WHERE value IS NOT NULL AND expires_at IS NOT NULL AND expires_at <= ? "
+    "AND key NOT IN (SELECT key FROM damaged) "
     "ORDER BY expires_at LIMIT ?"
 )
 # Turning an expired put into a tombstone keeps its version: every node does the same
 # deterministic rewrite, so no new version competes with a newer put.
 EXPIRE_ROW = (
-    "UPDATE kv SET value = NULL, deleted_at = expires_at WHERE key = ? AND ts = ? AND origin = ? AND value IS NOT NULL"
+    "UPDATE kv SET value = NULL, deleted_at = expires_at, crc = ? "
+    "WHERE key = ? AND ts = ? AND origin = ? AND value IS NOT NULL"
 )
 PURGE_BATCH = (
     "DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE deleted_at IS NOT NULL AND deleted_at < ? LIMIT ?)"
@@ -181,7 +222,7 @@ def range_sql(*, with_values: bool, after: bool, bounded: bool) -> str:
     cache_key = (with_values, after, bounded)
     sql = _RANGE_CACHE.get(cache_key)
     if sql is None:
-        columns = "key, value" if with_values else "key"
+        columns = "key, value, ts, origin, oseq, expires_at, crc" if with_values else "key"
         lower = "key > ?" if after else "key >= ?"
         upper = " AND key < ?" if bounded else ""
         sql = (

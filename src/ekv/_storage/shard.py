@@ -16,14 +16,17 @@ from typing import Any, Protocol, TypeVar
 import apsw
 
 from ekv._core import lww
+from ekv._core.checksum import row_checksum
 from ekv._core.clock import HybridClock
-from ekv._errors import ClosedError, CorruptionError, Error, InternalError
+from ekv._errors import ClosedError, Error, InternalError
 from ekv._model import Entry, Version
-from ekv._storage import schema
+from ekv._storage import schema, shardfile
 from ekv._storage.commit import Apply, Committer, Exclusive, Op, Write
+from ekv._storage.integrity import DamagedVersion, load_damaged, row_ok
+from ekv._storage.shardfile import own_tail
 from ekv._storage.sqlite import enable_wal, open_connection, raise_storage_error, storage_error
 
-__all__ = ["EventSink", "RawEvent", "Shard", "ShardIdentity"]
+__all__ = ["EventSink", "RawEvent", "Shard", "own_tail"]
 
 _ROWS_PER_STATEMENT = 256
 
@@ -44,13 +47,6 @@ class EventSink(Protocol):
     def matches(self, key: str) -> bool: ...
 
     def publish(self, events: list[RawEvent]) -> None: ...
-
-
-class ShardIdentity(Protocol):
-    name: str
-    node_id: str
-    shards: int
-    origin: str
 
 
 class Shard:
@@ -85,6 +81,12 @@ class Shard:
         self._closed = False
         self.was_clean = True
         """Whether the file was closed cleanly last time (set by :meth:`open`)."""
+        self.damaged: dict[str, DamagedVersion] = {}
+        """Keys whose stored row failed its checksum, with the version that was damaged (see
+        :mod:`ekv._storage.integrity`). Changed only on the writer, after commits."""
+        self.resent_by: set[str] = set()
+        """Members that completed a full resend of this shard since damage was last found."""
+        self._cleared: list[str] = []  # damaged keys replaced by the transaction in progress
         self.outbox: Callable[[int, list[Entry]], None] | None = None
         """Called with (shard index, entries) after each commit of local writes, in commit
         order; the cluster layer sets it to feed live replication."""
@@ -98,7 +100,7 @@ class Shard:
         path: str,
         *,
         create: bool,
-        identity: ShardIdentity,
+        identity: shardfile.ShardIdentity,
         clock: HybridClock,
         sink: EventSink,
         committer: Committer,
@@ -113,11 +115,13 @@ class Shard:
         try:
             cur = conn.cursor()
             app_id = cur.execute("PRAGMA application_id").get
-            if create and app_id == 0 and _is_empty(cur):
-                _initialise(cur, index, identity)
+            if create and app_id == 0 and shardfile.is_empty(cur):
+                shardfile.initialise(cur, index, identity)
             else:
-                _verify(cur, path, index, identity, app_id)
+                shardfile.verify(cur, path, index, identity, app_id)
             enable_wal(conn)  # only now: a file that is not ours is never modified
+            shardfile.upgrade(conn, path)
+            damaged = load_damaged(cur)
             oseq, own_ts = own_tail(cur, identity.origin)
             clock.observe(own_ts)
             last_active = cur.execute(schema.META_GET, ("last_active_at",)).get
@@ -141,6 +145,7 @@ class Shard:
             synchronous=synchronous,
         )
         shard.was_clean = was_clean or create
+        shard.damaged = damaged
         return shard
 
     # -- public operations -------------------------------------------------------------------
@@ -246,7 +251,7 @@ class Shard:
     def run(self, op: Op) -> None:
         """Run one operation (the uncontended path of the group commit)."""
         kind = type(op)
-        if kind is Write:
+        if kind is Write and not self.damaged:
             if self._closed:
                 op.error = ClosedError("the store is closed")
             else:
@@ -262,7 +267,7 @@ class Shard:
             for op in batch:
                 op.error = ClosedError("the store is closed")
             return
-        if all(type(op) is Write for op in batch):
+        if not self.damaged and all(type(op) is Write for op in batch):
             self._commit_writes(batch)  # type: ignore[arg-type]
         else:
             self._commit_mixed(batch)
@@ -299,14 +304,24 @@ class Shard:
                 oseq += 1
                 op.oseq = oseq
                 op.version = Version(ts, origin)
-                params += (key, ts, origin, oseq, op.expires_at, None if blob is not None else ts, blob)
+                expires_at = op.expires_at
+                params += (
+                    key,
+                    ts,
+                    origin,
+                    oseq,
+                    expires_at,
+                    None if blob is not None else ts,
+                    blob,
+                    row_checksum(key, ts, origin, oseq, expires_at, blob),
+                )
             rows = len(batch)
             if rows == 1:
                 cur.execute(schema.UPSERT, params)
             else:
                 shape = 1 << (rows - 1).bit_length()
                 if shape != rows:
-                    params += params[-7:] * (shape - rows)
+                    params += params[-schema.UPSERT_COLUMNS :] * (shape - rows)
                 cur.execute(schema.upsert_rows(shape), params)
             if self._conn.changes() != rows:
                 self._overtake_lost(cur, batch)
@@ -344,6 +359,7 @@ class Shard:
         cur = self._cur
         events: list[RawEvent] | None = [] if self.sink.active else None
         saved_oseq = self._oseq
+        cleared = self._cleared = []
         try:
             cur.execute("BEGIN")
             remote = False
@@ -362,6 +378,8 @@ class Shard:
                 # Versions applied from peers may be ahead of this node's own writes; persist
                 # the clock so a restart still issues timestamps above them (causality).
                 cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
+            for key in cleared:
+                cur.execute(schema.DAMAGED_CLEAR, (key,))
             cur.execute("COMMIT")
         except BaseException as exc:
             self._oseq = saved_oseq
@@ -375,6 +393,9 @@ class Shard:
                 elif type(op) is Apply:
                     op.applied = []
             return
+        for key in cleared:
+            if self.damaged.pop(key, None) is not None:
+                _log.warning("ekv: the damaged version of key %r in %s was replaced", key, self.path)
         outbox = self.outbox
         if outbox is not None:
             writes = [op for op in batch if type(op) is Write]
@@ -407,10 +428,28 @@ class Shard:
         wanted = events is not None and self.sink.matches(key)
         if wanted and blob is None:
             prev = self._visible_value(cur, key)
+        if key in self.damaged:
+            # The damaged row's version cannot be trusted (its timestamp may be the flipped
+            # part): drop it rather than compete with it or let the clock observe it.
+            cur.execute("DELETE FROM kv WHERE key = ?", (key,))
+            self._cleared.append(key)
         ts = self.clock.tick()
         oseq = op.oseq = self._oseq + 1
         origin = self.origin
-        cur.execute(schema.UPSERT, (key, ts, origin, oseq, op.expires_at, None if blob is not None else ts, blob))
+        expires_at = op.expires_at
+        cur.execute(
+            schema.UPSERT,
+            (
+                key,
+                ts,
+                origin,
+                oseq,
+                expires_at,
+                None if blob is not None else ts,
+                blob,
+                row_checksum(key, ts, origin, oseq, expires_at, blob),
+            ),
+        )
         if not self._conn.changes():
             ts = self._overtake(cur, op, oseq)
         self._oseq = oseq
@@ -431,9 +470,19 @@ class Shard:
         self.clock.observe(stored[0])
         ts = self.clock.tick()
         blob = op.blob
+        key, origin, expires_at = op.key, self.origin, op.expires_at
         cur.execute(
             schema.UPSERT,
-            (op.key, ts, self.origin, oseq, op.expires_at, None if blob is not None else ts, blob),
+            (
+                key,
+                ts,
+                origin,
+                oseq,
+                expires_at,
+                None if blob is not None else ts,
+                blob,
+                row_checksum(key, ts, origin, oseq, expires_at, blob),
+            ),
         )
         if not self._conn.changes():
             raise InternalError(f"a local write of {op.key!r} lost to {stored!r} after the clock passed it")
@@ -455,6 +504,14 @@ class Shard:
         now = clock.wall.now_ns()
         sink = self.sink
         current = self._stored_versions(cur, {e.key for e in entries})
+        damaged = self.damaged
+        # Rows still holding their damaged version (a row since replaced by a peer's copy,
+        # even an older one, verifies again and follows LWW as usual).
+        untrusted = (
+            {key for key, version in current.items() if key in damaged and version == Version(*damaged[key][:2])}
+            if damaged
+            else set()
+        )
         batch_value: dict[str, bytes | None] = {}  # values written earlier in this batch
         rows: list[Any] = []
         applied = op.applied
@@ -465,6 +522,15 @@ class Shard:
             if ts > top:
                 top = ts
             version = Version(ts, entry.origin)
+            if key in untrusted:
+                # A damaged row competes with nothing: the first copy from a peer replaces it
+                # (deleted first, so the upsert below inserts), later ones follow LWW as usual.
+                untrusted.discard(key)
+                cur.execute("DELETE FROM kv WHERE key = ?", (key,))
+                current.pop(key, None)
+                bad_ts, bad_origin, _ = damaged[key]
+                if version >= Version(bad_ts, bad_origin):
+                    self._cleared.append(key)
             if not lww.wins(version, current.get(key)):
                 continue  # loses (or is a duplicate): changes nothing
             current[key] = version
@@ -484,19 +550,29 @@ class Shard:
                         events.append(("delete", key, prev, version))
             batch_value[key] = value if value is None or expires_at is None or expires_at > now else None
             deleted_at = None if value is not None else (expires_at if expires_at is not None else ts)
-            rows += (key, ts, entry.origin, entry.oseq, expires_at, deleted_at, value)
+            rows += (
+                key,
+                ts,
+                entry.origin,
+                entry.oseq,
+                expires_at,
+                deleted_at,
+                value,
+                row_checksum(key, ts, entry.origin, entry.oseq, expires_at, value),
+            )
             applied.append(
                 entry if value is entry.value else Entry(key, ts, entry.origin, entry.oseq, expires_at, None)
             )
         clock.observe(top)
         written = 0
-        step = 7 * _ROWS_PER_STATEMENT
+        width = schema.UPSERT_COLUMNS
+        step = width * _ROWS_PER_STATEMENT
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            count = len(chunk) // 7
+            count = len(chunk) // width
             shape = 1 << (count - 1).bit_length()
             if shape != count:
-                chunk += chunk[-7:] * (shape - count)
+                chunk += chunk[-width:] * (shape - count)
             cur.execute(schema.upsert_rows(shape), chunk)
             written += self._conn.changes()
         if written != len(applied):
@@ -513,13 +589,61 @@ class Shard:
         return found
 
     def _visible_value(self, cur: apsw.Cursor, key: str) -> bytes | None:
-        row = cur.execute(schema.GET, (key,)).get
-        if row is None:
+        """The value a delete event reports as the previous one (None if there is none, or if
+        the stored row is damaged: a damaged value is never handed out)."""
+        row = cur.execute(schema.ROW, (key,)).get
+        if row is None or key in self.damaged:
             return None
-        value, expires_at = row
-        if value is None or (expires_at is not None and expires_at <= self.clock.wall.now_ns()):
+        value, expires_at = row[5], row[4]
+        if value is None or (expires_at is not None and expires_at <= self.clock.wall.now_ns()) or not row_ok(row):
             return None
         return value  # type: ignore[no-any-return]
+
+    # -- damage (bit rot) ------------------------------------------------------------------------
+
+    def mark_damaged(self, key: str, now_ns: int) -> bool:
+        """Verify ``key``'s row on the writer and, if it fails its checksum, record it as damaged
+        (durably). Returns True if the row is damaged. Called when a reader or a sync found a
+        bad row; the writer's own read decides, so a row replaced in the meantime is left alone."""
+
+        def mark(cur: apsw.Cursor) -> bool:
+            row = cur.execute(schema.ROW, (key,)).get
+            if row is None or row_ok(row):
+                return False
+            if key not in self.damaged:
+                version: DamagedVersion = (row[1], row[2], row[3])
+                cur.execute(schema.DAMAGED_ADD, (key, *version, now_ns))
+                self.note_damaged({key: version})
+            return True
+
+        return bool(self.run_exclusive(mark))
+
+    def note_damaged(self, found: Mapping[str, DamagedVersion]) -> None:
+        """Record damage already written to the ``damaged`` table (on the writer)."""
+        self.damaged.update(found)
+        self.resent_by.clear()
+        for key in found:
+            _log.error(
+                "ekv: DAMAGED VALUE: the stored version of key %r in %s failed its checksum; it will not "
+                "be served and is being fetched again from members",
+                key,
+                self.path,
+            )
+
+    def forget_damaged(self, keys: Sequence[str]) -> None:
+        """Drop keys from the damaged list (their rows verify again, e.g. repaired with the best
+        version the members had)."""
+
+        def forget(cur: apsw.Cursor) -> None:
+            for key in keys:
+                cur.execute(schema.DAMAGED_CLEAR, (key,))
+                self.damaged.pop(key, None)
+
+        self.run_exclusive(forget)
+
+    def row_verifies(self, key: str) -> bool:
+        """Whether ``key``'s stored row (if any) matches its checksum, read on the writer."""
+        return bool(self.run_exclusive(lambda cur: (row := cur.execute(schema.ROW, (key,)).get) is None or row_ok(row)))
 
     def _close_now(self, cur: apsw.Cursor) -> None:
         self._closed = True
@@ -544,62 +668,3 @@ class Shard:
     def oseq(self) -> int:
         """The sequence number of the last local write in this shard."""
         return self._oseq
-
-
-def _is_empty(cur: apsw.Cursor) -> bool:
-    return bool(cur.execute("SELECT count(*) FROM sqlite_schema").get == 0)
-
-
-def _initialise(cur: apsw.Cursor, index: int, identity: ShardIdentity) -> None:
-    cur.execute("BEGIN")
-    cur.execute(schema.DDL)
-    cur.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
-    cur.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
-    for key, value in (
-        ("shard_index", index),
-        ("shard_count", identity.shards),
-        ("node_id", identity.node_id),
-        ("name", identity.name),
-        ("schema_version", schema.SCHEMA_VERSION),
-    ):
-        cur.execute(schema.META_SET, (key, value))
-    cur.execute("COMMIT")
-
-
-def _verify(cur: apsw.Cursor, path: str, index: int, identity: ShardIdentity, app_id: int) -> None:
-    if app_id != schema.APPLICATION_ID:
-        raise CorruptionError(f"{path} is not an ekv shard file (application_id {app_id:#x}); refusing to touch it")
-    version = cur.execute("PRAGMA user_version").get
-    if version > schema.SCHEMA_VERSION:
-        raise CorruptionError(
-            f"{path} has schema version {version}, newer than this ekv supports ({schema.SCHEMA_VERSION})"
-        )
-    if version < 1:
-        raise CorruptionError(f"{path} has no ekv schema version; it is damaged")
-    rows: list[Any] = cur.execute("SELECT key, value FROM meta").fetchall()
-    meta = {row[0]: row[1] for row in rows}
-    expected = {"shard_index": index, "shard_count": identity.shards, "node_id": identity.node_id}
-    for key, want in expected.items():
-        if meta.get(key) != want:
-            raise CorruptionError(
-                f"{path} belongs to another store or shard ({key} is {meta.get(key)!r}, expected {want!r}); "
-                "shard files must not be moved between data directories"
-            )
-
-
-def own_tail(cur: apsw.Cursor, origin: str) -> tuple[int, int]:
-    """The last sequence number issued under ``origin`` and the clock floor, from the change
-    log, the truncation floors and the values persisted when the log was truncated. (Stores
-    written before per-origin floors kept one ``oseq_floor``: the first origin's, the bare node
-    id, which has no ``~epoch``.)"""
-    oseq_floor = cur.execute(schema.META_GET, (f"oseq_floor/{origin}",)).get or 0
-    if "~" not in origin:
-        oseq_floor = max(oseq_floor, cur.execute(schema.META_GET, ("oseq_floor",)).get or 0)
-    truncated = cur.execute("SELECT oseq FROM floors WHERE origin = ?", (origin,)).get or 0
-    oseq_floor = max(oseq_floor, truncated)
-    hlc_floor = cur.execute(schema.META_GET, ("hlc_floor",)).get or 0
-    tail = cur.execute(schema.OWN_LOG_TAIL, (origin,)).get
-    if tail is not None:
-        oseq_floor = max(oseq_floor, tail[0])
-        hlc_floor = max(hlc_floor, tail[1])
-    return int(oseq_floor), int(hlc_floor)

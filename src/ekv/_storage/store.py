@@ -17,7 +17,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from zlib import crc32
@@ -25,6 +25,7 @@ from zlib import crc32
 import apsw
 
 from ekv._config import Config
+from ekv._core.checksum import row_checksum
 from ekv._core.clock import HybridClock
 from ekv._core.durations import duration_ns
 from ekv._core.keys import MAX_KEY_BYTES, check_key, check_prefix, prefix_upper_bound, shard_of
@@ -40,17 +41,18 @@ from ekv._model import Entry, Version
 from ekv._storage import schema
 from ekv._storage.commit import Committer
 from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, new_node_id
-from ekv._storage.shard import EventSink, RawEvent, Shard
+from ekv._storage.gc import EXPIRE_BATCH, PURGE_BATCH, GcReport, expire_batch, finish_gc, purge_batch
+from ekv._storage.integrity import damaged_error, row_ok
+from ekv._storage.shard import EventSink, Shard
 from ekv._storage.sqlite import check_sqlite_version, open_connection, raise_storage_error
-from ekv._storage.sync import truncate_log
 
 __all__ = ["GcReport", "ShardedStore"]
+
+_VALUE = 1  # a range row is (key, value, ts, origin, oseq, expires_at, crc)
 
 _log = logging.getLogger("ekv.storage")
 
 _PAGE = 512
-_EXPIRE_BATCH = 500
-_PURGE_BATCH = 2_000
 
 _open_stores: weakref.WeakSet[ShardedStore] = weakref.WeakSet()
 
@@ -64,15 +66,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@dataclass(slots=True)
-class GcReport:
-    """What one GC pass over one shard did."""
-
-    expired: int = 0
-    purged: int = 0
-    log_truncated: int = 0
 
 
 class _Identity:
@@ -201,6 +194,13 @@ class ShardedStore:
                 app_id = cur.execute("PRAGMA application_id").get
                 if app_id != schema.APPLICATION_ID:
                     raise CorruptionError(f"{datadir.shard_path(index)} is not an ekv shard file")
+                version = cur.execute("PRAGMA user_version").get
+                if version != schema.SCHEMA_VERSION:
+                    raise DataDirError(
+                        f"{datadir.shard_path(index)} has schema version {version}; this ekv reads "
+                        f"{schema.SCHEMA_VERSION}. Open the store once for writing (EKV(...) or `ekv serve`) "
+                        "to upgrade it, or use the ekv that wrote it."
+                    )
         except BaseException:
             if lock:
                 datadir.unlock()
@@ -301,17 +301,21 @@ class ShardedStore:
         if self._closed:
             raise self._closed_error()
         self.reads += 1  # approximate under threads (not locked): a metric, not an invariant
-        encoded = self._encode_key(key)
+        index = crc32(self._encode_key(key)) % self._count
         try:
-            row = self._cursors()[crc32(encoded) % self._count].execute(schema.GET, (key,)).get
+            row = self._cursors()[index].execute(schema.GET, (key,)).get
         except apsw.Error as exc:
             if self._closed:
                 raise self._closed_error() from exc
             raise_storage_error(exc)
         if row is None:
             return default
-        value, expires_at = row
-        if value is None or (expires_at is not None and expires_at <= self._now()):
+        value, expires_at, ts, origin, oseq, crc = row
+        if value is None:
+            return default
+        if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+            raise self._damaged(index, key)
+        if expires_at is not None and expires_at <= self._now():
             return default
         return self._decode(value, key)
 
@@ -320,19 +324,39 @@ class ShardedStore:
         if self._closed:
             raise self._closed_error()
         self.reads += 1
-        encoded = self._encode_key(key)
+        index = crc32(self._encode_key(key)) % self._count
         try:
-            row = self._cursors()[crc32(encoded) % self._count].execute(schema.LOOKUP, (key,)).get
+            row = self._cursors()[index].execute(schema.GET, (key,)).get
         except apsw.Error as exc:
             if self._closed:
                 raise self._closed_error() from exc
             raise_storage_error(exc)
         if row is None:
             return None
-        value, expires_at, ts, origin = row
-        if value is None or (expires_at is not None and expires_at <= self._now()):
+        value, expires_at, ts, origin, oseq, crc = row
+        if value is None:
+            return None
+        if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+            raise self._damaged(index, key)
+        if expires_at is not None and expires_at <= self._now():
             return None
         return self._decode(value, key), Version(ts, origin)
+
+    def _damaged(self, index: int, key: str) -> Exception:
+        """The error for a read that found ``key``'s row damaged; records the damage (through
+        the shard's writer, which checks again) so that repair starts."""
+        if self.shards and not self._readonly and key not in self.shards[index].damaged:
+            try:
+                self.shards[index].mark_damaged(key, self._now())
+            except Exception as exc:  # the read fails with the checksum error either way
+                _log.warning("ekv: recording damage of key %r failed: %s", key, exc)
+        return damaged_error(key, str(self.datadir.shard_path(index)))
+
+    def _checked(self, index: int, row: Any) -> Any:
+        """``row`` (``(key, ts, origin, oseq, expires_at, value, crc)``) if it verifies."""
+        if not row_ok(row):
+            raise self._damaged(index, row[0])
+        return row
 
     def _decode(self, value: bytes, key: str) -> Any:
         try:
@@ -405,9 +429,9 @@ class ShardedStore:
         tools and replication)."""
         if self._closed:
             raise self._closed_error()
-        encoded = check_key(key)
-        row = self._cursors()[shard_of(encoded, self._count)].execute(schema.ROW, (key,)).get
-        return None if row is None else Entry(*row)
+        index = shard_of(check_key(key), self._count)
+        row = self._cursors()[index].execute(schema.ROW, (key,)).get
+        return None if row is None else Entry(*self._checked(index, row)[:6])
 
     def entries(self, shard: int | None = None) -> Iterator[Entry]:
         """Every stored entry (tombstones too), shard by shard, each shard in key order."""
@@ -419,17 +443,13 @@ class ShardedStore:
                     raise self._closed_error()
                 cur = self._cursors()[index]
                 if last is None:
-                    rows = _fetch(
-                        cur, "SELECT key, ts, origin, oseq, expires_at, value FROM kv ORDER BY key LIMIT ?", (_PAGE,)
-                    )
+                    rows = _fetch(cur, f"SELECT {schema.ROW_COLUMNS} FROM kv ORDER BY key LIMIT ?", (_PAGE,))
                 else:
                     rows = _fetch(
-                        cur,
-                        "SELECT key, ts, origin, oseq, expires_at, value FROM kv WHERE key > ? ORDER BY key LIMIT ?",
-                        (last, _PAGE),
+                        cur, f"SELECT {schema.ROW_COLUMNS} FROM kv WHERE key > ? ORDER BY key LIMIT ?", (last, _PAGE)
                     )
                 for row in rows:
-                    yield Entry(*row)
+                    yield Entry(*self._checked(index, row)[:6])
                 if len(rows) < _PAGE:
                     break
                 last = rows[-1][0]
@@ -452,7 +472,11 @@ class ShardedStore:
                     raise self._closed_error() from exc
                 raise_storage_error(exc)
             if with_values:
-                yield from rows
+                for row in rows:
+                    key, value, ts, origin, oseq, expires_at, crc = row
+                    if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+                        raise self._damaged(index, key)
+                    yield key, value
             else:
                 for row in rows:
                     yield row[0]
@@ -494,11 +518,16 @@ class ShardedStore:
         params: tuple[Any, ...] = (prefix, upper, now, -1) if upper is not None else (prefix, now, -1)
         try:
             cursors = self._cursors()
-            parts = [cur.execute(sql, params).fetchall() for cur in cursors]
+            parts: list[list[Any]] = [cur.execute(sql, params).fetchall() for cur in cursors]
         except apsw.Error as exc:
             if self._closed:
                 raise self._closed_error() from exc
             raise_storage_error(exc)
+        if with_values:
+            for index, part in enumerate(parts):
+                for key, value, ts, origin, oseq, expires_at, crc in part:
+                    if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+                        raise self._damaged(index, key)
         rows = list(itertools.chain.from_iterable(parts))
         rows.sort()
         return rows
@@ -506,7 +535,7 @@ class ShardedStore:
     def scan(self, prefix: str) -> dict[str, Any]:
         """Every visible key under ``prefix`` with its value, as a dict in ascending key order."""
         decode = self._decode
-        return {key: decode(value, key) for key, value in self._range_all(prefix, True)}
+        return {row[0]: decode(row[_VALUE], row[0]) for row in self._range_all(prefix, True)}
 
     def keys(self, prefix: str) -> list[str]:
         """Every visible key under ``prefix``, ascending."""
@@ -523,18 +552,18 @@ class ShardedStore:
         shard = self.shards[index]
         report = GcReport()
         while True:
-            events, count = shard.run_exclusive(lambda cur: _expire_batch(shard, cur, now_ns))
+            events, count = shard.run_exclusive(lambda cur: expire_batch(shard, cur, now_ns))
             report.expired += count
             if events:
                 shard.sink.publish(events)
-            if count < _EXPIRE_BATCH:
+            if count < EXPIRE_BATCH:
                 break
         while True:
-            purged = shard.run_exclusive(lambda cur: _purge_batch(shard, cur, cutoff_ns))
+            purged = shard.run_exclusive(lambda cur: purge_batch(cur, cutoff_ns))
             report.purged += purged
-            if purged < _PURGE_BATCH:
+            if purged < PURGE_BATCH:
                 break
-        report.log_truncated = shard.run_exclusive(lambda cur: _finish_gc(shard, cur, now_ns, log_targets))
+        report.log_truncated = shard.run_exclusive(lambda cur: finish_gc(shard, cur, now_ns, log_targets))
         return report
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -601,6 +630,7 @@ class ShardedStore:
                 "origins": {r[0]: {"first": r[1], "last": r[2], "entries": r[3]} for r in ranges},
             },
             "local_seq": self.shards[index].oseq if self.shards else None,
+            "damaged_keys": sorted(self.shards[index].damaged) if self.shards else [],
             "last_active_at_ns": last_active,
             "size_bytes": size,
         }
@@ -663,33 +693,3 @@ def _is_abandoned_shard(path: Path) -> bool:
             conn.close()
     except (apsw.Error, OSError):
         return False
-
-
-def _expire_batch(shard: Shard, cur: apsw.Cursor, now_ns: int) -> tuple[list[RawEvent], int]:
-    rows: list[Any] = cur.execute(schema.EXPIRED_BATCH, (now_ns, _EXPIRE_BATCH)).fetchall()
-    if not rows:
-        return [], 0
-    sink = shard.sink
-    events: list[RawEvent] = []
-    wanted = sink.active
-    cur.execute("BEGIN")
-    for key, ts, origin, value, _expires_at in rows:
-        cur.execute(schema.EXPIRE_ROW, (key, ts, origin))
-        if wanted and sink.matches(key):
-            events.append(("expired", key, value, Version(ts, origin)))
-    cur.execute("COMMIT")
-    return events, len(rows)
-
-
-def _purge_batch(shard: Shard, cur: apsw.Cursor, cutoff_ns: int) -> int:
-    cur.execute(schema.PURGE_BATCH, (cutoff_ns, _PURGE_BATCH))
-    return int(cur.connection.changes())
-
-
-def _finish_gc(shard: Shard, cur: apsw.Cursor, now_ns: int, targets: Mapping[str, int] | None) -> int:
-    cur.execute("BEGIN")
-    shard.persist_floors(cur)
-    truncated = truncate_log(cur, shard.origin, targets)
-    cur.execute(schema.META_SET, ("last_active_at", now_ns))
-    cur.execute("COMMIT")
-    return truncated

@@ -23,6 +23,8 @@ import apsw
 from ekv._core import vv as vvmod
 from ekv._model import Entry
 from ekv._storage import schema
+from ekv._storage.integrity import row_ok
+from ekv._storage.shardfile import own_tail
 from ekv._storage.sqlite import open_connection
 
 __all__ = ["SyncSnapshot", "load_peer_reports", "local_vv", "truncate_log"]
@@ -33,8 +35,6 @@ _PAGE = 256
 def local_vv(cur: apsw.Cursor, origin: str) -> dict[str, int]:
     """The shard's version vector as seen by ``cur`` (inside a transaction for a snapshot): the
     stored vector plus ``origin``'s (this node's current origin's) sequence counter."""
-    from ekv._storage.shard import own_tail
-
     rows: list[Any] = cur.execute(schema.VV_ALL).fetchall()
     vv = {o: oseq for o, oseq in rows}
     own = own_tail(cur, origin)[0]
@@ -84,7 +84,7 @@ def truncate_log(cur: apsw.Cursor, node_id: str, targets: Mapping[str, int] | No
 
 
 def _entry(row: Any, now_ns: int) -> Entry:
-    key, ts, origin, oseq, expires_at, value = row
+    key, ts, origin, oseq, expires_at, value, _ = row
     if value is not None and expires_at is not None and expires_at <= now_ns:
         value = None  # expired: travels as a tombstone that keeps its version and expiry
     return Entry(key, ts, origin, oseq, expires_at, value)
@@ -122,6 +122,8 @@ class SyncSnapshot:
         self._cutoff = cutoff_ns
         self.sent = 0
         self.done = False
+        self.damaged: list[str] = []
+        """Keys whose rows failed their checksum while being read (the caller records them)."""
         # full sync: paging by key
         self._last_key: str | None = None
         # delta sync: paging by origin, then oseq; keys already sent
@@ -154,23 +156,25 @@ class SyncSnapshot:
         while len(out) < max_entries and size < max_bytes:
             if self._last_key is None:
                 rows: list[Any] = self._cur.execute(
-                    "SELECT key, ts, origin, oseq, expires_at, value FROM kv "
+                    f"SELECT {schema.ROW_COLUMNS} FROM kv "
                     "WHERE deleted_at IS NULL OR deleted_at >= ? ORDER BY key LIMIT ?",
                     (self._cutoff, min(_PAGE, max_entries - len(out))),
                 ).fetchall()
             else:
                 rows = self._cur.execute(
-                    "SELECT key, ts, origin, oseq, expires_at, value FROM kv "
+                    f"SELECT {schema.ROW_COLUMNS} FROM kv "
                     "WHERE key > ? AND (deleted_at IS NULL OR deleted_at >= ?) ORDER BY key LIMIT ?",
                     (self._last_key, self._cutoff, min(_PAGE, max_entries - len(out))),
                 ).fetchall()
             if not rows:
                 break
             for row in rows:
+                self._last_key = row[0]
+                if not self._verified(row):
+                    continue
                 entry = _entry(row, self._now)
                 out.append(entry)
                 size += len(entry.key) + (len(entry.value) if entry.value is not None else 0) + 40
-                self._last_key = entry.key
                 if size >= max_bytes:
                     break
         return out
@@ -198,12 +202,23 @@ class SyncSnapshot:
                 if row is None or vvmod.covered(peer, row[2], row[3]):
                     continue  # purged, or the peer already has this version or a later one
                 self._sent_keys.add(key)
+                if not self._verified(row):
+                    continue
                 entry = _entry(row, self._now)
                 out.append(entry)
                 size += len(key) + (len(entry.value) if entry.value is not None else 0) + 40
                 if len(out) >= max_entries or size >= max_bytes:
                     break
         return out
+
+    def _verified(self, row: Any) -> bool:
+        """Whether a row may be sent. A damaged row is withheld, and so is the final vector:
+        the receiver must not record as covered a write it never received."""
+        if row_ok(row):
+            return True
+        self.damaged.append(row[0])
+        self.vv = {}
+        return False
 
     def close(self) -> None:
         """End the snapshot and close its connection. Idempotent."""

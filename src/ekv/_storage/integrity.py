@@ -1,0 +1,66 @@
+"""Bit rot: verifying stored rows against their checksums, and the bookkeeping of repairs.
+
+Every row of ``kv`` carries :func:`ekv._core.checksum.row_checksum` of its contents. A row is
+verified whenever it is about to leave the store: served to a read, sent to a peer by sync,
+rewritten by GC, checked by ``ekv check``. A row that fails is *damaged*: it is never served,
+it is recorded in the shard's ``damaged`` table (so the fact survives a restart), and the
+replicator asks each member for a full resend of the shard until a copy of the key arrives
+(see :mod:`ekv._cluster.replicator`). Writing or deleting the key also replaces it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import apsw
+
+from ekv._core.checksum import row_checksum
+from ekv._errors import ChecksumError
+from ekv._storage import schema
+
+__all__ = ["DamagedVersion", "damaged_error", "load_damaged", "row_ok", "upgrade_to_2"]
+
+DamagedVersion = tuple[int, str, int]
+"""``(ts, origin, oseq)`` of a damaged row as read (any of them may be the damaged part)."""
+
+
+def row_ok(row: Any) -> bool:
+    """Whether a ``(key, ts, origin, oseq, expires_at, value, crc)`` row matches its checksum."""
+    key, ts, origin, oseq, expires_at, value, crc = row
+    return bool(crc == row_checksum(key, ts, origin, oseq, expires_at, value))
+
+
+def damaged_error(key: str, path: str) -> ChecksumError:
+    return ChecksumError(
+        f"the stored version of key {key!r:.80} in {path} failed its checksum (the disk changed it); "
+        "ekv will not serve it. A cluster node repairs it from its members; writing or deleting the key "
+        "replaces it. See docs/operators.md ('Damaged values').",
+        key,
+    )
+
+
+def load_damaged(cur: apsw.Cursor) -> dict[str, DamagedVersion]:
+    rows: list[Any] = cur.execute(schema.DAMAGED_ALL).fetchall()
+    return {key: (ts, origin, oseq) for key, ts, origin, oseq in rows}
+
+
+def upgrade_to_2(conn: apsw.Connection) -> int:
+    """Upgrade a schema-1 shard in place (one transaction): add and fill ``kv.crc``, create the
+    ``damaged`` table. Returns the number of rows checksummed."""
+
+    def checksum(*row: Any) -> int:
+        return row_checksum(*row)
+
+    conn.create_scalar_function("ekv_row_checksum", checksum, 6, deterministic=True)
+    cur = conn.cursor()
+    cur.execute("BEGIN IMMEDIATE")
+    try:
+        cur.execute(schema.UPGRADE_TO_2)
+        rows = int(cur.execute("SELECT count(*) FROM kv").get)
+        cur.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
+        cur.execute(schema.META_SET, ("schema_version", schema.SCHEMA_VERSION))
+        cur.execute("COMMIT")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
+    return rows

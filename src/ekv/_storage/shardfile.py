@@ -1,0 +1,95 @@
+"""The shard file format: creating a shard's schema, verifying that a file is the shard it
+should be, upgrading older schemas in place, and reading the local counters back.
+
+Kept apart from :mod:`ekv._storage.shard` (which writes to an open shard) because none of it
+runs after a shard is open.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import apsw
+
+from ekv._errors import CorruptionError
+from ekv._storage import schema
+from ekv._storage.integrity import upgrade_to_2
+
+__all__ = ["ShardIdentity", "initialise", "is_empty", "own_tail", "upgrade", "verify"]
+
+_log = logging.getLogger("ekv.storage")
+
+
+class ShardIdentity(Protocol):
+    name: str
+    node_id: str
+    shards: int
+    origin: str
+
+
+def upgrade(conn: apsw.Connection, path: str) -> None:
+    """Bring a verified shard of an older schema up to :data:`schema.SCHEMA_VERSION`."""
+    version = conn.execute("PRAGMA user_version").get
+    if version == 1:
+        rows = upgrade_to_2(conn)
+        _log.info("ekv: upgraded %s to schema %d (%d rows checksummed)", path, schema.SCHEMA_VERSION, rows)
+
+
+def is_empty(cur: apsw.Cursor) -> bool:
+    return bool(cur.execute("SELECT count(*) FROM sqlite_schema").get == 0)
+
+
+def initialise(cur: apsw.Cursor, index: int, identity: ShardIdentity) -> None:
+    cur.execute("BEGIN")
+    cur.execute(schema.DDL)
+    cur.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+    cur.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
+    for key, value in (
+        ("shard_index", index),
+        ("shard_count", identity.shards),
+        ("node_id", identity.node_id),
+        ("name", identity.name),
+        ("schema_version", schema.SCHEMA_VERSION),
+    ):
+        cur.execute(schema.META_SET, (key, value))
+    cur.execute("COMMIT")
+
+
+def verify(cur: apsw.Cursor, path: str, index: int, identity: ShardIdentity, app_id: int) -> None:
+    if app_id != schema.APPLICATION_ID:
+        raise CorruptionError(f"{path} is not an ekv shard file (application_id {app_id:#x}); refusing to touch it")
+    version = cur.execute("PRAGMA user_version").get
+    if version > schema.SCHEMA_VERSION:
+        raise CorruptionError(
+            f"{path} has schema version {version}, newer than this ekv supports ({schema.SCHEMA_VERSION})"
+        )
+    if version < 1:
+        raise CorruptionError(f"{path} has no ekv schema version; it is damaged")
+    rows: list[Any] = cur.execute("SELECT key, value FROM meta").fetchall()
+    meta = {row[0]: row[1] for row in rows}
+    expected = {"shard_index": index, "shard_count": identity.shards, "node_id": identity.node_id}
+    for key, want in expected.items():
+        if meta.get(key) != want:
+            raise CorruptionError(
+                f"{path} belongs to another store or shard ({key} is {meta.get(key)!r}, expected {want!r}); "
+                "shard files must not be moved between data directories"
+            )
+
+
+def own_tail(cur: apsw.Cursor, origin: str) -> tuple[int, int]:
+    """The last sequence number issued under ``origin`` and the clock floor, from the change
+    log, the truncation floors and the values persisted when the log was truncated. (Stores
+    written before per-origin floors kept one ``oseq_floor``: the first origin's, the bare node
+    id, which has no ``~epoch``.)"""
+    oseq_floor = cur.execute(schema.META_GET, (f"oseq_floor/{origin}",)).get or 0
+    if "~" not in origin:
+        oseq_floor = max(oseq_floor, cur.execute(schema.META_GET, ("oseq_floor",)).get or 0)
+    truncated = cur.execute("SELECT oseq FROM floors WHERE origin = ?", (origin,)).get or 0
+    oseq_floor = max(oseq_floor, truncated)
+    hlc_floor = cur.execute(schema.META_GET, ("hlc_floor",)).get or 0
+    tail = cur.execute(schema.OWN_LOG_TAIL, (origin,)).get
+    if tail is not None:
+        oseq_floor = max(oseq_floor, tail[0])
+        hlc_floor = max(hlc_floor, tail[1])
+    return int(oseq_floor), int(hlc_floor)

@@ -1,0 +1,289 @@
+"""Bit rot: a value changed on disk behind SQLite's back is detected by its row checksum, never
+served, and repaired from a member (or replaced by writing the key).
+
+The damage is real: a byte of the shard file is flipped while the store is closed, which SQLite's
+own ``PRAGMA integrity_check`` does not notice (asserted below, as the reason this exists)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+import ekv
+from ekv._backup import check
+from ekv._core.checksum import row_checksum
+from ekv._model import Entry
+from ekv._storage import schema
+from ekv.testing import node_of, run_gc, wait_until
+
+FAST = {
+    "heartbeat_interval": 0.1,
+    "heartbeat_timeout": 1.0,
+    "anti_entropy_interval": 0.3,
+    "reconnect_max": 0.3,
+    "log": False,
+}
+MARKER = b"precious-value-0123456789"
+
+
+def flip_byte(data_dir: Path, marker: bytes = MARKER, offset: int = 10) -> Path:
+    """Flip one bit inside the stored copy of ``marker`` (the store must be closed, so that the
+    value lives in the main file, not the WAL). Returns the damaged shard file."""
+    hits = []
+    for path in sorted(data_dir.glob("*.db")):
+        data = path.read_bytes()
+        where = data.find(marker)
+        if where >= 0:
+            hits.append((path, where))
+    assert len(hits) == 1, hits
+    path, where = hits[0]
+    with open(path, "r+b") as f:
+        f.seek(where + offset)
+        byte = f.read(1)[0]
+        f.seek(where + offset)
+        f.write(bytes([byte ^ 0x04]))
+    return path
+
+
+def sqlite_says_ok(path: Path) -> bool:
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return [row[0] for row in conn.execute("PRAGMA integrity_check")] == ["ok"]
+    finally:
+        conn.close()
+
+
+# -- the checksum itself ----------------------------------------------------------------------------
+
+
+def test_checksum_covers_every_field_and_tells_tombstones_from_empty_values() -> None:
+    base = ("key", 1_700_000_000_000_000_000, "node~1", 42, None, b"value")
+    reference = row_checksum(*base)
+    variants = [
+        ("kez", *base[1:]),
+        (base[0], base[1] + 1, *base[2:]),
+        (*base[:2], "node~2", *base[3:]),
+        (*base[:3], 43, *base[4:]),
+        (*base[:4], 5, base[5]),
+        (*base[:5], b"valuf"),
+        (*base[:5], None),
+    ]
+    assert all(row_checksum(*v) != reference for v in variants)
+    assert row_checksum("k", 1, "o", 1, None, None) != row_checksum("k", 1, "o", 1, None, b"")
+
+
+def test_every_single_bit_flip_of_a_value_is_detected() -> None:
+    value = bytes(range(64))
+    reference = row_checksum("k", 5, "o", 1, None, value)
+    for i, bit in itertools.product(range(len(value)), range(8)):
+        damaged = bytearray(value)
+        damaged[i] ^= 1 << bit
+        assert row_checksum("k", 5, "o", 1, None, bytes(damaged)) != reference
+
+
+# -- one node ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def damaged_store(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    data_dir = tmp_path / "data"
+    with ekv.EKV("bits", data_dir, shards=4, log=False) as kv:
+        kv.put("doc/precious", MARKER)
+        for i in range(20):
+            kv.put(f"doc/other{i:02}", i)
+    path = flip_byte(data_dir)
+    assert sqlite_says_ok(path), "SQLite's own check should not see a flipped bit in a value"
+    yield data_dir, path
+
+
+def test_a_flipped_bit_is_refused_on_every_read_path(damaged_store: tuple[Path, Path]) -> None:
+    data_dir, _ = damaged_store
+    with ekv.EKV("bits", data_dir, shards=4, log=False) as kv:
+        with pytest.raises(ekv.ChecksumError) as caught:
+            kv.get("doc/precious")
+        assert caught.value.key == "doc/precious"
+        assert isinstance(caught.value, ekv.CorruptionError)
+        assert "checksum" in str(caught.value)
+        with pytest.raises(ekv.ChecksumError):
+            kv.lookup("doc/precious")
+        with pytest.raises(ekv.ChecksumError):
+            kv.scan("doc/")
+        with pytest.raises(ekv.ChecksumError):
+            list(kv.iter("doc/"))
+        # Keys are listed without reading values; everything else still reads.
+        assert "doc/precious" in kv.keys("doc/")
+        assert kv.get("doc/other03") == 3
+        assert kv.scan("doc/other") == {f"doc/other{i:02}": i for i in range(20)}
+        damaged = [key for shard in kv.info()["shards"] for key in shard["damaged_keys"]]
+        assert damaged == ["doc/precious"]
+        assert kv.metrics()["ekv_damaged_keys"] == 1
+
+
+def test_damage_is_remembered_and_cleared_by_writing_the_key(damaged_store: tuple[Path, Path]) -> None:
+    data_dir, _ = damaged_store
+    with ekv.EKV("bits", data_dir, shards=4, log=False) as kv, pytest.raises(ekv.ChecksumError):
+        kv.get("doc/precious")
+    with ekv.EKV("bits", data_dir, shards=4, log=False) as kv:
+        assert [k for s in kv.info()["shards"] for k in s["damaged_keys"]] == ["doc/precious"]
+        kv.put("doc/precious", "rewritten")
+        assert kv.get("doc/precious") == "rewritten"
+        assert all(not s["damaged_keys"] for s in kv.info()["shards"])
+    with ekv.EKV("bits", data_dir, shards=4, log=False) as kv:
+        assert kv.get("doc/precious") == "rewritten"
+        kv.delete("doc/other01")
+
+
+def test_deleting_a_damaged_key_replaces_it(damaged_store: tuple[Path, Path]) -> None:
+    data_dir, _ = damaged_store
+    with ekv.EKV("bits", data_dir, shards=4, log=False) as kv:
+        with pytest.raises(ekv.ChecksumError):
+            kv.get("doc/precious")
+        sub = kv.subscribe("doc/precious")
+        kv.delete("doc/precious")
+        (event,) = sub.get(timeout=10)
+        assert event.type == "delete" and event.value is None  # the damaged value is never handed out
+        assert kv.get("doc/precious") is None
+        assert "doc/precious" not in kv.keys("doc/")
+
+
+def test_offline_check_reports_the_damaged_key(damaged_store: tuple[Path, Path]) -> None:
+    data_dir, path = damaged_store
+    problems, _ = check(data_dir)
+    assert len(problems) == 1 and "doc/precious" in problems[0] and path.name in problems[0]
+
+
+def test_gc_does_not_launder_a_damaged_expiring_value(tmp_path: Path) -> None:
+    clock = ekv.testing.FakeClock()
+    data_dir = tmp_path / "data"
+    with ekv.EKV("bits", data_dir, shards=2, log=False, clock=clock) as kv:
+        kv.put("s/precious", MARKER, ttl=60)
+        kv.put("s/fine", "x", ttl=60)
+    flip_byte(data_dir)
+    with ekv.EKV("bits", data_dir, shards=2, log=False, clock=clock) as kv:
+        clock.advance(120)
+        run_gc(kv)
+        assert kv.get("s/fine") is None
+        with pytest.raises(ekv.ChecksumError):
+            node_of(kv).store.entry("s/precious")
+        assert [k for s in kv.info()["shards"] for k in s["damaged_keys"]] == ["s/precious"]
+        run_gc(kv)  # the damaged row is left alone, and does not stall later passes
+
+
+# -- upgrade from schema 1 ---------------------------------------------------------------------------
+
+
+def _downgrade_to_schema_1(data_dir: Path) -> None:
+    for path in data_dir.glob("*.db"):
+        conn = apsw.Connection(str(path))
+        conn.execute("ALTER TABLE kv DROP COLUMN crc; DROP TABLE damaged; PRAGMA user_version = 1;")
+        conn.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+        conn.close()
+
+
+def test_a_schema_1_store_is_upgraded_in_place_with_checksums(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with ekv.EKV("old", data_dir, shards=2, log=False) as kv:
+        for i in range(50):
+            kv.put(f"k{i}", i, ttl=3600 if i % 2 else None)
+        kv.delete("k0")
+    _downgrade_to_schema_1(data_dir)
+    with pytest.raises(ekv.DataDirError, match="schema version 1"):
+        _open_readonly(data_dir)
+    with ekv.EKV("old", data_dir, shards=2, log=False) as kv:
+        assert kv.scan("k") == {f"k{i}": i for i in range(1, 50)}
+    for path in data_dir.glob("*.db"):
+        conn = apsw.Connection(str(path))
+        assert conn.execute("PRAGMA user_version").get == schema.SCHEMA_VERSION
+        rows: list[Any] = conn.execute(f"SELECT {schema.ROW_COLUMNS} FROM kv").fetchall()
+        assert rows and all(row[6] == row_checksum(*row[:6]) for row in rows)
+        conn.close()
+    assert check(data_dir)[0] == []
+
+
+def _open_readonly(data_dir: Path) -> None:
+    from ekv._storage.store import ShardedStore
+
+    ShardedStore.open_readonly(data_dir).close()
+
+
+# -- a cluster repairs ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator[Callable[..., ekv.EKV]]:
+    opened: list[ekv.EKV] = []
+
+    def _make(directory: str, **options: Any) -> ekv.EKV:
+        options = {**FAST, "listen": "127.0.0.1:0", "shards": 2, **options}
+        kv = ekv.EKV("c", tmp_path / directory, **options)
+        opened.append(kv)
+        return kv
+
+    yield _make
+    for kv in opened:
+        kv.close()
+
+
+def _damaged(kv: ekv.EKV) -> list[str]:
+    return [key for shard in kv.info()["shards"] for key in shard["damaged_keys"]]
+
+
+def _reads(kv: ekv.EKV, key: str, want: object) -> bool:
+    try:
+        return bool(kv.get(key) == want)
+    except ekv.ChecksumError:
+        return False
+
+
+def test_a_damaged_value_is_repaired_from_a_member_after_a_read_finds_it(
+    make: Callable[..., ekv.EKV], tmp_path: Path
+) -> None:
+    a = make("a")
+    b = make("b", peers=[a.listen_address])
+    b.put("doc/precious", MARKER)
+    wait_until(lambda: a.get("doc/precious") == MARKER)
+    b.close()
+    flip_byte(tmp_path / "b")
+    b = make("b", peers=[a.listen_address])
+    with pytest.raises(ekv.ChecksumError):  # nothing else reads the row: this read finds the damage
+        b.get("doc/precious")
+    wait_until(lambda: _reads(b, "doc/precious", MARKER) and not _damaged(b), timeout=30)
+    assert b.metrics()["ekv_replication_repair_pulls_total"] >= 1
+    assert b.metrics()["ekv_damaged_keys"] == 0
+
+
+def test_sync_never_sends_a_damaged_row_and_the_cluster_heals_it(make: Callable[..., ekv.EKV], tmp_path: Path) -> None:
+    """A holds a damaged row; C joins with A alone, so its first sync is read from A: the row is
+    withheld (and so is A's vector: C must not believe it has that write). When B, holding a good
+    copy of the same version, joins, A repairs itself and C gets the key."""
+    a = make("a")
+    a.put("doc/precious", MARKER)
+    for i in range(10):
+        a.put(f"doc/{i}", i)
+    a.close()
+    flip_byte(tmp_path / "a")
+    a = make("a")
+    c = make("c", peers=[a.listen_address])
+    wait_until(lambda: all(c.get(f"doc/{i}") == i for i in range(10)))
+    wait_until(lambda: _damaged(a) == ["doc/precious"])
+    assert c.get("doc/precious") is None
+    b = make("b")
+    node_of(b).store.apply([_good_entry(a)])  # the good copy a member would hold
+    b.connect(a.listen_address)
+    wait_until(lambda: _reads(a, "doc/precious", MARKER) and not _damaged(a), timeout=30)
+    wait_until(lambda: c.get("doc/precious") == MARKER, timeout=30)
+    assert c.lookup("doc/precious") == a.lookup("doc/precious") == b.lookup("doc/precious")
+
+
+def _good_entry(a: ekv.EKV) -> Entry:
+    """The entry A stored before the damage: the damaged row's version (intact: the flipped
+    bit is in the value) with the original value."""
+    store = node_of(a).store
+    (shard,) = [s for s in store.shards if s.damaged]
+    ts, origin, oseq = shard.damaged["doc/precious"]
+    return Entry("doc/precious", ts, origin, oseq, None, store.config.codec.dumps(MARKER))

@@ -43,9 +43,23 @@ class NodeProcess:
     """One node process. ``call`` sends a command and waits for its answer."""
 
     def __init__(
-        self, name: str, data_dir: Path, *, instance: str = "c", options: dict[str, Any] | None = None
+        self,
+        name: str,
+        data_dir: Path,
+        *,
+        instance: str = "c",
+        options: dict[str, Any] | None = None,
+        prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.prefix = list(prefix or [])
+        """Put before the command, e.g. ``["ip", "netns", "exec", "ns1"]`` to run it in a namespace."""
+        self.env = env
+        """Extra environment variables of the child (e.g. a clock-skew shim)."""
+        self.stderr_path: Path | None = None
+        """Append the child's stderr to this file instead of a pipe (long runs: a pipe nobody
+        reads would eventually block a chatty child)."""
         self.data_dir = data_dir
         self.instance = instance
         self.options = dict(options or {})
@@ -60,7 +74,16 @@ class NodeProcess:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self, timeout: float = 60) -> NodeProcess:
-        cmd = [sys.executable, "-m", "ekv.testing.node", "--name", self.instance, "--data-dir", str(self.data_dir)]
+        cmd = [
+            *self.prefix,
+            sys.executable,
+            "-m",
+            "ekv.testing.node",
+            "--name",
+            self.instance,
+            "--data-dir",
+            str(self.data_dir),
+        ]
         if self.listen:
             cmd += ["--listen", self.listen]
         for peer in self.peers:
@@ -68,9 +91,20 @@ class NodeProcess:
         for key, value in self.options.items():
             cmd += ["--option", f"{key}={json.dumps(value)}"]
         self._lines = queue.Queue()
+        stderr: Any = subprocess.PIPE
+        if self.stderr_path is not None:
+            stderr = open(self.stderr_path, "a")  # noqa: SIM115 - the child owns it from here
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            bufsize=1,
+            env=None if self.env is None else {**os.environ, **self.env},
         )
+        if stderr is not subprocess.PIPE:
+            stderr.close()
         threading.Thread(target=self._pump, args=(self.proc, self._lines), daemon=True).start()
         ready = self._read(timeout)
         if not ready.get("ready"):
@@ -103,7 +137,12 @@ class NodeProcess:
         except queue.Empty:
             raise TimeoutError(f"node {self.name} did not answer within {timeout} s") from None
         if line is None:
-            stderr = self.proc.stderr.read() if self.proc and self.proc.stderr else ""
+            if self.proc and self.proc.stderr:
+                stderr = self.proc.stderr.read()
+            elif self.stderr_path is not None and self.stderr_path.exists():
+                stderr = self.stderr_path.read_text(errors="replace")
+            else:
+                stderr = ""
             raise RuntimeError(f"node {self.name} exited: {stderr[-2000:]}")
         result: dict[str, Any] = json.loads(line)
         return result

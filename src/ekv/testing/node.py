@@ -18,14 +18,17 @@ It opens an :class:`ekv.EKV` with ``codec="json"``, prints one line
     {"op": "gc"}
     {"op": "close"}    -> closes the store and exits 0
 
-Errors come back as {"ok": false, "error": "...", "type": "..."}. Used by
-:mod:`ekv.testing.cluster`.
+Errors come back as {"ok": false, "error": "...", "type": "..."}. With ``EKV_TESTING_LOG=INFO``
+(or another level) in the environment, ekv's log goes to stderr. Used by
+:mod:`ekv.testing.cluster` and :mod:`ekv.testing.chaos`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from typing import Any
 
@@ -84,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", action="append", default=[])
     parser.add_argument("--option", action="append", default=[], help="KEY=JSON, any EKV option")
     args = parser.parse_args(argv)
+    level = os.environ.get("EKV_TESTING_LOG")
+    if level:  # opt-in: a stderr pipe nobody reads must not fill up in ordinary tests
+        logging.basicConfig(
+            level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     options: dict[str, Any] = {}
     for item in args.option:
         key, _, raw = item.partition("=")

@@ -1,0 +1,140 @@
+"""The chaos harness (:mod:`ekv.testing.chaos`): its pure schedule, and real runs that CI does on
+every change: a loopback run, and a network-namespace run with packet loss when root is
+available. A run is judged by the offline checker (:mod:`ekv.testing.checker`); a failing run
+leaves its history, verdict and timelines under the test's temporary directory, and the seed
+replays the same fault schedule: ``python -m ekv.testing.chaos --seed N ...``.
+
+The published 10-minute, 5-node figures come from the same command (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ekv.testing.chaos import KINDS, RunOptions, run, schedule
+from ekv.testing.chaos.net import namespaces_available
+
+LOCAL_SECONDS = 75.0
+NETNS_SECONDS = 75.0
+
+
+# -- the schedule (pure) -------------------------------------------------------------------------
+
+
+def test_the_same_seed_gives_the_same_schedule() -> None:
+    assert schedule(7, 5, 120) == schedule(7, 5, 120)
+    assert [e.args for e in schedule(7, 5, 120)] == [e.args for e in schedule(7, 5, 120)]
+    assert schedule(7, 5, 120) != schedule(8, 5, 120)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_schedule_uses_every_fault_and_stays_within_the_run(seed: int) -> None:
+    events = schedule(seed, 5, 600)
+    assert all(0 <= e.at < 600 for e in events)
+    assert events == sorted(events)
+    actions = {e.action for e in events}
+    assert {"partition", "heal", "kill", "restart", "pause", "resume", "skew", "loss"} <= actions
+    shapes = {e.args["shape"] for e in events if e.action == "partition"}
+    assert shapes == {"halves", "isolate", "bridge", "three-way", "flapping"}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_one_process_fault_at_a_time_and_each_is_undone_or_left_to_the_final_heal(seed: int) -> None:
+    down: int | None = None
+    for event in schedule(seed, 5, 300):
+        if event.action in ("kill", "pause"):
+            assert down is None, f"{event} while node {down} is down"
+            down = event.args["node"]
+        elif event.action in ("restart", "resume"):
+            assert event.args["node"] == down
+            down = None
+
+
+def test_skew_stays_within_its_bounds() -> None:
+    for seed in range(10):
+        for event in schedule(seed, 5, 300, skew_ms=200, bump_ms=500):
+            if event.action == "skew":
+                assert abs(event.args["offset_ms"]) <= 700
+
+
+def test_a_fault_kind_can_be_left_out() -> None:
+    events = schedule(1, 5, 300, kinds=("partition",))
+    assert {e.action for e in events} <= {"partition", "heal"}
+    assert set(KINDS) == {"partition", "kill", "pause", "skew", "loss"}
+
+
+# -- real runs -----------------------------------------------------------------------------------
+
+
+def _check(result_dir: Path, valid: bool, converged: bool) -> None:
+    summary = json.loads((result_dir / "result.json").read_text())
+    timelines = (result_dir / "timelines.txt").read_text()
+    assert converged, f"no convergence after the final heal; see {result_dir}"
+    assert valid, f"violations {summary['violations']}:\n{timelines[:6000]}"
+
+
+def test_loopback_chaos_run(tmp_path: Path) -> None:
+    """Three nodes on 127.0.0.1 with partitions (ekv's test hook), kills, pauses and skew."""
+    result = run(RunOptions(nodes=3, duration=LOCAL_SECONDS, seed=11, net="local", out=tmp_path, rate=15))
+    print(result.summary())
+    _check(Path(result.out), result.valid, result.converged)
+    assert result.ops["put"]["ok"] > 100 and result.ops["get"]["ok"] > 100
+    assert result.nemesis.get("kill", 0) + result.nemesis.get("pause", 0) >= 2
+    assert result.nemesis.get("partition", 0) >= 2
+    assert result.availability is not None and result.availability >= 0.95
+
+
+@pytest.mark.skipif(namespaces_available() is not None, reason=str(namespaces_available()))
+def test_namespace_chaos_run(tmp_path: Path) -> None:
+    """Five nodes in network namespaces: partitions by routes, loss by iptables, kills, pauses,
+    skew. The kernel drops the packets; ekv is not told."""
+    result = run(RunOptions(nodes=5, duration=NETNS_SECONDS, seed=12, net="netns", out=tmp_path, rate=10))
+    print(result.summary())
+    _check(Path(result.out), result.valid, result.converged)
+    assert result.net == "netns"
+    assert result.ops["put"]["ok"] > 100
+    assert result.availability is not None and result.availability >= 0.95
+    leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(line.startswith(f"ek{__import__('os').getpid() % 100000}") for line in leftovers.splitlines())
+
+
+def test_the_command_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ekv.testing.chaos", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "--seed" in done.stdout and "--minutes" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "ekv.testing.chaos", "--faults", "meteor"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "meteor" in bad.stderr
+    short = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ekv.testing.chaos",
+            "--nodes",
+            "2",
+            "--seconds",
+            "8",
+            "--net",
+            "local",
+            "--seed",
+            "5",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert short.returncode == 0, short.stdout + short.stderr
+    assert "VALID" in short.stdout
+    runs = json.loads((tmp_path / "summary.json").read_text())
+    assert runs[0]["seed"] == 5 and runs[0]["valid"]
+    for name in ("history.jsonl", "verdict.json", "timelines.txt", "result.json", "schedule.json"):
+        assert (tmp_path / "seed-5" / name).exists()

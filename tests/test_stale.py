@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import ekv
-from ekv.testing import FakeClock, node_of, partition, wait_until
+from ekv.testing import FakeClock, node_of, partition, run_gc, wait_until
 
 FAST: dict[str, Any] = {
     "heartbeat_interval": 0.1,
@@ -111,6 +111,37 @@ def test_long_partition_quarantines_both_sides_persistently(tmp_path: Path) -> N
         partition([a], [b])
         partition([a, b])
         wait_until(lambda: a.get("other") == 1 and b.get("k") is None, timeout=30)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_clearing_a_quarantine_converges_although_a_tombstone_was_purged(tmp_path: Path) -> None:
+    """a's vector covers the put it deleted, whose tombstone it purged during the partition: a
+    delta from b would never send that put again and the pair would differ forever. Clearing the
+    quarantine makes the next syncs full resends, so both converge (on the value that came back:
+    the risk the operator accepted)."""
+    clock = FakeClock()
+    a = clustered(tmp_path / "a", clock)
+    b = clustered(tmp_path / "b", clock, peers=[a.listen_address])
+    try:
+        wait_until(lambda: any(m.get("connected") for m in a.info()["members"].values()))
+        a.put("k", "v")
+        wait_until(lambda: b.get("k") == "v")
+        partition([a], [b])
+        wait_until(lambda: not any(m.get("connected") for m in a.info()["members"].values()))
+        a.delete("k")
+        clock.advance(150)
+        run_gc(a)
+        assert a.info()["tombstones"] == 0  # purged
+        partition([a, b])
+        b_id, a_id = b.node_id, a.node_id
+        wait_until(lambda: b_id in a.info()["quarantined"] and a_id in b.info()["quarantined"])
+        wait_until(lambda: a.info()["members"][b_id].get("connected") and b.info()["members"][a_id].get("connected"))
+        assert a.clear_quarantine(b_id) and b.clear_quarantine(a_id)  # while connected: at once
+        wait_until(lambda: a.get("k") == "v" and b.get("k") == "v", timeout=30)
+        assert a.lookup("k") == b.lookup("k")
+        assert not a.info()["quarantined"] and not b.info()["quarantined"]
     finally:
         a.close()
         b.close()

@@ -98,6 +98,11 @@ class PeerState:
     reported_vv: dict[int, dict[str, int]] = field(default_factory=dict)
     last_sync: dict[int, dict[str, Any]] = field(default_factory=dict)
     syncs_in: dict[str, int] = field(default_factory=lambda: {"delta": 0, "full": 0})
+    resent: set[int] = field(default_factory=set)
+    """Shards this member has fully resent in this session, after a cleared quarantine."""
+    deferred: dict[int, SyncRequest] = field(default_factory=dict)
+    """Its sync requests received while it was quarantined: answered if the quarantine is
+    cleared during this session (the operator clears both sides, one after the other)."""
     syncs_out: dict[str, int] = field(default_factory=lambda: {"delta": 0, "full": 0})
 
 
@@ -137,6 +142,8 @@ class Replicator:
         }
         self._down_since: dict[str, int] = self._load_markers("member_down/")
         self.quarantined: dict[str, int] = self._load_markers("member_quarantined/")
+        self._resend_from: dict[str, int] = self._load_markers("member_resend/")
+        """Members whose quarantine was cleared: pull everything from them once (persisted)."""
 
     # -- persistent node-level markers (kept in shard 0's meta table) ---------------------------
 
@@ -216,14 +223,27 @@ class Replicator:
 
     def clear_quarantine(self, peer_id: str) -> bool:
         """Operator override: allow ``peer_id`` to sync again (accepting that deletes purged
-        during the partition may come back). Takes effect on its next session."""
+        during the partition may come back). Takes effect at once if it is connected, else on
+        its next session.
+
+        The first syncs from it are full resends (an empty vector), not deltas: this node's
+        vector may already cover writes whose rows it no longer has (a delete whose tombstone was
+        purged covers the put it deleted), and a delta would never send them again, leaving the
+        pair different forever. A resend makes both sides converge, on the surviving value."""
         found = self.quarantined.pop(peer_id, None) is not None
         self._down_since.pop(peer_id, None)
         self._set_marker("member_quarantined/", peer_id, None)
         self._set_marker("member_down/", peer_id, None)
+        if found:
+            self._resend_from[peer_id] = self._now
+            self._set_marker("member_resend/", peer_id, self._now)
         state = self.peers.get(peer_id)
         if state is not None:
             state.quarantined = False
+            deferred, state.deferred = state.deferred, {}
+            for request in deferred.values():
+                self._on_sync_request(state, request, self._now)
+            self._resend_pulls(self._now)
         return found
 
     def close(self) -> None:
@@ -241,6 +261,8 @@ class Replicator:
             return  # no session (message raced the end of a session)
         state.last_seen_ns = now_ns
         if state.quarantined:
+            if isinstance(msg, SyncRequest) and self._check_shard(msg.shard):
+                state.deferred[msg.shard] = msg
             return
         if isinstance(msg, Live):
             self._on_live(peer_id, msg)
@@ -318,6 +340,11 @@ class Replicator:
         complete = not current.broken and current.next_seq == msg.chunks and current.entries == msg.entries
         if complete and current.resend:
             self._resent(state.node_id, msg.shard)
+            if state.node_id in self._resend_from:
+                state.resent.add(msg.shard)
+                if len(state.resent) == self._shards:
+                    del self._resend_from[state.node_id]
+                    self._set_marker("member_resend/", state.node_id, None)
         if complete:
             vv = self.vv[msg.shard]
             raised = {
@@ -357,6 +384,16 @@ class Replicator:
         if resend:
             self.stats["repair_pulls"] += 1
         self._send(state.node_id, SyncRequest(shard, sync_id, {} if resend else self.current_vv(shard)))
+
+    def _resend_pulls(self, now_ns: int) -> None:
+        """Full resends from members whose quarantine was cleared (see :meth:`clear_quarantine`)."""
+        for peer_id in self._resend_from:
+            state = self.peers.get(peer_id)
+            if state is None or state.quarantined:
+                continue
+            for shard in range(self._shards):
+                if shard not in state.resent and shard not in state.inbound:
+                    self._pull(state, shard, now_ns, resend=True)
 
     # -- repair of damaged rows ------------------------------------------------------------------
 
@@ -430,6 +467,7 @@ class Replicator:
                 if due <= now_ns and shard not in state.inbound:
                     self._pull(state, shard, now_ns)
         self._repair_pulls(now_ns)
+        self._resend_pulls(now_ns)
         self.pump(max_chunks)
 
     def pump(self, max_chunks: int = 64) -> int:

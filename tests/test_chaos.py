@@ -9,6 +9,8 @@ The published 10-minute, 5-node figures come from the same command (docs/reliabi
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +20,8 @@ import pytest
 from ekv.testing.chaos import KINDS, RunOptions, run, schedule
 from ekv.testing.chaos.net import namespaces_available
 
-LOCAL_SECONDS = 75.0
-NETNS_SECONDS = 75.0
+LOCAL_SECONDS = 120.0
+NETNS_SECONDS = 120.0
 
 
 # -- the schedule (pure) -------------------------------------------------------------------------
@@ -96,10 +98,12 @@ def test_namespace_chaos_run(tmp_path: Path) -> None:
     print(result.summary())
     _check(Path(result.out), result.valid, result.converged)
     assert result.net == "netns"
+    if shutil.which("iptables"):  # .ci/run installs it where it can
+        assert result.nemesis.get("loss", 0) >= 2
     assert result.ops["put"]["ok"] > 100
     assert result.availability is not None and result.availability >= 0.95
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not any(line.startswith(f"ek{__import__('os').getpid() % 100000}") for line in leftovers.splitlines())
+    assert not any(line.startswith(f"ek{os.getpid() % 100000}") for line in leftovers.splitlines())
 
 
 def test_the_command_line(tmp_path: Path) -> None:

@@ -662,3 +662,23 @@ def test_a_100k_operation_history_checks_in_seconds() -> None:
     broken = check(history)
     print(f"checked the broken copy in {time.perf_counter() - started:.2f} s")
     assert not broken.valid
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[1, 2]",
+        '{"record": "nemesis", "action": "kill"}',
+        '{"record": "restart", "node": "n1", "kill_time": null, "state": {}}',
+        '{"record": "restart", "node": "n1", "kill_time": 5, "state": []}',
+    ],
+)
+def test_records_of_the_wrong_shape_are_malformed_not_violations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str
+) -> None:
+    from ekv.testing.checker import main
+
+    path = tmp_path / "odd.jsonl"
+    path.write_text(line + "\n")
+    assert main([str(path)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

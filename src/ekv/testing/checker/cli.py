@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (TypeError, KeyError, AttributeError, IndexError) as exc:
+        # a record of the wrong shape that the parser did not name: still "malformed", never
+        # exit 1, which means "violations found"
+        print(f"error: malformed history: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(verdict.to_json())
     else:

@@ -8,12 +8,12 @@ another thread, which costs tens of microseconds on a busy 2-core machine. So:
   operation to the queue, takes the mutex and commits the operation itself (one autocommit
   statement for a lone write).
 * When several threads write at once, whoever holds the mutex (the *combiner*) takes every
-  queued operation, groups them by shard and commits each group in one transaction, checking
+  queued operation of its shard and commits them in one transaction, checking
   every write against last-writer-wins on its own, then wakes the other threads, whose writes
   are now durable. Waiting threads sleep on their own lock, so they do not fight the combiner for
-  the GIL. The queue is node-wide rather than per shard because with 8 shards concurrent writers
-  rarely share a shard; a node-wide batch still turns N writes into at most one commit per
-  shard.
+  the GIL. Each shard has its own :class:`Committer` (queue and mutex), so writes to different
+  shards commit in parallel (SQLite releases the GIL while it works) and a batch only ever holds
+  one shard's writes, committed as one transaction.
 * A combiner that has served ``_MAX_ROUNDS`` batches hands the mutex to the owner of the next
   queued operation, so no thread is kept busy serving others forever.
 

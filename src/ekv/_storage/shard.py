@@ -2,7 +2,7 @@
 
 This module holds the SQL work of a shard: opening and verifying the file, committing a group
 of writes (each one LWW-checked on its own), applying remote versions, and running exclusive jobs.
-*When* that work runs, and on which thread, is decided by the node-wide group commit in
+*When* that work runs, and on which thread, is decided by the shard's group commit in
 :mod:`ekv._storage.commit`; reads never come here (see :mod:`ekv._storage.store`).
 """
 

@@ -854,6 +854,27 @@ def test_foreign_shard_file_is_left_unchanged(tmp_path: Path, make: Callable[[Pa
     assert shard.read_bytes() == original
 
 
+@pytest.mark.parametrize("pages_before", [0, 7])
+def test_a_hot_journal_only_excuses_a_file_it_rolls_back_to_nothing(tmp_path: Path, pages_before: int) -> None:
+    """Without a manifest, a shard file whose hot rollback journal says the database was empty
+    before the interrupted transaction is a torn first commit (a power cut during creation) and
+    is replaced; a journal of a database that had pages never excuses foreign data."""
+    path = tmp_path / "data"
+    path.mkdir()
+    shard = path / "shard_000.db"
+    original = _foreign_database(shard)
+    header = bytes.fromhex("d9d505f920a163d7") + (1).to_bytes(4, "big") + (42).to_bytes(4, "big")
+    header += pages_before.to_bytes(4, "big") + (512).to_bytes(4, "big") + (4096).to_bytes(4, "big")
+    (path / "shard_000.db-journal").write_bytes(header.ljust(512, b"\0"))
+    if pages_before == 0:
+        with ekv.EKV("store", path, shards=2, log=False) as kv:
+            assert kv.keys() == []
+    else:
+        with pytest.raises(ekv.CorruptionError, match="refusing to overwrite"):
+            ekv.EKV("store", path, shards=2, log=False)
+        assert shard.read_bytes() == original
+
+
 @pytest.mark.parametrize("mistake", ["swapped", "from-another-store"])
 def test_shard_file_of_another_store_or_index(tmp_path: Path, mistake: str) -> None:
     """Shard files moved between shards or data directories are refused, not merged."""
@@ -1163,3 +1184,81 @@ def test_check_sqlite_version_accepts_the_bundled_library() -> None:
     check_sqlite_version()  # the SQLite that APSW bundles here is safe
     check_sqlite_version("3.51.3")
     assert version_is_safe(apsw.sqlite_lib_version())
+
+
+# -- disk full on one member of a cluster ------------------------------------------------------------
+
+
+def test_disk_full_on_one_member_of_a_cluster(tmp_path: Path) -> None:
+    """Node C of three keeps its data directory on a small tmpfs. Once it is full, writes to C fail
+    with DiskFullError, and the writes C receives by replication cannot be stored either: neither
+    may crash or corrupt it, and nothing acknowledged (by C or by the others) is lost. When the
+    file system is enlarged, C accepts writes again and catches up with what it missed."""
+    import json
+
+    from ekv._backup import check
+    from ekv.testing.cluster import ProcCluster
+
+    def value_of(dump: dict[str, tuple[Any, ...]], key: str) -> tuple[int, str, Any]:
+        ts, origin, raw = dump[key][:3]
+        return ts, origin, None if raw is None else json.loads(raw)
+
+    with tmpfs(tmp_path / "mnt", "2m") as mnt, ProcCluster(tmp_path / "nodes", nodes=0) as cluster:
+        a, b = cluster.add(), cluster.add()
+        c = cluster.add(start=False)
+        c.data_dir = mnt / "c"
+        c.start()
+        cluster.wait_connected()
+        acked: dict[str, tuple[int, str, Any]] = {}
+
+        # 1. fill C's file system with writes to C, until one fails with DiskFullError
+        failed: str | None = None
+        for i in range(5_000):
+            key, value = f"c/{i:05d}", os.urandom(1500).hex()
+            try:
+                ts, origin = c.put(key, value)
+            except RuntimeError as exc:  # NodeProcess reports the node's error type and message
+                assert ": DiskFullError: " in str(exc) and "disk full" in str(exc), exc
+                failed = key
+                break
+            acked[key] = (ts, origin, value)
+        assert failed is not None, "the 2 MiB file system never filled up"
+        assert len(acked) > 10
+
+        # 2. writes to A while C is full: acknowledged by A, replicated to B, not storable on C
+        from_a: dict[str, tuple[int, str, Any]] = {}
+        for i in range(100):
+            key, value = f"a/{i:03d}", os.urandom(1500).hex()
+            ts, origin = a.put(key, value)
+            from_a[key] = (ts, origin, value)
+        cluster.wait_converged(timeout=DEADLINE_S, nodes=[a, b])
+        with pytest.raises(RuntimeError, match="DiskFullError"):
+            c.put(failed, "still full")
+        assert c.running, "C died of a full disk"
+        dump = c.dump()
+        assert failed not in dump
+        for key, stored in acked.items():
+            assert value_of(dump, key) == stored, key  # C lost nothing it acknowledged
+        not_stored = sum(1 for key in from_a if key not in dump)
+        assert not_stored, "C had room for A's writes: the disk was not full"
+        print(f"\nC: {len(acked)} writes acknowledged before {failed} failed; {not_stored} of A's 100 not stored")
+        for node in (a, b):
+            dump = node.dump()
+            assert all(value_of(dump, key) == stored for key, stored in {**acked, **from_a}.items()), node
+
+        # 3. space comes back: C accepts writes again and catches up with A's writes
+        remount(mnt, "size=64m")
+        ts, origin = c.put(failed, "after")
+        acked[failed] = (ts, origin, "after")
+        cluster.wait_converged(timeout=DEADLINE_S)
+        for node in (a, b, c):
+            dump = node.dump()
+            assert all(value_of(dump, key) == stored for key, stored in {**acked, **from_a}.items()), node
+
+        # 4. and it shuts down and reopens cleanly, with everything
+        c.stop()
+        assert check(c.data_dir)[0] == []
+        c.start()
+        cluster.wait_converged(timeout=DEADLINE_S)
+        dump = c.dump()
+        assert all(value_of(dump, key) == stored for key, stored in {**acked, **from_a}.items())

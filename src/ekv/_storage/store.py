@@ -672,12 +672,30 @@ def _load_or_plan(datadir: DataDir, config: Config, node_id: str | None) -> tupl
     return manifest, True
 
 
+_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+
+
+def _rolls_back_to_empty(path: Path) -> bool:
+    """True if ``path`` has a hot rollback journal that says the database was empty before the
+    interrupted transaction: SQLite would roll it back to an empty file. That is the state a
+    power cut inside the very first commit of a new shard leaves (a torn file that ``immutable=1``
+    reads as malformed, because it skips the rollback). Header: magic (8 bytes), page count,
+    nonce, then the database size in pages before the transaction (big-endian u32 at 16)."""
+    try:
+        with open(str(path) + "-journal", "rb") as journal:
+            header = journal.read(20)
+    except FileNotFoundError:
+        return False
+    return len(header) == 20 and header[:8] == _JOURNAL_MAGIC and int.from_bytes(header[16:20], "big") == 0
+
+
 def _is_abandoned_shard(path: Path) -> bool:
     """True for a shard file left by an interrupted creation: empty, an SQLite file with no
-    schema yet, or an ekv shard holding no rows. Read with ``immutable=1`` so checking a file
-    creates no ``-wal``/``-shm`` companions."""
+    schema yet, an ekv shard holding no rows, or a torn first commit whose journal rolls it back
+    to nothing. Read with ``immutable=1`` so checking a file creates no ``-wal``/``-shm``
+    companions."""
     try:
-        if path.stat().st_size == 0:
+        if path.stat().st_size == 0 or _rolls_back_to_empty(path):
             return True
         uri = "file:" + str(path.resolve()) + "?immutable=1"
         conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)

@@ -142,3 +142,10 @@ def test_the_command_line(tmp_path: Path) -> None:
     assert runs[0]["seed"] == 5 and runs[0]["valid"]
     for name in ("history.jsonl", "verdict.json", "timelines.txt", "result.json", "schedule.json"):
         assert (tmp_path / "seed-5" / name).exists()
+    report = subprocess.run(
+        [sys.executable, "-m", "ekv.testing.chaos.report", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert report.returncode == 0, report.stderr
+    lines = report.stdout.splitlines()
+    assert lines[0].startswith("| seed | ops |") and lines[2].startswith("| 5 | ")
+    assert "| seed | partitions |" in report.stdout

@@ -21,10 +21,8 @@ both "restart after a crash" and "crash after a restart after a crash" are exerc
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -38,6 +36,7 @@ import apsw
 import pytest
 
 import ekv
+from _linechild import LineChild
 from ekv.testing import entries, run_gc
 
 pytestmark = pytest.mark.slow
@@ -165,78 +164,12 @@ except BaseException:
 # -- the child process ---------------------------------------------------------------------------
 
 
-class Child:
-    """A writer process whose stdout is read line by line with deadlines."""
+class Child(LineChild):
+    """A writer script run by this interpreter (see :class:`LineChild`)."""
 
     def __init__(self, script: Path, args: list[str], stderr_path: Path) -> None:
-        self.stderr_path = stderr_path
-        self._stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            bufsize=0,
-        )
-        assert self.proc.stdout is not None
-        self._fd = self.proc.stdout.fileno()
-        self._buf = bytearray()
-        self._eof = False
-
-    def _fill(self, timeout: float) -> None:
-        if self._eof:
-            return
-        ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout))
-        if ready:
-            chunk = os.read(self._fd, 1 << 16)
-            if chunk:
-                self._buf += chunk
-            else:
-                self._eof = True
-
-    def readline(self, deadline: float) -> str | None:
-        """The next complete line, or ``None`` at end of output."""
-        while True:
-            end = self._buf.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buf[:end]).decode()
-                del self._buf[: end + 1]
-                return line
-            if self._eof:
-                return None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"the child sent nothing for {LINE_DEADLINE_S} s{self.diagnostics()}")
-            self._fill(remaining)
-
-    def kill(self) -> None:
-        """SIGKILL, reap, and keep whatever the child printed before it died."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        while not self._eof:
-            self._fill(LINE_DEADLINE_S)
-
-    def remaining_lines(self) -> list[str]:
-        """Complete lines still buffered (a torn last line was never an acknowledgement)."""
-        lines = []
-        while (end := self._buf.find(b"\n")) >= 0:
-            lines.append(bytes(self._buf[:end]).decode())
-            del self._buf[: end + 1]
-        return lines
-
-    def diagnostics(self) -> str:
-        self._stderr.flush()
-        err = self.stderr_path.read_text(errors="replace")[-3000:]
-        return f"\n--- child exit code {self.proc.poll()}, stderr ---\n{err}"
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self._stderr.close()
+        stderr_path.unlink(missing_ok=True)
+        super().__init__([sys.executable, str(script), *args], stderr_path, deadline_s=LINE_DEADLINE_S)
 
 
 @contextlib.contextmanager

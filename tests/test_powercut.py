@@ -18,14 +18,9 @@ The per-cut figures are printed (``pytest -s``) and quoted in docs/reliability.m
 from __future__ import annotations
 
 import json
-import os
 import random
-import select
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +28,7 @@ import apsw
 import pytest
 
 import ekv
+from _linechild import LineChild
 from ekv._backup import check
 from ekv._core.keys import shard_of
 from ekv._storage.store import ShardedStore
@@ -78,71 +74,16 @@ class Life:
     closed: bool = False
 
 
-class Writer:
+class Writer(LineChild):
     """``python -m ekv.testing.powercut writer`` read line by line, with deadlines."""
 
     def __init__(self, args: list[str], stderr_path: Path) -> None:
-        self.stderr_path = stderr_path
-        self._stderr = open(stderr_path, "ab")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ekv.testing.powercut", "writer", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            bufsize=0,
-        )
-        assert self.proc.stdout is not None
-        self._fd = self.proc.stdout.fileno()
-        self._buf = bytearray()
-        self._eof = False
-
-    def _fill(self, timeout: float) -> None:
-        if self._eof:
-            return
-        ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout))
-        if ready:
-            chunk = os.read(self._fd, 1 << 16)
-            if chunk:
-                self._buf += chunk
-            else:
-                self._eof = True
-
-    def lines(self) -> Iterator[str]:
-        """Complete lines until the end of the output; fails after DEADLINE_S of silence."""
-        while True:
-            end = self._buf.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buf[:end]).decode()
-                del self._buf[: end + 1]
-                yield line
-                continue
-            if self._eof:
-                return
-            size = len(self._buf)
-            self._fill(DEADLINE_S)
-            if len(self._buf) == size and not self._eof:
-                raise AssertionError(f"the writer sent nothing for {DEADLINE_S} s{self.diagnostics()}")
+        command = [sys.executable, "-m", "ekv.testing.powercut", "writer", *args]
+        super().__init__(command, stderr_path, deadline_s=DEADLINE_S)
 
     def cut(self) -> None:
         """The power cut: SIGKILL under the VFS. Keeps whatever the writer printed before."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(DEADLINE_S)
-        while not self._eof:
-            self._fill(DEADLINE_S)
-
-    def diagnostics(self) -> str:
-        self._stderr.flush()
-        stderr = self.stderr_path.read_text(errors="replace")[-3000:]
-        return f"\n--- writer exit code {self.proc.poll()}, stderr ---\n{stderr}"
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(DEADLINE_S)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self._stderr.close()
+        self.kill()
 
 
 def run_life(data_dir: Path, durability: str, life: Life, seed: int, extra: list[str]) -> Life:

@@ -1,52 +1,6 @@
 """The history format: what a harness records, how it is read and written, and its parsed,
-validated form (operations paired and rows decoded) that the checks work on.
-
-History format
-==============
-
-One JSON object per line (``dump_jsonl`` writes it, ``load_jsonl`` reads it). Each object has a
-``record`` field; it may be left out on operation records.
-
-**Operation records** (``"record": "op"``), one at the start of an operation and one at its end:
-
-    {"process": 7, "node": "n3", "type": "invoke", "f": "put", "key": "r17", "value": "p7-123",
-     "time": 1200450000}
-    {"process": 7, "node": "n3", "type": "ok", "f": "put", "key": "r17", "value": "p7-123",
-     "version": [1795600068123456789, "3fa0c1d2e4b5a697"], "time": 1200980000}
-
-* ``process``: the client (an int or a string). A process runs one operation at a time: its
-  invoke is followed by exactly one completion before its next invoke.
-* ``node``: the node the client sent the operation to (the same names as in the final states).
-* ``type``: ``invoke``, then ``ok`` (done), ``fail`` (*definitely* not applied, e.g. refused
-  before anything was sent) or ``info`` (outcome unknown: a timeout, a dropped connection, the
-  node died). An invoke without a completion counts as ``info``. A paused node answers queued
-  requests after it resumes, so a timeout is never a ``fail``.
-* ``f``: ``put``, ``delete`` or ``get``; ``key``: a string.
-* ``value``: on a put, the value written; every put writes a globally unique value (such as
-  ``"p7-123"``), so a value names its write. On a get's ``ok``, the value read, or ``null``.
-  Values are compared as canonical JSON (use strings).
-* ``version``: ``[timestamp_ns, origin]`` on ``ok`` puts and deletes (required), and on ``ok``
-  gets that found a value. A get that found a tombstone may report it as ``value: null`` with
-  the tombstone's version; a plain ``null`` without a version means "absent, version unknown".
-* ``time``: the harness's monotonic clock in ns (shared by all clients and never skewed).
-* ``error`` (optional): why an operation failed or is unknown; shown in timelines.
-* ``ttl`` (optional, on a put's invoke): the put expires. Its key may then read as nothing, and
-  an expired put legitimately leaves a tombstone carrying the put's own version.
-
-**Final states** (``"record": "final"``), one per node, dumped after the final heal and
-quiescence, tombstones included: ``{"record": "final", "node": "n1", "state": {KEY: [timestamp_ns,
-origin, value_or_null, ...]}}``. A tombstone is ``value: null`` with its version. Extra trailing
-fields (an expiry time, say) are compared by the convergence check and otherwise ignored.
-
-**Restart states** (``"record": "restart"``), for the durability check: ``{"record": "restart",
-"node": "n2", "kill_time": T, "state": {...}}``, the node's local state dumped right after it was
-restarted following a kill at harness time ``T``, before it could sync with anyone.
-
-**Nemesis events** (``"record": "nemesis"``): ``{"time": T, "action": "partition", "detail": ...}``;
-used only to draw timelines.
-
-**Metadata** (``"record": "meta"``): free-form (seed, options), except ``converged_after_s``: the
-time from the final heal until every node held the same digest, as measured by the harness.
+validated form (operations paired and rows decoded) that the checks work on. The format itself
+is documented once, in the package docstring (:mod:`ekv.testing.checker`).
 """
 
 from __future__ import annotations

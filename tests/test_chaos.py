@@ -69,6 +69,66 @@ def test_a_fault_kind_can_be_left_out() -> None:
     assert set(KINDS) == {"partition", "kill", "pause", "skew", "loss"}
 
 
+# -- the loopback fault proxy ------------------------------------------------------------------
+
+
+def test_the_fault_proxy_holds_cut_links_and_refuses_new_connections() -> None:
+    """Two fake members behind the proxy: bytes flow, a cut silences the established connection
+    and refuses a new one, the heal releases the held bytes."""
+    import socket
+    import struct
+    import threading
+    import time
+
+    from ekv.testing.chaos.proxy import FaultProxy
+
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen()
+    received: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = upstream.accept()
+            except OSError:
+                return
+            threading.Thread(target=lambda c=conn: [received.append(d) for d in iter(lambda: c.recv(100), b"")]).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = FaultProxy({"node-a": 0, "node-b": 1}.get)
+    try:
+        port_b = proxy.start([upstream.getsockname()[1]] * 2)[1]  # node 1 (node-b) listens behind it
+        body = json.dumps({"node_id": "node-a"}).encode()
+        hello = struct.pack(">IB", len(body) + 1, 1) + body
+        a = socket.create_connection(("127.0.0.1", port_b))
+        a.sendall(hello + b"one")
+
+        def wait_for(data: bytes) -> bool:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if data in b"".join(received):
+                    return True
+                time.sleep(0.01)
+            return False
+
+        assert wait_for(hello + b"one")
+        proxy.cut({0: {1}})
+        a.sendall(b"held")
+        late = socket.create_connection(("127.0.0.1", port_b))
+        late.sendall(hello)
+        late.settimeout(30)
+        assert late.recv(10) == b""  # refused: closed at once
+        assert b"held" not in b"".join(received)  # (it stays held until the heal below)
+        proxy.cut({})
+        assert wait_for(b"held")
+        a.close()
+        late.close()
+    finally:
+        proxy.close()
+        upstream.close()
+
+
 # -- real runs -----------------------------------------------------------------------------------
 
 
@@ -80,7 +140,8 @@ def _check(result_dir: Path, valid: bool, converged: bool) -> None:
 
 
 def test_loopback_chaos_run(tmp_path: Path) -> None:
-    """Three nodes on 127.0.0.1 with partitions (ekv's test hook), kills, pauses and skew."""
+    """Three nodes on 127.0.0.1 with partitions (the loopback fault proxy), kills, pauses and
+    skew."""
     result = run(RunOptions(nodes=3, duration=LOCAL_SECONDS, seed=11, net="local", out=tmp_path, rate=15))
     print(result.summary())
     _check(Path(result.out), result.valid, result.converged)

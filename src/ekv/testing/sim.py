@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ekv._cluster.messages import Message
+from ekv._cluster.messages import Live, Message, SyncChunk
 from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._config import Config
 from ekv._core.clock import HybridClock
@@ -404,15 +404,29 @@ class Simulation:
                 node.store.gc_shard(index, now_ns=now, cutoff_ns=cutoff, log_targets=targets)
 
     def settle(self, max_ms: int = 120_000) -> int:
-        """Heal everything, stop writes, and run until every node holds the same entries (or
-        ``max_ms`` of virtual time pass). Returns the virtual ms it took."""
+        """Heal everything, stop writes, and run until every node holds the same entries and no
+        data is on its way (or ``max_ms`` of virtual time pass). Returns the virtual ms it took.
+
+        Empty anti-entropy traffic (a pull and its empty answer) does not count as data on its
+        way: with every member pulling every shard about once a second, a moment with no message
+        at all in flight is rare in a 5-node cluster, and waiting for one measured luck, not
+        convergence. Once the stores are identical, an entry still in flight was read from a
+        store that now holds it or something newer, so it cannot change anything."""
         self.heal()
         start = self.now_ns
         while self.now_ns - start < max_ms * MS:
             self.run(500, writes_per_s=0, faults=False)
-            if not self._queue and not any(n.rep.busy for n in self.nodes.values() if n.rep) and self._converged():
+            busy = any(n.rep.busy for n in self.nodes.values() if n.rep)
+            if not busy and not self._data_in_flight() and self._converged():
                 break
         return int((self.now_ns - start) / MS)
+
+    def _data_in_flight(self) -> bool:
+        for item in self._queue:
+            messages = self.wire[1](item[4]) if self.wire is not None else [item[4]]
+            if any(isinstance(m, (Live, SyncChunk)) and m.entries for m in messages):
+                return True
+        return False
 
     # -- checking ----------------------------------------------------------------------------
 

@@ -9,18 +9,21 @@ established connection goes silent, a new one fails), packet loss is an ``iptabl
 ``tc netem``; without the iptables command, loss windows are skipped). This is a real network
 between the processes: ekv's code is not told about the faults.
 
-``LocalNet`` (anyone): every node on 127.0.0.1. Partitions go through the nodes' test hook
-(``block``: a node drops and refuses the sessions of the listed members), which exercises the
-same failure handling but is enforced by ekv itself; packet loss is not available.
+``LocalNet`` (anyone): every node on 127.0.0.1, every member-to-member connection through a
+fault proxy in the harness (:mod:`.proxy`) that holds the bytes of cut links and refuses new
+connections across a cut. Packet loss is not available.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 from typing import Protocol
+
+from ekv.testing.chaos.proxy import FaultProxy
 
 __all__ = ["LocalNet", "NamespaceNet", "Network", "namespaces_available"]
 
@@ -39,6 +42,14 @@ class Network(Protocol):
 
     def prefix(self, node: int) -> list[str]:
         """What to put before a command to run it where node ``node`` lives."""
+        ...
+
+    def advertise(self, node: int) -> str | None:
+        """The address node ``node`` tells the others to dial (None: its listen address)."""
+        ...
+
+    def peers(self, node: int) -> list[str]:
+        """The addresses node ``node`` is given to join the cluster."""
         ...
 
     def cut(self, blocked: dict[int, set[int]]) -> None:
@@ -118,6 +129,12 @@ class NamespaceNet:
     def listen(self, node: int) -> str:
         return f"{self.address(node)}:{PORT}"
 
+    def advertise(self, node: int) -> str | None:
+        return None
+
+    def peers(self, node: int) -> list[str]:
+        return [self.listen(other) for other in range(self.nodes) if other != node]
+
     def prefix(self, node: int) -> list[str]:
         return ["ip", "netns", "exec", self.ns(node)]
 
@@ -158,41 +175,61 @@ class NamespaceNet:
 
 
 class LocalNet:
-    """Nodes on 127.0.0.1, partitioned by ekv's own ``block`` hook (see the module docstring).
-
-    ``block(node, nodes)`` is given by the runner: it sends the command to the node if it is
-    running and not paused (a node that is down gets its set again from :meth:`node_started`).
-    """
+    """Nodes on 127.0.0.1 behind a :class:`~ekv.testing.chaos.proxy.FaultProxy` (see the module
+    docstring). ``index_of(node_id)`` names the node index of a node id (the runner knows them
+    once the nodes have started)."""
 
     kind = "local"
     supports_loss = False
 
-    def __init__(self, block: Callable[[int, set[int]], None]) -> None:
-        self._block = block
-        self._blocked: dict[int, set[int]] = {}
+    def __init__(self, index_of: Callable[[str], int | None]) -> None:
+        self._index_of = index_of
+        self._proxy: FaultProxy | None = None
+        self._ports: list[int] = []
+        self._proxy_ports: list[int] = []
 
     def setup(self, nodes: int) -> None:
-        self._blocked = {node: set() for node in range(nodes)}
+        self._ports = free_ports(nodes)
+        self._proxy = FaultProxy(self._index_of)
+        self._proxy_ports = self._proxy.start(self._ports)
 
     def listen(self, node: int) -> str:
-        return "127.0.0.1:0"
+        return f"127.0.0.1:{self._ports[node]}"
+
+    def advertise(self, node: int) -> str | None:
+        return f"127.0.0.1:{self._proxy_ports[node]}"
+
+    def peers(self, node: int) -> list[str]:
+        return [f"127.0.0.1:{port}" for other, port in enumerate(self._proxy_ports) if other != node]
 
     def prefix(self, node: int) -> list[str]:
         return []
 
     def cut(self, blocked: dict[int, set[int]]) -> None:
-        for node in self._blocked:
-            want = blocked.get(node, set())
-            if want != self._blocked[node]:
-                self._blocked[node] = set(want)
-                self._block(node, self._blocked[node])
+        assert self._proxy is not None
+        self._proxy.cut(blocked)
 
     def node_started(self, node: int) -> None:
-        # always: the set may have changed (even to empty) while the node was down or paused
-        self._block(node, self._blocked.get(node, set()))
+        pass  # the cut lives in the proxy
 
     def loss(self, node: int, percent: int) -> None:
         pass
 
     def teardown(self) -> None:
-        pass
+        if self._proxy is not None:
+            self._proxy.close()
+            self._proxy = None
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free right now on 127.0.0.1 (held open together so they are distinct)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()

@@ -33,12 +33,11 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,21 +128,7 @@ class RunResult:
         return "\n".join(lines)
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports free right now on 127.0.0.1 (held open together so they are distinct)."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def _pick_net(kind: str, block: Any) -> Network:
+def _pick_net(kind: str, index_of: Callable[[str], int | None]) -> Network:
     if kind == "auto":
         kind = "netns" if namespaces_available() is None else "local"
     if kind == "netns":
@@ -152,7 +137,7 @@ def _pick_net(kind: str, block: Any) -> Network:
             raise RuntimeError(f"--net netns: {why}")
         return NamespaceNet()
     if kind == "local":
-        return LocalNet(block)
+        return LocalNet(index_of)
     raise ValueError(f"unknown network {kind!r} (netns, local or auto)")
 
 
@@ -190,7 +175,7 @@ class _Run:
         self.down: dict[int, list[list[int]]] = defaultdict(list)  # node -> [[from, to], ...]
         self.nemesis_counts: dict[str, int] = defaultdict(int)
         self.cookie = secrets.token_hex(16)
-        self.net = _pick_net(opts.net, self._block)
+        self.net = _pick_net(opts.net, self._index_of)
         self.nodes: list[NodeProcess] = []
         self.workers: list[Any] = []
         self.base_skew: dict[int, float] = {}
@@ -209,10 +194,11 @@ class _Run:
         node = self.nodes[index]
         return node.running and not node.paused
 
-    def _block(self, index: int, others: set[int]) -> None:
-        if self.live(index):
-            ids = [self.nodes[o].node_id for o in sorted(others)]
-            self.nodes[index].call("block", node_ids=ids, timeout=30)
+    def _index_of(self, node_id: str) -> int | None:
+        for index, node in enumerate(self.nodes):
+            if node.node_id == node_id:
+                return index
+        return None
 
     def nemesis(self, action: str, detail: dict[str, Any]) -> None:
         self.records.append({"record": "nemesis", "time": time.monotonic_ns(), "action": action, "detail": detail})
@@ -225,9 +211,6 @@ class _Run:
         opts = self.opts
         self.net.setup(opts.nodes)
         shim = skew.install(self.dir / "shim")
-        listens = [self.net.listen(i) for i in range(opts.nodes)]
-        if self.net.kind == "local":
-            listens = [f"127.0.0.1:{port}" for port in _free_ports(opts.nodes)]
         options: dict[str, Any] = {
             "cookie": self.cookie,
             "heartbeat_interval": 0.5,
@@ -245,16 +228,17 @@ class _Run:
         for i in range(opts.nodes):
             skew_file = self.dir / f"skew-n{i}"
             skew.set_offset(skew_file, 0)
+            advertise = self.net.advertise(i)
             node = NodeProcess(
                 f"n{i}",
                 self.dir / f"n{i}",
                 instance=INSTANCE,
-                options=options,
+                options=options if advertise is None else {**options, "advertise": advertise},
                 prefix=self.net.prefix(i),
                 env={"PYTHONPATH": pythonpath, skew.ENV: str(skew_file), "EKV_TESTING_LOG": "INFO", **opts.node_env},
             )
-            node.listen = listens[i]
-            node.peers = [a for j, a in enumerate(listens) if j != i]
+            node.listen = self.net.listen(i)
+            node.peers = self.net.peers(i)
             node.stderr_path = self.dir / f"n{i}.log"
             self.nodes.append(node)
         for node in self.nodes:

@@ -1,0 +1,140 @@
+"""A loopback fault proxy: the network between node processes on 127.0.0.1, without root.
+
+One proxy port per node stands in front of its real listener, and every node advertises its
+proxy port (ekv's ``advertise`` option) and is given the other nodes' proxy ports as peers, so
+every member-to-member connection passes through the proxy of the node it was dialed to. The
+proxy reads the dialer's first frame (ekv's ``Hello``, a JSON control message carrying its node
+id) to learn which two nodes a connection joins; clients of the node's client protocol connect
+to the real port and are never cut.
+
+A cut between two nodes makes the proxy *hold* the bytes of their existing connections (the
+peers see a silent connection, as when a network drops packets, and give up after their
+heartbeat timeout) and close new ones at once (as a refused connection). Healing lets held bytes
+flow again. Everything runs on one asyncio loop in a daemon thread of the harness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import struct
+import threading
+from collections.abc import Callable
+
+__all__ = ["FaultProxy"]
+
+_HEAD = struct.Struct(">IB")
+_HELLO = 1
+_MAX_HELLO = 64 * 1024
+_POLL_S = 0.02
+
+
+class FaultProxy:
+    """Proxies ``127.0.0.1:listen_port[i] -> 127.0.0.1:upstream_port[i]`` for every node ``i``.
+
+    ``index_of(node_id)`` maps a node id read from a Hello to its node index (or None for a
+    stranger, which is never cut)."""
+
+    def __init__(self, index_of: Callable[[str], int | None]) -> None:
+        self._index_of = index_of
+        self._blocked: set[tuple[int, int]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ekv-chaos-proxy", daemon=True)
+        self._servers: list[asyncio.base_events.Server] = []
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.ports: list[int] = []
+        self._thread.start()
+
+    # -- control (any thread) ------------------------------------------------------------------
+
+    def start(self, upstream_ports: list[int]) -> list[int]:
+        """Listen in front of each upstream port; return the proxy ports (same order)."""
+        future = asyncio.run_coroutine_threadsafe(self._start(upstream_ports), self._loop)
+        self.ports = future.result(30)
+        return self.ports
+
+    def cut(self, blocked: dict[int, set[int]]) -> None:
+        """Node ``i`` cannot reach any node in ``blocked[i]``; a cut works in both directions."""
+        pairs = {(min(a, b), max(a, b)) for a, others in blocked.items() for b in others}
+        self._blocked = pairs  # one assignment: the loop thread sees the old or the new set
+
+    def close(self) -> None:
+        async def stop() -> None:
+            for server in self._servers:
+                server.close()
+            for writer in list(self._writers):
+                writer.close()
+
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _is_cut(self, a: int | None, b: int) -> bool:
+        return a is not None and (min(a, b), max(a, b)) in self._blocked
+
+    async def _start(self, upstream_ports: list[int]) -> list[int]:
+        ports = []
+        for index, upstream in enumerate(upstream_ports):
+            server = await asyncio.start_server(
+                functools.partial(self._handle, dest=index, port=upstream), "127.0.0.1", 0
+            )
+            self._servers.append(server)
+            ports.append(server.sockets[0].getsockname()[1])
+        return ports
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dest: int, port: int) -> None:
+        self._writers.add(writer)
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            first, source = await self._read_hello(reader)
+            if self._is_cut(source, dest):
+                return  # refused: closed at once
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            self._writers.add(up_writer)
+            up_writer.write(first)
+            await asyncio.gather(
+                self._pump(reader, up_writer, source, dest), self._pump(up_reader, writer, source, dest)
+            )
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    self._writers.discard(w)
+                    with contextlib.suppress(Exception):
+                        w.close()
+
+    async def _read_hello(self, reader: asyncio.StreamReader) -> tuple[bytes, int | None]:
+        """The dialer's first frame, and the node index its Hello names (None if it is no
+        member's Hello, e.g. a client or garbage: passed through, never cut)."""
+        head = await reader.readexactly(_HEAD.size)
+        length, kind = _HEAD.unpack(head)
+        if kind != _HELLO or not 1 <= length <= _MAX_HELLO:
+            return head, None
+        body = await reader.readexactly(length - 1)
+        try:
+            node_id = json.loads(body).get("node_id")
+        except (ValueError, AttributeError):
+            return head + body, None
+        return head + body, self._index_of(node_id) if isinstance(node_id, str) else None
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: int | None, dest: int
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                while self._is_cut(source, dest):
+                    await asyncio.sleep(_POLL_S)  # hold the bytes: a silent link
+                writer.write(data)
+                await writer.drain()
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()

@@ -218,7 +218,7 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
     "log_retention": 86_400,
     "quarantine": True,
     "connect_timeout": 5.0,
-    "reconnect_max": 10.0,
+    "reconnect_max": 2.0,
 }
 
 

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
 from ekv.testing.chaos.nemesis import KINDS
 from ekv.testing.chaos.runner import RunOptions, run
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown or args.nodes < 1 or args.seeds < 1:
         parser.error(f"unknown faults {unknown}" if unknown else "--nodes and --seeds must be at least 1")
+    # SIGTERM ends a run like Ctrl-C: through the runner's clean-up (processes, namespaces)
+    signal.signal(signal.SIGTERM, _interrupt)
     duration = args.seconds if args.seconds is not None else 60.0 * (args.minutes if args.minutes is not None else 1)
     results = []
     for seed in range(args.seed, args.seed + args.seeds):

@@ -461,10 +461,7 @@ class _Run:
             if worker.poll() is None:
                 worker.kill()
                 worker.wait(30)
-        for node in self.nodes:
-            with contextlib.suppress(Exception):
-                if node.running:
-                    node.stop(timeout=30)
+        for node in self.nodes:  # SIGKILL: the verdict is in, and an interrupted run must end fast
             with contextlib.suppress(Exception):
                 node.kill()
         self.net.teardown()

@@ -6,6 +6,13 @@
 * :func:`partition`: cut a cluster of stores in this process into groups (and heal it).
 * :func:`wait_until`: poll a condition with a deadline (never a fixed sleep).
 * :mod:`ekv.testing.sim`: the deterministic cluster simulator.
+* :mod:`ekv.testing.cluster`: clusters of real node processes (kill, pause, partition).
+* :mod:`ekv.testing.chaos`: the Jepsen-style harness (``python -m ekv.testing.chaos``), and
+  :mod:`ekv.testing.checker`, the offline checker of the histories it records.
+* :mod:`ekv.testing.powercut`: run a process whose un-fsynced writes a SIGKILL loses.
+* :mod:`ekv.testing.faults`: deliberate bugs for negative controls.
+
+See docs/reliability.md.
 """
 
 from ekv.testing._clock import FakeClock

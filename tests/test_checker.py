@@ -682,3 +682,26 @@ def test_records_of_the_wrong_shape_are_malformed_not_violations(
     path.write_text(line + "\n")
     assert main([str(path)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_second_final_record_for_one_node_is_malformed() -> None:
+    records = [
+        {"record": "final", "node": "n1", "state": {}},
+        {"record": "final", "node": "n1", "state": {"k": [1, "a", "v"]}},
+    ]
+    with pytest.raises(HistoryError, match="second final record for node 'n1'"):
+        History.from_records(records)
+
+
+def test_a_value_seen_under_another_key_is_a_phantom_not_a_duplicate_version() -> None:
+    """An unknown-outcome put of key a whose value shows up on key b (with b's own version) is
+    corruption, reported once by ``phantoms``; it must not make that put share b's version."""
+    r = Recorder()
+    r.op(10, 1, "n1", "put", "b", "p1-1", (1000, "a"))
+    r.op(20, 2, "n1", "put", "a", "p2-1", type="info")
+    r.op(30, 3, "n1", "get", "b", "p2-1", (1000, "a"))  # a's value under b's version
+    h = r.history
+    h.final = {"n1": {"b": [1000, "a", "p1-1"]}}
+    verdict = check(h)
+    assert by_check(verdict, "phantoms")
+    assert not by_check(verdict, "duplicate_versions")

@@ -225,11 +225,13 @@ def _phantom_violation(
 # (d) ------------------------------------------------------------------------------------------
 
 
-def _observed_versions(ctx: Context) -> dict[str, set[Version]]:
-    found: dict[str, set[Version]] = defaultdict(set)
+def _observed_versions(ctx: Context) -> dict[tuple[str, str], set[Version]]:
+    """(key, value) -> the versions it was seen with (a value seen under another key is a
+    phantom, reported by that check, and must not drag a put of this key into this one)."""
+    found: dict[tuple[str, str], set[Version]] = defaultdict(set)
     for seen in ctx.observations():
         if seen.vid is not None and seen.version is not None:
-            found[seen.vid].add(seen.version)
+            found[(seen.key, seen.vid)].add(seen.version)
     return found
 
 
@@ -239,9 +241,9 @@ def check_duplicate_versions(ctx: Context) -> list[Violation]:
     by_version: dict[Version, list[tuple[str, Operation]]] = defaultdict(list)
     for version, ops in ctx.ok_writes_by_version.items():
         by_version[version] += [("acknowledged with this version", op) for op in ops]
-    for vid, versions in _observed_versions(ctx).items():
+    for (key, vid), versions in _observed_versions(ctx).items():
         for op in ctx.puts_by_vid.get(vid, []):
-            if op.type == "info" and len(versions) == 1:
+            if op.type == "info" and op.key == key and len(versions) == 1:
                 by_version[next(iter(versions))].append(("unknown outcome, its value seen with this version", op))
     out = []
     for version, items in sorted(by_version.items()):

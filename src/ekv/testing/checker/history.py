@@ -64,6 +64,8 @@ class History:
             elif kind == "final":
                 if not isinstance(body.get("state"), dict) or "node" not in body:
                     raise HistoryError(f"record {number}: a final record needs a node and a state object")
+                if str(body["node"]) in history.final:
+                    raise HistoryError(f"record {number}: a second final record for node {body['node']!r}")
                 history.final[str(body["node"])] = dict(body["state"])
             elif kind == "restart":
                 history.restarts.append(body)

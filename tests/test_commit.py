@@ -194,3 +194,22 @@ def test_writes_from_many_threads_all_land(kv: ekv.EKV) -> None:
         thread.join(60)
     expected = {f"w{t}/{i}": (t, i) for t in range(8) for i in range(300) if i % 7}
     assert kv.scan("w") == dict(sorted(expected.items()))
+
+
+def test_the_wal_file_shrinks_back_after_a_checkpoint(tmp_path: Any) -> None:
+    """SQLite reuses a checkpointed WAL from its start but never shrinks it: without a size limit
+    every shard would keep its largest WAL (32 MiB at the checkpoint threshold) on disk for ever."""
+    import os
+
+    from ekv._storage.sqlite import WAL_SIZE_LIMIT
+
+    with ekv.EKV("t", tmp_path, shards=1, log=False) as kv:
+        value = "x" * 4000
+        for i in range(3000):  # about 12 MiB of WAL
+            kv.put(f"k{i % 50}", value)
+        wal = tmp_path / "shard_000.db-wal"
+        assert os.path.getsize(wal) > 2 * WAL_SIZE_LIMIT
+        assert node_of(kv).store.checkpoint(min_wal_bytes=1) == 1
+        kv.put("after", 1)  # the writer resets the WAL, and truncates it
+        assert os.path.getsize(wal) <= WAL_SIZE_LIMIT
+        assert kv.get("after") == 1 and kv.get("k1") == value

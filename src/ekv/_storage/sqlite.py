@@ -34,6 +34,7 @@ __all__ = [
 
 BUSY_TIMEOUT_MS = 5_000
 WRITER_AUTOCHECKPOINT_PAGES = 32_768  # 128 MiB of 4 KiB pages: a safety valve only
+WAL_SIZE_LIMIT = 4 << 20  # bytes a shard's WAL file keeps after a checkpoint resets it
 
 # The WAL-reset race (two connections writing and checkpointing at once can lose committed
 # transactions) exists from 3.7.0 to 3.51.2; it was fixed in 3.51.3 and backported to 3.50.7
@@ -108,6 +109,10 @@ def enable_wal(conn: apsw.Connection) -> None:
     # off the write path: a checkpoint fsyncs, which stalls a commit for milliseconds. The writer
     # checkpoints by itself only if the WAL grows far beyond that (nobody running the thread).
     conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}").fetchall()
+    # After a checkpoint SQLite reuses the WAL file from its start but never shrinks it: each
+    # shard would keep up to 32 MiB (the checkpoint threshold) on disk for ever, 256 MiB for a
+    # node of 8 shards holding a handful of keys. The writer truncates it to this on each reset.
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}").fetchall()
 
 
 def raise_storage_error(exc: BaseException, path: str | None = None, *, action: str = "write") -> NoReturn:

@@ -8,6 +8,7 @@ The published 10-minute, 5-node figures come from the same command (docs/reliabi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -87,15 +88,27 @@ def test_the_fault_proxy_holds_cut_links_and_refuses_new_connections() -> None:
     upstream.listen()
     received: list[bytes] = []
 
+    accepted: list[socket.socket] = []
+    readers: list[threading.Thread] = []
+
+    def read(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(100):
+                received.append(data)
+
     def serve() -> None:
         while True:
             try:
                 conn, _ = upstream.accept()
             except OSError:
                 return
-            threading.Thread(target=lambda c=conn: [received.append(d) for d in iter(lambda: c.recv(100), b"")]).start()
+            accepted.append(conn)
+            reader = threading.Thread(target=read, args=(conn,), daemon=True)
+            readers.append(reader)
+            reader.start()
 
-    threading.Thread(target=serve, daemon=True).start()
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
     proxy = FaultProxy({"node-a": 0, "node-b": 1}.get)
     try:
         port_b = proxy.start([upstream.getsockname()[1]] * 2)[1]  # node 1 (node-b) listens behind it
@@ -126,7 +139,14 @@ def test_the_fault_proxy_holds_cut_links_and_refuses_new_connections() -> None:
         late.close()
     finally:
         proxy.close()
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (close alone does not)
         upstream.close()
+        server.join(30)
+        for reader in readers:  # the proxy closed its side: each reader sees EOF and closes
+            reader.join(30)
+        for conn in accepted:
+            conn.close()
 
 
 # -- real runs -----------------------------------------------------------------------------------

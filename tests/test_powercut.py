@@ -109,7 +109,7 @@ def run_life(data_dir: Path, durability: str, life: Life, seed: int, extra: list
             if tag == "error":
                 raise AssertionError(f"the writer failed: {rest}{writer.diagnostics()}")
             if tag == "opening" and kind == "open":
-                time.sleep(arg)
+                time.sleep(arg)  # the cut lands at a seeded random moment of the open: the point of the test
                 break
             if tag == "ready":
                 life.ready = True
@@ -121,7 +121,7 @@ def run_life(data_dir: Path, durability: str, life: Life, seed: int, extra: list
                     break
             elif tag == "closing":
                 life.closing = True
-                time.sleep(arg)
+                time.sleep(arg)  # a seeded random moment of the clean close
                 break
         writer.cut()
         for line in writer.lines():  # printed before the cut, read after it: acknowledged too

@@ -49,6 +49,23 @@ class EventSink(Protocol):
     def publish(self, events: list[RawEvent]) -> None: ...
 
 
+def upsert_row(
+    key: str, ts: int, origin: str, oseq: int, expires_at: int | None, blob: bytes | None
+) -> tuple[Any, ...]:
+    """The :data:`~ekv._storage.schema.UPSERT` parameters of one local write (a tombstone when
+    ``blob`` is None: its ``deleted_at`` is its timestamp), checksum included."""
+    return (
+        key,
+        ts,
+        origin,
+        oseq,
+        expires_at,
+        None if blob is not None else ts,
+        blob,
+        row_checksum(key, ts, origin, oseq, expires_at, blob),
+    )
+
+
 class Shard:
     """The writer side of one shard file. Create with :meth:`open`."""
 
@@ -305,16 +322,7 @@ class Shard:
                 op.oseq = oseq
                 op.version = Version(ts, origin)
                 expires_at = op.expires_at
-                params += (
-                    key,
-                    ts,
-                    origin,
-                    oseq,
-                    expires_at,
-                    None if blob is not None else ts,
-                    blob,
-                    row_checksum(key, ts, origin, oseq, expires_at, blob),
-                )
+                params += upsert_row(key, ts, origin, oseq, expires_at, blob)
             rows = len(batch)
             if rows == 1:
                 cur.execute(schema.UPSERT, params)
@@ -437,19 +445,7 @@ class Shard:
         oseq = op.oseq = self._oseq + 1
         origin = self.origin
         expires_at = op.expires_at
-        cur.execute(
-            schema.UPSERT,
-            (
-                key,
-                ts,
-                origin,
-                oseq,
-                expires_at,
-                None if blob is not None else ts,
-                blob,
-                row_checksum(key, ts, origin, oseq, expires_at, blob),
-            ),
-        )
+        cur.execute(schema.UPSERT, upsert_row(key, ts, origin, oseq, expires_at, blob))
         if not self._conn.changes():
             ts = self._overtake(cur, op, oseq)
         self._oseq = oseq
@@ -471,19 +467,7 @@ class Shard:
         ts = self.clock.tick()
         blob = op.blob
         key, origin, expires_at = op.key, self.origin, op.expires_at
-        cur.execute(
-            schema.UPSERT,
-            (
-                key,
-                ts,
-                origin,
-                oseq,
-                expires_at,
-                None if blob is not None else ts,
-                blob,
-                row_checksum(key, ts, origin, oseq, expires_at, blob),
-            ),
-        )
+        cur.execute(schema.UPSERT, upsert_row(key, ts, origin, oseq, expires_at, blob))
         if not self._conn.changes():
             raise InternalError(f"a local write of {op.key!r} lost to {stored!r} after the clock passed it")
         return ts

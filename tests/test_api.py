@@ -14,7 +14,7 @@ from ekv.testing import FakeClock
 def test_put_get_delete(kv: ekv.EKV) -> None:
     version = kv.put("user/1", {"name": "Alice", "role": "admin"})
     assert isinstance(version, ekv.Version)
-    assert version.origin == kv.node_id
+    assert version.node_id == kv.node_id
     assert kv.get("user/1") == {"name": "Alice", "role": "admin"}
     tomb = kv.delete("user/1")
     assert tomb > version

@@ -154,7 +154,7 @@ def test_a_failed_batch_fails_every_write_in_it(kv: ekv.EKV, monkeypatch: pytest
     assert len({id(r) for r in results}) == 3  # one exception object per thread
     assert all(kv.get(k) is None for k in keys)
     assert kv.info()["shards"][0]["local_seq"] == 0  # no sequence number was consumed
-    assert kv.put(keys[0], 2).origin == kv.node_id
+    assert kv.put(keys[0], 2).node_id == kv.node_id
     assert kv.get(keys[0]) == 2
 
 

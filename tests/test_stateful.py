@@ -104,7 +104,7 @@ class EKVModel(RuleBasedStateMachine):
 
     def _check_version(self, version: ekv.Version) -> None:
         assert isinstance(version, ekv.Version)
-        assert version.origin == self.node_id
+        assert version.node_id == self.node_id
         assert version.timestamp_ns >= self.now  # the hybrid clock never runs behind the wall
         if self.last_version is not None:
             assert version > self.last_version, (version, self.last_version)
@@ -202,6 +202,8 @@ class EKVModel(RuleBasedStateMachine):
             raise AssertionError("the subscription outlived its store")
         self._open()
         assert self.kv.node_id == self.node_id  # identity is stable for the data directory
+        # ... but every open writes under a fresh origin, whose sequence numbers start again
+        self.oseq = [0] * SHARDS
 
     # -- checks ------------------------------------------------------------------------------
 

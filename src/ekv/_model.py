@@ -23,6 +23,13 @@ class Version(NamedTuple):
 
     timestamp_ns: int
     origin: str
+    """``node_id~incarnation``: the node that made the write and which open of its data
+    directory (every open writes under a fresh origin, see docs/semantics.md)."""
+
+    @property
+    def node_id(self) -> str:
+        """The id of the node that made the write (the origin without its incarnation)."""
+        return self.origin.partition("~")[0]
 
 
 EventType = Literal["put", "delete", "expired"]

@@ -39,6 +39,7 @@ import struct
 from collections.abc import Iterable
 
 from ekv._cluster.messages import Hello
+from ekv._cluster.wire import IDENTITY_FEATURE
 from ekv._errors import AuthenticationError, InvalidArgumentType
 
 __all__ = ["MAC_SIZE", "NONCE_SIZE", "new_nonce", "proof", "verify"]
@@ -66,7 +67,10 @@ def verify(cookie: bytes | str, proof_bytes: bytes, *, mine: Hello, theirs: Hell
         AuthenticationError: the proof is wrong (another cookie, a replay, a reflected proof), or
             the peer claims our own node id or nonce.
     """
-    if theirs.node_id == mine.node_id:
+    copy = IDENTITY_FEATURE in theirs.features and IDENTITY_FEATURE in mine.features and theirs.origin != mine.origin
+    if theirs.node_id == mine.node_id and not copy:
+        # (With another origin it is a copy of our data directory, which the cluster resolves
+        # once this proof is checked; a reflected Hello carries our own origin.)
         raise AuthenticationError(
             f"peer claims our own node id {mine.node_id!r}: a connection to ourselves, a reflected "
             "handshake, or two nodes sharing a copied data directory"
@@ -95,6 +99,9 @@ def _transcript(*, prover: Hello, verifier: Hello) -> bytes:
     pairs of Hellos can produce the same transcript.
     """
     parts = [_TAG]
+    # Fields added later are covered once both sides list the feature that added them (an
+    # older peer computes the transcript without them; the features themselves are covered).
+    identity = IDENTITY_FEATURE in prover.features and IDENTITY_FEATURE in verifier.features
     for role, hello in ((b"prover", prover), (b"verifier", verifier)):
         fields = [
             role,
@@ -107,6 +114,8 @@ def _transcript(*, prover: Hello, verifier: Hello) -> bytes:
             b"-" if hello.listen is None else b"+" + _text(hello.listen),
             str(hello.wall_ns).encode(),
         ]
+        if identity:
+            fields.append(_text(hello.origin))
         parts.append(_list(fields))
     return b"".join(parts)
 

@@ -25,9 +25,9 @@ import weakref
 from collections import deque
 from typing import Any
 
-from ekv._cluster import auth, wire
+from ekv._cluster import auth, identity, wire
 from ekv._cluster.clients import ClientOwner
-from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Hello, Members, Message
+from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Duplicate, Hello, Members, Message
 from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._cluster.runtime import runtime
 from ekv._cluster.session import (
@@ -93,6 +93,7 @@ class ClusterNode:
         self._blocked: frozenset[str] = frozenset()
         self.last_disconnect: dict[str, tuple[int, str]] = {}
         self.clients: set[Session] = set()
+        self._duplicates_logged: set[tuple[str, str]] = set()
         self.node_info: Any = None
         """Set by the node: returns its info() (for client commands)."""
         self._skew_logged: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
@@ -320,6 +321,7 @@ class ClusterNode:
             nonce=auth.new_nonce(),
             listen=self.advertised,
             wall_ns=self._wall(),
+            origin=self.store.origin,
         )
         return HandshakeParams(hello, options.cookie, options.connect_timeout_ns / NS_PER_S * 2, options.max_frame_size)
 
@@ -361,7 +363,16 @@ class ClusterNode:
         if peer in self._blocked:
             session.close("blocked (test partition)")
             return False
+        if peer == self.node_id:  # another origin under our node id: a copy of our data directory
+            self._copy_of_us(session)
+            return False
         existing = self.sessions.get(peer)
+        if existing is not None and not existing.closed:
+            replaces = self._second_session(session, existing)
+            if replaces is False:
+                return False
+            if replaces:
+                existing = None
         if existing is not None and not existing.closed:
             if self._dialer_of(session) >= self._dialer_of(existing):
                 session.close("duplicate connection")
@@ -377,6 +388,93 @@ class ClusterNode:
         session.send(Members(self._member_list()))
         self._kick()
         return True
+
+    # -- duplicate identities (see identity.py) ---------------------------------------------------
+
+    def _copy_of_us(self, session: Session) -> None:
+        verdict = identity.on_copy_of_us(self.store.origin, session.hello.origin)
+        self._warn_duplicate(
+            (self.store.origin, session.hello.origin),
+            f"a process at {session.remote} (origin {session.hello.origin}) runs under this node's id "
+            f"{self.node_id} (this process: origin {self.store.origin}, listening on {self.advertised or '-'})",
+            "this process takes a new node id" if verdict is identity.Verdict.REIDENTIFY_SELF else "it takes a new one",
+        )
+        session.close("duplicate node id")
+        if verdict is identity.Verdict.REIDENTIFY_SELF:
+            self._reidentify(f"a copy of this data directory runs at {session.remote}")
+
+    def _second_session(self, session: Session, existing: Session) -> bool | None:
+        """A second session for one node id: True if it replaces the existing one (whose process
+        is gone), False if it was refused as a duplicate identity, None if the usual
+        one-session-per-pair rule applies (the same process connected twice)."""
+        verdict = identity.on_second_session(
+            existing.hello.origin,
+            session.hello.origin,
+            silent_for_s=time.monotonic() - existing.last_received,
+            heartbeat_interval_s=self.options.heartbeat_interval_ns / NS_PER_S,
+        )
+        if verdict is identity.Verdict.REPLACE:
+            self.sessions[session.peer_id] = session  # so closing the old one is not a "down"
+            existing.close("replaced: its process restarted")
+            return True
+        if verdict is identity.Verdict.TELL_NEWCOMER:
+            self._warn_duplicate(
+                (existing.hello.origin, session.hello.origin),
+                f"two live processes use node id {session.peer_id}: at {existing.address or existing.remote} (origin "
+                f"{existing.hello.origin}) and at {session.address or session.remote} (origin {session.hello.origin})",
+                f"the one at {session.remote} is told to take a new node id",
+            )
+            if wire.IDENTITY_FEATURE in session.features:
+                session.send(Duplicate(existing.hello.origin, existing.address or existing.remote))
+                # Closing at once would make the kernel reset the connection when the newcomer's
+                # first frames arrive, and a reset discards the Duplicate it has not read yet:
+                # let the newcomer close first (it does when it takes its new node id).
+                self._spawn(self._close_when_read(session, "duplicate node id"))
+            else:
+                session.close("duplicate node id")
+            return False
+        return None
+
+    async def _close_when_read(self, session: Session, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5.0):
+                while await session.reader.read(65536):
+                    pass
+        session.close(reason)
+
+    def _warn_duplicate(self, origins: tuple[str, str], what: str, action: str) -> None:
+        if origins not in self._duplicates_logged:  # once per pair of processes, not per retry
+            self._duplicates_logged.add(origins)
+            self.log.warning(
+                "DUPLICATE NODE ID: %s. Was a data directory copied (a VM snapshot, a container image, a restored "
+                "backup)? No write is lost (every process writes under its own origin); %s.",
+                what,
+                action,
+            )
+
+    def _reidentify(self, why: str) -> None:
+        """Take a new node id (keeping the data) and rejoin under it: every session is closed,
+        the replicator restarts with the new identity, and the dialers reconnect. Runs on the
+        loop thread; the storage work is a manifest write and one transaction per shard."""
+        if self._stopping:
+            return
+        old = self.node_id
+        sessions = list(self.sessions.values())
+        self.sessions.clear()  # their close is not a "down" of the member
+        for other in sessions:
+            other.send(Bye("this node takes a new node id"))
+            other.close("taking a new node id")
+        rep = self.replicator
+        assert rep is not None
+        rep.close()
+        try:
+            self.node_id = self.store.reidentify()
+        except Exception as exc:
+            self.log.error("could not take a new node id (%s): %s; will try again when told", why, exc)
+        self.replicator = Replicator(self.store, self.settings, send=self._send, can_send=self._can_send, log=self.log)
+        if self.node_id != old:
+            self.log.warning("node %s is now node %s (%s); its data is kept", old, self.node_id, why)
+        self._kick()
 
     def _dialer_of(self, session: Session) -> str:
         return self.node_id if session.dialer else session.peer_id
@@ -405,6 +503,16 @@ class ClusterNode:
             return
         if isinstance(message, Bye):
             self.log.warning("member %s: %s", session.peer_id, message.reason)
+            return
+        if isinstance(message, Duplicate):
+            self._warn_duplicate(
+                (self.store.origin, message.origin),
+                f"member {session.peer_id} ({session.remote}) reports that node id {self.node_id} is also used by "
+                f"a live process connected from {message.address} (origin {message.origin}); this process is "
+                f"origin {self.store.origin}",
+                "this process takes a new node id",
+            )
+            self._reidentify(f"its node id is used by a live process connected to {session.peer_id}")
             return
         rep = self.replicator
         assert rep is not None
@@ -616,7 +724,7 @@ class ClusterNode:
                 m[f'ekv_syncs_received_total{{peer="{node_id}",kind="{kind}"}}'] = state.syncs_in[kind]
                 m[f'ekv_syncs_sent_total{{peer="{node_id}",kind="{kind}"}}'] = state.syncs_out[kind]
             # how many of this node's writes the member has not yet reported having
-            lag = sum(max(0, own[i] - state.reported_vv.get(i, {}).get(self.node_id, 0)) for i in range(len(own)))
+            lag = sum(max(0, own[i] - state.reported_vv.get(i, {}).get(rep.origin, 0)) for i in range(len(own)))
             m[f"ekv_replication_lag_writes{label}"] = lag
             session = self.sessions.get(node_id)
             if session is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Auth",
     "Bye",
+    "Duplicate",
     "Hello",
     "Live",
     "Members",
@@ -63,6 +64,9 @@ class Hello:
     listen: str | None = None
     """The address this node accepts connections on, for the other members to dial."""
     wall_ns: int = 0
+    origin: str = ""
+    """The origin of this process's writes (``node_id~incarnation``): two live processes with
+    one node id (copies of one data directory) differ here. Empty from ekv 0.1."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,18 @@ class Reject:
 @dataclass(frozen=True, slots=True)
 class Bye:
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """Sent to a member whose node id another live member already uses (a copy of its data
+    directory runs elsewhere): the receiver takes a new node id. Only sent when both sides
+    negotiated the ``"identity"`` feature."""
+
+    origin: str
+    """The origin of the other process that has this node id."""
+    address: str
+    """Where that other process connected from (for the warning)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,5 +179,18 @@ class Reply:
 
 
 Message = (
-    Hello | Auth | Reject | Bye | Ping | Pong | Members | SyncRequest | SyncChunk | SyncDone | Live | Request | Reply
+    Hello
+    | Auth
+    | Reject
+    | Bye
+    | Duplicate
+    | Ping
+    | Pong
+    | Members
+    | SyncRequest
+    | SyncChunk
+    | SyncDone
+    | Live
+    | Request
+    | Reply
 )

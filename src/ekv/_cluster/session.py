@@ -106,8 +106,10 @@ def check_peer_hello(mine: Hello, theirs: Hello) -> tuple[int, frozenset[str]]:
         raise Refused(str(exc)) from None
     if not client and theirs.shards != mine.shards:
         raise Refused(f"peer {theirs.node_id} has {theirs.shards} shards, we have {mine.shards}; they cannot replicate")
-    if theirs.node_id == mine.node_id:
+    if theirs.node_id == mine.node_id and (not theirs.origin or theirs.origin == mine.origin):
         raise Refused("connected to ourselves")
+    # Same node id, another origin: a copy of our data directory runs there. The handshake goes
+    # on, so that only an authenticated member can make this node take a new identity.
     return version, features
 
 

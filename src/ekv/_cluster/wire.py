@@ -50,6 +50,7 @@ from typing import Any, Final
 from ekv._cluster.messages import (
     Auth,
     Bye,
+    Duplicate,
     Hello,
     Live,
     Members,
@@ -72,6 +73,7 @@ __all__ = [
     "CLIENT_FEATURE",
     "FEATURES",
     "HEADER_SIZE",
+    "IDENTITY_FEATURE",
     "MAX_ORIGIN_BYTES",
     "FrameDecoder",
     "decode",
@@ -79,9 +81,12 @@ __all__ = [
     "negotiate",
 ]
 
-FEATURES: Final[tuple[str, ...]] = ("zlib",)
+FEATURES: Final[tuple[str, ...]] = ("zlib", "identity")
 CLIENT_FEATURE: Final = "client"
 """Offered by a client (not a member): its session carries Request/Reply, never replication."""
+IDENTITY_FEATURE: Final = "identity"
+"""Hello carries the sender's origin (covered by the cookie proof) and a member may be told it
+duplicates another's node id (the Duplicate message)."""
 """The optional features this implementation supports; a feature is used on a connection only if
 both Hellos list it."""
 
@@ -110,7 +115,9 @@ _VALID_FLAGS = frozenset({0, 1, 2, 3, 6, 7})  # compressed only with a value
 _MALFORMED = (ValueError, TypeError, KeyError, IndexError, struct.error, zlib.error, RecursionError, OverflowError)
 """What a malformed body can make the parsing code raise; reported as a ProtocolError."""
 
-_HELLO, _AUTH, _REJECT, _BYE, _PING, _PONG, _MEMBERS, _SYNC_REQUEST, _SYNC_DONE, _REQUEST, _REPLY = range(1, 12)
+_HELLO, _AUTH, _REJECT, _BYE, _PING, _PONG, _MEMBERS, _SYNC_REQUEST, _SYNC_DONE, _REQUEST, _REPLY, _DUPLICATE = range(
+    1, 13
+)
 _LIVE, _SYNC_CHUNK = 16, 17
 
 
@@ -550,11 +557,13 @@ _SCHEMAS: Final[dict[int, tuple[Callable[..., Message], tuple[tuple[str, _Check]
             ("nonce", _hex(_MIN_NONCE, _MAX_NONCE)),
             ("listen", _optional(_NAME)),
             ("wall_ns", _I64),
+            ("origin", _text(MAX_ORIGIN_BYTES, empty=True)),
         ),
     ),
     _AUTH: (Auth, (("mac", _hex(1, 64)),)),
     _REJECT: (Reject, (("reason", _REASON),)),
     _BYE: (Bye, (("reason", _REASON),)),
+    _DUPLICATE: (Duplicate, (("origin", _ORIGIN), ("address", _REASON))),
     _PING: (Ping, (("wall_ns", _I64),)),
     _PONG: (Pong, (("echo_wall_ns", _I64), ("wall_ns", _I64))),
     _MEMBERS: (Members, (("members", _tuple(_member)),)),
@@ -582,6 +591,9 @@ _CODES: Final[dict[object, int]] = {cls: code for code, (cls, _) in _SCHEMAS.ite
 _LENIENT: Final = frozenset({_HELLO})
 """Messages whose unknown fields are ignored: Hello is read before any version is agreed, so a
 newer version may add fields to it that this one must skip. The others are strict."""
+_ADDED: Final[dict[int, dict[str, Any]]] = {_HELLO: {"origin": ""}}
+"""Fields added to a lenient message after the first release, with the value an older peer's
+message (which lacks them) stands for."""
 
 
 def _from_fields(code: int, obj: Any) -> Message:
@@ -589,9 +601,10 @@ def _from_fields(code: int, obj: Any) -> Message:
     name = getattr(cls, "__name__", "message")
     if type(obj) is not dict:
         raise ProtocolError(f"{name} is not a JSON object")
-    missing = [field for field, _ in schema if field not in obj]
+    added = _ADDED.get(code, {})
+    missing = [field for field, _ in schema if field not in obj and field not in added]
     if missing:
         raise ProtocolError(f"{name} lacks {', '.join(missing)}")
     if code not in _LENIENT and len(obj) != len(schema):
         raise ProtocolError(f"{name} has unknown fields {sorted(set(obj) - {f for f, _ in schema})!r:.200}")
-    return cls(*(check(obj[field], f"{name}.{field}") for field, check in schema))
+    return cls(*(check(obj[field], f"{name}.{field}") if field in obj else added[field] for field, check in schema))

@@ -126,7 +126,6 @@ class Node:
         self.stale_moved_to: str | None = None
         if config.cluster is not None and not self.store.created:
             self._check_stale()
-        self.node_id = self.store.node_id
         self.opened_at_ns = config.clock.now_ns()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -160,6 +159,12 @@ class Node:
         )
         self._gc_thread = _Periodic(self, "gc", config.gc_interval_ns / NS_PER_S, Node.run_gc)
         self._checkpoint_thread = _Periodic(self, "checkpoint", 0.1, lambda node: node.store.checkpoint())
+
+    @property
+    def node_id(self) -> str:
+        """This node's identity (it changes only if the cluster finds a copy of this data
+        directory running under the same id, see :meth:`ShardedStore.reidentify`)."""
+        return self.store.node_id
 
     def _check_stale(self) -> None:
         """Stale data protection (clustered nodes): a data directory last active longer ago than

@@ -36,7 +36,7 @@ from ekv._errors import (
     ShardCountError,
 )
 
-__all__ = ["DataDir", "Manifest", "new_node_id"]
+__all__ = ["DataDir", "Manifest", "new_incarnation", "new_node_id"]
 
 MANIFEST_NAME = "ekv.json"
 LOCK_NAME = "LOCK"
@@ -46,6 +46,16 @@ FORMAT = 1
 def new_node_id() -> str:
     """A fresh random node identity: 16 lowercase hex digits (64 bits)."""
     return secrets.token_hex(8)
+
+
+def new_incarnation() -> str:
+    """A fresh random incarnation token (8 lowercase hex digits) for one open of a store.
+
+    Each open writes under its own origin ``node_id~incarnation``: two processes that run from
+    byte copies of one data directory (a VM snapshot, a container image with baked data, a backup
+    restored on a second machine) share a node id, but never an origin, so they never issue the
+    same (origin, oseq) dot for two different writes, nor the same version."""
+    return secrets.token_hex(4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +68,16 @@ class Manifest:
     created_at_ns: int
     format: int = FORMAT
     epoch: int = 0
-    """Raised each time the node opens after an unclean shutdown (see :attr:`origin`)."""
+    """Written by ekv 0.1 stores, which raised it after each unclean shutdown; only read now (see
+    :attr:`legacy_origin`)."""
+    former_ids: tuple[str, ...] = ()
+    """Node ids this directory had before it re-identified (newest first): its shard files may
+    still name one of them until they are next opened for writing."""
 
     @property
-    def origin(self) -> str:
-        """The origin this node's new writes carry: its node id, plus ``~epoch`` once it has
-        restarted after an unclean shutdown. A crash (a power cut in particular) can take the tail
-        of the local sequence numbers back with the WAL while members already hold the lost
-        writes; a fresh origin guarantees that no sequence number is ever issued twice for two
-        different writes, and the lost tail comes back from the members by sync."""
+    def legacy_origin(self) -> str:
+        """The origin an ekv 0.1 store wrote under (its node id, plus ``~epoch`` after an unclean
+        shutdown): the previous origin of a shard that records none itself."""
         return self.node_id if self.epoch == 0 else f"{self.node_id}~{self.epoch}"
 
     def to_json(self) -> str:
@@ -78,6 +89,7 @@ class Manifest:
                 "node_id": self.node_id,
                 "created_at_ns": self.created_at_ns,
                 "epoch": self.epoch,
+                "former_ids": list(self.former_ids),
             },
             indent=2,
         )
@@ -187,6 +199,7 @@ class DataDir:
                 created_at_ns=data["created_at_ns"],
                 format=data["format"],
                 epoch=data.get("epoch", 0),
+                former_ids=tuple(data.get("former_ids", ())),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptionError(f"{str(path)!r} is corrupt or not an ekv manifest ({exc})") from None
@@ -203,6 +216,7 @@ class DataDir:
             and manifest.node_id
             and isinstance(manifest.epoch, int)
             and manifest.epoch >= 0
+            and all(isinstance(former, str) and former for former in manifest.former_ids)
         ):
             raise CorruptionError(f"{str(path)!r} has invalid fields")
         return manifest

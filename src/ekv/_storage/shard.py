@@ -104,6 +104,9 @@ class Shard:
         self.resent_by: set[str] = set()
         """Members that completed a full resend of this shard since damage was last found."""
         self._cleared: list[str] = []  # damaged keys replaced by the transaction in progress
+        self._armed = False
+        self._previous_origin = origin
+        self._node_id = ""
         self.outbox: Callable[[int, list[Entry]], None] | None = None
         """Called with (shard index, entries) after each commit of local writes, in commit
         order; the cluster layer sets it to feed live replication."""
@@ -139,8 +142,9 @@ class Shard:
             enable_wal(conn)  # only now: a file that is not ours is never modified
             shardfile.upgrade(conn, path)
             damaged = load_damaged(cur)
+            previous = shardfile.previous_origin(cur, identity.legacy_origin)
             oseq, own_ts = own_tail(cur, identity.origin)
-            clock.observe(own_ts)
+            clock.observe(max(own_ts, own_tail(cur, previous)[1]))
             last_active = cur.execute(schema.META_GET, ("last_active_at",)).get
             was_clean = cur.execute(schema.META_GET, ("clean_shutdown",)).get == 1
         except Error:
@@ -163,6 +167,8 @@ class Shard:
         )
         shard.was_clean = was_clean or create
         shard.damaged = damaged
+        shard._previous_origin = previous
+        shard._node_id = identity.node_id
         return shard
 
     # -- public operations -------------------------------------------------------------------
@@ -205,39 +211,74 @@ class Shard:
             raise op.error
         return op.result  # type: ignore[no-any-return]
 
-    def touch(self, now_ns: int) -> None:
-        """Record activity now (``last_active_at``) and mark the shard open (not cleanly shut
-        down), durably: this one commit is fsynced even with ``durability="normal"``, so that
-        after a power cut the next open knows it must not trust its sequence numbers."""
+    @property
+    def armed(self) -> bool:
+        """Whether this shard may issue writes under :attr:`origin` (see :meth:`arm`)."""
+        return self._armed
 
-        def mark(cur: apsw.Cursor) -> None:
-            cur.execute("PRAGMA synchronous=FULL")
-            try:
-                cur.execute("BEGIN")
-                cur.execute(schema.META_SET, ("last_active_at", now_ns))
-                cur.execute(schema.META_SET, ("clean_shutdown", 0))
-                cur.execute("COMMIT")
-            finally:
-                cur.execute(f"PRAGMA synchronous={self._synchronous}")
+    def arm(self, now_ns: int) -> None:
+        """Make this open's origin the shard's writing origin, durably, before its first write.
 
-        self.run_exclusive(mark)
+        One transaction, fsynced even with ``durability="normal"``: the previous origin's
+        sequence counter goes into the stored version vector (it is one more origin this node
+        has seen, and members are asked for any tail of it that a crash took back), the new
+        origin, the node id, the clock floor and ``last_active_at`` are recorded, and the shard
+        is marked open (not cleanly shut down). The store arms every shard when it opens; if
+        that fails (a full disk) the shard stays readable and arms before its first write, which
+        fails with the storage error until it succeeds."""
+        self.run_exclusive(lambda cur: self._arm(cur, now_ns))
 
-    def switch_origin(self, origin: str) -> None:
-        """Start issuing writes under a new origin (after an unclean shutdown). The old origin's
-        durable writes are recorded as covered in this shard's version vector, and the clock
-        floor is kept, so the old origin becomes one more origin this node has seen."""
-        old, old_oseq = self.origin, self._oseq
+    def _arm(self, cur: apsw.Cursor, now_ns: int) -> None:
+        previous, origin = self._previous_origin, self.origin
+        cur.execute("PRAGMA synchronous=FULL")
+        try:
+            cur.execute("BEGIN")
+            if previous != origin:
+                old_oseq = own_tail(cur, previous)[0]
+                if old_oseq:
+                    cur.execute(schema.VV_RAISE, (previous, old_oseq))
+            cur.execute(schema.META_SET, ("origin", origin))
+            cur.execute(schema.META_SET, ("node_id", self._node_id))
+            cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
+            cur.execute(schema.META_SET, ("last_active_at", now_ns))
+            cur.execute(schema.META_SET, ("clean_shutdown", 0))
+            cur.execute("COMMIT")
+        finally:
+            cur.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._previous_origin = origin
+        self._armed = True
+
+    def _arm_before(self, batch: Sequence[Op]) -> bool:
+        """Arm the shard before a batch of writes or applies; on failure fail every op of the
+        batch. (Called by the group commit, on the writer; never with an Exclusive op.)"""
+        try:
+            self._arm(self._cur, self.clock.wall.now_ns())
+        except BaseException as exc:
+            with contextlib.suppress(apsw.Error):
+                if not self._conn.getautocommit():
+                    self._cur.execute("ROLLBACK")
+            error = exc if isinstance(exc, Error) else storage_error(exc, self.path)
+            for op in batch:
+                op.error = error
+            return False
+        _log.info("ekv: %s is writable again", self.path)
+        return True
+
+    def reidentify(self, node_id: str, origin: str) -> None:
+        """Write from now on under a new node id and origin (the data directory took a new
+        identity: see ``ShardedStore.reidentify``). Same transaction as :meth:`arm`."""
 
         def switch(cur: apsw.Cursor) -> None:
-            cur.execute("BEGIN")
-            if old_oseq:
-                cur.execute(schema.VV_RAISE, (old, old_oseq))
-            cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
-            cur.execute("COMMIT")
+            old = self.origin, self._node_id, self._oseq
+            self._previous_origin = self.origin if self._armed else self._previous_origin
+            self.origin, self._node_id, self._oseq = origin, node_id, 0
+            try:
+                self._arm(cur, self.clock.wall.now_ns())
+            except BaseException:
+                self.origin, self._node_id, self._oseq = old
+                raise
 
         self.run_exclusive(switch)
-        self.origin = origin
-        self._oseq = self.run_exclusive(lambda cur: own_tail(cur, origin)[0])
 
     def abort(self) -> None:
         """Close the writer without touching the file (a failed open of the store)."""
@@ -268,6 +309,8 @@ class Shard:
     def run(self, op: Op) -> None:
         """Run one operation (the uncontended path of the group commit)."""
         kind = type(op)
+        if not self._armed and kind is not Exclusive and not self._closed and not self._arm_before([op]):
+            return
         if kind is Write and not self.damaged:
             if self._closed:
                 op.error = ClosedError("the store is closed")
@@ -283,6 +326,8 @@ class Shard:
         if self._closed:
             for op in batch:
                 op.error = ClosedError("the store is closed")
+            return
+        if not self._armed and not self._arm_before(batch):
             return
         if not self.damaged and all(type(op) is Write for op in batch):
             self._commit_writes(batch)  # type: ignore[arg-type]

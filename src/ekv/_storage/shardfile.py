@@ -16,7 +16,7 @@ from ekv._errors import CorruptionError
 from ekv._storage import schema
 from ekv._storage.integrity import upgrade_to_2
 
-__all__ = ["ShardIdentity", "initialise", "is_empty", "own_tail", "upgrade", "verify"]
+__all__ = ["ShardIdentity", "initialise", "is_empty", "own_tail", "previous_origin", "upgrade", "verify"]
 
 _log = logging.getLogger("ekv.storage")
 
@@ -26,6 +26,11 @@ class ShardIdentity(Protocol):
     node_id: str
     shards: int
     origin: str
+    """The origin of this open's writes (``node_id~incarnation``)."""
+    legacy_origin: str
+    """The origin of a shard that records none (written by ekv 0.1)."""
+    former_ids: tuple[str, ...]
+    """Node ids the directory had before it re-identified: a shard may still name one."""
 
 
 def upgrade(conn: apsw.Connection, path: str) -> None:
@@ -69,12 +74,21 @@ def verify(cur: apsw.Cursor, path: str, index: int, identity: ShardIdentity, app
     rows: list[Any] = cur.execute("SELECT key, value FROM meta").fetchall()
     meta = {row[0]: row[1] for row in rows}
     expected = {"shard_index": index, "shard_count": identity.shards, "node_id": identity.node_id}
+    if meta.get("node_id") in identity.former_ids:
+        del expected["node_id"]  # re-identified; the shard takes the new id when it is armed
     for key, want in expected.items():
         if meta.get(key) != want:
             raise CorruptionError(
                 f"{path} belongs to another store or shard ({key} is {meta.get(key)!r}, expected {want!r}); "
                 "shard files must not be moved between data directories"
             )
+
+
+def previous_origin(cur: apsw.Cursor, legacy_origin: str) -> str:
+    """The origin this shard last wrote under: the one whose sequence counter lives in the log
+    and floors rather than in the stored version vector (see ``Shard.arm``)."""
+    recorded = cur.execute(schema.META_GET, ("origin",)).get
+    return recorded if isinstance(recorded, str) and recorded else legacy_origin
 
 
 def own_tail(cur: apsw.Cursor, origin: str) -> tuple[int, int]:

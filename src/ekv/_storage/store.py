@@ -34,13 +34,14 @@ from ekv._errors import (
     CorruptionError,
     DataDirError,
     DecodeError,
+    DiskFullError,
     EncodeError,
     ValueTooLargeError,
 )
 from ekv._model import Entry, Version
 from ekv._storage import schema
 from ekv._storage.commit import Committer
-from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, new_node_id
+from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, new_incarnation, new_node_id
 from ekv._storage.gc import EXPIRE_BATCH, PURGE_BATCH, GcReport, expire_batch, finish_gc, purge_batch
 from ekv._storage.integrity import damaged_error, row_ok
 from ekv._storage.shard import EventSink, Shard
@@ -69,13 +70,15 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Identity:
-    __slots__ = ("name", "node_id", "origin", "shards")
+    __slots__ = ("former_ids", "legacy_origin", "name", "node_id", "origin", "shards")
 
-    def __init__(self, name: str, node_id: str, shards: int, origin: str) -> None:
+    def __init__(self, name: str, manifest: Manifest, shards: int, origin: str) -> None:
         self.name = name
-        self.node_id = node_id
+        self.node_id = manifest.node_id
         self.shards = shards
         self.origin = origin
+        self.legacy_origin = manifest.legacy_origin
+        self.former_ids = manifest.former_ids
 
 
 class ShardedStore:
@@ -86,6 +89,8 @@ class ShardedStore:
         self.datadir = datadir
         self.manifest = manifest
         self.node_id = manifest.node_id
+        self.origin = manifest.legacy_origin
+        """The origin of this open's writes, ``node_id~incarnation`` (set by :meth:`open`)."""
         self.clock = clock
         self.shards: list[Shard] = []
         self._count = config.shards
@@ -110,12 +115,25 @@ class ShardedStore:
 
     @classmethod
     def open(
-        cls, config: Config, clock: HybridClock, sink: EventSink, *, new_node_id: str | None = None
+        cls,
+        config: Config,
+        clock: HybridClock,
+        sink: EventSink,
+        *,
+        new_node_id: str | None = None,
+        incarnation: str | None = None,
     ) -> ShardedStore:
         """Open or create the data directory of ``config`` and every shard in it.
 
-        ``new_node_id`` fixes the identity of a store being created (the simulator uses it for
-        reproducible runs); an existing store keeps its recorded identity."""
+        Every open writes under a fresh origin, ``node_id~incarnation`` (``incarnation`` fixes
+        it, and ``new_node_id`` the identity of a store being created, for the simulator's
+        reproducible runs; otherwise both are random). A crash can take the last local sequence
+        numbers back with the WAL while members hold those writes, and two copies of one data
+        directory can run at once: with a fresh origin per open, no (origin, oseq) dot and no
+        version is ever issued twice, whatever happened to the files before.
+
+        A full disk does not prevent opening: reads work, and writes fail with
+        :class:`~ekv.DiskFullError` until there is space again."""
         check_sqlite_version()
         datadir = DataDir(config.data_dir)
         datadir.ensure_exists()
@@ -124,7 +142,8 @@ class ShardedStore:
             manifest, create = _load_or_plan(datadir, config, new_node_id)
             store = cls(config, datadir, manifest, clock)
             store.created = create
-            identity = _Identity(config.name, manifest.node_id, config.shards, manifest.origin)
+            store.origin = f"{manifest.node_id}~{incarnation or new_incarnation()}"
+            identity = _Identity(config.name, manifest, config.shards, store.origin)
             try:
                 for index in range(config.shards):
                     store.shards.append(
@@ -142,19 +161,8 @@ class ShardedStore:
                 if create:
                     datadir.write_manifest(manifest)
                 elif not all(shard.was_clean for shard in store.shards):
-                    # Unclean shutdown (crash, kill -9, power cut): new writes get a new origin,
-                    # so no sequence number can be issued twice (see Manifest.origin).
-                    manifest = replace(manifest, epoch=manifest.epoch + 1)
-                    datadir.write_manifest(manifest)
-                    store.manifest = manifest
-                    for shard in store.shards:
-                        shard.switch_origin(manifest.origin)
-                    _log.info(
-                        "ekv: %s was not shut down cleanly; new writes use origin %s", config.data_dir, manifest.origin
-                    )
-                now = config.clock.now_ns()
-                for shard in store.shards:
-                    shard.touch(now)
+                    _log.info("ekv: %s was not shut down cleanly", config.data_dir)
+                store._arm_shards()
             except BaseException:
                 for shard in store.shards:
                     shard.abort()
@@ -164,6 +172,42 @@ class ShardedStore:
             raise
         _open_stores.add(store)
         return store
+
+    def _arm_shards(self) -> None:
+        now = self.config.clock.now_ns()
+        full: list[str] = []
+        for shard in self.shards:
+            try:
+                shard.arm(now)
+            except DiskFullError:
+                full.append(shard.path)
+        if full:
+            _log.warning(
+                "ekv: the disk holding %s is full: the store is open for reads; writes fail with DiskFullError "
+                "until space is freed",
+                self.config.data_dir,
+            )
+
+    def reidentify(self, *, node_id: str | None = None, incarnation: str | None = None) -> str:
+        """Take a new node id (and origin), keeping the data: the cluster found another live
+        process using this directory's node id (a copy of this data directory). The manifest is
+        written first and remembers the old id, then each shard switches in one transaction
+        (:meth:`Shard.reidentify`); a shard that cannot (a full disk) goes on writing under
+        this open's origin, which is still unique, and switches at its next open. Returns the
+        new node id. (``node_id`` and ``incarnation`` fix the new identity: the simulator's
+        reproducible runs.)"""
+        node_id = node_id or new_node_id()
+        origin = f"{node_id}~{incarnation or new_incarnation()}"
+        former = (self.node_id, *(i for i in self.manifest.former_ids if i != self.node_id))[:_MAX_FORMER_IDS]
+        manifest = replace(self.manifest, node_id=node_id, former_ids=former)
+        self.datadir.write_manifest(manifest)
+        self.manifest, self.node_id, self.origin = manifest, node_id, origin
+        for shard in self.shards:
+            try:
+                shard.reidentify(node_id, origin)
+            except DiskFullError:
+                _log.warning("ekv: %s keeps its old identity until it is reopened (disk full)", shard.path)
+        return node_id
 
     @classmethod
     def open_readonly(cls, path: Path, *, lock: bool = True, codec: object = "pickle") -> ShardedStore:
@@ -210,12 +254,6 @@ class ShardedStore:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    @property
-    def origin(self) -> str:
-        """The origin of this node's new writes (the node id, or ``node_id~epoch`` after an
-        unclean shutdown)."""
-        return self.manifest.origin
 
     @property
     def readonly(self) -> bool:
@@ -638,6 +676,9 @@ class ShardedStore:
 
 def _fetch(cur: apsw.Cursor, sql: str, params: tuple[Any, ...]) -> list[Any]:
     return cur.execute(sql, params).fetchall()
+
+
+_MAX_FORMER_IDS = 16
 
 
 def _load_or_plan(datadir: DataDir, config: Config, node_id: str | None) -> tuple[Manifest, bool]:

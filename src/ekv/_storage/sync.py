@@ -24,7 +24,7 @@ from ekv._core import vv as vvmod
 from ekv._model import Entry
 from ekv._storage import schema
 from ekv._storage.integrity import row_ok
-from ekv._storage.shardfile import own_tail
+from ekv._storage.shardfile import own_tail, previous_origin
 from ekv._storage.sqlite import open_connection
 
 __all__ = ["SyncSnapshot", "load_peer_reports", "local_vv", "truncate_log"]
@@ -34,12 +34,15 @@ _PAGE = 256
 
 def local_vv(cur: apsw.Cursor, origin: str) -> dict[str, int]:
     """The shard's version vector as seen by ``cur`` (inside a transaction for a snapshot): the
-    stored vector plus ``origin``'s (this node's current origin's) sequence counter."""
+    stored vector plus the sequence counter of ``origin`` (this open's origin) and of the origin
+    the shard records as its writing one (the same once the shard is armed; the previous one
+    while a full disk keeps it from arming), whose counters are not in the stored vector."""
     rows: list[Any] = cur.execute(schema.VV_ALL).fetchall()
     vv = {o: oseq for o, oseq in rows}
-    own = own_tail(cur, origin)[0]
-    if own:
-        vv[origin] = own
+    for own_origin in {origin, previous_origin(cur, origin)}:
+        own = own_tail(cur, own_origin)[0]
+        if own:
+            vv[own_origin] = max(own, vv.get(own_origin, 0))
     vv.pop("", None)
     return vv
 

@@ -87,6 +87,9 @@ class _Node:
     rep: Replicator | None = None
     outbox: list[tuple[int, list[Entry]]] = field(default_factory=list)
     up: bool = True
+    duplicate_until: int | None = None
+    """A copy of another node's data directory, still under that node's id: members refuse it
+    (one session per node id) until it takes a new one at this virtual time."""
 
 
 def _wire_codec() -> tuple[Callable[[Message], bytes], Callable[[bytes], list[Message]]] | None:
@@ -128,6 +131,7 @@ class Simulation:
         gc_every_ms: int = 2_000,
         log_retention_s: int = 3600,
         use_wire: bool = True,
+        clones: int = 0,
         directory: Path | None = None,
         mutate: Callable[[Simulation], None] | None = None,
     ) -> None:
@@ -163,6 +167,8 @@ class Simulation:
         self.trace: list[str] = []
         self.messages = 0
         self.wire = _wire_codec() if use_wire else None
+        self.clones_left = clones
+        self._incarnations = 0
         self.gc_every_ms = gc_every_ms
         self.log_retention_ns = log_retention_s * NS_PER_S
         self._next_gc = self.now_ns + gc_every_ms * MS
@@ -191,10 +197,24 @@ class Simulation:
             clock=node.clock,
         )
         store = ShardedStore.open(
-            config, HybridClock(node.clock), _NullSink(), new_node_id=f"{self.seed:08x}{node.name:>08}"
+            config,
+            HybridClock(node.clock),
+            _NullSink(),
+            new_node_id=f"{self.seed:08x}{node.name:>08}",
+            incarnation=self._next_incarnation(),
         )
         node.store = store
         node.outbox = []
+        self._start_replicator(node)
+        node.up = True
+
+    def _next_incarnation(self) -> str:
+        self._incarnations += 1
+        return f"{self._incarnations:08x}"
+
+    def _start_replicator(self, node: _Node) -> None:
+        store = node.store
+        assert store is not None
 
         def collect(index: int, entries: list[Entry], node: _Node = node) -> None:
             node.outbox.append((index, entries))
@@ -206,7 +226,6 @@ class Simulation:
             self._send(src, peer, msg)
 
         node.rep = Replicator(store, self.settings, send=send, rng=random.Random(self.rng.random()))
-        node.up = True
 
     def node_id(self, name: str) -> str:
         store = self.nodes[name].store
@@ -215,9 +234,43 @@ class Simulation:
 
     def _name_of(self, node_id: str) -> str:
         for name, node in self.nodes.items():
-            if node.store is not None and node.store.node_id == node_id:
+            if node.store is not None and node.store.node_id == node_id and node.duplicate_until is None:
                 return name
         raise KeyError(node_id)
+
+    def clone(self, name: str) -> str:
+        """Copy a node's data directory while it is closed and run both copies (a VM snapshot,
+        a container image with baked data, a restored backup). The copy runs under the same
+        node id, and writes, until the membership protocol finds the duplicate: the members
+        refuse it meanwhile, then it takes a new node id with the real storage code (what
+        ``ekv._cluster.identity`` decides over TCP; the simulator does not run membership)."""
+        node = self.nodes[name]
+        self._drop_sessions(name)
+        assert node.rep is not None and node.store is not None
+        node.rep.close()
+        node.store.close()
+        copy_name = f"{name}c{sum(1 for n in self.nodes if n.startswith(name + 'c'))}"
+        shutil.copytree(node.path, self.directory / copy_name)
+        skew = self.rng.randint(-200, 200) * MS
+        copy = _Node(copy_name, self.directory / copy_name, SimClock(self, skew, node.clock.drift))
+        copy.duplicate_until = self.now_ns + self.rng.randint(0, 3_000) * MS
+        self.nodes[copy_name] = copy
+        self.trace.append(f"{self.now_ns - self.epoch_ns} clone {name} as {copy_name}")
+        self._start(node)
+        self._start(copy)
+        self._connect_all()
+        return copy_name
+
+    def _resolve_duplicates(self) -> None:
+        for node in self.nodes.values():
+            if node.duplicate_until is not None and self.now_ns >= node.duplicate_until:
+                assert node.rep is not None and node.store is not None
+                node.rep.close()
+                node.store.reidentify(node_id=f"{self.seed:08x}{node.name:>08}", incarnation=self._next_incarnation())
+                node.duplicate_until = None
+                self._start_replicator(node)
+                self.trace.append(f"{self.now_ns - self.epoch_ns} {node.name} takes node id {node.store.node_id}")
+                self._connect_all()
 
     def crash(self, name: str) -> None:
         """Close a node (its sessions end) and reopen it from its files."""
@@ -263,7 +316,13 @@ class Simulation:
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
                 pair = frozenset((a, b))
-                want = self.link_up(a, b) and self.nodes[a].up and self.nodes[b].up
+                want = (
+                    self.link_up(a, b)
+                    and self.nodes[a].up
+                    and self.nodes[b].up
+                    and self.nodes[a].duplicate_until is None
+                    and self.nodes[b].duplicate_until is None
+                )
                 if want and pair not in self.sessions:
                     self.sessions.add(pair)
                     self._rep(a).peer_up(self.node_id(b), self.nodes[a].clock.now_ns())
@@ -322,11 +381,13 @@ class Simulation:
 
     # -- clients -----------------------------------------------------------------------------
 
-    def client_write(self) -> None:
-        name = self.rng.choice([n for n, node in self.nodes.items() if node.up])
+    def client_write(self, name: str | None = None, key: str | None = None) -> None:
+        """One acknowledged client write: on ``name`` (a random live node by default), to
+        ``key`` (a random one of the simulation's keys by default)."""
+        name = name or self.rng.choice([n for n, node in self.nodes.items() if node.up])
         store = self.nodes[name].store
         assert store is not None
-        key = self.rng.choice(self.keys)
+        key = key or self.rng.choice(self.keys)
         roll = self.rng.random()
         if roll < self.delete_fraction:
             version = store.delete(key)
@@ -367,6 +428,7 @@ class Simulation:
                     self.client_write()
                 if faults:
                     self._maybe_fault()
+                self._resolve_duplicates()
                 if self.now_ns >= self._next_gc:
                     self._next_gc = self.now_ns + self.gc_every_ms * MS
                     self.gc_all()
@@ -390,6 +452,9 @@ class Simulation:
             self.heal()
         elif roll < 0.033:
             self.crash(self.rng.choice(names))
+        elif roll < 0.036 and self.clones_left > 0:
+            self.clones_left -= 1
+            self.clone(self.rng.choice([n for n in names if self.nodes[n].duplicate_until is None]))
 
     def gc_all(self) -> None:
         """A GC pass on every node: expiry, purge, and change-log truncation up to what every
@@ -509,10 +574,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0, help="virtual seconds of faults and writes per seed")
+    parser.add_argument(
+        "--clones", type=int, default=0, help="at most this many data-directory copies started next to their original"
+    )
     args = parser.parse_args(argv)
     failed = 0
     for seed in range(args.first, args.first + args.seeds):
-        problems, settle_ms, sim = run_seed(seed, duration_ms=int(args.seconds * 1000), nodes=args.nodes)
+        problems, settle_ms, sim = run_seed(
+            seed, duration_ms=int(args.seconds * 1000), nodes=args.nodes, clones=args.clones
+        )
         status = "ok" if not problems else "FAIL"
         print(
             f"seed {seed}: {status}, {len(sim.acked)} acknowledged writes, {sim.messages} messages, "

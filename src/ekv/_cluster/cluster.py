@@ -25,7 +25,7 @@ import weakref
 from collections import deque
 from typing import Any
 
-from ekv._cluster import auth, identity, wire
+from ekv._cluster import auth, identity, report, wire
 from ekv._cluster.clients import ClientOwner
 from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Duplicate, Hello, Members, Message
 from ekv._cluster.replicator import ReplicationSettings, Replicator
@@ -239,13 +239,15 @@ class ClusterNode:
             ),
             timeout,
         )
+        params = self._handshake_params()
         try:
-            theirs, features, decoder, pending = await dial_handshake(reader, writer, self._handshake_params())
+            theirs, features, decoder, pending = await dial_handshake(reader, writer, params)
         except BaseException:
             writer.close()
             raise
         entry["node_id"] = theirs.node_id
         session = self._make_session(reader, writer, theirs, features, decoder, pending, dialer=True, address=address)
+        session.local_origin = params.hello.origin
         if self._establish(session):
             entry["state"] = "connected"
             entry["last_error"] = None
@@ -258,8 +260,9 @@ class ClusterNode:
     async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: Any) -> None:
         """A connection for this instance arrived on the listener (called by the runtime)."""
         theirs, decoder, pending = first
+        params = self._handshake_params()
         try:
-            features = await accept_handshake(reader, writer, self._handshake_params(), theirs, decoder, pending)
+            features = await accept_handshake(reader, writer, params, theirs, decoder, pending)
         except Refused as exc:
             self.log.warning("refused a connection from %s: %s", _remote(writer), exc)
             writer.close()
@@ -272,6 +275,7 @@ class ClusterNode:
             host, port = parse_address(theirs.listen, "listen", default_host=_remote_host(writer))
             address = format_address(host, port)
         session = self._make_session(reader, writer, theirs, features, decoder, pending, dialer=False, address=address)
+        session.local_origin = params.hello.origin
         if self._establish(session) and address is not None:
             known = self.addresses.get(address)
             if known is None:
@@ -360,6 +364,9 @@ class ClusterNode:
             session.close("shutting down")
             return False
         peer = session.peer_id
+        if session.local_origin != self.store.origin:
+            session.close("this node took a new node id during the handshake")
+            return False
         if peer in self._blocked:
             session.close("blocked (test partition)")
             return False
@@ -646,94 +653,10 @@ class ClusterNode:
         return self._runtime.run(run(), timeout=30)
 
     def info(self) -> dict[str, Any]:
-        return dict(self.call(self._info))
-
-    def _info(self) -> dict[str, Any]:
-        rep = self.replicator
-        assert rep is not None
-        peers = rep.peer_info()
-        members = {}
-        for address, entry in self.addresses.items():
-            node_id = entry["node_id"]
-            members[node_id or address] = {
-                "node_id": node_id,
-                "address": address,
-                "source": entry["source"],
-                "connected": node_id in self.sessions,
-                "state": "connected" if node_id in self.sessions else entry["state"],
-                "last_error": entry["last_error"],
-            }
-        for node_id, session in self.sessions.items():
-            item = members.setdefault(node_id, {"node_id": node_id, "address": session.address, "source": "inbound"})
-            item.update(
-                {
-                    "connected": True,
-                    "state": "quarantined"
-                    if rep.peers.get(node_id) and rep.peers[node_id].quarantined
-                    else "connected",
-                    "remote": session.remote,
-                    "dialed": session.dialer,
-                    "last_seen_ns": session.last_seen_wall_ns,
-                    "rtt_s": session.rtt_s,
-                    "skew_ns": session.skew_ns,
-                    "bytes_in": session.bytes_in,
-                    "bytes_out": session.bytes_out,
-                    "send_queue_bytes": session.queued_bytes,
-                    "features": sorted(session.features),
-                    "replication": peers.get(node_id),
-                }
-            )
-        for node_id, (when, reason) in self.last_disconnect.items():
-            item = members.setdefault(node_id, {"node_id": node_id, "connected": False, "state": "down"})
-            item["last_disconnect"] = {"at_ns": when, "reason": reason}
-        for node_id, since in rep.down_since().items():
-            item = members.setdefault(node_id, {"node_id": node_id, "connected": False, "state": "down"})
-            item["down_since_ns"] = since
-        return {
-            "listen": self.listen_address,
-            "advertised": self.advertised,
-            "members": members,
-            "quarantined": dict(rep.quarantined),
-            "vv": [rep.current_vv(i) for i in range(len(self.store.shards))],
-            "stats": dict(rep.stats),
-        }
+        return dict(self.call(report.cluster_info, self))
 
     def metrics(self) -> dict[str, float]:
-        return dict(self.call(self._metrics))
-
-    def _metrics(self) -> dict[str, float]:
-        rep = self.replicator
-        assert rep is not None
-        m: dict[str, float] = {
-            "ekv_members_connected": len(self.sessions),
-            "ekv_members_known": len(
-                {e["node_id"] for e in self.addresses.values() if e["node_id"]} | set(self.sessions)
-            ),
-            "ekv_members_quarantined": len(rep.quarantined),
-            "ekv_replication_live_sent_total": rep.stats["live_sent"],
-            "ekv_replication_live_received_total": rep.stats["live_received"],
-            "ekv_replication_live_applied_total": rep.stats["live_applied"],
-            "ekv_replication_sync_entries_applied_total": rep.stats["sync_entries_applied"],
-            "ekv_replication_repair_pulls_total": rep.stats["repair_pulls"],
-            "ekv_replication_outbox": len(self._outbox),
-        }
-        own = [self.store.shards[i].oseq for i in range(len(self.store.shards))]
-        for node_id, state in rep.peers.items():
-            label = f'{{peer="{node_id}"}}'
-            for kind in ("delta", "full"):
-                m[f'ekv_syncs_received_total{{peer="{node_id}",kind="{kind}"}}'] = state.syncs_in[kind]
-                m[f'ekv_syncs_sent_total{{peer="{node_id}",kind="{kind}"}}'] = state.syncs_out[kind]
-            # how many of this node's writes the member has not yet reported having
-            lag = sum(max(0, own[i] - state.reported_vv.get(i, {}).get(rep.origin, 0)) for i in range(len(own)))
-            m[f"ekv_replication_lag_writes{label}"] = lag
-            session = self.sessions.get(node_id)
-            if session is not None:
-                m[f"ekv_send_queue_bytes{label}"] = session.queued_bytes
-                if session.skew_ns is not None:
-                    m[f"ekv_clock_skew_seconds{label}"] = session.skew_ns / NS_PER_S
-                if session.rtt_s is not None:
-                    m[f"ekv_rtt_seconds{label}"] = session.rtt_s
-        return m
+        return dict(self.call(report.cluster_metrics, self))
 
     def clear_quarantine(self, node_id: str) -> bool:
         rep = self.replicator

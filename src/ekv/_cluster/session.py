@@ -243,6 +243,9 @@ class Session:
         self.writer = writer
         self.hello = hello
         self.peer_id = hello.node_id
+        self.local_origin = ""
+        """The origin this node announced in the handshake (it may have changed since: see
+        ``ekv._cluster.identity``)."""
         self.features = features
         self.dialer = dialer
         self.address = address

@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="operations/s per client thread (default 20)")
     parser.add_argument("--keys", type=int, default=30, help="size of the shared key space (default 30)")
     parser.add_argument("--quiet", action="store_true", help="do not print nemesis actions as they happen")
+    parser.add_argument(
+        "--clone",
+        action="store_true",
+        help="start the last node from a byte copy of the first node's data directory (a duplicate node id)",
+    )
     args = parser.parse_args(argv)
     kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
     unknown = sorted(set(kinds) - set(KINDS))
@@ -55,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             duration=duration,
             seed=seed,
             net=args.net,
+            clone=args.clone,
             out=args.out,
             kinds=kinds,
             threads=args.threads,

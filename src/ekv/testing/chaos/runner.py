@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import sys
 import threading
 import time
@@ -81,6 +82,10 @@ class RunOptions:
     """Extra environment of the node processes (e.g. test-only faults)."""
     progress: bool = False
     """Print what happens to stderr."""
+    clone: bool = False
+    """Start the last node from a byte copy of the first node's data directory (closed cleanly
+    after one start): both run under one node id until the cluster finds the duplicate and one
+    of them takes a new id; its clients write to it from the start."""
 
 
 @dataclass
@@ -241,13 +246,27 @@ class _Run:
             node.peers = self.net.peers(i)
             node.stderr_path = self.dir / f"n{i}.log"
             self.nodes.append(node)
+        if opts.clone and len(self.nodes) >= 2:
+            first, copy = self.nodes[0], self.nodes[-1]
+            first.start()
+            first.stop()
+            shutil.copytree(first.data_dir, copy.data_dir)
+            self.nemesis("clone", {"node": copy.name, "of": first.name})
         for node in self.nodes:
             node.start()
         self.wait_mesh(60)
 
+    def refresh_ids(self) -> None:
+        """Learn the nodes' current node ids (a copy of a data directory takes a new one)."""
+        for i, node in enumerate(self.nodes):
+            if self.live(i):
+                with contextlib.suppress(RuntimeError, TimeoutError, OSError):
+                    node.node_id = node.call("info", timeout=10)["info"]["node_id"]
+
     def wait_mesh(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self.refresh_ids()
             ids = {n.node_id for n in self.nodes}
             if all(
                 sum(1 for k, up in n.members().items() if up and k in ids) >= len(self.nodes) - 1 for n in self.nodes
@@ -365,6 +384,7 @@ class _Run:
                 info = node.call("info", timeout=10)["info"]
             except (RuntimeError, TimeoutError, OSError):
                 continue
+            node.node_id = info["node_id"]
             row["nodes"][node.name] = {
                 "keys": info["keys"],
                 "tombstones": info["tombstones"],

@@ -143,7 +143,7 @@ def test_a_failed_batch_fails_every_write_in_it(kv: ekv.EKV, monkeypatch: pytest
 
     class FullCursor:
         def execute(self, sql: str, params: Any = None) -> Any:
-            if sql.lstrip().startswith("INSERT INTO kv"):
+            if "INSERT INTO kv" in sql:
                 raise apsw.FullError("database or disk is full")
             return real_cursor.execute(sql, params)
 

@@ -49,6 +49,39 @@ class EventSink(Protocol):
     def publish(self, events: list[RawEvent]) -> None: ...
 
 
+_LWW = schema.UPSERT.rsplit("WHERE", 1)[1].strip()  # the statement's LWW rule, "excluded wins"
+_ALONE_UPSERT: dict[int, str] = {}
+_BEGIN_UPSERT: dict[int, str] = {}
+
+
+def _alone_upsert_rows(rows: int) -> str:
+    """:func:`~ekv._storage.schema.upsert_rows` for local writes run as a transaction of their
+    own: the statement fails (``NOT NULL constraint failed: kv.ts``, so SQLite undoes all of it)
+    instead of skipping a row that loses LWW, because such a row needs an overtake, which must
+    commit together with the rest of the group. A row that is the same write as the stored one
+    (same dot and version: the padding rows) still changes nothing."""
+    sql = _ALONE_UPSERT.get(rows)
+    if sql is None:
+        sql = schema.upsert_rows(rows)
+        head, tail = sql.split("ts = excluded.ts,", 1)
+        tail = tail.rsplit("WHERE", 1)[0]
+        sql = (
+            f"{head}ts = CASE WHEN {_LWW} THEN excluded.ts END,{tail}"
+            "WHERE NOT (excluded.ts = kv.ts AND excluded.origin = kv.origin AND excluded.oseq = kv.oseq)\n"
+        )
+        _ALONE_UPSERT[rows] = sql
+    return sql
+
+
+def _begin_upsert_rows(rows: int) -> str:
+    """``BEGIN`` followed by :func:`~ekv._storage.schema.upsert_rows`, as one SQL text: APSW
+    runs both statements in one ``execute`` (the bindings all go to the upsert)."""
+    sql = _BEGIN_UPSERT.get(rows)
+    if sql is None:
+        sql = _BEGIN_UPSERT[rows] = "BEGIN; " + schema.upsert_rows(rows)
+    return sql
+
+
 def upsert_row(
     key: str, ts: int, origin: str, oseq: int, expires_at: int | None, blob: bytes | None
 ) -> tuple[Any, ...]:
@@ -335,59 +368,100 @@ class Shard:
             self._commit_mixed(batch)
 
     def _commit_writes(self, batch: list[Write]) -> None:
-        """Local writes: one multi-row upsert statement, committed on its own.
+        """Local writes only: one transaction (see :meth:`_write_local`).
 
-        One statement means one call into SQLite (one release of the GIL, which costs tens of
-        microseconds when other threads wait for it) and one commit for the whole group. The row
-        count is rounded up to a power of two by repeating the last row (a repeat is an exact
-        duplicate version and changes nothing), so only nine statement shapes are ever prepared.
-        Every row is still checked against LWW by the statement's WHERE clause.
+        The transaction makes the group all-or-nothing: if anything fails (an overtake hitting
+        a full disk, the commit itself), no write of the group is stored, each reports the
+        error, and the sequence counter goes back, so a dot that was never stored is the one
+        issued next and a dot that was stored is never issued again.
+        """
+        cur = self._cur
+        events: list[RawEvent] | None = [] if self.sink.active else None
+        saved_oseq = self._oseq
+        cleared = self._cleared = []
+        try:
+            if self._write_local(cur, batch, events, True):  # the group needed more than one statement
+                for key in cleared:
+                    cur.execute(schema.DAMAGED_CLEAR, (key,))
+                cur.execute("COMMIT")
+        except BaseException as exc:
+            self._roll_back(batch, exc, saved_oseq)
+            return
+        if cleared or events or self.outbox is not None:
+            self._committed(batch, cleared, events)
+
+    def _write_local(self, cur: apsw.Cursor, batch: list[Write], events: list[RawEvent] | None, begin: bool) -> bool:
+        """Write a run of local writes: the one path of every local write. Runs inside the
+        caller's transaction, or with ``begin`` in one of its own; returns whether the caller
+        must commit it (False: it was a single statement, already committed).
+
+        All rows go into one multi-row upsert statement: one call into SQLite (one release of the
+        GIL, which costs tens of microseconds when other threads wait for it) for the whole group.
+        The row count is rounded up to a power of two by repeating the last row (a repeat is an
+        exact duplicate version and changes nothing), so only nine statement shapes are ever
+        prepared. Every row is still checked against LWW by the statement's WHERE clause; rows
+        that lost are written again above the stored version (:meth:`_overtake_lost`).
+
+        With ``begin``, the group first runs as that one statement alone, which SQLite commits
+        (or undoes) as a whole: an explicit BEGIN and COMMIT would cost two more statements on
+        every write (about 4 µs here, a tenth of a put). A row that loses LWW makes that
+        statement fail and change nothing (:func:`_alone_upsert_rows`): the group then runs
+        again in an explicit transaction, opened by the same call as the upsert, with its
+        overtakes. The sequence counter is advanced here; the caller puts it back if the group
+        does not commit.
         """
         sink = self.sink
-        cur = self._cur
-        events: list[RawEvent] | None = [] if sink.active else None
+        damaged = self.damaged
+        opened = False
+        if damaged:
+            doomed = [key for key in dict.fromkeys(op.key for op in batch) if key in damaged]
+            if doomed and begin:
+                cur.execute("BEGIN")
+                begin, opened = False, True
+            for key in doomed:
+                # The damaged row's version cannot be trusted (its timestamp may be the flipped
+                # part): drop it rather than compete with it or let the clock observe it.
+                cur.execute("DELETE FROM kv WHERE key = ?", (key,))
+                self._cleared.append(key)
         tick = self.clock.tick
         origin = self.origin
         oseq = self._oseq
         params: list[Any] = []
         latest: dict[str, bytes | None] = {}  # for delete events: values written earlier in the group
         wanted: list[tuple[Write, bytes | None]] = []
-        try:
-            for op in batch:
-                key = op.key
-                blob = op.blob
-                if events is not None and sink.matches(key):
-                    prev = None
-                    if blob is None:
-                        prev = latest[key] if key in latest else self._visible_value(cur, key)
-                    wanted.append((op, prev))
-                    latest[key] = blob
-                ts = tick()
-                oseq += 1
-                op.oseq = oseq
-                op.version = Version(ts, origin)
-                expires_at = op.expires_at
-                params += upsert_row(key, ts, origin, oseq, expires_at, blob)
-            rows = len(batch)
-            if rows == 1:
-                cur.execute(schema.UPSERT, params)
-            else:
-                shape = 1 << (rows - 1).bit_length()
-                if shape != rows:
-                    params += params[-schema.UPSERT_COLUMNS :] * (shape - rows)
-                cur.execute(schema.upsert_rows(shape), params)
-            if self._conn.changes() != rows:
-                self._overtake_lost(cur, batch)
-        except BaseException as exc:
-            for op in batch:
-                op.error = storage_error(exc, self.path)
-                op.version = None
-            return
+        for op in batch:
+            key = op.key
+            blob = op.blob
+            if events is not None and sink.matches(key):
+                prev = None
+                if blob is None:
+                    prev = latest[key] if key in latest else self._visible_value(cur, key)
+                wanted.append((op, prev))
+                latest[key] = blob
+            ts = tick()
+            oseq += 1
+            op.oseq = oseq
+            op.version = Version(ts, origin)
+            params += upsert_row(key, ts, origin, oseq, op.expires_at, blob)
+        rows = len(batch)
+        shape = 1 << (rows - 1).bit_length()
+        if shape != rows:
+            params += params[-schema.UPSERT_COLUMNS :] * (shape - rows)
+        alone = False
+        if begin:
+            try:
+                cur.execute(_ALONE_UPSERT.get(shape) or _alone_upsert_rows(shape), params)
+                alone = True  # committed: every row won (or was this very write already)
+            except apsw.ConstraintError:
+                cur.execute(_begin_upsert_rows(shape), params)
+                opened = True
+        else:
+            cur.execute(schema.upsert_rows(shape), params)
+        if not alone and self._conn.changes() != rows:
+            self._overtake_lost(cur, batch)
         self._oseq = oseq
-        outbox = self.outbox
-        if outbox is not None:
-            self._send_out(outbox, batch)
-        if events is not None and wanted:
+        if wanted:
+            assert events is not None
             for op, prev in wanted:
                 version = op.version
                 assert version is not None
@@ -395,7 +469,7 @@ class Shard:
                     events.append(("put", op.key, op.blob, version))
                 else:
                     events.append(("delete", op.key, prev, version))
-            self._publish(events)
+        return opened
 
     def _overtake_lost(self, cur: apsw.Cursor, batch: list[Write]) -> None:
         """Some local writes lost LWW: the stored version was ahead of this node's clock (data
@@ -408,25 +482,36 @@ class Shard:
                 op.version = Version(self._overtake(cur, op, op.oseq), self.origin)
 
     def _commit_mixed(self, batch: list[Op]) -> None:
-        """Remote applies (possibly with local writes): one explicit transaction."""
+        """Remote applies (possibly with local writes), or writes while the shard holds damaged
+        rows: one explicit transaction; each run of consecutive local writes goes through
+        :meth:`_write_local`, like the writes of :meth:`_commit_writes`."""
         cur = self._cur
         events: list[RawEvent] | None = [] if self.sink.active else None
         saved_oseq = self._oseq
         cleared = self._cleared = []
+        writes: list[Write] = []
         try:
             cur.execute("BEGIN")
             remote = False
+            run: list[Write] = []
             for op in batch:
                 if type(op) is Write:
-                    self._write_one(cur, op, events)
-                else:
-                    assert type(op) is Apply
-                    self._apply_one(cur, op, events)
-                    if op.vv:
-                        for origin, oseq in op.vv.items():
-                            if origin != self.origin:
-                                cur.execute(schema.VV_RAISE, (origin, oseq))
-                    remote = True
+                    run.append(op)
+                    continue
+                if run:
+                    self._write_local(cur, run, events, False)
+                    writes += run
+                    run = []
+                assert type(op) is Apply
+                self._apply_one(cur, op, events)
+                if op.vv:
+                    for origin, oseq in op.vv.items():
+                        if origin != self.origin:
+                            cur.execute(schema.VV_RAISE, (origin, oseq))
+                remote = True
+            if run:
+                self._write_local(cur, run, events, False)
+                writes += run
             if remote:
                 # Versions applied from peers may be ahead of this node's own writes; persist
                 # the clock so a restart still issues timestamps above them (causality).
@@ -435,25 +520,33 @@ class Shard:
                 cur.execute(schema.DAMAGED_CLEAR, (key,))
             cur.execute("COMMIT")
         except BaseException as exc:
-            self._oseq = saved_oseq
-            with contextlib.suppress(apsw.Error):
-                if not self._conn.getautocommit():
-                    cur.execute("ROLLBACK")
-            for op in batch:
-                op.error = storage_error(exc, self.path)
-                if type(op) is Write:
-                    op.version = None
-                elif type(op) is Apply:
-                    op.applied = []
+            self._roll_back(batch, exc, saved_oseq)
             return
+        self._committed(writes, cleared, events)
+
+    def _roll_back(self, batch: Sequence[Op], exc: BaseException, saved_oseq: int) -> None:
+        """A group's transaction failed: undo it, put the sequence counter back (none of the
+        group's dots is stored), and fail every operation of the group."""
+        self._oseq = saved_oseq
+        with contextlib.suppress(apsw.Error):
+            if not self._conn.getautocommit():
+                self._cur.execute("ROLLBACK")
+        for op in batch:
+            op.error = storage_error(exc, self.path)
+            if type(op) is Write:
+                op.version = None
+            elif type(op) is Apply:
+                op.applied = []
+
+    def _committed(self, writes: list[Write], cleared: list[str], events: list[RawEvent] | None) -> None:
+        """After a group committed: forget replaced damage, queue the local writes for
+        replication, then deliver the events (only committed writes ever get this far)."""
         for key in cleared:
             if self.damaged.pop(key, None) is not None:
                 _log.warning("ekv: the damaged version of key %r in %s was replaced", key, self.path)
         outbox = self.outbox
-        if outbox is not None:
-            writes = [op for op in batch if type(op) is Write]
-            if writes:
-                self._send_out(outbox, writes)
+        if outbox is not None and writes:
+            self._send_out(outbox, writes)
         if events:
             self._publish(events)
 
@@ -473,34 +566,6 @@ class Shard:
             self.sink.publish(events)
         except Exception:  # a subscriber bug must never fail a committed write
             _log.exception("ekv: delivering events failed")
-
-    def _write_one(self, cur: apsw.Cursor, op: Write, events: list[RawEvent] | None) -> None:
-        key = op.key
-        blob = op.blob
-        prev: bytes | None = None
-        wanted = events is not None and self.sink.matches(key)
-        if wanted and blob is None:
-            prev = self._visible_value(cur, key)
-        if key in self.damaged:
-            # The damaged row's version cannot be trusted (its timestamp may be the flipped
-            # part): drop it rather than compete with it or let the clock observe it.
-            cur.execute("DELETE FROM kv WHERE key = ?", (key,))
-            self._cleared.append(key)
-        ts = self.clock.tick()
-        oseq = op.oseq = self._oseq + 1
-        origin = self.origin
-        expires_at = op.expires_at
-        cur.execute(schema.UPSERT, upsert_row(key, ts, origin, oseq, expires_at, blob))
-        if not self._conn.changes():
-            ts = self._overtake(cur, op, oseq)
-        self._oseq = oseq
-        version = op.version = Version(ts, origin)
-        if wanted:
-            assert events is not None
-            if blob is not None:
-                events.append(("put", key, blob, version))
-            else:
-                events.append(("delete", key, prev, version))
 
     def _overtake(self, cur: apsw.Cursor, op: Write, oseq: int) -> int:
         """A local write lost LWW: the stored version is ahead of our clock (data written by a

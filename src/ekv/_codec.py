@@ -68,6 +68,8 @@ def resolve_codec(codec: object) -> Codec:
         return JsonCodec()
     if isinstance(codec, str):
         raise ConfigError(f"codec must be 'pickle', 'json' or an object with dumps/loads, not {codec!r}")
+    if isinstance(codec, type):
+        raise ConfigError(f"codec must be a codec object, not the class {codec.__qualname__}; pass an instance")
     if not (callable(getattr(codec, "dumps", None)) and callable(getattr(codec, "loads", None))):
         raise ConfigError(
             f"codec {codec!r:.80} has no callable dumps() and loads(); use 'pickle', 'json' or an object providing both"

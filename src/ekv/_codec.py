@@ -5,6 +5,13 @@ trips. Pickle executes code while loading, so a node must only load values writt
 trusts. Deployments where peers are not fully trusted use ``codec="json"`` or any object with
 ``dumps(value) -> bytes`` and ``loads(bytes) -> value``.
 
+The codec's name is recorded in the data directory when it is created and announced to members in
+the handshake, so a directory is never read with another codec and members with different codecs
+never exchange values (each would store bytes the other cannot decode). The built-in codecs are
+named ``"pickle"`` and ``"json"``; a custom codec declares its name in a ``name`` attribute (a
+short string: the same name means the same encoding) and, without one, is named after its class
+(``module.QualifiedName``), so renaming or moving the class then needs ``name`` set to the old one.
+
 Values are only ever decoded by a local read (``get``, ``scan``, ...) or to build a subscription
 event; the storage, transport and replication layers move them as opaque bytes.
 """
@@ -17,12 +24,23 @@ from typing import Any, Protocol, runtime_checkable
 
 from ekv._errors import ConfigError
 
-__all__ = ["Codec", "JsonCodec", "PickleCodec", "resolve_codec"]
+__all__ = ["BUILTIN_CODECS", "Codec", "JsonCodec", "PickleCodec", "codec_name", "resolve_codec"]
+
+BUILTIN_CODECS = ("pickle", "json")
+"""The codecs ekv builds from their names (``codec="json"``, ``ekv serve --codec json``)."""
+
+MAX_NAME_BYTES = 255
+"""Longest codec name, in UTF-8 bytes (it travels in the handshake, like instance names)."""
 
 
 @runtime_checkable
 class Codec(Protocol):
-    """The codec interface: ``dumps`` returns ``bytes``; ``loads`` inverts it."""
+    """The codec interface: ``dumps`` returns ``bytes``; ``loads`` inverts it.
+
+    A custom codec should also have a ``name`` attribute, a short ``str`` such as
+    ``"msgpack-v1"``: it is recorded in the data directory and compared between members, so the
+    same name must mean the same encoding. Without one the codec is named after its class
+    (``module.QualifiedName``)."""
 
     def dumps(self, value: Any) -> bytes: ...
 
@@ -118,7 +136,8 @@ def _check_round_trip(value: Any) -> None:
 
 
 def resolve_codec(codec: object) -> Codec:
-    """Turn the ``codec=`` option into a codec object."""
+    """Turn the ``codec=`` option into a codec object; its name must be usable (see
+    :func:`codec_name`)."""
     if codec == "pickle" or codec is None:
         return PickleCodec()
     if codec == "json":
@@ -131,10 +150,24 @@ def resolve_codec(codec: object) -> Codec:
         raise ConfigError(
             f"codec {codec!r:.80} has no callable dumps() and loads(); use 'pickle', 'json' or an object providing both"
         )
+    name = getattr(codec, "name", None)
+    if name is not None and not (isinstance(name, str) and name.strip() == name and name.isprintable() and name):
+        raise ConfigError(
+            f"codec {codec!r:.80} has name {name!r:.80}; a codec's name must be a non-empty printable str "
+            "without surrounding spaces (it is recorded in data_dir and compared between members)"
+        )
+    if len(codec_name(codec).encode("utf-8", "replace")) > MAX_NAME_BYTES:  # type: ignore[arg-type]
+        raise ConfigError(
+            f"the name of codec {codec!r:.80} is longer than {MAX_NAME_BYTES} bytes; give it a shorter name attribute"
+        )
     return codec  # type: ignore[return-value]
 
 
 def codec_name(codec: Codec) -> str:
-    """A short name for ``info()`` and logs."""
+    """The name recorded in the data directory and announced to members: the codec's ``name``
+    attribute, else its class as ``module.QualifiedName``."""
     name = getattr(codec, "name", None)
-    return name if isinstance(name, str) else type(codec).__qualname__
+    if isinstance(name, str):
+        return name
+    cls = type(codec)
+    return f"{cls.__module__}.{cls.__qualname__}"

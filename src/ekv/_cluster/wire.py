@@ -550,6 +550,7 @@ _SCHEMAS: Final[dict[int, tuple[Callable[..., Message], tuple[tuple[str, _Check]
             ("nonce", _hex(_MIN_NONCE, _MAX_NONCE)),
             ("listen", _optional(_NAME)),
             ("wall_ns", _I64),
+            ("codec", _optional(_NAME)),
         ),
     ),
     _AUTH: (Auth, (("mac", _hex(1, 64)),)),
@@ -582,6 +583,9 @@ _CODES: Final[dict[object, int]] = {cls: code for code, (cls, _) in _SCHEMAS.ite
 _LENIENT: Final = frozenset({_HELLO})
 """Messages whose unknown fields are ignored: Hello is read before any version is agreed, so a
 newer version may add fields to it that this one must skip. The others are strict."""
+_MAY_BE_ABSENT: Final = frozenset({(_HELLO, "codec")})
+"""Fields added to a lenient message after the first release: an older peer does not send them,
+so absent means None (each is ``_optional``)."""
 
 
 def _from_fields(code: int, obj: Any) -> Message:
@@ -589,9 +593,9 @@ def _from_fields(code: int, obj: Any) -> Message:
     name = getattr(cls, "__name__", "message")
     if type(obj) is not dict:
         raise ProtocolError(f"{name} is not a JSON object")
-    missing = [field for field, _ in schema if field not in obj]
+    missing = [field for field, _ in schema if field not in obj and (code, field) not in _MAY_BE_ABSENT]
     if missing:
         raise ProtocolError(f"{name} lacks {', '.join(missing)}")
     if code not in _LENIENT and len(obj) != len(schema):
         raise ProtocolError(f"{name} has unknown fields {sorted(set(obj) - {f for f, _ in schema})!r:.200}")
-    return cls(*(check(obj[field], f"{name}.{field}") for field, check in schema))
+    return cls(*(check(obj.get(field), f"{name}.{field}") for field, check in schema))

@@ -1,7 +1,7 @@
 """The ``ekv`` command line (also ``python -m ekv``).
 
     ekv demo [--yes]
-    ekv serve  --data-dir DIR --name NAME [--listen HOST:PORT] [--peer HOST:PORT]... [--shards N]
+    ekv serve  --data-dir DIR --name NAME [--listen HOST:PORT] [--peer HOST:PORT]... [--shards N] [--codec C]
     ekv put    --data-dir DIR KEY JSON [--ttl SECONDS]     (or --node HOST:PORT)
     ekv get    --data-dir DIR KEY
     ekv delete --data-dir DIR KEY
@@ -29,7 +29,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ekv._codec import BUILTIN_CODECS
 from ekv._errors import Error, LockedError
+from ekv._storage.datadir import LEGACY_CODEC
 
 __all__ = ["main", "main_console"]
 
@@ -60,9 +62,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--name", default="ekv", help="instance name when creating a store (default: ekv)")
         p.add_argument(
             "--codec",
-            choices=("pickle", "json"),
-            default="pickle",
-            help="how values are stored in DIR (default: pickle, ekv's default)",
+            choices=BUILTIN_CODECS,
+            help="how values are encoded: an existing store's recorded codec is used (giving another is an error); "
+            "a store being created gets this one (default: pickle)",
         )
         p.add_argument("--cookie-file", type=Path, help="file holding the cookie (default: $EKV_COOKIE)")
 
@@ -83,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--cookie-file", type=Path, help="file holding the cookie (default: $EKV_COOKIE)")
     p.add_argument("--durability", choices=("normal", "full"), default="normal")
+    p.add_argument(
+        "--codec",
+        choices=BUILTIN_CODECS,
+        help="how values are encoded (default: the codec recorded in DIR, else pickle); every member needs the same",
+    )
     p.add_argument("--log", choices=("info", "verbose", "quiet"), default="info", help="log level on stderr")
     p.add_argument("--allow-stale-startup", action="store_true", help="trust a data dir older than tombstone_ttl")
     p.add_argument(
@@ -222,7 +229,23 @@ def _open_writable(args: argparse.Namespace, *, create: bool) -> Any:
         raise UserError(f"there is no ekv store in {str(path)!r}")
     name = manifest["name"] if manifest else args.name
     shards = manifest["shards"] if manifest else 8
-    return ekv.EKV(name, path, shards=shards, codec=args.codec, log=False)
+    return ekv.EKV(name, path, shards=shards, codec=_codec_for(path, manifest, args.codec), log=False)
+
+
+def _codec_for(path: Path, manifest: dict[str, Any] | None, given: str | None) -> str:
+    """The codec to open ``path`` with: ``given`` (``--codec``; the store checks it against the
+    recorded one), else the recorded one, else the default for a new store."""
+    if given is not None:
+        return given
+    if manifest is None:
+        return "pickle"
+    recorded = manifest.get("codec", LEGACY_CODEC)
+    if recorded not in BUILTIN_CODECS:
+        raise UserError(
+            f"{str(path)!r} holds values encoded with the custom codec {recorded!r}, which the command line "
+            "does not have; use the application that wrote them, or --node HOST:PORT against a node running it"
+        )
+    return str(recorded)
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -386,6 +409,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if not sep:
             raise UserError(f"--option {item!r}: expected KEY=JSON")
         options[key] = _json_arg(raw)
+    if args.codec is not None and "codec" in options:
+        raise UserError("give the codec once: --codec or --option codec=..., not both")
+    if "codec" not in options:
+        options["codec"] = _codec_for(
+            args.data_dir, _manifest(args.data_dir) if args.data_dir.exists() else None, args.codec
+        )
     level = {"info": logging.INFO, "verbose": logging.DEBUG, "quiet": logging.WARNING}[args.log]
     logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cookie = _cookie(args.cookie_file)

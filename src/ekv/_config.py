@@ -34,6 +34,7 @@ DEFAULT_MAX_VALUE_SIZE = 256 * 1024 * 1024
 MAX_VALUE_SIZE_LIMIT = 1_000_000_000 - 65_536  # SQLite's default SQLITE_MAX_LENGTH, minus slack
 DEFAULT_SUBSCRIBER_QUEUE = 10_000
 OVERFLOW_POLICIES: tuple[str, ...] = ("error", "drop_oldest", "drop_newest")
+_MAX_CLOCK_NS = 2**62  # leaves room for timestamp + duration sums inside SQLite's int64
 
 
 def _seconds(value: object, option: str) -> int:
@@ -51,6 +52,23 @@ def check_positive_int(value: object, option: str, *, maximum: int | None = None
     if maximum is not None and value > maximum:
         raise ConfigError(f"{option} must be at most {maximum}, got {value}")
     return value
+
+
+def _check_clock(clock: object) -> None:
+    """A clock must answer now_ns() with an int of nanoseconds; ask it once here, so a clock that
+    returns None, a float or seconds fails at construction instead of inside the first put."""
+    now_ns = getattr(clock, "now_ns", None)
+    if not callable(now_ns):
+        raise ConfigError(f"clock must have a now_ns() method, got {clock!r:.80}")
+    try:
+        now = now_ns()
+    except Exception as exc:
+        raise ConfigError(f"clock.now_ns() of {clock!r:.80} raised {type(exc).__name__}: {exc}") from exc
+    if isinstance(now, bool) or not isinstance(now, int) or not 0 <= now < _MAX_CLOCK_NS:
+        raise ConfigError(
+            f"clock.now_ns() must return an int of nanoseconds since the epoch (0 <= n < 2**62), "
+            f"but {clock!r:.80} returned {now!r:.80}"
+        )
 
 
 def check_overflow(value: object) -> OverflowPolicy:
@@ -148,6 +166,12 @@ class Config:
             raise ConfigError(f"data_dir must be a str or a path, not {type(data_dir).__name__}")
         if str(data_dir) == "":
             raise ConfigError("data_dir must not be empty")
+        if "\x00" in str(path):
+            raise ConfigError(f"data_dir must not contain a NUL character: {str(path)!r:.80}")
+        try:
+            str(path).encode()
+        except UnicodeEncodeError:
+            raise ConfigError(f"data_dir {str(path)!r:.80} is not valid UTF-8 (SQLite file names are UTF-8)") from None
         shard_count = check_positive_int(shards, "shards", maximum=1024)
         ttl_ns = _seconds(tombstone_ttl, "tombstone_ttl")
         gc_ns = _seconds(gc_interval, "gc_interval")
@@ -158,13 +182,12 @@ class Config:
             )
         if log is True:
             log = "info"
-        if log not in ("info", "verbose", False):
+        if log not in ("info", "verbose", False) or (log is not False and not isinstance(log, str)):  # 0 == False
             raise ConfigError(f"log must be 'info', 'verbose' or False, got {log!r}")
         if durability not in ("normal", "full"):
             raise ConfigError(f"durability must be 'normal' or 'full', got {durability!r}")
         wall = SystemClock() if clock is None else clock
-        if not callable(getattr(wall, "now_ns", None)):
-            raise ConfigError(f"clock must have a now_ns() method, got {clock!r:.80}")
+        _check_clock(wall)
         max_value = check_positive_int(max_value_size, "max_value_size", maximum=MAX_VALUE_SIZE_LIMIT)
         queue = check_positive_int(subscriber_queue, "subscriber_queue")
         if not isinstance(allow_stale_startup, bool):
@@ -235,7 +258,7 @@ def _cluster_options(given: dict[str, Any], *, ttl_ns: int, max_value: int) -> C
         peers = [peers]
     if not isinstance(peers, (list, tuple)):
         raise ConfigError(f"peers must be a list of 'host:port' strings, not {type(peers).__name__}")
-    peer_list = tuple(format_address(*parse_address(p, "peer")) for p in peers)
+    peer_list = tuple(format_address(*parse_address(p, "peers entry")) for p in peers)
     discovery = opts["discovery"]
     if isinstance(discovery, str):
         discovery = [discovery]

@@ -6,7 +6,7 @@ catches them all. Errors caused by bad arguments also derive from the built-in `
 
     Error
     ├── InvalidArgument (ValueError)        bad key, ttl, prefix, option value ...
-    │   ├── ConfigError                     an option given to EKV(...) is invalid
+    │   ├── ConfigError                     an option given to EKV(...) is invalid (or another codec)
     │   └── ValueTooLargeError              encoded value above the documented maximum
     ├── InvalidArgumentType (TypeError,     an argument of the wrong type
     │                        ValueError)
@@ -77,7 +77,8 @@ class InvalidArgument(Error, ValueError):
 
 
 class ConfigError(InvalidArgument):
-    """An option passed to ``EKV(...)`` / ``AsyncEKV(...)`` is invalid."""
+    """An option passed to ``EKV(...)`` / ``AsyncEKV(...)`` is invalid, or ``codec=`` is not the
+    codec recorded in ``data_dir`` when it was created (nothing is written then either)."""
 
 
 class ValueTooLargeError(InvalidArgument):
@@ -101,7 +102,7 @@ class EncodeError(CodecError):
 
 
 class DecodeError(CodecError):
-    """A stored value could not be decoded by the configured codec."""
+    """A stored value could not be decoded by the configured codec; the message names its key."""
 
 
 class ClosedError(Error):

@@ -26,6 +26,7 @@ from ekv._config import (
     DEFAULT_TOMBSTONE_TTL_S,
     Config,
     OverflowPolicy,
+    check_positive_int,
 )
 from ekv._core.clock import WallClock
 from ekv._errors import ClosedError
@@ -38,6 +39,8 @@ __all__ = ["AsyncEKV"]
 T = TypeVar("T")
 
 _ITER_CHUNK = 256
+MAX_WORKERS = 256
+"""Upper bound of ``workers``: SQLite serialises the writes of a shard, so more threads only wait."""
 
 
 class AsyncEKV:
@@ -51,7 +54,7 @@ class AsyncEKV:
                 ...
 
     The store opens on ``async with`` or ``await kv.open()`` (or on first use); the constructor
-    only validates options. ``workers`` bounds the thread pool that runs storage calls.
+    only validates options. ``workers`` (1-256) bounds the thread pool that runs storage calls.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class AsyncEKV:
         reconnect_max: Seconds | None = None,
         workers: int = 4,
     ) -> None:
+        pool_size = check_positive_int(workers, "workers", maximum=MAX_WORKERS)
         self._config = Config.create(
             name,
             data_dir,
@@ -124,7 +128,7 @@ class AsyncEKV:
             reconnect_max=reconnect_max,
         )
         self._node: Node | None = None
-        self._executor = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix=f"ekv-{name}")
+        self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix=f"ekv-{name}")
         self._opening: asyncio.Future[Node] | None = None
         self._closed = False
 

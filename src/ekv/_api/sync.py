@@ -52,14 +52,16 @@ class EKV:
         gc_interval: period of expiry, tombstone purge and change-log truncation (default 300 s).
         log: ``"info"`` (default), ``"verbose"`` or ``False``; logger name ``"ekv"``.
         durability: ``"normal"`` survives a process crash; ``"full"`` also a power cut.
-        codec: ``"pickle"`` (default), ``"json"`` or an object with ``dumps``/``loads``.
+        codec: ``"pickle"`` (default), ``"json"`` or an object with ``dumps``/``loads`` (and a
+            ``name``); recorded in ``data_dir``, which then only opens with the same codec.
         clock: a wall clock with ``now_ns()`` (tests and simulations inject one).
         max_value_size: largest encoded value in bytes (default 256 MiB).
         subscriber_queue: default bound in events of a subscription's queue (default 10,000).
         allow_stale_startup: trust a data directory older than ``tombstone_ttl``.
 
     Raises:
-        ekv.ConfigError: an option is invalid (nothing is created on disk).
+        ekv.ConfigError: an option is invalid (nothing is created on disk), or ``codec`` is not
+            the codec ``data_dir`` was created with (nothing is written).
         ekv.LockedError: another process or ``EKV`` object has ``data_dir`` open.
         ekv.ShardCountError, ekv.InstanceNameError, ekv.CorruptionError, ekv.DataDirError.
     """

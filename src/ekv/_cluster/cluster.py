@@ -37,6 +37,7 @@ from ekv._cluster.session import (
     accept_handshake,
     dial_handshake,
 )
+from ekv._codec import codec_name
 from ekv._config import ClusterOptions, Config
 from ekv._core.addresses import format_address, parse_address
 from ekv._core.durations import NS_PER_S
@@ -326,6 +327,7 @@ class ClusterNode:
             listen=self.advertised,
             wall_ns=self._wall(),
             origin=self.store.origin,
+            codec=codec_name(self.config.codec),
         )
         return HandshakeParams(hello, options.cookie, options.connect_timeout_ns / NS_PER_S * 2, options.max_frame_size)
 

@@ -15,7 +15,7 @@ Connection set-up (both sides, in this order)::
 A client (``ekv ... --node``) does the same handshake with the ``"client"`` feature in its Hello;
 its session then carries only Request / Reply (and heartbeats), never replication.
 
-A side that refuses the other (wrong instance, shard count, version, cookie) sends ``Reject``
+A side that refuses the other (wrong instance, shard count, codec, version, cookie) sends ``Reject``
 with a reason and closes.
 """
 
@@ -67,6 +67,10 @@ class Hello:
     origin: str = ""
     """The origin of this process's writes (``node_id~incarnation``): two live processes with
     one node id (copies of one data directory) differ here. Empty from ekv 0.1."""
+    codec: str | None = None
+    """The name of the codec this node's values are encoded with; members must agree. ``None``
+    (also what an absent field decodes to: older ekv versions do not send it) is not checked.
+    Not part of the Auth transcript, which older versions compute without it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,11 @@ def check_peer_hello(mine: Hello, theirs: Hello) -> tuple[int, frozenset[str]]:
         raise Refused(str(exc)) from None
     if not client and theirs.shards != mine.shards:
         raise Refused(f"peer {theirs.node_id} has {theirs.shards} shards, we have {mine.shards}; they cannot replicate")
+    if not client and theirs.codec is not None and mine.codec is not None and theirs.codec != mine.codec:
+        raise Refused(
+            f"peer {theirs.node_id} uses codec {theirs.codec!r}, we use {mine.codec!r}; neither could read "
+            "the other's values (give every member the same codec= option)"
+        )
     if theirs.node_id == mine.node_id and (not theirs.origin or theirs.origin == mine.origin):
         raise Refused("connected to ourselves")
     # Same node id, another origin: a copy of our data directory runs there. The handshake goes

@@ -558,6 +558,7 @@ _SCHEMAS: Final[dict[int, tuple[Callable[..., Message], tuple[tuple[str, _Check]
             ("listen", _optional(_NAME)),
             ("wall_ns", _I64),
             ("origin", _text(MAX_ORIGIN_BYTES, empty=True)),
+            ("codec", _optional(_NAME)),
         ),
     ),
     _AUTH: (Auth, (("mac", _hex(1, 64)),)),
@@ -591,7 +592,7 @@ _CODES: Final[dict[object, int]] = {cls: code for code, (cls, _) in _SCHEMAS.ite
 _LENIENT: Final = frozenset({_HELLO})
 """Messages whose unknown fields are ignored: Hello is read before any version is agreed, so a
 newer version may add fields to it that this one must skip. The others are strict."""
-_ADDED: Final[dict[int, dict[str, Any]]] = {_HELLO: {"origin": ""}}
+_ADDED: Final[dict[int, dict[str, Any]]] = {_HELLO: {"origin": "", "codec": None}}
 """Fields added to a lenient message after the first release, with the value an older peer's
 message (which lacks them) stands for."""
 

@@ -3,7 +3,7 @@
 Layout::
 
     data_dir/
-      ekv.json          manifest: format, instance name, shard count, node id, creation time
+      ekv.json          manifest: format, instance name, shard count, node id, creation time, codec
       LOCK              flock()ed while an EKV object has the directory open; holds the pid
       shard_000.db      one SQLite database per shard (+ -wal and -shm while open)
       ...
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ekv._errors import (
+    ConfigError,
     CorruptionError,
     DataDirError,
     DiskFullError,
@@ -41,6 +42,9 @@ __all__ = ["DataDir", "Manifest", "new_incarnation", "new_node_id"]
 MANIFEST_NAME = "ekv.json"
 LOCK_NAME = "LOCK"
 FORMAT = 1
+LEGACY_CODEC = "pickle"
+"""The codec of a manifest that records none: written before ekv recorded it, when pickle was the
+default (and still is)."""
 
 
 def new_node_id() -> str:
@@ -66,6 +70,8 @@ class Manifest:
     shards: int
     node_id: str
     created_at_ns: int
+    codec: str = LEGACY_CODEC
+    """The name of the codec the values are encoded with (see :func:`ekv._codec.codec_name`)."""
     format: int = FORMAT
     epoch: int = 0
     """Written by ekv 0.1 stores, which raised it after each unclean shutdown; only read now (see
@@ -88,6 +94,7 @@ class Manifest:
                 "shards": self.shards,
                 "node_id": self.node_id,
                 "created_at_ns": self.created_at_ns,
+                "codec": self.codec,
                 "epoch": self.epoch,
                 "former_ids": list(self.former_ids),
             },
@@ -197,6 +204,7 @@ class DataDir:
                 shards=data["shards"],
                 node_id=data["node_id"],
                 created_at_ns=data["created_at_ns"],
+                codec=data.get("codec", LEGACY_CODEC),
                 format=data["format"],
                 epoch=data.get("epoch", 0),
                 former_ids=tuple(data.get("former_ids", ())),
@@ -214,6 +222,8 @@ class DataDir:
             and manifest.shards > 0
             and isinstance(manifest.node_id, str)
             and manifest.node_id
+            and isinstance(manifest.codec, str)
+            and manifest.codec
             and isinstance(manifest.epoch, int)
             and manifest.epoch >= 0
             and all(isinstance(former, str) and former for former in manifest.former_ids)
@@ -238,8 +248,9 @@ class DataDir:
                 raise DiskFullError(f"disk full while creating {str(self.path)!r}") from exc
             raise DataDirError(f"cannot write {str(self.manifest_path)!r}: {exc.strerror or exc}") from exc
 
-    def check_manifest(self, manifest: Manifest, *, name: str, shards: int) -> None:
-        """Refuse to open a directory created with another shard count or instance name."""
+    def check_manifest(self, manifest: Manifest, *, name: str, shards: int, codec: str | None = None) -> None:
+        """Refuse to open a directory created with another shard count, instance name or codec
+        (``None``: do not check the codec)."""
         if manifest.shards != shards:
             raise ShardCountError(
                 f"data_dir {str(self.path)!r} was created with shards={manifest.shards}, "
@@ -247,6 +258,8 @@ class DataDir:
             )
         if manifest.name != name:
             raise InstanceNameError(f"data_dir {str(self.path)!r} belongs to instance {manifest.name!r}, not {name!r}")
+        if codec is not None:
+            check_codec(self.path, manifest.codec, codec)
 
     def move_aside(self, shards: int, now_ns: int) -> Path:
         """Move the manifest and every shard file (with its WAL companions) into a new
@@ -275,6 +288,23 @@ class DataDir:
         for suffix in ("", "-wal", "-shm", "-journal"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{base}{suffix}")
+
+
+def check_codec(path: Path, recorded: str, given: str) -> None:
+    """Refuse the codec ``given`` for a directory whose values were written with ``recorded``:
+    every value would fail to decode (or, worse, decode into something else) on first read."""
+    if recorded == given:
+        return
+    legacy = ""
+    if recorded == LEGACY_CODEC:
+        legacy = (
+            f"; an {MANIFEST_NAME} that records no codec was written by an older ekv and counts as 'pickle': "
+            f'if its values are {given!r}, add "codec": "{given}" to it once'
+        )
+    raise ConfigError(
+        f"data_dir {str(path)!r} holds values encoded with codec {recorded!r}, but codec={given!r} was given; "
+        f"pass codec={recorded!r} (a store's codec cannot change; a custom codec is matched by its name){legacy}"
+    )
 
 
 def _read_owner(fd: int) -> tuple[int | None, str | None]:

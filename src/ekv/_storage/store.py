@@ -24,6 +24,7 @@ from zlib import crc32
 
 import apsw
 
+from ekv._codec import BUILTIN_CODECS, codec_name
 from ekv._config import Config
 from ekv._core.checksum import row_checksum
 from ekv._core.clock import HybridClock
@@ -41,7 +42,7 @@ from ekv._errors import (
 from ekv._model import Entry, Version
 from ekv._storage import schema
 from ekv._storage.commit import Committer
-from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, new_incarnation, new_node_id
+from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, check_codec, new_incarnation, new_node_id
 from ekv._storage.gc import EXPIRE_BATCH, PURGE_BATCH, GcReport, expire_batch, finish_gc, purge_batch
 from ekv._storage.integrity import damaged_error, row_ok
 from ekv._storage.shard import EventSink, Shard
@@ -210,10 +211,15 @@ class ShardedStore:
         return node_id
 
     @classmethod
-    def open_readonly(cls, path: Path, *, lock: bool = True, codec: object = "pickle") -> ShardedStore:
+    def open_readonly(cls, path: Path, *, lock: bool = True, codec: object = None) -> ShardedStore:
         """Open an existing data directory for reading only: no writer connections, no GC, no
         ``last_active_at`` refresh, nothing written. ``lock`` takes the directory's lock (so a
         running node is reported as :class:`~ekv.LockedError`); ``backup`` reads without it.
+
+        ``codec`` None uses the codec recorded in the directory; one that ekv cannot build (a
+        custom codec's name) opens the store, but decoding a value raises
+        :class:`~ekv.DecodeError` saying so. A codec given must match the recorded one
+        (:class:`~ekv.ConfigError`).
 
         Raises :class:`~ekv.DataDirError` if the directory holds no store."""
         check_sqlite_version()
@@ -226,7 +232,10 @@ class ShardedStore:
             manifest = datadir.read_manifest()
             if manifest is None:
                 raise DataDirError(f"{str(path)!r} holds no ekv store (no {MANIFEST_NAME})")
+            if codec is None:
+                codec = manifest.codec if manifest.codec in BUILTIN_CODECS else _Undecodable(manifest.codec)
             config = Config.create(manifest.name, path, shards=manifest.shards, log=False, codec=codec)
+            check_codec(path, manifest.codec, codec_name(config.codec))
             store = cls(config, datadir, manifest, HybridClock(config.clock))
             store._readonly = True
             for index in range(manifest.shards):
@@ -674,6 +683,20 @@ class ShardedStore:
         }
 
 
+class _Undecodable:
+    """Stands in for a custom codec that only the application knows (read-only tools such as
+    ``ekv keys`` need no values; reading one says why it cannot be decoded)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def dumps(self, value: Any) -> bytes:
+        raise EncodeError(f"this store's values use the custom codec {self.name!r}, which only its application has")
+
+    def loads(self, data: bytes) -> Any:
+        raise DecodeError(f"this store's values use the custom codec {self.name!r}, which only its application has")
+
+
 def _fetch(cur: apsw.Cursor, sql: str, params: tuple[Any, ...]) -> list[Any]:
     return cur.execute(sql, params).fetchall()
 
@@ -685,7 +708,7 @@ def _load_or_plan(datadir: DataDir, config: Config, node_id: str | None) -> tupl
     """The manifest of an existing store, or a new one to create (``create`` True)."""
     manifest = datadir.read_manifest()
     if manifest is not None:
-        datadir.check_manifest(manifest, name=config.name, shards=config.shards)
+        datadir.check_manifest(manifest, name=config.name, shards=config.shards, codec=codec_name(config.codec))
         for index in range(config.shards):
             path = datadir.shard_path(index)
             if not path.exists():
@@ -709,6 +732,7 @@ def _load_or_plan(datadir: DataDir, config: Config, node_id: str | None) -> tupl
         shards=config.shards,
         node_id=node_id or new_node_id(),
         created_at_ns=config.clock.now_ns(),
+        codec=codec_name(config.codec),
     )
     return manifest, True
 

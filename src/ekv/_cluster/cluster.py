@@ -115,7 +115,10 @@ class ClusterNode:
         for shard in self.store.shards:
             shard.outbox = None
         try:
-            self._runtime.run(self._stop(), timeout=30)
+            if self._runtime.running:
+                self._runtime.run(self._stop(), timeout=30)
+            # else the interpreter is finalising and the loop thread is frozen: waiting for it
+            # would only run into the timeout; the process exit closes the sockets.
         finally:
             self._runtime.release()
 

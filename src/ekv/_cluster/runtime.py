@@ -5,6 +5,11 @@ the first instance and stopped with the last. Instances that listen on the same 
 listening socket: an incoming connection names its instance in its Hello and is handed to the
 instance of that name, so several named instances replicate side by side, each only with
 same-named instances elsewhere.
+
+The loop thread is a daemon thread. Once the interpreter is finalising it is frozen for good, so
+nothing may wait for it then: :meth:`Runtime.running` says whether it can still run, and a node
+closed that late (by ``__del__``, after the exit hook of :mod:`ekv._node.node`) skips the network
+goodbye instead of waiting for timeouts.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
@@ -86,9 +92,18 @@ class Runtime:
                 return
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
+        if sys.is_finalizing():
+            return  # the loop thread is frozen: it can neither stop nor be joined
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None and thread is not threading.current_thread():
             thread.join(30)
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop thread exists and can still run work (not during interpreter
+        finalisation, when daemon threads are frozen)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not sys.is_finalizing()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

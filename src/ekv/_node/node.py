@@ -9,11 +9,15 @@ Both facades (:class:`ekv.EKV` and :class:`ekv.AsyncEKV`) wrap one :class:`Node`
   truncates the change log and refreshes ``last_active_at``.
 
 Background threads hold only a weak reference to the node, so a node that is dropped without
-``close()`` can still be collected (its facade warns with ``ResourceWarning``).
+``close()`` can still be collected (its facade warns with ``ResourceWarning``). A node still open
+when the interpreter exits is closed by an :mod:`atexit` hook, while the background threads (the
+network loop in particular) can still run: later, when objects are finalised, daemon threads are
+frozen and a close that needs one would wait for it in vain.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -45,6 +49,26 @@ from ekv._version import __version__
 __all__ = ["Node", "NodeLog"]
 
 _logger = logging.getLogger("ekv")
+
+_open_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
+
+
+def _close_open_nodes() -> None:
+    """Close every node still open at interpreter exit (an :mod:`atexit` hook).
+
+    Without it, a store left open would be closed by its facade's ``__del__`` while modules are
+    torn down, after the interpreter has frozen its daemon threads: a clustered node would wait
+    for its network thread until the timeouts ran out (about a minute) before the process
+    exited. Here every thread still runs, so members get their goodbye and every shard is marked
+    cleanly shut down, and the next open keeps its origin."""
+    for node in list(_open_nodes):
+        try:
+            node.close()
+        except Exception:
+            _logger.error("ekv: closing %s at interpreter exit failed", node.config.data_dir, exc_info=True)
+
+
+atexit.register(_close_open_nodes)
 
 
 class NodeLog:
@@ -160,6 +184,7 @@ class Node:
         )
         self._gc_thread = _Periodic(self, "gc", config.gc_interval_ns / NS_PER_S, Node.run_gc)
         self._checkpoint_thread = _Periodic(self, "checkpoint", 0.1, lambda node: node.store.checkpoint())
+        _open_nodes.add(self)
 
     def _check_stale(self) -> None:
         """Stale data protection (clustered nodes): a data directory last active longer ago than
@@ -392,6 +417,7 @@ class Node:
             if self._closed:
                 return
             self._closed = True
+        _open_nodes.discard(self)
         self._gc_thread.stop()
         self._checkpoint_thread.stop()
         if self.cluster is not None:

@@ -1,0 +1,100 @@
+"""The life of a store inside a real process: the interpreter exiting without ``close()``,
+``fork()``, and an address to listen on that is taken. Every test runs real processes, real
+sockets and real files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import apsw
+
+import ekv
+
+DEADLINE_S = 30.0
+
+
+def python(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def clean_shutdown_flags(data_dir: Path) -> list[object]:
+    """The ``clean_shutdown`` meta value of every shard, read without opening the store."""
+    flags = []
+    for path in sorted(data_dir.glob("shard_*.db")):
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
+        finally:
+            conn.close()
+        flags.append(None if row is None else row[0])
+    return flags
+
+
+# -- exiting without close() ----------------------------------------------------------------------
+
+
+def test_a_clustered_store_left_open_exits_promptly_and_cleanly(tmp_path: Path) -> None:
+    """The close run at interpreter exit must not wait for the network thread, which no longer
+    runs by the time objects are finalised (this took 30-60 s), and must still mark every shard
+    cleanly shut down."""
+    data = tmp_path / "n"
+    script = """
+        import sys, ekv
+        kv = ekv.EKV("t", sys.argv[1], shards=3, listen="127.0.0.1:0", cookie="c00kie")
+        kv.put("k", "v")
+        print(kv.listen_address, flush=True)
+    """
+    started = time.monotonic()
+    result = python(script, str(data))
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 15, f"exit took {elapsed:.1f} s"
+    assert clean_shutdown_flags(data) == [1, 1, 1]
+    with ekv.EKV("t", data, shards=3, log=False) as kv:
+        assert kv.get("k") == "v"
+        assert kv.info()["origin"] == kv.node_id  # no unclean-shutdown epoch was started
+
+
+def test_two_stores_left_open_one_clustered_exit_cleanly(tmp_path: Path) -> None:
+    script = """
+        import sys, ekv
+        a = ekv.EKV("a", sys.argv[1], shards=2, listen="127.0.0.1:0", cookie="c")
+        b = ekv.EKV("b", sys.argv[2], shards=2, peers=[a.listen_address], cookie="c")
+        a.put("k", 1)
+        b.put("j", 2)
+    """
+    started = time.monotonic()
+    result = python(script, str(tmp_path / "a"), str(tmp_path / "b"))
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15
+    assert clean_shutdown_flags(tmp_path / "a") == [1, 1]
+    assert clean_shutdown_flags(tmp_path / "b") == [1, 1]
+
+
+def test_a_clustered_store_opened_after_the_exit_hook_still_exits_promptly(tmp_path: Path) -> None:
+    """A store opened by an atexit handler that runs after ekv's own hook is closed by its
+    ``__del__`` while the interpreter finalises: the network thread is frozen by then, so the
+    close must not wait for it, and the shards are still closed cleanly."""
+    script = """
+        import atexit, sys
+
+        def late_open():
+            import ekv
+            global kv
+            kv = ekv.EKV("t", sys.argv[1], shards=2, listen="127.0.0.1:0", cookie="c")
+            kv.put("k", "v")
+
+        atexit.register(late_open)  # registered before ekv's hook, so it runs after it
+        import ekv
+    """
+    started = time.monotonic()
+    result = python(script, str(tmp_path / "n"))
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15
+    assert clean_shutdown_flags(tmp_path / "n") == [1, 1]

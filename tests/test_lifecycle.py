@@ -4,6 +4,8 @@ sockets and real files."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import apsw
+import pytest
 
 import ekv
 
@@ -98,3 +101,60 @@ def test_a_clustered_store_opened_after_the_exit_hook_still_exits_promptly(tmp_p
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 15
     assert clean_shutdown_flags(tmp_path / "n") == [1, 1]
+
+
+# -- fork() -----------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["single", "clustered"])
+def test_a_forked_child_does_not_keep_the_parents_lock(tmp_path: Path, cluster: bool) -> None:
+    """A child that outlives its SIGKILLed parent must not hold the data directory's lock (the
+    restarted service would get LockedError naming a dead pid), and while the parent lives the
+    lock must still hold: the child closes its inherited descriptor without unlocking it."""
+    data = tmp_path / "n"
+    script = """
+        import os, sys, time, ekv
+        options = {"listen": "127.0.0.1:0", "cookie": "c"} if sys.argv[2] == "1" else {}
+        kv = ekv.EKV("t", sys.argv[1], shards=2, log=False, **options)
+        kv.put("k", "v")
+        pid = os.fork()
+        if pid == 0:
+            print(os.getpid(), flush=True)  # the fork hooks have run in the child
+            time.sleep(300)
+            os._exit(0)
+        time.sleep(300)
+    """
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), str(data), "1" if cluster else "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        with pytest.raises(ekv.LockedError) as locked:
+            ekv.EKV("t", data, shards=2, log=False)
+        assert locked.value.owner_pid == parent.pid
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(DEADLINE_S)
+        assert _alive(child)
+        with ekv.EKV("t", data, shards=2, log=False) as kv:
+            assert kv.get("k") == "v"
+        assert _alive(child)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(DEADLINE_S)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -69,6 +70,8 @@ def _close_open_nodes() -> None:
 
 
 atexit.register(_close_open_nodes)
+# A child made by fork() inherits the parent's nodes but owns none of them: its exit must not close them.
+os.register_at_fork(after_in_child=_open_nodes.clear)
 
 
 class NodeLog:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ import apsw
 import pytest
 
 import ekv
+from ekv.testing import wait_until
 
 DEADLINE_S = 30.0
 
@@ -158,3 +160,77 @@ def test_a_forked_child_does_not_keep_the_parents_lock(tmp_path: Path, cluster: 
             parent.stdout.close()
         if child and _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+# -- an address to listen on that is taken ------------------------------------------------------------
+
+
+def _taken_port() -> socket.socket:
+    """A socket listening on a free port of 127.0.0.1, which ekv then cannot bind."""
+    return socket.create_server(("127.0.0.1", 0))
+
+
+def test_listening_on_a_taken_port_is_an_ekv_error_and_creates_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "new" / "n"
+    with _taken_port() as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(ekv.ListenError) as caught:
+            ekv.EKV("t", data, shards=2, listen=f"127.0.0.1:{port}", cookie="c", log=False)
+    error = caught.value
+    assert isinstance(error, ekv.ClusterError) and isinstance(error, OSError)  # `except OSError` still works
+    assert error.address == f"127.0.0.1:{port}"
+    assert f"127.0.0.1:{port}" in str(error) and "in use" in str(error)
+    assert not (tmp_path / "new").exists()
+
+
+def test_listening_on_a_taken_port_leaves_an_existing_store_untouched(tmp_path: Path) -> None:
+    data = tmp_path / "n"
+    with ekv.EKV("t", data, shards=2, log=False) as kv:
+        kv.put("k", "v")
+        node_id = kv.node_id
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    with _taken_port() as taken, pytest.raises(ekv.ListenError):
+        ekv.EKV("t", data, shards=2, listen=f"127.0.0.1:{taken.getsockname()[1]}", cookie="c", log=False)
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+    with ekv.EKV("t", data, shards=2, log=False) as kv:
+        assert (kv.get("k"), kv.node_id, kv.info()["origin"]) == ("v", node_id, node_id)
+
+
+def test_a_failed_listen_releases_the_network_runtime(tmp_path: Path) -> None:
+    with _taken_port() as taken, pytest.raises(ekv.ListenError):
+        port = taken.getsockname()[1]
+        ekv.EKV("t", tmp_path / "a", listen=f"127.0.0.1:{port}", cookie="c", log=False)
+    # the port is free again: a node binds it, and another joins through it
+    with ekv.EKV("t", tmp_path / "b", shards=2, listen=f"127.0.0.1:{port}", cookie="c", log=False) as b:
+        b.put("k", 1)
+        with ekv.EKV("t", tmp_path / "c", shards=2, peers=[f"127.0.0.1:{port}"], cookie="c", log=False) as c:
+            wait_until(lambda: c.get("k") == 1, DEADLINE_S)
+
+
+def test_serve_on_a_taken_port_prints_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "n"
+    env = dict(os.environ, EKV_COOKIE="c00kie")
+    with _taken_port() as taken:
+        port = taken.getsockname()[1]
+        address = f"127.0.0.1:{port}"
+        result = subprocess.run(
+            [sys.executable, "-m", "ekv", "serve", "--data-dir", str(data), "--name", "svc", "--listen", address],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("ekv: error: "), result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "in use" in result.stderr
+    assert not data.exists()
+
+
+def test_a_second_instance_of_the_same_name_on_a_shared_port_creates_nothing(tmp_path: Path) -> None:
+    with ekv.EKV("t", tmp_path / "a", shards=2, listen="127.0.0.1:0", cookie="c", log=False) as a:
+        with pytest.raises(ekv.ListenError, match="already listens"):
+            ekv.EKV("t", tmp_path / "b", shards=2, listen=a.listen_address, cookie="c", log=False)
+        assert not (tmp_path / "b").exists()
+        with ekv.EKV("other", tmp_path / "c", shards=2, listen=a.listen_address, cookie="c", log=False) as c:
+            assert c.listen_address == a.listen_address

@@ -61,6 +61,8 @@ class EKV:
     Raises:
         ekv.ConfigError: an option is invalid (nothing is created on disk).
         ekv.LockedError: another process or ``EKV`` object has ``data_dir`` open.
+        ekv.ListenError: ``listen`` cannot be bound, e.g. the port is in use (nothing is created
+            or changed on disk).
         ekv.ShardCountError, ekv.InstanceNameError, ekv.CorruptionError, ekv.DataDirError.
     """
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import random
 import socket
 import threading
@@ -29,7 +31,7 @@ from ekv._cluster import auth, wire
 from ekv._cluster.clients import ClientOwner
 from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Hello, Members, Message
 from ekv._cluster.replicator import ReplicationSettings, Replicator
-from ekv._cluster.runtime import runtime
+from ekv._cluster.runtime import NameTaken, runtime
 from ekv._cluster.session import (
     HandshakeParams,
     Refused,
@@ -40,10 +42,11 @@ from ekv._cluster.session import (
 from ekv._config import ClusterOptions, Config
 from ekv._core.addresses import format_address, parse_address
 from ekv._core.durations import NS_PER_S
+from ekv._errors import ListenError
 from ekv._model import Entry
 from ekv._storage.store import ShardedStore
 
-__all__ = ["ClusterNode"]
+__all__ = ["ClusterNode", "ListenerHold"]
 
 _LIVE_BATCH_BYTES = 1 << 20
 _CAN_SEND_BYTES = 2 << 20
@@ -52,10 +55,66 @@ _BUSY_DRAIN_DELAY_S = 0.002
 _SKEW_WARN_NS = NS_PER_S
 
 
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "another process (or another ekv node) uses it; stop that or choose another port",
+    errno.EADDRNOTAVAIL: "the host is not an address of this machine",
+    errno.EACCES: "ports below 1024 need privileges",
+}
+
+
+class ListenerHold:
+    """The listening socket of a node, bound before its data directory is opened.
+
+    A port in use is the most common reason a node cannot start; binding first means that failure
+    creates no data directory and leaves an existing one untouched (not even marked as opened).
+    The node's :class:`ClusterNode` serves on the socket; :meth:`release` then drops this hold
+    (the listener lives on while the node serves on it, and closes otherwise).
+    """
+
+    def __init__(self, config: Config) -> None:
+        options = config.cluster
+        assert options is not None and options.listen is not None
+        host, port = options.listen
+        self._runtime = runtime()
+        self._runtime.acquire()
+        try:
+            self.address = self._runtime.run(
+                self._runtime.bind(host, port, config.name, ssl=options.ssl_server), timeout=60
+            )
+        except OSError as exc:
+            self._runtime.release()
+            if isinstance(exc, NameTaken) or exc.errno is None:
+                reason = str(exc.strerror or exc)
+            else:
+                reason = os.strerror(exc.errno).lower()  # asyncio's own text repeats the address
+            where = format_address(host, port)
+            hint = _LISTEN_HINTS.get(exc.errno or 0) if not isinstance(exc, NameTaken) else None
+            raise ListenError(
+                f"cannot listen on {where}: {reason}" + (f" ({hint})" if hint else ""),
+                address=where,
+                reason=reason,
+                errno=exc.errno,
+            ) from None
+        except BaseException:
+            self._runtime.release()
+            raise
+        self._released = False
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        try:
+            if self._runtime.running:
+                self._runtime.run(self._runtime.unbind(self.address), timeout=30)
+        finally:
+            self._runtime.release()
+
+
 class ClusterNode:
     """Replication for one instance. Public methods are thread-safe."""
 
-    def __init__(self, config: Config, store: ShardedStore, log: Any) -> None:
+    def __init__(self, config: Config, store: ShardedStore, log: Any, listener: ListenerHold | None = None) -> None:
         options = config.cluster
         assert options is not None
         self.config = config
@@ -85,6 +144,7 @@ class ClusterNode:
         self._outbox_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listen_address: tuple[str, int] | None = None
+        self._listener = listener
         self.advertised: str | None = None
         self._stopping = False
         self._encoded: tuple[Message, bool, bytes] | None = None
@@ -126,8 +186,10 @@ class ClusterNode:
         self.replicator = Replicator(self.store, self.settings, send=self._send, can_send=self._can_send, log=self.log)
         options = self.options
         if options.listen is not None:
-            host, port = options.listen
-            self._listen_address = await self._runtime.listen(host, port, self, ssl=options.ssl_server)
+            assert self._listener is not None, "the node binds its listener before opening its data"
+            host = options.listen[0]
+            await self._runtime.attach(self._listener.address, self)
+            self._listen_address = self._listener.address
             self.advertised = options.advertise or (
                 format_address(host, self._listen_address[1]) if host not in ("", "0.0.0.0", "::") else None
             )

@@ -44,7 +44,7 @@ from ekv._storage.sqlite import sqlite_version
 from ekv._storage.store import GcReport, ShardedStore
 
 if TYPE_CHECKING:
-    from ekv._cluster.cluster import ClusterNode
+    from ekv._cluster.cluster import ClusterNode, ListenerHold
 from ekv._version import __version__
 
 __all__ = ["Node", "NodeLog"]
@@ -149,10 +149,39 @@ class Node:
         self.registry = Registry(config.codec.loads)
         self.dispatcher = Dispatcher(config.name)
         started = time.perf_counter()
+        # Bind the listener first: a port in use must fail before the data directory is created
+        # or marked as opened (ekv.ListenError; nothing on disk changes).
+        listener = None
+        if config.cluster is not None and config.cluster.listen is not None:
+            from ekv._cluster.cluster import ListenerHold
+
+            listener = ListenerHold(config)
+        try:
+            self._open(config, listener)
+        finally:
+            if listener is not None:
+                listener.release()  # the cluster serves on it now (or it failed): drop our hold
+        self.log.info(
+            "opened %s (node %s, %d shards, durability=%s) in %.1f ms",
+            config.data_dir,
+            self.node_id,
+            config.shards,
+            config.durability,
+            (time.perf_counter() - started) * 1e3,
+        )
+        self._gc_thread = _Periodic(self, "gc", config.gc_interval_ns / NS_PER_S, Node.run_gc)
+        self._checkpoint_thread = _Periodic(self, "checkpoint", 0.1, lambda node: node.store.checkpoint())
+        _open_nodes.add(self)
+
+    def _open(self, config: Config, listener: ListenerHold | None) -> None:
         self.store = ShardedStore.open(config, self.clock, self.registry)
         self.stale_moved_to: str | None = None
         if config.cluster is not None and not self.store.created:
-            self._check_stale()
+            try:
+                self._check_stale()
+            except BaseException:
+                self.store.close()
+                raise
         self.node_id = self.store.node_id
         self.opened_at_ns = config.clock.now_ns()
         self._closed = False
@@ -170,24 +199,13 @@ class Node:
         if config.cluster is not None:
             from ekv._cluster.cluster import ClusterNode
 
-            self.cluster = ClusterNode(config, self.store, self.log)
+            self.cluster = ClusterNode(config, self.store, self.log, listener)
             self.cluster.node_info = self.info
             try:
                 self.cluster.start()
             except BaseException:
                 self.store.close()
                 raise
-        self.log.info(
-            "opened %s (node %s, %d shards, durability=%s) in %.1f ms",
-            config.data_dir,
-            self.node_id,
-            config.shards,
-            config.durability,
-            (time.perf_counter() - started) * 1e3,
-        )
-        self._gc_thread = _Periodic(self, "gc", config.gc_interval_ns / NS_PER_S, Node.run_gc)
-        self._checkpoint_thread = _Periodic(self, "checkpoint", 0.1, lambda node: node.store.checkpoint())
-        _open_nodes.add(self)
 
     def _check_stale(self) -> None:
         """Stale data protection (clustered nodes): a data directory last active longer ago than

@@ -53,6 +53,37 @@ _CAN_SEND_BYTES = 2 << 20
 _BUSY_DRAIN = 8  # commits queued at one drain: writes are pouring in
 _BUSY_DRAIN_DELAY_S = 0.002
 _SKEW_WARN_NS = NS_PER_S
+_REPEAT_WARNING_S = 300.0  # a problem that keeps happening is logged again at most this often
+_MAX_REFUSED = 64  # refused peers remembered for info() (the least recent are forgotten)
+_COOKIE_HINT = (
+    "every member needs the same cookie: cookie= in EKV(...), or EKV_COOKIE / --cookie-file for ekv serve"
+)
+
+
+class _RateLimit:
+    """Says when a repeated problem should be logged: the first time, then at most once every
+    ``interval_s`` per key, with how many occurrences were not logged in between. A node that
+    keeps retrying must not flood the log, nor go quiet after the first line."""
+
+    def __init__(self, interval_s: float = _REPEAT_WARNING_S) -> None:
+        self._interval = interval_s
+        self._state: dict[object, tuple[float, int]] = {}
+
+    def check(self, key: object) -> int | None:
+        """None: stay quiet; else log now, mentioning the returned count of silenced repeats."""
+        now = time.monotonic()
+        last = self._state.get(key)
+        if last is not None and now - last[0] < self._interval:
+            self._state[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._state) >= 1024:
+            self._state.clear()
+        self._state[key] = (now, 0)
+        return 0 if last is None else last[1]
+
+
+def _repeats(count: int) -> str:
+    return f" ({count} more times since the last message)" if count else ""
 
 
 _LISTEN_HINTS = {
@@ -153,6 +184,9 @@ class ClusterNode:
         self._blocked: frozenset[str] = frozenset()
         self.last_disconnect: dict[str, tuple[int, str]] = {}
         self.clients: set[Session] = set()
+        self.refused: dict[str, dict[str, Any]] = {}
+        """remote host -> the last handshake this node refused from it (for info())"""
+        self._warn_limit = _RateLimit()
         self.node_info: Any = None
         """Set by the node: returns its info() (for client commands)."""
         self._skew_logged: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
@@ -286,7 +320,15 @@ class ClusterNode:
                     self._self_addresses.add(address)
                     del self.addresses[address]
                     return
-                if entry["attempts"] in (1, 10) or entry["attempts"] % 100 == 0:
+                if isinstance(exc, Refused) and exc.cookie_mismatch:
+                    # The one misconfiguration that keeps a node alone for ever: say it loudly.
+                    entry["state"] = "auth failed"
+                    repeats = self._warn_limit.check(("dial", address))
+                    if repeats is not None:
+                        self.log.warning(
+                            "cannot join %s: %s; %s (retrying)%s", address, exc, _COOKIE_HINT, _repeats(repeats)
+                        )
+                elif entry["attempts"] in (1, 10) or entry["attempts"] % 100 == 0:
                     self.log.info("cannot connect to %s: %s (retrying)", address, exc)
             if time.monotonic() - started > 10:
                 backoff = 0.1  # the session lasted: reconnect quickly
@@ -325,7 +367,7 @@ class ClusterNode:
         try:
             features = await accept_handshake(reader, writer, self._handshake_params(), theirs, decoder, pending)
         except Refused as exc:
-            self.log.warning("refused a connection from %s: %s", _remote(writer), exc)
+            self._note_refused(writer, theirs, exc)
             writer.close()
             return
         if wire.CLIENT_FEATURE in theirs.features:
@@ -343,6 +385,40 @@ class ClusterNode:
                 self.addresses[address]["node_id"] = theirs.node_id
             elif known["node_id"] is None:
                 known["node_id"] = theirs.node_id
+
+    def _note_refused(self, writer: asyncio.StreamWriter, theirs: Hello, exc: Refused) -> None:
+        """Log a refused handshake (rate-limited per remote host and reason: a misconfigured member
+        retries every few seconds) and keep it for info(); a cookie mismatch also marks the member
+        it claims to be, if this node dials that member too."""
+        remote = _remote(writer)
+        host = _remote_host(writer)
+        client = wire.CLIENT_FEATURE in theirs.features
+        reason = str(exc)
+        kind = "cookie" if exc.cookie_mismatch else reason
+        repeats = self._warn_limit.check(("accept", host, kind))
+        if repeats is not None:
+            who = f"client {remote}" if client else f"{remote} (node {theirs.node_id})"
+            hint = f"; {_COOKIE_HINT}" if exc.cookie_mismatch and not client else ""
+            self.log.warning("refused a connection from %s: %s%s%s", who, reason, hint, _repeats(repeats))
+        if client:
+            return
+        seen = self.refused.pop(host, None)
+        if seen is None and len(self.refused) >= _MAX_REFUSED:
+            del self.refused[next(iter(self.refused))]
+        self.refused[host] = {
+            "node_id": theirs.node_id,
+            "listen": theirs.listen,
+            "reason": reason,
+            "count": (seen["count"] + 1) if seen else 1,
+            "last_at_ns": self._wall(),
+        }
+        if exc.cookie_mismatch and theirs.listen:
+            with contextlib.suppress(Exception):
+                address = format_address(*parse_address(theirs.listen, "listen", default_host=host))
+                entry = self.addresses.get(address)
+                if entry is not None and entry["node_id"] not in self.sessions:
+                    entry["state"] = "auth failed"
+                    entry["last_error"] = reason
 
     def _serve_client(
         self,
@@ -619,6 +695,7 @@ class ClusterNode:
                 "connected": node_id in self.sessions,
                 "state": "connected" if node_id in self.sessions else entry["state"],
                 "last_error": entry["last_error"],
+                "attempts": entry["attempts"],
             }
         for node_id, session in self.sessions.items():
             item = members.setdefault(node_id, {"node_id": node_id, "address": session.address, "source": "inbound"})
@@ -651,6 +728,7 @@ class ClusterNode:
             "advertised": self.advertised,
             "members": members,
             "quarantined": dict(rep.quarantined),
+            "refused": {host: dict(item) for host, item in self.refused.items()},
             "vv": [rep.current_vv(i) for i in range(len(self.store.shards))],
             "stats": dict(rep.stats),
         }

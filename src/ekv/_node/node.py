@@ -390,6 +390,7 @@ class Node:
             result["listen"] = cluster["listen"]
             result["members"] = cluster["members"]
             result["quarantined"] = cluster["quarantined"]
+            result["refused"] = cluster["refused"]
             result["replication"] = cluster["stats"]
             result["clock"]["skew_ns"] = {
                 node_id: member.get("skew_ns")

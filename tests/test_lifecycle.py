@@ -63,7 +63,6 @@ def test_a_clustered_store_left_open_exits_promptly_and_cleanly(tmp_path: Path) 
     assert clean_shutdown_flags(data) == [1, 1, 1]
     with ekv.EKV("t", data, shards=3, log=False) as kv:
         assert kv.get("k") == "v"
-        assert kv.info()["origin"] == kv.node_id  # no unclean-shutdown epoch was started
 
 
 def test_two_stores_left_open_one_clustered_exit_cleanly(tmp_path: Path) -> None:
@@ -193,7 +192,7 @@ def test_listening_on_a_taken_port_leaves_an_existing_store_untouched(tmp_path: 
         ekv.EKV("t", data, shards=2, listen=f"127.0.0.1:{taken.getsockname()[1]}", cookie="c", log=False)
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before
     with ekv.EKV("t", data, shards=2, log=False) as kv:
-        assert (kv.get("k"), kv.node_id, kv.info()["origin"]) == ("v", node_id, node_id)
+        assert (kv.get("k"), kv.node_id) == ("v", node_id)
 
 
 def test_a_failed_listen_releases_the_network_runtime(tmp_path: Path) -> None:

@@ -61,7 +61,10 @@ def _cloned_pair(tmp_path: Path, opened: list[ekv.EKV], **options: Any) -> tuple
     first = _open(opened, original, peers=[third.listen_address], **options)
     second = _open(opened, tmp_path / "x2", peers=[third.listen_address], **options)
     # a byte copy: one identity (until the cluster notices, which may already have happened)
-    assert second.node_id == first.node_id or first.node_id in _former_ids(tmp_path / "x2") + [second.node_id]
+    baked = json.loads((tmp_path / "x2" / "ekv.json").read_text())
+    shared = baked["node_id"] if not baked.get("former_ids") else baked["former_ids"][0]
+    for kv, path in ((first, original), (second, tmp_path / "x2")):
+        assert shared in (kv.node_id, *_former_ids(path))
     return third, first, second
 
 

@@ -96,8 +96,8 @@ def test_sync_always_ends_with_a_terminal_message(tmp_path: Path, count: int) ->
         assert all(len(c.entries) <= 8 for c in chunks)
         assert {e.key for e in b_store.entries()} == {f"k{i:03d}" for i in range(count)}
         b_vv = pair.reps[1].current_vv(0)
-        assert b_vv.get(a_store.node_id, 0) == count
-        done_from_a = next(d for d in dones if d.vv.get(a_store.node_id, 0) == count or count == 0)
+        assert b_vv.get(a_store.origin, 0) == count
+        done_from_a = next(d for d in dones if d.vv.get(a_store.origin, 0) == count or count == 0)
         assert done_from_a.chunks == len([c for c in chunks if c.sync_id == done_from_a.sync_id])
     finally:
         pair.close()
@@ -141,7 +141,7 @@ def test_truncation_keeps_what_a_member_reported_lacking(tmp_path: Path) -> None
             a_store.put(f"k{i}", i)
         # b has reported its (empty) vector: nothing of a's writes may be truncated
         targets = a_rep.truncation_targets(0, pair.clock.now_ns(), retention_ns=10**18)
-        assert targets is not None and targets.get(a_store.node_id, 0) == 0
+        assert targets is not None and targets.get(a_store.origin, 0) == 0
         # after b pulls again and reports having everything, all of it may go
         a_rep.peer_down(pair.stores[1].node_id, pair.clock.now_ns())
         pair.reps[1].peer_down(a_store.node_id, pair.clock.now_ns())
@@ -150,12 +150,12 @@ def test_truncation_keeps_what_a_member_reported_lacking(tmp_path: Path) -> None
         pair.reps[1]._pull(pair.reps[1].peers[a_store.node_id], 0, pair.clock.now_ns())
         pair.run()
         targets = a_rep.truncation_targets(0, pair.clock.now_ns(), retention_ns=10**18)
-        assert targets is not None and targets.get(a_store.node_id) == 10
+        assert targets is not None and targets.get(a_store.origin) == 10
         # a member silent for longer than the retention no longer pins the log
         pair.clock.advance(100)
         a_rep.peer_down(pair.stores[1].node_id, pair.clock.now_ns())
         a_store.put("late", 1)
         targets = a_rep.truncation_targets(0, pair.clock.now_ns(), retention_ns=10**9)
-        assert targets is None or targets.get(a_store.node_id) == 11
+        assert targets is None or targets.get(a_store.origin) == 11
     finally:
         pair.close()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ekv._codec import BUILTIN_CODECS
-from ekv._errors import Error, LockedError
+from ekv._errors import AuthenticationError, Error, LockedError
 from ekv._storage.datadir import LEGACY_CODEC
 
 __all__ = ["main", "main_console"]
@@ -159,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     except LockedError as exc:
         return _fail(f"{exc}; to use a running node, pass --node HOST:PORT instead of --data-dir")
+    except AuthenticationError as exc:
+        return _fail(f"{exc}; give the cluster's cookie in EKV_COOKIE or --cookie-file")
     except Error as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:

@@ -28,6 +28,7 @@ catches them all. Errors caused by bad arguments also derive from the built-in `
     │   ├── SQLiteVersionError              the SQLite library has a known corruption bug
     │   └── StaleDataError                  reserved (stale data is moved aside, not raised)
     ├── ClusterError                        the cluster layer
+    │   ├── ListenError (OSError)           the listen address cannot be bound (in use, not local)
     │   ├── ProtocolError                   a peer sent bytes that are not valid ekv protocol
     │   └── AuthenticationError             a peer failed the cookie challenge (or we did)
     └── InternalError                       a broken invariant: a bug in ekv, please report it
@@ -55,6 +56,7 @@ __all__ = [
     "InternalError",
     "InvalidArgument",
     "InvalidArgumentType",
+    "ListenError",
     "LockedError",
     "ProtocolError",
     "SQLiteVersionError",
@@ -192,6 +194,24 @@ class StaleDataError(StorageError):
 
 class ClusterError(Error):
     """Base class for errors of the cluster layer (transport, membership, replication)."""
+
+
+class ListenError(ClusterError, OSError):
+    """The node cannot listen on its ``listen`` address: the port is in use, the host is not an
+    address of this machine, or the name does not resolve. Raised by ``EKV(...)`` before anything
+    is created or changed on disk. It is also an ``OSError`` (what was raised before), with the
+    system's ``errno``.
+
+    Attributes:
+        address: the ``"host:port"`` that could not be bound.
+        reason: why, as the operating system put it (e.g. ``"address already in use"``).
+    """
+
+    def __init__(self, message: str, address: str = "", reason: str = "", errno: int | None = None) -> None:
+        super().__init__(message)
+        self.address = address
+        self.reason = reason
+        self.errno = errno
 
 
 class ProtocolError(ClusterError):

@@ -70,6 +70,11 @@ def format_info(info: dict[str, Any]) -> str:
     quarantined = info.get("quarantined") or {}
     if quarantined:
         lines.append(f"QUARANTINED  {', '.join(sorted(quarantined))}  (see docs/operators.md)")
+    for host, item in sorted((info.get("refused") or {}).items()):
+        lines.append(
+            f"REFUSED      {host} (node {item.get('node_id')}): {item.get('reason')}, "
+            f"{item.get('count', 1)} time(s), last {_ago(item.get('last_at_ns'))}"
+        )
     members = info.get("members") or {}
     if members:
         lines.append("")

@@ -63,6 +63,8 @@ class EKV:
         ekv.ConfigError: an option is invalid (nothing is created on disk), or ``codec`` is not
             the codec ``data_dir`` was created with (nothing is written).
         ekv.LockedError: another process or ``EKV`` object has ``data_dir`` open.
+        ekv.ListenError: ``listen`` cannot be bound, e.g. the port is in use (nothing is created
+            or changed on disk).
         ekv.ShardCountError, ekv.InstanceNameError, ekv.CorruptionError, ekv.DataDirError.
     """
 

@@ -42,12 +42,17 @@ from ekv._cluster.messages import Hello
 from ekv._cluster.wire import IDENTITY_FEATURE
 from ekv._errors import AuthenticationError, InvalidArgumentType
 
-__all__ = ["MAC_SIZE", "NONCE_SIZE", "new_nonce", "proof", "verify"]
+__all__ = ["MAC_SIZE", "NONCE_SIZE", "CookieMismatch", "new_nonce", "proof", "verify"]
 
 NONCE_SIZE = 32
 MAC_SIZE = 32
 _TAG = b"ekv cookie auth v1\x00"
 _LEN = struct.Struct(">I")
+
+
+class CookieMismatch(AuthenticationError):
+    """The peer's proof is wrong: it was made with another cookie (the one failure an operator
+    causes and fixes, so it is told apart from a replayed or reflected handshake)."""
 
 
 def new_nonce() -> bytes:
@@ -79,7 +84,7 @@ def verify(cookie: bytes | str, proof_bytes: bytes, *, mine: Hello, theirs: Hell
         raise AuthenticationError("peer echoed our own nonce")
     expected = proof(cookie, mine=theirs, theirs=mine)
     if type(proof_bytes) is not bytes or not hmac.compare_digest(expected, proof_bytes):
-        raise AuthenticationError(
+        raise CookieMismatch(
             f"node {theirs.node_id!r} failed the cookie challenge: it does not know this cluster's cookie"
         )
 

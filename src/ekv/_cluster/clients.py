@@ -11,13 +11,15 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
-from ekv._cluster.messages import Message, Reply, Request
+from ekv._cluster.messages import Hello, Message, Reply, Request
 from ekv._cluster.session import Session
+from ekv._cluster.wire import FrameDecoder
+from ekv._core.durations import NS_PER_S
 
 if TYPE_CHECKING:
     from ekv._cluster.cluster import ClusterNode
 
-__all__ = ["ClientOwner", "client_op"]
+__all__ = ["ClientOwner", "client_op", "serve_client"]
 
 
 def client_op(cluster: ClusterNode, op: str, args: dict[str, Any]) -> Any:
@@ -71,3 +73,33 @@ class ClientOwner:
 
     def session_closed(self, session: Session, reason: str) -> None:
         self.cluster.clients.discard(session)
+
+
+def serve_client(
+    cluster: ClusterNode,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    theirs: Hello,
+    features: frozenset[str],
+    decoder: FrameDecoder,
+    pending: list[Message],
+) -> None:
+    """Serve a command-line client's session: Request/Reply only, never replication or gossip."""
+    options = cluster.options
+    session = Session(
+        ClientOwner(cluster),
+        reader,
+        writer,
+        hello=theirs,
+        features=features,
+        decoder=decoder,
+        pending=pending,
+        dialer=False,
+        address=None,
+        heartbeat_interval_s=options.heartbeat_interval_ns / NS_PER_S,
+        heartbeat_timeout_s=max(30.0, options.heartbeat_timeout_ns / NS_PER_S),
+        send_buffer=options.send_buffer,
+        wall=cluster._wall,
+    )
+    cluster.clients.add(session)
+    session.start()

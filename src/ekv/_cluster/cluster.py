@@ -26,7 +26,8 @@ from collections import deque
 from typing import Any
 
 from ekv._cluster import auth, identity, report, wire
-from ekv._cluster.clients import ClientOwner
+from ekv._cluster.clients import serve_client
+from ekv._cluster.listener import ListenerHold
 from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Duplicate, Hello, Members, Message
 from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._cluster.runtime import runtime
@@ -56,7 +57,7 @@ _SKEW_WARN_NS = NS_PER_S
 class ClusterNode:
     """Replication for one instance. Public methods are thread-safe."""
 
-    def __init__(self, config: Config, store: ShardedStore, log: Any) -> None:
+    def __init__(self, config: Config, store: ShardedStore, log: Any, listener: ListenerHold | None = None) -> None:
         options = config.cluster
         assert options is not None
         self.config = config
@@ -86,6 +87,7 @@ class ClusterNode:
         self._outbox_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listen_address: tuple[str, int] | None = None
+        self._listener = listener
         self.advertised: str | None = None
         self._stopping = False
         self._encoded: tuple[Message, bool, bytes] | None = None
@@ -95,6 +97,9 @@ class ClusterNode:
         self.last_disconnect: dict[str, tuple[int, str]] = {}
         self.clients: set[Session] = set()
         self._duplicates_logged: set[tuple[str, str]] = set()
+        self.refused: dict[str, dict[str, Any]] = {}
+        """remote host -> the last handshake this node refused from it (for info())"""
+        self._warn_limit = report.RateLimit()
         self.node_info: Any = None
         """Set by the node: returns its info() (for client commands)."""
         self._skew_logged: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
@@ -117,7 +122,10 @@ class ClusterNode:
         for shard in self.store.shards:
             shard.outbox = None
         try:
-            self._runtime.run(self._stop(), timeout=30)
+            if self._runtime.running:
+                self._runtime.run(self._stop(), timeout=30)
+            # else the interpreter is finalising and the loop thread is frozen: waiting for it
+            # would only run into the timeout; the process exit closes the sockets.
         finally:
             self._runtime.release()
 
@@ -125,8 +133,10 @@ class ClusterNode:
         self.replicator = Replicator(self.store, self.settings, send=self._send, can_send=self._can_send, log=self.log)
         options = self.options
         if options.listen is not None:
-            host, port = options.listen
-            self._listen_address = await self._runtime.listen(host, port, self, ssl=options.ssl_server)
+            assert self._listener is not None, "the node binds its listener before opening its data"
+            host = options.listen[0]
+            await self._runtime.attach(self._listener.address, self)
+            self._listen_address = self._listener.address
             self.advertised = options.advertise or (
                 format_address(host, self._listen_address[1]) if host not in ("", "0.0.0.0", "::") else None
             )
@@ -223,7 +233,19 @@ class ClusterNode:
                     self._self_addresses.add(address)
                     del self.addresses[address]
                     return
-                if entry["attempts"] in (1, 10) or entry["attempts"] % 100 == 0:
+                if isinstance(exc, Refused) and exc.cookie_mismatch:
+                    # The one misconfiguration that keeps a node alone for ever: say it loudly.
+                    entry["state"] = "auth failed"
+                    repeats = self._warn_limit.check(("dial", address))
+                    if repeats is not None:
+                        self.log.warning(
+                            "cannot join %s: %s; %s (retrying)%s",
+                            address,
+                            exc,
+                            report.COOKIE_HINT,
+                            report.repeats_note(repeats),
+                        )
+                elif entry["attempts"] in (1, 10) or entry["attempts"] % 100 == 0:
                     self.log.info("cannot connect to %s: %s (retrying)", address, exc)
             if time.monotonic() - started > 10:
                 backoff = 0.1  # the session lasted: reconnect quickly
@@ -265,15 +287,15 @@ class ClusterNode:
         try:
             features = await accept_handshake(reader, writer, params, theirs, decoder, pending)
         except Refused as exc:
-            self.log.warning("refused a connection from %s: %s", _remote(writer), exc)
+            report.note_refused(self, writer, theirs, exc)
             writer.close()
             return
         if wire.CLIENT_FEATURE in theirs.features:
-            self._serve_client(reader, writer, theirs, features, decoder, pending)
+            serve_client(self, reader, writer, theirs, features, decoder, pending)
             return
         address = None
         if theirs.listen:
-            host, port = parse_address(theirs.listen, "listen", default_host=_remote_host(writer))
+            host, port = parse_address(theirs.listen, "listen", default_host=report.remote_host_of(writer))
             address = format_address(host, port)
         session = self._make_session(reader, writer, theirs, features, decoder, pending, dialer=False, address=address)
         session.local_origin = params.hello.origin
@@ -284,36 +306,6 @@ class ClusterNode:
                 self.addresses[address]["node_id"] = theirs.node_id
             elif known["node_id"] is None:
                 known["node_id"] = theirs.node_id
-
-    def _serve_client(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        theirs: Hello,
-        features: frozenset[str],
-        decoder: wire.FrameDecoder,
-        pending: list[Message],
-    ) -> None:
-        """A command-line client: Request/Reply only, never replication or gossip."""
-        owner = ClientOwner(self)
-        options = self.options
-        session = Session(
-            owner,
-            reader,
-            writer,
-            hello=theirs,
-            features=features,
-            decoder=decoder,
-            pending=pending,
-            dialer=False,
-            address=None,
-            heartbeat_interval_s=options.heartbeat_interval_ns / NS_PER_S,
-            heartbeat_timeout_s=max(30.0, options.heartbeat_timeout_ns / NS_PER_S),
-            send_buffer=options.send_buffer,
-            wall=self._wall,
-        )
-        self.clients.add(session)
-        session.start()
 
     def _handshake_params(self) -> HandshakeParams:
         options = self.options
@@ -685,13 +677,3 @@ class ClusterNode:
 
     def skew(self) -> dict[str, int | None]:
         return {node_id: s.skew_ns for node_id, s in self.sessions.items()}
-
-
-def _remote(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-
-
-def _remote_host(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) else ""

@@ -3,14 +3,60 @@ thread, through :meth:`ClusterNode.call`). Kept apart from the cluster's mechani
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
+from ekv._cluster import wire
+from ekv._cluster.messages import Hello
+from ekv._cluster.session import Refused
+from ekv._core.addresses import format_address, parse_address
 from ekv._core.durations import NS_PER_S
 
 if TYPE_CHECKING:
     from ekv._cluster.cluster import ClusterNode
 
-__all__ = ["cluster_info", "cluster_metrics"]
+__all__ = [
+    "COOKIE_HINT",
+    "RateLimit",
+    "cluster_info",
+    "cluster_metrics",
+    "note_refused",
+    "remote_host_of",
+    "remote_of",
+    "repeats_note",
+]
+
+REPEAT_WARNING_S = 300.0  # a problem that keeps happening is logged again at most this often
+MAX_REFUSED = 64  # refused peers remembered for info() (the least recent are forgotten)
+COOKIE_HINT = "every member needs the same cookie: cookie= in EKV(...), or EKV_COOKIE / --cookie-file for ekv serve"
+
+
+class RateLimit:
+    """Says when a repeated problem should be logged: the first time, then at most once every
+    ``interval_s`` per key, with how many occurrences were not logged in between. A node that
+    keeps retrying must not flood the log, nor go quiet after the first line."""
+
+    def __init__(self, interval_s: float = REPEAT_WARNING_S) -> None:
+        self._interval = interval_s
+        self._state: dict[object, tuple[float, int]] = {}
+
+    def check(self, key: object) -> int | None:
+        """None: stay quiet; else log now, mentioning the returned count of silenced repeats."""
+        now = time.monotonic()
+        last = self._state.get(key)
+        if last is not None and now - last[0] < self._interval:
+            self._state[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._state) >= 1024:
+            self._state.clear()
+        self._state[key] = (now, 0)
+        return 0 if last is None else last[1]
+
+
+def repeats_note(count: int) -> str:
+    return f" ({count} more times since the last message)" if count else ""
 
 
 def cluster_info(self: ClusterNode) -> dict[str, Any]:
@@ -28,6 +74,7 @@ def cluster_info(self: ClusterNode) -> dict[str, Any]:
             "connected": node_id in self.sessions,
             "state": "connected" if node_id in self.sessions else entry["state"],
             "last_error": entry["last_error"],
+            "attempts": entry["attempts"],
         }
     for node_id, session in self.sessions.items():
         item = members.setdefault(node_id, {"node_id": node_id, "address": session.address, "source": "inbound"})
@@ -58,6 +105,7 @@ def cluster_info(self: ClusterNode) -> dict[str, Any]:
         "advertised": self.advertised,
         "members": members,
         "quarantined": dict(rep.quarantined),
+        "refused": {host: dict(item) for host, item in self.refused.items()},
         "vv": [rep.current_vv(i) for i in range(len(self.store.shards))],
         "stats": dict(rep.stats),
     }
@@ -95,3 +143,48 @@ def cluster_metrics(self: ClusterNode) -> dict[str, float]:
             if session.rtt_s is not None:
                 m[f"ekv_rtt_seconds{label}"] = session.rtt_s
     return m
+
+
+def note_refused(self: ClusterNode, writer: asyncio.StreamWriter, theirs: Hello, exc: Refused) -> None:
+    """Log a refused handshake (rate-limited per remote host and reason: a misconfigured member
+    retries every few seconds) and keep it for info(); a cookie mismatch also marks the member
+    it claims to be, if this node dials that member too."""
+    remote = remote_of(writer)
+    host = remote_host_of(writer)
+    client = wire.CLIENT_FEATURE in theirs.features
+    reason = str(exc)
+    kind = "cookie" if exc.cookie_mismatch else reason
+    repeats = self._warn_limit.check(("accept", host, kind))
+    if repeats is not None:
+        who = f"client {remote}" if client else f"{remote} (node {theirs.node_id})"
+        hint = f"; {COOKIE_HINT}" if exc.cookie_mismatch and not client else ""
+        self.log.warning("refused a connection from %s: %s%s%s", who, reason, hint, repeats_note(repeats))
+    if client:
+        return
+    seen = self.refused.pop(host, None)
+    if seen is None and len(self.refused) >= MAX_REFUSED:
+        del self.refused[next(iter(self.refused))]
+    self.refused[host] = {
+        "node_id": theirs.node_id,
+        "listen": theirs.listen,
+        "reason": reason,
+        "count": (seen["count"] + 1) if seen else 1,
+        "last_at_ns": self._wall(),
+    }
+    if exc.cookie_mismatch and theirs.listen:
+        with contextlib.suppress(Exception):
+            address = format_address(*parse_address(theirs.listen, "listen", default_host=host))
+            entry = self.addresses.get(address)
+            if entry is not None and entry["node_id"] not in self.sessions:
+                entry["state"] = "auth failed"
+                entry["last_error"] = reason
+
+
+def remote_of(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+def remote_host_of(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) else ""

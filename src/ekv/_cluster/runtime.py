@@ -5,6 +5,11 @@ the first instance and stopped with the last. Instances that listen on the same 
 listening socket: an incoming connection names its instance in its Hello and is handed to the
 instance of that name, so several named instances replicate side by side, each only with
 same-named instances elsewhere.
+
+The loop thread is a daemon thread. Once the interpreter is finalising it is frozen for good, so
+nothing may wait for it then: :meth:`Runtime.running` says whether it can still run, and a node
+closed that late (by ``__del__``, after the exit hook of :mod:`ekv._node.node`) skips the network
+goodbye instead of waiting for timeouts.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["Endpoint", "Runtime", "runtime"]
+__all__ = ["Endpoint", "NameTaken", "Runtime", "runtime"]
 
 _log = logging.getLogger("ekv.net")
 
@@ -32,11 +39,17 @@ class Endpoint(Protocol):
     async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: Any) -> None: ...
 
 
+class NameTaken(OSError):
+    """An instance of this name already listens on the address (in this process)."""
+
+
 class _Listener:
     def __init__(self, address: tuple[str, int]) -> None:
         self.server: asyncio.Server | None = None
         self.address = address
         self.endpoints: dict[str, Endpoint] = {}
+        self.holds = 0
+        """Nodes that bound it and have not attached yet (see Runtime.bind)."""
 
 
 class Runtime:
@@ -86,9 +99,18 @@ class Runtime:
                 return
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
+        if sys.is_finalizing():
+            return  # the loop thread is frozen: it can neither stop nor be joined
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None and thread is not threading.current_thread():
             thread.join(30)
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop thread exists and can still run work (not during interpreter
+        finalisation, when daemon threads are frozen)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not sys.is_finalizing()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -110,10 +132,16 @@ class Runtime:
         self.loop.call_soon_threadsafe(fn, *args)
 
     # -- listeners (called on the loop thread) -------------------------------------------------
+    #
+    # A node binds its listener before it opens its data directory (a port in use must not leave
+    # a new directory behind or mark an existing one as opened), so binding and serving are two
+    # steps: bind() holds the listener, attach() registers the instance on it, and the listener
+    # closes when nothing holds it and no instance is attached.
 
-    async def listen(self, host: str, port: int, endpoint: Endpoint, ssl: Any = None) -> tuple[str, int]:
-        """Register ``endpoint`` on a listener for (host, port), creating it if needed; returns
-        the bound address (the real port when ``port`` is 0)."""
+    async def bind(self, host: str, port: int, name: str, ssl: Any = None) -> tuple[str, int]:
+        """Hold a listener for (host, port), creating it if needed; returns the bound address
+        (the real port when ``port`` is 0). Raises OSError if the address cannot be bound or an
+        instance named ``name`` already listens there. Undo with :meth:`unbind`."""
         listener = self._listeners.get((host, port)) if port else None
         if listener is None:
             listener = _Listener((host, port))
@@ -124,10 +152,25 @@ class Runtime:
             listener.server = server
             listener.address = (host, int(server.sockets[0].getsockname()[1]))
             self._listeners[listener.address] = listener
-        if endpoint.name in listener.endpoints:
-            raise OSError(f"an ekv instance named {endpoint.name!r} already listens on {host}:{listener.address[1]}")
-        listener.endpoints[endpoint.name] = endpoint
+        elif name in listener.endpoints:
+            raise NameTaken(errno.EADDRINUSE, f"an ekv instance named {name!r} already listens there")
+        listener.holds += 1
         return listener.address
+
+    async def unbind(self, address: tuple[str, int]) -> None:
+        """Drop one hold taken by :meth:`bind`."""
+        listener = self._listeners.get(address)
+        if listener is not None:
+            listener.holds -= 1
+            await self._close_if_unused(listener)
+
+    async def attach(self, address: tuple[str, int], endpoint: Endpoint) -> None:
+        """Serve ``endpoint`` on the listener held at ``address`` (see :meth:`bind`). The
+        instance holds the listener until :meth:`unlisten`."""
+        listener = self._listeners[address]
+        if endpoint.name in listener.endpoints:
+            raise NameTaken(errno.EADDRINUSE, f"an ekv instance named {endpoint.name!r} already listens there")
+        listener.endpoints[endpoint.name] = endpoint
 
     async def unlisten(self, address: tuple[str, int], endpoint: Endpoint) -> None:
         listener = self._listeners.get(address)
@@ -135,13 +178,18 @@ class Runtime:
             return
         if listener.endpoints.get(endpoint.name) is endpoint:
             del listener.endpoints[endpoint.name]
-        if not listener.endpoints:
-            del self._listeners[address]
-            server = listener.server
-            if server is not None:
-                server.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(server.wait_closed(), 5)
+        await self._close_if_unused(listener)
+
+    async def _close_if_unused(self, listener: _Listener) -> None:
+        if listener.endpoints or listener.holds > 0:
+            return
+        if self._listeners.get(listener.address) is listener:
+            del self._listeners[listener.address]
+        server = listener.server
+        if server is not None:
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
 
     async def _accept(self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from ekv._cluster.session import read_hello_for_routing

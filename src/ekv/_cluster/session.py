@@ -33,7 +33,16 @@ from ekv._cluster import auth, wire
 from ekv._cluster.messages import Auth, Bye, Hello, Message, Ping, Pong, Reject
 from ekv._errors import AuthenticationError, ClusterError, ProtocolError
 
-__all__ = ["PRE_AUTH_MAX_FRAME", "HandshakeParams", "Session", "SessionOwner", "dial_handshake", "accept_handshake"]
+__all__ = [
+    "COOKIE_MISMATCH",
+    "PRE_AUTH_MAX_FRAME",
+    "HandshakeParams",
+    "Session",
+    "SessionOwner",
+    "accept_handshake",
+    "describe_foreign",
+    "dial_handshake",
+]
 
 PRE_AUTH_MAX_FRAME = 64 * 1024
 _READ_SIZE = 256 * 1024
@@ -55,17 +64,69 @@ class HandshakeParams:
     max_frame_size: int
 
 
+COOKIE_MISMATCH = "authentication failed: cookie mismatch"
+"""The Reject reason for a wrong proof, and how both sides' logs and info() name it. (Nodes
+before it sent a bare "authentication failed", which the dialer reads the same way.)"""
+
+
 class Refused(ClusterError):
-    """The handshake failed; ``reason`` says why (also sent to the peer when possible)."""
+    """The handshake failed; ``reason`` says why (also sent to the peer when possible).
+    ``cookie_mismatch``: the two sides have different cookies (logged louder, see ClusterNode)."""
+
+    def __init__(self, message: str, *, cookie_mismatch: bool = False) -> None:
+        super().__init__(message)
+        self.cookie_mismatch = cookie_mismatch
 
 
-async def _read_message(reader: asyncio.StreamReader, decoder: wire.FrameDecoder, pending: list[Message]) -> Message:
+def describe_foreign(head: bytes) -> str:
+    """What the first bytes from something that is not an ekv node look like, for an error
+    message ("it answered like an HTTP server"), so that a wrong port is recognised at once rather
+    than reported as a frame of 1213486160 bytes (which is b"HTTP" read as a length)."""
+    if head.startswith(b"HTTP/") or head.lstrip()[:14].lower().startswith((b"<!doctype html", b"<html")):
+        return "it answered like an HTTP server"  # (an HTTP/0.9-style error page has no status line)
+    if head.startswith((b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ")):
+        return "it sent an HTTP request"
+    if len(head) >= 3 and head[0] in (0x15, 0x16) and head[1] == 0x03:
+        return "it speaks TLS; is TLS configured on both sides?"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:60]):
+        return f"it sent the text {head[:60].decode('ascii').strip()!r}"
+    return "it sent bytes that are not an ekv frame"
+
+
+class _Head:
+    """The first bytes a peer sent during the handshake, kept to describe a non-ekv peer."""
+
+    __slots__ = ("data", "decoded")
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.decoded = False
+
+
+async def _read_message(
+    reader: asyncio.StreamReader, decoder: wire.FrameDecoder, pending: list[Message], head: _Head | None = None
+) -> Message:
     while not pending:
         data = await reader.read(_READ_SIZE)
         if not data:
             raise Refused("connection closed during the handshake")
-        pending.extend(decoder.feed(data))
+        try:
+            pending.extend(decoder.feed(data))
+        except ProtocolError:
+            if head is None or head.decoded:
+                raise
+            first = (head.data + data)[:64]
+            raise Refused(f"it does not speak the ekv protocol ({describe_foreign(first)})") from None
+        if head is not None:
+            head.data = (head.data + data)[:64]
+            head.decoded = head.decoded or bool(pending)
     return pending.pop(0)
+
+
+def _dialer_auth_refusal(reason: str) -> Refused:
+    if reason == "authentication failed" or reason.startswith(COOKIE_MISMATCH):
+        return Refused(f"{COOKIE_MISMATCH}: the peer does not accept this node's cookie", cookie_mismatch=True)
+    return Refused(f"refused by the peer: {reason}")
 
 
 async def read_hello_for_routing(
@@ -78,7 +139,7 @@ async def read_hello_for_routing(
     decoder = wire.FrameDecoder(PRE_AUTH_MAX_FRAME)
     pending: list[Message] = []
     try:
-        first = await asyncio.wait_for(_read_message(reader, decoder, pending), timeout_s)
+        first = await asyncio.wait_for(_read_message(reader, decoder, pending, _Head()), timeout_s)
     except (ProtocolError, Refused, TimeoutError, ConnectionError, OSError) as exc:
         _close(writer)
         raise Refused(f"no valid Hello from {_peer(writer)}: {exc}") from None
@@ -128,7 +189,7 @@ async def dial_handshake(
 
     async def run() -> tuple[Hello, frozenset[str]]:
         writer.write(wire.encode(mine))
-        theirs = await _read_message(reader, decoder, pending)
+        theirs = await _read_message(reader, decoder, pending, _Head())
         if isinstance(theirs, Reject):
             raise Refused(f"refused by the peer: {theirs.reason}")
         if not isinstance(theirs, Hello):
@@ -141,14 +202,19 @@ async def dial_handshake(
         writer.write(wire.encode(Auth(auth.proof(params.cookie, mine=mine, theirs=theirs))))
         answer = await _read_message(reader, decoder, pending)
         if isinstance(answer, Reject):
-            raise Refused(f"refused by the peer: {answer.reason}")
+            raise _dialer_auth_refusal(answer.reason)
         if not isinstance(answer, Auth):
             raise Refused(f"expected Auth, got {type(answer).__name__}")
         try:
             auth.verify(params.cookie, answer.mac, mine=mine, theirs=theirs)
-        except AuthenticationError:
+        except auth.CookieMismatch:
+            await _reject(writer, COOKIE_MISMATCH)
+            raise Refused(
+                f"{COOKIE_MISMATCH}: the peer does not know this node's cookie", cookie_mismatch=True
+            ) from None
+        except AuthenticationError as exc:
             await _reject(writer, "authentication failed")
-            raise Refused("the peer failed the cookie challenge (a different cookie?)") from None
+            raise Refused(f"authentication failed: {exc}") from None
         return theirs, features
 
     try:
@@ -185,9 +251,14 @@ async def accept_handshake(
             raise Refused(f"expected Auth, got {type(answer).__name__}")
         try:
             auth.verify(params.cookie, answer.mac, mine=mine, theirs=theirs)
-        except AuthenticationError:
+        except auth.CookieMismatch:
+            await _reject(writer, COOKIE_MISMATCH)
+            raise Refused(
+                f"{COOKIE_MISMATCH}: node {theirs.node_id} does not know this cluster's cookie", cookie_mismatch=True
+            ) from None
+        except AuthenticationError as exc:
             await _reject(writer, "authentication failed")
-            raise Refused("the peer failed the cookie challenge (wrong or missing cookie)") from None
+            raise Refused(f"authentication failed: {exc}") from None
         writer.write(wire.encode(Auth(auth.proof(params.cookie, mine=mine, theirs=theirs))))
         await writer.drain()
 

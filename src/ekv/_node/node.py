@@ -9,12 +9,17 @@ Both facades (:class:`ekv.EKV` and :class:`ekv.AsyncEKV`) wrap one :class:`Node`
   truncates the change log and refreshes ``last_active_at``.
 
 Background threads hold only a weak reference to the node, so a node that is dropped without
-``close()`` can still be collected (its facade warns with ``ResourceWarning``).
+``close()`` can still be collected (its facade warns with ``ResourceWarning``). A node still open
+when the interpreter exits is closed by an :mod:`atexit` hook, while the background threads (the
+network loop in particular) can still run: later, when objects are finalised, daemon threads are
+frozen and a close that needs one would wait for it in vain.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -40,11 +45,34 @@ from ekv._storage.store import GcReport, ShardedStore
 
 if TYPE_CHECKING:
     from ekv._cluster.cluster import ClusterNode
+    from ekv._cluster.listener import ListenerHold
 from ekv._version import __version__
 
 __all__ = ["Node", "NodeLog"]
 
 _logger = logging.getLogger("ekv")
+
+_open_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
+
+
+def _close_open_nodes() -> None:
+    """Close every node still open at interpreter exit (an :mod:`atexit` hook).
+
+    Without it, a store left open would be closed by its facade's ``__del__`` while modules are
+    torn down, after the interpreter has frozen its daemon threads: a clustered node would wait
+    for its network thread until the timeouts ran out (about a minute) before the process
+    exited. Here every thread still runs, so members get their goodbye and every shard is marked
+    cleanly shut down, and the next open keeps its origin."""
+    for node in list(_open_nodes):
+        try:
+            node.close()
+        except Exception:
+            _logger.error("ekv: closing %s at interpreter exit failed", node.config.data_dir, exc_info=True)
+
+
+atexit.register(_close_open_nodes)
+# A child made by fork() inherits the parent's nodes but owns none of them: its exit must not close them.
+os.register_at_fork(after_in_child=_open_nodes.clear)
 
 
 class NodeLog:
@@ -122,10 +150,39 @@ class Node:
         self.registry = Registry(config.codec.loads)
         self.dispatcher = Dispatcher(config.name)
         started = time.perf_counter()
+        # Bind the listener first: a port in use must fail before the data directory is created
+        # or marked as opened (ekv.ListenError; nothing on disk changes).
+        listener = None
+        if config.cluster is not None and config.cluster.listen is not None:
+            from ekv._cluster.listener import ListenerHold
+
+            listener = ListenerHold(config)
+        try:
+            self._open(config, listener)
+        finally:
+            if listener is not None:
+                listener.release()  # the cluster serves on it now (or it failed): drop our hold
+        self.log.info(
+            "opened %s (node %s, %d shards, durability=%s) in %.1f ms",
+            config.data_dir,
+            self.node_id,
+            config.shards,
+            config.durability,
+            (time.perf_counter() - started) * 1e3,
+        )
+        self._gc_thread = _Periodic(self, "gc", config.gc_interval_ns / NS_PER_S, Node.run_gc)
+        self._checkpoint_thread = _Periodic(self, "checkpoint", 0.1, lambda node: node.store.checkpoint())
+        _open_nodes.add(self)
+
+    def _open(self, config: Config, listener: ListenerHold | None) -> None:
         self.store = ShardedStore.open(config, self.clock, self.registry)
         self.stale_moved_to: str | None = None
         if config.cluster is not None and not self.store.created:
-            self._check_stale()
+            try:
+                self._check_stale()
+            except BaseException:
+                self.store.close()
+                raise
         self.opened_at_ns = config.clock.now_ns()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -142,23 +199,13 @@ class Node:
         if config.cluster is not None:
             from ekv._cluster.cluster import ClusterNode
 
-            self.cluster = ClusterNode(config, self.store, self.log)
+            self.cluster = ClusterNode(config, self.store, self.log, listener)
             self.cluster.node_info = self.info
             try:
                 self.cluster.start()
             except BaseException:
                 self.store.close()
                 raise
-        self.log.info(
-            "opened %s (node %s, %d shards, durability=%s) in %.1f ms",
-            config.data_dir,
-            self.node_id,
-            config.shards,
-            config.durability,
-            (time.perf_counter() - started) * 1e3,
-        )
-        self._gc_thread = _Periodic(self, "gc", config.gc_interval_ns / NS_PER_S, Node.run_gc)
-        self._checkpoint_thread = _Periodic(self, "checkpoint", 0.1, lambda node: node.store.checkpoint())
 
     @property
     def node_id(self) -> str:
@@ -349,6 +396,7 @@ class Node:
             result["listen"] = cluster["listen"]
             result["members"] = cluster["members"]
             result["quarantined"] = cluster["quarantined"]
+            result["refused"] = cluster["refused"]
             result["replication"] = cluster["stats"]
             result["clock"]["skew_ns"] = {
                 node_id: member.get("skew_ns")
@@ -397,6 +445,7 @@ class Node:
             if self._closed:
                 return
             self._closed = True
+        _open_nodes.discard(self)
         self._gc_thread.stop()
         self._checkpoint_thread.stop()
         if self.cluster is not None:

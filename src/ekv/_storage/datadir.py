@@ -23,7 +23,9 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,36 @@ FORMAT = 1
 LEGACY_CODEC = "pickle"
 """The codec of a manifest that records none: written before ekv recorded it, when pickle was the
 default (and still is)."""
+
+
+# The data directory locks this process holds. flock() locks belong to the open file description,
+# which fork() shares with the child: a child that outlived its parent would keep the lock, and the
+# restarted service would be refused with LockedError naming a dead process. So the child closes
+# its copies at once. It must not LOCK_UN them, which would drop the parent's lock as well; close()
+# only drops the child's reference. _FORK_GUARD keeps a fork from landing between opening a lock
+# file and registering it here.
+_held_fds: set[int] = set()
+_holders: weakref.WeakSet[DataDir] = weakref.WeakSet()
+_FORK_GUARD = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _FORK_GUARD
+    for holder in list(_holders):
+        holder._lock_fd = None
+    for fd in _held_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_fds.clear()
+    _holders.clear()
+    _FORK_GUARD = threading.Lock()  # taken by the forking thread in the parent
+
+
+os.register_at_fork(
+    before=lambda: _FORK_GUARD.acquire(),
+    after_in_parent=lambda: _FORK_GUARD.release(),
+    after_in_child=_after_fork_in_child,
+)
 
 
 def new_node_id() -> str:
@@ -148,8 +180,13 @@ class DataDir:
         """Take the exclusive lock on the directory or raise :class:`LockedError`.
 
         ``flock`` locks belong to the open file, so a second ``EKV`` object in the same process
-        is refused just like another process; the kernel drops the lock if the process dies.
+        is refused just like another process; the kernel drops the lock if the process dies. A
+        child made by ``fork()`` does not keep it (see ``_after_fork_in_child``).
         """
+        with _FORK_GUARD:
+            self._lock()
+
+    def _lock(self) -> None:
         lock_path = self.path / LOCK_NAME
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -178,13 +215,18 @@ class DataDir:
         except OSError:
             pass  # the pid is informational; holding the lock is what matters
         self._lock_fd = fd
+        _held_fds.add(fd)
+        _holders.add(self)
 
     def unlock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        with _FORK_GUARD:
+            fd, self._lock_fd = self._lock_fd, None
+            _holders.discard(self)
+            if fd is not None:
+                _held_fds.discard(fd)
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
     # -- manifest ----------------------------------------------------------------------------
 

@@ -174,7 +174,7 @@ def test_the_single_statement_upsert_follows_the_lww_rule_or_fails_whole(
     winning row, changes nothing for the same write again, and fails as a whole, writing nothing,
     for a row that loses LWW (so the group can run again with its overtakes, in one transaction)."""
     from ekv._core import lww
-    from ekv._storage.shard import _alone_upsert_rows
+    from ekv._storage.schema import alone_upsert_rows as _alone_upsert_rows
 
     conn = apsw.Connection(":memory:")
     conn.execute(schema.DDL)

@@ -41,6 +41,8 @@ version, so foreign or future files are refused instead of being written to.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "APPLICATION_ID",
     "DDL",
@@ -138,6 +140,51 @@ def upsert_rows(rows: int) -> str:
         sql = _UPSERT_HEAD + "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows) + _UPSERT_TAIL
         _UPSERT_ROWS[rows] = sql
     return sql
+
+
+_LWW = UPSERT.rsplit("WHERE", 1)[1].strip()  # the statement's LWW rule, "excluded wins"
+_ALONE_UPSERT: dict[int, str] = {}
+_BEGIN_UPSERT: dict[int, str] = {}
+
+
+def alone_upsert_rows(rows: int) -> str:
+    """:func:`upsert_rows` for local writes run as a transaction of their
+    own: the statement fails (``NOT NULL constraint failed: kv.ts``, so SQLite undoes all of it)
+    instead of skipping a row that loses LWW, because such a row needs an overtake, which must
+    commit together with the rest of the group. A row that is the same write as the stored one
+    (same dot and version: the padding rows) still changes nothing."""
+    sql = _ALONE_UPSERT.get(rows)
+    if sql is None:
+        sql = upsert_rows(rows)
+        head, tail = sql.split("ts = excluded.ts,", 1)
+        tail = tail.rsplit("WHERE", 1)[0]
+        sql = (
+            f"{head}ts = CASE WHEN {_LWW} THEN excluded.ts END,{tail}"
+            "WHERE NOT (excluded.ts = kv.ts AND excluded.origin = kv.origin AND excluded.oseq = kv.oseq)\n"
+        )
+        _ALONE_UPSERT[rows] = sql
+    return sql
+
+
+def begin_upsert_rows(rows: int) -> str:
+    """``BEGIN`` followed by :func:`upsert_rows`, as one SQL text: APSW
+    runs both statements in one ``execute`` (the bindings all go to the upsert)."""
+    sql = _BEGIN_UPSERT.get(rows)
+    if sql is None:
+        sql = _BEGIN_UPSERT[rows] = "BEGIN; " + upsert_rows(rows)
+    return sql
+
+
+def stored_versions(cur: Any, keys: set[str]) -> dict[str, tuple[int, str]]:
+    """The stored ``(ts, origin)`` of each of ``keys`` that has a row (500 keys per query)."""
+    found: dict[str, tuple[int, str]] = {}
+    ordered = list(keys)
+    for start in range(0, len(ordered), 500):
+        part = ordered[start : start + 500]
+        sql = f"SELECT key, ts, origin FROM kv WHERE key IN ({', '.join('?' * len(part))})"
+        for key, ts, origin in cur.execute(sql, part):
+            found[key] = (ts, origin)
+    return found
 
 
 # Reads that serve a value fetch everything its checksum covers.

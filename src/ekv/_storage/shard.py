@@ -49,39 +49,6 @@ class EventSink(Protocol):
     def publish(self, events: list[RawEvent]) -> None: ...
 
 
-_LWW = schema.UPSERT.rsplit("WHERE", 1)[1].strip()  # the statement's LWW rule, "excluded wins"
-_ALONE_UPSERT: dict[int, str] = {}
-_BEGIN_UPSERT: dict[int, str] = {}
-
-
-def _alone_upsert_rows(rows: int) -> str:
-    """:func:`~ekv._storage.schema.upsert_rows` for local writes run as a transaction of their
-    own: the statement fails (``NOT NULL constraint failed: kv.ts``, so SQLite undoes all of it)
-    instead of skipping a row that loses LWW, because such a row needs an overtake, which must
-    commit together with the rest of the group. A row that is the same write as the stored one
-    (same dot and version: the padding rows) still changes nothing."""
-    sql = _ALONE_UPSERT.get(rows)
-    if sql is None:
-        sql = schema.upsert_rows(rows)
-        head, tail = sql.split("ts = excluded.ts,", 1)
-        tail = tail.rsplit("WHERE", 1)[0]
-        sql = (
-            f"{head}ts = CASE WHEN {_LWW} THEN excluded.ts END,{tail}"
-            "WHERE NOT (excluded.ts = kv.ts AND excluded.origin = kv.origin AND excluded.oseq = kv.oseq)\n"
-        )
-        _ALONE_UPSERT[rows] = sql
-    return sql
-
-
-def _begin_upsert_rows(rows: int) -> str:
-    """``BEGIN`` followed by :func:`~ekv._storage.schema.upsert_rows`, as one SQL text: APSW
-    runs both statements in one ``execute`` (the bindings all go to the upsert)."""
-    sql = _BEGIN_UPSERT.get(rows)
-    if sql is None:
-        sql = _BEGIN_UPSERT[rows] = "BEGIN; " + schema.upsert_rows(rows)
-    return sql
-
-
 def upsert_row(
     key: str, ts: int, origin: str, oseq: int, expires_at: int | None, blob: bytes | None
 ) -> tuple[Any, ...]:
@@ -405,7 +372,7 @@ class Shard:
         With ``begin``, the group first runs as that one statement alone, which SQLite commits
         (or undoes) as a whole: an explicit BEGIN and COMMIT would cost two more statements on
         every write (about 4 µs here, a tenth of a put). A row that loses LWW makes that
-        statement fail and change nothing (:func:`_alone_upsert_rows`): the group then runs
+        statement fail and change nothing (:func:`~ekv._storage.schema.alone_upsert_rows`): the group then runs
         again in an explicit transaction, opened by the same call as the upsert, with its
         overtakes. The sequence counter is advanced here; the caller puts it back if the group
         does not commit.
@@ -450,10 +417,10 @@ class Shard:
         alone = False
         if begin:
             try:
-                cur.execute(_ALONE_UPSERT.get(shape) or _alone_upsert_rows(shape), params)
+                cur.execute(schema.alone_upsert_rows(shape), params)
                 alone = True  # committed: every row won (or was this very write already)
             except apsw.ConstraintError:
-                cur.execute(_begin_upsert_rows(shape), params)
+                cur.execute(schema.begin_upsert_rows(shape), params)
                 opened = True
         else:
             cur.execute(schema.upsert_rows(shape), params)
@@ -597,7 +564,7 @@ class Shard:
         clock = self.clock
         now = clock.wall.now_ns()
         sink = self.sink
-        current = self._stored_versions(cur, {e.key for e in entries})
+        current = {k: Version(*v) for k, v in schema.stored_versions(cur, {e.key for e in entries}).items()}
         damaged = self.damaged
         # Rows still holding their damaged version (a row since replaced by a peer's copy,
         # even an older one, verifies again and follows LWW as usual).
@@ -671,16 +638,6 @@ class Shard:
             written += self._conn.changes()
         if written != len(applied):
             raise InternalError(f"applied {written} remote rows where {len(applied)} were expected to win")
-
-    def _stored_versions(self, cur: apsw.Cursor, keys: set[str]) -> dict[str, Version]:
-        found: dict[str, Version] = {}
-        ordered = list(keys)
-        for start in range(0, len(ordered), 500):
-            part = ordered[start : start + 500]
-            sql = f"SELECT key, ts, origin FROM kv WHERE key IN ({', '.join('?' * len(part))})"
-            for key, ts, origin in cur.execute(sql, part):
-                found[key] = Version(ts, origin)
-        return found
 
     def _visible_value(self, cur: apsw.Cursor, key: str) -> bytes | None:
         """The value a delete event reports as the previous one (None if there is none, or if

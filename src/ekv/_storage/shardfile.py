@@ -8,15 +8,29 @@ runs after a shard is open.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Protocol
 
 import apsw
 
+from ekv._codec import codec_name
+from ekv._config import Config
 from ekv._errors import CorruptionError
 from ekv._storage import schema
+from ekv._storage.datadir import DataDir, Manifest, new_node_id
 from ekv._storage.integrity import upgrade_to_2
 
-__all__ = ["ShardIdentity", "initialise", "is_empty", "own_tail", "previous_origin", "upgrade", "verify"]
+__all__ = [
+    "ShardIdentity",
+    "initialise",
+    "is_abandoned",
+    "is_empty",
+    "load_or_plan",
+    "own_tail",
+    "previous_origin",
+    "upgrade",
+    "verify",
+]
 
 _log = logging.getLogger("ekv.storage")
 
@@ -107,3 +121,77 @@ def own_tail(cur: apsw.Cursor, origin: str) -> tuple[int, int]:
         oseq_floor = max(oseq_floor, tail[0])
         hlc_floor = max(hlc_floor, tail[1])
     return int(oseq_floor), int(hlc_floor)
+
+
+def load_or_plan(datadir: DataDir, config: Config, node_id: str | None) -> tuple[Manifest, bool]:
+    """The manifest of an existing store, or a new one to create (``create`` True)."""
+    manifest = datadir.read_manifest()
+    if manifest is not None:
+        datadir.check_manifest(manifest, name=config.name, shards=config.shards, codec=codec_name(config.codec))
+        for index in range(config.shards):
+            path = datadir.shard_path(index)
+            if not path.exists():
+                raise CorruptionError(
+                    f"shard file {str(path)!r} is missing from data_dir; refusing to recreate it empty "
+                    "(restore it from a backup, or move the whole data_dir aside to start afresh)"
+                )
+        return manifest, False
+    # No manifest: a new store, unless shard files exist. Files from an interrupted creation
+    # (ekv shards holding no rows) are removed; anything else is refused untouched.
+    for path in datadir.existing_shard_files():
+        if not is_abandoned(path):
+            raise CorruptionError(
+                f"{str(path)!r} exists but {str(datadir.manifest_path)!r} does not; "
+                "this is not an ekv data directory (or its manifest was lost); refusing to overwrite it"
+            )
+    for path in datadir.existing_shard_files():
+        datadir.remove_db_files(path)
+    manifest = Manifest(
+        name=config.name,
+        shards=config.shards,
+        node_id=node_id or new_node_id(),
+        created_at_ns=config.clock.now_ns(),
+        codec=codec_name(config.codec),
+    )
+    return manifest, True
+
+
+_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+
+
+def _rolls_back_to_empty(path: Path) -> bool:
+    """True if ``path`` has a hot rollback journal that says the database was empty before the
+    interrupted transaction: SQLite would roll it back to an empty file. That is the state a
+    power cut inside the very first commit of a new shard leaves (a torn file that ``immutable=1``
+    reads as malformed, because it skips the rollback). Header: magic (8 bytes), page count,
+    nonce, then the database size in pages before the transaction (big-endian u32 at 16)."""
+    try:
+        with open(str(path) + "-journal", "rb") as journal:
+            header = journal.read(20)
+    except FileNotFoundError:
+        return False
+    return len(header) == 20 and header[:8] == _JOURNAL_MAGIC and int.from_bytes(header[16:20], "big") == 0
+
+
+def is_abandoned(path: Path) -> bool:
+    """True for a shard file left by an interrupted creation: empty, an SQLite file with no
+    schema yet, an ekv shard holding no rows, or a torn first commit whose journal rolls it back
+    to nothing. Read with ``immutable=1`` so checking a file creates no ``-wal``/``-shm``
+    companions."""
+    try:
+        if path.stat().st_size == 0 or _rolls_back_to_empty(path):
+            return True
+        uri = "file:" + str(path.resolve()) + "?immutable=1"
+        conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        try:
+            cur = conn.cursor()
+            app_id = cur.execute("PRAGMA application_id").get
+            if app_id == 0:
+                return bool(cur.execute("SELECT count(*) FROM sqlite_schema").get == 0)
+            if app_id != schema.APPLICATION_ID:
+                return False
+            return bool(cur.execute("SELECT count(*) FROM kv").get == 0)
+        finally:
+            conn.close()
+    except (apsw.Error, OSError):
+        return False

@@ -40,7 +40,7 @@ from ekv._errors import (
     ValueTooLargeError,
 )
 from ekv._model import Entry, Version
-from ekv._storage import schema
+from ekv._storage import schema, shardfile
 from ekv._storage.commit import Committer
 from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, check_codec, new_incarnation, new_node_id
 from ekv._storage.gc import EXPIRE_BATCH, PURGE_BATCH, GcReport, expire_batch, finish_gc, purge_batch
@@ -68,6 +68,9 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_MAX_FORMER_IDS = 16  # node ids a re-identified directory remembers
 
 
 class _Identity:
@@ -140,7 +143,7 @@ class ShardedStore:
         datadir.ensure_exists()
         datadir.lock()
         try:
-            manifest, create = _load_or_plan(datadir, config, new_node_id)
+            manifest, create = shardfile.load_or_plan(datadir, config, new_node_id)
             store = cls(config, datadir, manifest, clock)
             store.created = create
             store.origin = f"{manifest.node_id}~{incarnation or new_incarnation()}"
@@ -699,80 +702,3 @@ class _Undecodable:
 
 def _fetch(cur: apsw.Cursor, sql: str, params: tuple[Any, ...]) -> list[Any]:
     return cur.execute(sql, params).fetchall()
-
-
-_MAX_FORMER_IDS = 16
-
-
-def _load_or_plan(datadir: DataDir, config: Config, node_id: str | None) -> tuple[Manifest, bool]:
-    """The manifest of an existing store, or a new one to create (``create`` True)."""
-    manifest = datadir.read_manifest()
-    if manifest is not None:
-        datadir.check_manifest(manifest, name=config.name, shards=config.shards, codec=codec_name(config.codec))
-        for index in range(config.shards):
-            path = datadir.shard_path(index)
-            if not path.exists():
-                raise CorruptionError(
-                    f"shard file {str(path)!r} is missing from data_dir; refusing to recreate it empty "
-                    "(restore it from a backup, or move the whole data_dir aside to start afresh)"
-                )
-        return manifest, False
-    # No manifest: a new store, unless shard files exist. Files from an interrupted creation
-    # (ekv shards holding no rows) are removed; anything else is refused untouched.
-    for path in datadir.existing_shard_files():
-        if not _is_abandoned_shard(path):
-            raise CorruptionError(
-                f"{str(path)!r} exists but {str(datadir.manifest_path)!r} does not; "
-                "this is not an ekv data directory (or its manifest was lost); refusing to overwrite it"
-            )
-    for path in datadir.existing_shard_files():
-        datadir.remove_db_files(path)
-    manifest = Manifest(
-        name=config.name,
-        shards=config.shards,
-        node_id=node_id or new_node_id(),
-        created_at_ns=config.clock.now_ns(),
-        codec=codec_name(config.codec),
-    )
-    return manifest, True
-
-
-_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
-
-
-def _rolls_back_to_empty(path: Path) -> bool:
-    """True if ``path`` has a hot rollback journal that says the database was empty before the
-    interrupted transaction: SQLite would roll it back to an empty file. That is the state a
-    power cut inside the very first commit of a new shard leaves (a torn file that ``immutable=1``
-    reads as malformed, because it skips the rollback). Header: magic (8 bytes), page count,
-    nonce, then the database size in pages before the transaction (big-endian u32 at 16)."""
-    try:
-        with open(str(path) + "-journal", "rb") as journal:
-            header = journal.read(20)
-    except FileNotFoundError:
-        return False
-    return len(header) == 20 and header[:8] == _JOURNAL_MAGIC and int.from_bytes(header[16:20], "big") == 0
-
-
-def _is_abandoned_shard(path: Path) -> bool:
-    """True for a shard file left by an interrupted creation: empty, an SQLite file with no
-    schema yet, an ekv shard holding no rows, or a torn first commit whose journal rolls it back
-    to nothing. Read with ``immutable=1`` so checking a file creates no ``-wal``/``-shm``
-    companions."""
-    try:
-        if path.stat().st_size == 0 or _rolls_back_to_empty(path):
-            return True
-        uri = "file:" + str(path.resolve()) + "?immutable=1"
-        conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
-        try:
-            cur = conn.cursor()
-            app_id = cur.execute("PRAGMA application_id").get
-            if app_id == 0:
-                return bool(cur.execute("SELECT count(*) FROM sqlite_schema").get == 0)
-            if app_id != schema.APPLICATION_ID:
-                return False
-            return bool(cur.execute("SELECT count(*) FROM kv").get == 0)
-        finally:
-            conn.close()
-    except (apsw.Error, OSError):
-        return False

@@ -1,5 +1,6 @@
 """The ``ekv`` command line (also ``python -m ekv``).
 
+    ekv --version
     ekv demo [--yes]
     ekv serve  --data-dir DIR --name NAME [--listen HOST:PORT] [--peer HOST:PORT]... [--shards N]
     ekv put    --data-dir DIR KEY JSON [--ttl SECONDS]     (or --node HOST:PORT)
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ekv._errors import Error, LockedError
+from ekv._version import __version__
 
 __all__ = ["main", "main_console"]
 
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         description="ekv: an embedded, durable, eventually consistent key-value store.",
         epilog="Run 'ekv COMMAND --help' for a command's options. Docs: README.md, docs/.",
     )
+    parser.add_argument("--version", action="version", version=f"ekv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

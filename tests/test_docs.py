@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import ekv
 
@@ -70,3 +74,114 @@ def test_quickstart_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "after a restart" in result.stdout
     assert "expired" not in result.stderr
+
+
+# -- every `ekv ...` command the docs show is one the parser accepts ----------------------------------
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELL_BLOCKS = {"sh", "bash", "shell", "console"}
+COMMAND = re.compile(r"^(?:[A-Z_]+=\S*\s+)*(?:ekv|python3? -m ekv)(?=\s|$)")
+REFERENCE = re.compile(COMMAND.pattern + r"(?:$|\s+(?:-|[a-z][a-z-]*(?:\s|$)))")
+"""An ``ekv`` that a command word or option follows (not prose such as "ekv (public)")."""
+
+
+def doc_commands() -> list[tuple[str, str, bool]]:
+    """``(where, command, complete)`` for every ``ekv`` command line in the docs: lines of shell
+    code blocks (``complete``: they must run as shown) and inline code spans or lines of other
+    blocks that start with ``ekv`` followed by a command word (references, which may leave out
+    required arguments, as in "`ekv get --data-dir` refuses ...")."""
+    found: list[tuple[str, str, bool]] = []
+    for path in DOCS:
+        lang: str | None = None
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            where = f"{path.relative_to(ROOT)}:{number}"
+            if line.startswith("```"):
+                lang = None if lang is not None else line[3:].strip()
+                continue
+            if lang is not None:
+                if lang in ("python", "py", "json", "toml", "text"):
+                    continue
+                for part in re.split(r"&&|;", line):
+                    part = part.strip().removeprefix("$ ")
+                    complete = lang in SHELL_BLOCKS
+                    if (COMMAND if complete else REFERENCE).match(part):
+                        found.append((where, part, complete))
+            else:
+                spans = re.findall(r"`([^`\n]+)`", line)
+                found.extend((where, span, False) for span in spans if REFERENCE.match(span))
+    return found
+
+
+def check_command(parser: Any, command: str, complete: bool) -> str | None:
+    """Why ``command`` does not match the parser's grammar, or None. Synopsis notation
+    (``[--opt X]``, ``(A | B)``, ``...``) and placeholders are allowed in references: each
+    option must exist for its subcommand (with a valid choice when one is given), and there must
+    not be more positional words than the subcommand takes."""
+    words = shlex.split(COMMAND.sub("ekv", command), comments=True)[1:]
+    if complete:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                parser.parse_args(words)
+            except SystemExit as exc:
+                if exc.code:
+                    return err.getvalue().strip().splitlines()[-1]
+        return None
+    words = [w for w in (w.strip("[]()") for w in words) if w and w not in ("|", "...")]
+    words = [w.removesuffix("...").strip("[]()") for w in words]
+    if not words:
+        return None
+    if words[0].startswith("-"):
+        return None if words[0] in parser._option_string_actions else f"no option {words[0]}"
+    commands = parser._subparsers._group_actions[0].choices
+    if words[0] not in commands:
+        return f"no command {words[0]!r}"
+    sub = commands[words[0]]
+    positionals = [a for a in sub._actions if not a.option_strings]
+    extra: list[str] = []
+    rest = iter(words[1:])
+    for word in rest:
+        if not word.startswith("-"):
+            extra.append(word)
+            continue
+        name, eq, value = word.partition("=")
+        action = sub._option_string_actions.get(name)
+        if action is None:
+            return f"no option {name} for 'ekv {words[0]}'"
+        if action.nargs == 0:
+            continue
+        if not eq:
+            value = next(rest, "...")
+        if action.choices and value != "..." and not set(value.split("|")) <= set(action.choices):
+            return f"{name} {value}: not one of {sorted(action.choices)}"
+    if len(extra) > len(positionals):
+        return f"'ekv {words[0]}' takes {len(positionals)} positional argument(s), the docs give {extra}"
+    return None
+
+
+def test_the_docs_show_only_commands_the_parser_accepts() -> None:
+    from ekv._cli import _parser
+
+    parser = _parser()
+    found = doc_commands()
+    assert len([c for c in found if c[2]]) >= 7 and len(found) > 30  # the extraction works
+    wrong = [
+        f"{where}: `{command}`: {why}"
+        for where, command, complete in found
+        if (why := check_command(parser, command, complete))
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_docs_command_check_catches_mistakes() -> None:
+    from ekv._cli import _parser
+
+    parser = _parser()
+    assert check_command(parser, "ekv check <data_dir>", False)
+    assert check_command(parser, "ekv check /some/dir", True)
+    assert check_command(parser, "ekv get --data-dir d --ttl 1 k", True)
+    assert check_command(parser, "ekv serve --durability sometimes", False)
+    assert check_command(parser, "ekv chek", False)
+    assert check_command(parser, "ekv put --node", False) is None
+    assert check_command(parser, "ekv serve --durability normal|full [--peer HOST:PORT]...", False) is None
+    assert check_command(parser, "EKV_COOKIE=x ekv get --node h:1 k  # a comment", True) is None

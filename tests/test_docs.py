@@ -59,12 +59,43 @@ def test_every_documented_operation_exists() -> None:
         assert callable(getattr(ekv.AsyncEKV, name)), name
 
 
-def test_documented_errors_exist() -> None:
+def readme_error_tree() -> dict[str, tuple[str | None, set[str]]]:
+    """The README's error tree: name -> (its parent in the tree, the built-in bases in parentheses)."""
     tree = README.split("## Errors", 1)[1].split("```", 2)[1]
-    names = re.findall(r"(?:├──|└──|^)\s*([A-Z][A-Za-z]+)\b", tree, re.M)
-    assert len(names) > 15
-    for name in names:
-        assert issubclass(getattr(ekv, name), ekv.Error), name
+    found: dict[str, tuple[str | None, set[str]]] = {}
+    stack: list[str] = []
+    for line in tree.splitlines():
+        match = re.match(r"^((?:│   | {4})*)(├── |└── )?([A-Z][A-Za-z]+)(?: \(([^)]*)\))?", line)
+        if match is None:
+            continue
+        depth = len(match[1]) // 4 + (1 if match[2] else 0)
+        del stack[depth:]
+        builtins = {b.strip() for b in (match[4] or "").split(",") if b.strip()}
+        found[match[3]] = (stack[-1] if stack else None, builtins)
+        stack.append(match[3])
+    return found
+
+
+def test_the_readme_lists_every_error_class_where_it_sits() -> None:
+    """The README's tree names exactly ekv's exception classes, each under its real base class
+    and with its built-in bases (ValueError, TypeError, TimeoutError)."""
+    from ekv import _errors
+
+    classes = {
+        name: cls
+        for name, cls in vars(_errors).items()
+        if isinstance(cls, type) and issubclass(cls, ekv.Error) and cls.__module__ == _errors.__name__
+    }
+    tree = readme_error_tree()
+    missing, unknown = sorted(set(classes) - set(tree)), sorted(set(tree) - set(classes))
+    assert not missing and not unknown, f"missing from the README: {missing}, not ekv errors: {unknown}"
+    for name, (parent, builtins) in tree.items():
+        cls = classes[name]
+        assert getattr(ekv, name) is cls, f"{name} is not exported as ekv.{name}"
+        bases = [base.__name__ for base in cls.__bases__ if issubclass(base, ekv.Error)]
+        assert bases == ([parent] if parent else []), f"{name} derives from {bases}, the README says {parent}"
+        others = {base.__name__ for base in cls.__bases__ if not issubclass(base, ekv.Error)} - {"Exception"}
+        assert others == builtins, f"{name} also derives from {sorted(others)}, the README says {sorted(builtins)}"
 
 
 def test_quickstart_runs() -> None:

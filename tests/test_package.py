@@ -118,10 +118,13 @@ def test_the_sdist_holds_the_docs_scripts_and_tests_and_they_run_from_it(tmp_pat
         "tests/test_api_docs.py",
         "tests/test_cli.py::test_documented_grammar_matches_the_parser",
     ]
+    # a plain serial run: without the outer run's addopts (-n) and PYTEST_XDIST_WORKER & co.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    plain = ["-o", "addopts=", "-p", "no:cacheprovider", "-p", "no:benchmark"]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests],
+        [sys.executable, "-m", "pytest", "-q", *plain, *tests],
         cwd=unpacked,
-        env={**os.environ, "PYTHONPATH": str(unpacked / "src")},
+        env={**env, "PYTHONPATH": str(unpacked / "src")},
         capture_output=True,
         text=True,
         timeout=300,

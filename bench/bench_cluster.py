@@ -18,14 +18,19 @@ What it measures (node A lives in this process, node B is a child process):
 
 Each figure is the median of the repetitions (default 3; sync runs once per size); every
 repetition is preceded by ``os.sync()`` and a short pause, as in bench_local.py.
+
+Every wait is bounded: a step that does not finish within its deadline (``TIMEOUT_S``, generous)
+stops the run with an error that names it, instead of hanging.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
+import queue
 import shutil
 import statistics
 import subprocess
@@ -41,14 +46,18 @@ import ekv.testing
 from ekv._model import Entry
 
 FAST = {"heartbeat_interval": 0.5, "heartbeat_timeout": 5.0, "anti_entropy_interval": 2.0, "reconnect_max": 0.5}
+TIMEOUT_S = 600.0
+"""The longest any one step may take (a full sync of a million keys takes about a minute)."""
 
 
 # -- the peer process ---------------------------------------------------------------------------
 
 
 def peer_main(args: argparse.Namespace) -> int:
-    """Run node B; ``expect`` subscribes to a prefix and records when its events arrive."""
-    kv = ekv.EKV("bench", args.data_dir, listen="127.0.0.1:0", peers=[args.peer], log=False, codec="pickle", **FAST)
+    """Run node B; ``expect`` subscribes to a prefix and records when its events arrive. B dials
+    A only on ``connect``, so that a subscription made before it sees every write of the first
+    sync (subscribing after connecting would miss the events of a sync already under way)."""
+    kv = ekv.EKV("bench", args.data_dir, listen="127.0.0.1:0", log=False, codec="pickle", **FAST)
     out = sys.stdout
     out.write(json.dumps({"ready": True, "listen": kv.listen_address, "node_id": kv.node_id}) + "\n")
     out.flush()
@@ -83,11 +92,21 @@ def peer_main(args: argparse.Namespace) -> int:
             current[0] = sub
             threading.Thread(target=consume, args=(sub,), daemon=True).start()
             reply: dict[str, Any] = {"ok": True, "rss": rss_mb()}
+        elif op == "connect":
+            kv.connect(args.peer)
+            reply = {"ok": True}
         elif op == "wait":
-            deadline = time.monotonic() + command.get("timeout", 600)
+            deadline = time.monotonic() + command["timeout"]
             while state["done_at"] is None and time.monotonic() < deadline:
                 time.sleep(0.001)
-            reply = {"done_at": state["done_at"], "rss_peak": state["rss_peak"], "rss_now": rss_mb()}
+            with lock:
+                reply = {
+                    "done_at": state["done_at"],
+                    "count": state["count"],
+                    "expect": state["expect"],
+                    "rss_peak": state["rss_peak"],
+                    "rss_now": rss_mb(),
+                }
         elif op == "arrivals":
             prefix = command["prefix"]
             with lock:
@@ -113,7 +132,10 @@ def rss_mb() -> float:
 
 
 class Peer:
-    def __init__(self, data_dir: Path, peer: str) -> None:
+    """Node B in a child process. It dials ``peer`` at once unless ``connect=False`` (then on
+    :meth:`connect`, after the caller has subscribed with ``expect``)."""
+
+    def __init__(self, data_dir: Path, peer: str, *, connect: bool = True) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--peer-mode", "--data-dir", str(data_dir), "--peer", peer],
             stdin=subprocess.PIPE,
@@ -121,23 +143,54 @@ class Peer:
             text=True,
             bufsize=1,
         )
-        ready = self.read()
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        ready = self.read(TIMEOUT_S)
         self.listen = ready["listen"]
         self.node_id = ready["node_id"]
+        if connect:
+            self.connect()
 
-    def read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+    def _pump(self) -> None:
+        """The only reader of the child's stdout: lines into a queue, so reads can time out."""
+        stdout = self.proc.stdout
+        assert stdout is not None
+        try:
+            for line in stdout:
+                self._lines.put(line)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._lines.put("")
+            stdout.close()
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"the peer process did not answer within {timeout:.0f} s") from None
         if not line:
-            raise RuntimeError("peer process died")
+            raise RuntimeError(f"the peer process died (exit code {self.proc.wait(30)})")
         result: dict[str, Any] = json.loads(line)
         return result
 
-    def call(self, op: str, **args: Any) -> dict[str, Any]:
+    def call(self, op: str, *, answer_within: float = TIMEOUT_S, **args: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
         self.proc.stdin.flush()
-        return self.read()
+        return self.read(answer_within)
+
+    def connect(self) -> None:
+        self.call("connect")
+
+    def wait(self, what: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
+        """Until every event announced by ``expect`` has arrived; an error after ``timeout``."""
+        reply = self.call("wait", answer_within=timeout + 60, timeout=timeout)
+        if reply["done_at"] is None:
+            raise RuntimeError(
+                f"{what}: node B saw {reply['count']} of the {reply['expect']} expected events within {timeout:.0f} s"
+            )
+        return reply
 
     def close(self) -> None:
         try:
@@ -148,9 +201,9 @@ class Peer:
         except Exception:
             self.proc.kill()
             self.proc.wait(30)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
+        if self.proc.stdin is not None:  # stdout belongs to the pump thread, which closes it
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
 
 
 # -- measurements -------------------------------------------------------------------------------
@@ -186,7 +239,7 @@ def measure_latency(a: ekv.EKV, peers: list[Peer], count: int, tag: str) -> dict
         time.sleep(0.0005)  # sequential, spaced puts: latency, not throughput
     lat: list[float] = []
     for peer in peers:
-        peer.call("wait")
+        peer.wait(f"latency run {tag}")
         arrivals = peer.call("arrivals", prefix=tag)["arrivals"]
         lat += [(arrivals[k] - sent[k]) / 1e3 for k in sent if k in arrivals]
     return {"p50_us": percentile(lat, 0.5), "p99_us": percentile(lat, 0.99), "samples": len(lat)}
@@ -206,7 +259,7 @@ def measure_throughput(a: ekv.EKV, peer: Peer, count: int, tag: str) -> dict[str
     local_done = time.monotonic_ns()
     for key in markers:
         a.put(key, True)
-    done = peer.call("wait")["done_at"]
+    done = peer.wait(f"throughput run {tag}")["done_at"]
     return {
         "local_ops_s": count / ((local_done - start) / 1e9),
         "replicated_ops_s": count / ((done - start) / 1e9),
@@ -251,6 +304,34 @@ def load(kv: ekv.EKV, count: int, prefix: str) -> None:
         store.apply(batch)
 
 
+def measure_full_sync(root: Path, size: int) -> dict[str, float]:
+    """A fresh source holding only ``size`` keys, and an empty node B that subscribes first and
+    then connects: the time from its connect until it has seen every key."""
+    source = ekv.EKV("bench", root / f"src{size}", listen="127.0.0.1:0", log=False, **FAST)
+    try:
+        load(source, size, f"full{size}/")
+        ekv.testing.run_gc(source)  # no members yet: the log is truncated, so this is a full sync
+        settle()
+        peer = Peer(root / f"full{size}", source.listen_address, connect=False)  # type: ignore[arg-type]
+        try:
+            rss_start = peer.call("expect", count=size, prefix=f"full{size}/", track=False)["rss"]
+            start = time.monotonic_ns()
+            peer.connect()
+            reply = peer.wait(f"full sync of {size} keys")
+            seconds = (reply["done_at"] - start) / 1e9
+            return {
+                "keys": size,
+                "seconds": seconds,
+                "keys_per_s": size / seconds,
+                "peer_rss_peak_mb": reply["rss_peak"],
+                "peer_rss_start_mb": rss_start,
+            }
+        finally:
+            peer.close()
+    finally:
+        source.close()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="ekv-bench-cluster-"))
     results: dict[str, Any] = {}
@@ -272,7 +353,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 assert cluster is not None
                 cluster.set_blocked({b.node_id})
                 b.call("block", node_ids=[a.node_id])
-                ekv.testing.wait_until(lambda: not any(m.get("connected") for m in a.info()["members"].values()))
+                ekv.testing.wait_until(
+                    lambda: not any(m.get("connected") for m in a.info()["members"].values()),
+                    TIMEOUT_S,
+                    message="the partition did not take effect",
+                )
                 for i in range(args.delta):
                     a.put(f"delta/{i:06d}", i)
                 settle()
@@ -280,7 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 healed = time.monotonic_ns()
                 cluster.set_blocked(set())
                 b.call("block", node_ids=[])
-                done = b.call("wait")["done_at"]
+                done = b.wait("delta sync")["done_at"]
                 results["delta_sync"] = {"writes": args.delta, "seconds": (done - healed) / 1e9}
                 # 3 nodes
                 c = Peer(root / "c", a.listen_address)  # type: ignore[arg-type]
@@ -294,28 +379,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 b.close()
             # full sync of K keys to an empty node, each size from a fresh source holding only them
             for size in args.full:
-                source = ekv.EKV("bench", root / f"src{size}", listen="127.0.0.1:0", log=False, **FAST)
-                try:
-                    load(source, size, f"full{size}/")
-                    ekv.testing.run_gc(source)  # no members yet: the log is truncated, so this is a full sync
-                    settle()
-                    peer = Peer(root / f"full{size}", source.listen_address)  # type: ignore[arg-type]
-                    try:
-                        start = time.monotonic_ns()
-                        rss_start = peer.call("expect", count=size, prefix=f"full{size}/", track=False)["rss"]
-                        reply = peer.call("wait", timeout=3600)
-                        seconds = (reply["done_at"] - start) / 1e9
-                        results[f"full_sync_{size}"] = {
-                            "keys": size,
-                            "seconds": seconds,
-                            "keys_per_s": size / seconds,
-                            "peer_rss_peak_mb": reply["rss_peak"],
-                            "peer_rss_start_mb": rss_start,
-                        }
-                    finally:
-                        peer.close()
-                finally:
-                    source.close()
+                results[f"full_sync_{size}"] = measure_full_sync(root, size)
         finally:
             a.close()
     finally:

@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # crc32 like ekv) shows the ceiling the GIL leaves for this pattern on this machine.
         def wall(put: Callable[[str], Any], keys: list[str], threads: int) -> dict[str, float]:
             parts = [keys[i::threads] for i in range(threads)]
-            barrier = threading.Barrier(threads + 1)
+            barrier = threading.Barrier(threads + 1, timeout=600)  # bounded: an error, not a hang
 
             def worker(part: list[str]) -> None:
                 barrier.wait()
@@ -319,7 +319,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             barrier.wait()
             t0 = time.perf_counter()
             for t in pool:
-                t.join()
+                t.join(600)
+                if t.is_alive():
+                    raise RuntimeError(f"a writer thread of {threads} did not finish its puts within 600 s")
             return {"ops_s": len(keys) / (time.perf_counter() - t0)}
 
         thread_rows: dict[str, list[dict[str, float]]] = {}

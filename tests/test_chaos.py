@@ -159,6 +159,7 @@ def _check(result_dir: Path, valid: bool, converged: bool) -> None:
     assert valid, f"violations {summary['violations']}:\n{timelines[:6000]}"
 
 
+@pytest.mark.long
 def test_loopback_chaos_run(tmp_path: Path) -> None:
     """Three nodes on 127.0.0.1 with partitions (the loopback fault proxy), kills, pauses and
     skew."""
@@ -171,6 +172,7 @@ def test_loopback_chaos_run(tmp_path: Path) -> None:
     assert result.availability is not None and result.availability >= 0.95
 
 
+@pytest.mark.long
 @pytest.mark.skipif(namespaces_available() is not None, reason=str(namespaces_available()))
 def test_namespace_chaos_run(tmp_path: Path) -> None:
     """Five nodes in network namespaces: partitions by routes, loss by iptables, kills, pauses,

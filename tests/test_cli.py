@@ -207,6 +207,12 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
 
 
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "--version") == (0, f"ekv {ekv.__version__}\n", "")
+    done = subprocess.run([sys.executable, "-m", "ekv", "--version"], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"ekv {ekv.__version__}\n", "")
+
+
 def test_documented_grammar_matches_the_parser() -> None:
     spec = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     parser = _parser()

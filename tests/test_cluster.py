@@ -202,6 +202,33 @@ def test_tombstones_purged_and_log_truncation_force_full_sync(make: Callable[...
     assert syncs["full"] >= 1
 
 
+def test_sync_counters_survive_a_new_session(make: Callable[..., ekv.EKV]) -> None:
+    """A member's sync counts (info and the ``ekv_syncs_*_total`` metrics) cover every session
+    since this node started: a reconnect, or the duplicate connection of two members dialing
+    each other at once replacing the first, does not reset them to zero."""
+    a = make(log_retention=1, tombstone_ttl=3600, gc_interval=600)
+    for i in range(100):
+        a.put(f"k{i}", i)
+    run_gc(a)  # alone: the log is truncated, so b's first sync is a full one
+    b = make(peers=[a.listen_address])
+    wait_until(lambda: converged(a, b))
+    b_id = node_of(b).node_id
+
+    def replication() -> dict[str, Any]:
+        result: dict[str, Any] = a.info()["members"][b_id].get("replication") or {}
+        return result
+
+    wait_until(lambda: replication().get("syncs_out", {}).get("full", 0) >= 1)
+    first_session = replication()["connected_at_ns"]
+    partition([a], [b])
+    wait_until(lambda: not connected(a, 1) and not connected(b, 1))
+    partition([a, b])
+    wait_until(lambda: replication().get("connected_at_ns", first_session) != first_session, timeout=60)
+    assert replication()["syncs_out"]["full"] >= 1
+    assert a.metrics()[f'ekv_syncs_sent_total{{peer="{b_id}",kind="full"}}'] >= 1
+    assert b.metrics()[f'ekv_syncs_received_total{{peer="{node_of(a).node_id}",kind="full"}}'] >= 1
+
+
 # -- security: every refusal is logged, the node keeps serving, no data changes ---------------------
 
 

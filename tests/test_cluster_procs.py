@@ -144,6 +144,16 @@ def log_entries(node: NodeProcess) -> int:
     return sum(int(shard["log"]["entries"]) for shard in info(node)["shards"])
 
 
+def wait_full_sync_to(cluster: ProcCluster, node: NodeProcess, *senders: NodeProcess, more_than: int = 0) -> int:
+    """Wait until ``senders`` have served ``node`` more than ``more_than`` full syncs; the count."""
+    cluster.wait(
+        lambda: full_syncs_to(node, *senders) > more_than,
+        DEADLINE_S,
+        f"{node.name} was not served a full sync by {[s.name for s in senders]}",
+    )
+    return full_syncs_to(node, *senders)
+
+
 def gc_until_truncated(cluster: ProcCluster, *nodes: NodeProcess) -> None:
     """Run GC on each node until its change log is empty (what it holds, every member it still
     counts has reported covering: only a matter of the next anti-entropy report or of
@@ -157,7 +167,8 @@ def gc_until_truncated(cluster: ProcCluster, *nodes: NodeProcess) -> None:
 
 
 def completed_pulls(node: NodeProcess) -> int:
-    """Pull syncs (anti-entropy rounds included) ``node`` completed in its current sessions."""
+    """Pull syncs (anti-entropy rounds included) ``node`` completed from its connected members
+    since it started."""
     total = 0
     for member in info(node)["members"].values():
         syncs = (member.get("replication") or {}).get("syncs_in", {})
@@ -166,7 +177,9 @@ def completed_pulls(node: NodeProcess) -> int:
 
 
 def full_syncs_to(node: NodeProcess, *senders: NodeProcess) -> int:
-    """How many full syncs ``senders`` served to ``node`` in their current sessions with it."""
+    """How many full syncs ``senders`` served to ``node`` since they started (counted across
+    sessions: the session that served it may since have been replaced, e.g. by the connection
+    the other side dialed at the same time; a sender not connected to ``node`` right now counts 0)."""
     total = 0
     for sender in senders:
         member = info(sender)["members"].get(node.node_id or "", {})
@@ -270,7 +283,7 @@ def test_empty_storage_node_resyncs_under_a_new_identity(tmp_path: Path) -> None
         c.start()
         assert c.node_id != old_id, "an empty data directory must come back under a new identity"
         settle(cluster, model)
-        assert full_syncs_to(c, a, b) >= 1, "the rebuilt node was not served by a full sync"
+        wait_full_sync_to(cluster, c, a, b)  # its new identity had no sessions before: any full sync counts
         members = a.members()
         assert members.get(c.node_id) is True and not members.get(old_id or "")
         model.put(c, "from-new-c", 1)  # the new identity replicates like any member
@@ -418,6 +431,7 @@ def test_tombstones_survive_gc_during_a_partition(tmp_path: Path) -> None:
         for i in range(40):
             model.put(a, f"k/{i}", i)
         settle(cluster, model)
+        before = (full_syncs_to(c, a, b), full_syncs_to(a, c) + full_syncs_to(b, c))
         cluster.partition([a, b], [c])
         wait_apart(cluster, (a, c), (b, c))
         for i in range(20):
@@ -431,7 +445,8 @@ def test_tombstones_survive_gc_during_a_partition(tmp_path: Path) -> None:
         cluster.heal()
         settle(cluster, model)
         assert all(n.get(f"k/{i}") is None for n in cluster.nodes for i in range(20)), "a delete was undone"
-        assert full_syncs_to(c, a, b) >= 1 and full_syncs_to(a, c) + full_syncs_to(b, c) >= 1
+        wait_full_sync_to(cluster, c, a, b, more_than=before[0])
+        cluster.wait(lambda: full_syncs_to(a, c) + full_syncs_to(b, c) > before[1], DEADLINE_S, "no full sync from c")
 
 
 def test_change_log_truncation_forces_a_full_sync(tmp_path: Path) -> None:
@@ -441,6 +456,7 @@ def test_change_log_truncation_forces_a_full_sync(tmp_path: Path) -> None:
         for i in range(100):
             model.put(a, f"k/{i}", i)
         settle(cluster, model)
+        before = full_syncs_to(c, a, b)
         c.stop()
         for i in range(100, 200):
             model.put(a if i % 2 else b, f"k/{i}", i)
@@ -451,9 +467,8 @@ def test_change_log_truncation_forces_a_full_sync(tmp_path: Path) -> None:
         gc_until_truncated(cluster, a, b)
         c.start()
         settle(cluster, model)
-        full = full_syncs_to(c, a, b)
+        full = wait_full_sync_to(cluster, c, a, b, more_than=before) - before
         print(f"\n  full syncs served to the returning node: {full}")
-        assert full >= 1, "the returning node was not served by a full sync"
 
 
 def test_ttl_expiry_during_a_partition_keeps_the_newer_put(tmp_path: Path) -> None:
@@ -596,7 +611,7 @@ def test_5000_key_full_sync_to_a_late_joiner(tmp_path: Path) -> None:
         cluster.wait_converged(120)
         done = time.monotonic()
         model.check([late])
-        assert full_syncs_to(late, a) >= 1
+        wait_full_sync_to(cluster, late, a)
         sync_s, total_s = done - ready, done - started
         print(
             f"\n  5000-key full sync: {sync_s:.2f} s after the joiner was up ({5000 / sync_s:.0f} keys/s), "

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import email
+import os
 import shutil
 import subprocess
 import sys
+import tarfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,71 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     result = subprocess.run([*_tool("mypy")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_on_a_platform_without_fcntl_says_so() -> None:
+    """Windows has no fcntl (the data directory's lock): ``import ekv`` fails with an ImportError
+    that says which platforms work, not with a bare "No module named 'fcntl'" from deep inside."""
+    code = "import sys; sys.modules['fcntl'] = None; import ekv"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: ekv needs a POSIX system (Linux or macOS)"), done.stderr
+    assert "Windows is not supported" in last and "WSL" in last
+
+
+# -- the source distribution ----------------------------------------------------------------------
+
+SDIST_DIRS = (".ci", "bench", "docs", "examples", "scripts", "tests")
+"""Everything the tests read besides the package: the sdist's tests must run from it."""
+NOT_SHIPPED = shutil.ignore_patterns(
+    ".git", "__pycache__", "*.py[cod]", "*.egg-info", ".venv", "build", "dist", ".*_cache", ".hypothesis", "results"
+)
+
+
+@pytest.mark.packaging
+def test_the_sdist_holds_the_docs_scripts_and_tests_and_they_run_from_it(tmp_path: Path) -> None:
+    if int(metadata.version("setuptools").split(".")[0]) < 77:
+        pytest.fail("setuptools>=77 is needed to build the sdist; install the test extras: pip install -e '.[test]'")
+    project = tmp_path / "project"
+    shutil.copytree(ROOT, project, ignore=NOT_SHIPPED)
+    build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    done = subprocess.run(
+        [sys.executable, "-c", build, str(tmp_path / "dist")], cwd=project, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sdist = tmp_path / "dist" / done.stdout.strip().splitlines()[-1]
+    with tarfile.open(sdist) as tar:
+        top = f"ekv-{ekv.__version__}"
+        shipped = {name.removeprefix(top + "/") for name in tar.getnames()}
+        tar.extractall(tmp_path / "unpacked", filter="data")
+        pkg_info = email.message_from_bytes(tar.extractfile(f"{top}/PKG-INFO").read())  # type: ignore[union-attr]
+    wanted = {"README.md", "LICENSE", "pyproject.toml", "src/ekv/py.typed"} | {
+        path.relative_to(project).as_posix()
+        for folder in SDIST_DIRS
+        for path in (project / folder).rglob("*")
+        if path.is_file()
+    }
+    assert not wanted - shipped, f"missing from the sdist: {sorted(wanted - shipped)}"
+    urls = {value.split(",", 1)[0] for value in pkg_info.get_all("Project-URL") or []}
+    assert urls == {"Homepage", "Documentation", "Source", "Issues", "Changelog"}, urls
+    assert "Operating System :: POSIX :: Linux" in (pkg_info.get_all("Classifier") or [])
+    # its own tests run from the unpacked sdist (these read the docs, scripts/ and examples/)
+    unpacked = tmp_path / "unpacked" / top
+    tests = [
+        "tests/test_docs.py",
+        "tests/test_api_docs.py",
+        "tests/test_cli.py::test_documented_grammar_matches_the_parser",
+    ]
+    # a plain serial run: without the outer run's addopts (-n) and PYTEST_XDIST_WORKER & co.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    plain = ["-o", "addopts=", "-p", "no:cacheprovider", "-p", "no:benchmark"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", *plain, *tests],
+        cwd=unpacked,
+        env={**env, "PYTHONPATH": str(unpacked / "src")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

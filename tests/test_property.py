@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -168,6 +169,7 @@ def check_applied_and_events(
     assert as_rows(current.values()) == final
 
 
+@pytest.mark.long
 @settings(max_examples=500, deadline=None)
 @given(st.data())
 def test_any_delivery_order_gives_the_same_state(data: st.DataObject) -> None:

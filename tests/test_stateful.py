@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -287,3 +288,4 @@ EKVModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestEKVModel = EKVModel.TestCase
+TestEKVModel.pytestmark = [pytest.mark.long]

@@ -10,6 +10,15 @@ Layout (imports only go downward):
 * ``testing``   public test helpers: a fake clock and GC/inspection hooks.
 """
 
+try:  # the data directory's lock (ekv._storage.datadir) needs POSIX file locks
+    import fcntl as _fcntl  # noqa: F401
+except ImportError as _exc:
+    # A plain ImportError, not an ekv.Error: nothing of ekv could be imported to catch one.
+    raise ImportError(
+        "ekv needs a POSIX system (Linux or macOS): its data-directory lock uses fcntl, which this platform "
+        "does not have. Windows is not supported; use WSL (Windows Subsystem for Linux)."
+    ) from _exc
+
 from ekv._api.aio import AsyncEKV
 from ekv._api.sync import EKV
 from ekv._codec import Codec, JsonCodec, PickleCodec

@@ -1,5 +1,6 @@
 """The ``ekv`` command line (also ``python -m ekv``).
 
+    ekv --version
     ekv demo [--yes]
     ekv serve  --data-dir DIR --name NAME [--listen HOST:PORT] [--peer HOST:PORT]... [--shards N] [--codec C]
     ekv put    --data-dir DIR KEY JSON [--ttl SECONDS]     (or --node HOST:PORT)
@@ -32,6 +33,7 @@ from typing import Any, TextIO
 from ekv._codec import BUILTIN_CODECS
 from ekv._errors import AuthenticationError, Error, LockedError
 from ekv._storage.datadir import LEGACY_CODEC
+from ekv._version import __version__
 
 __all__ = ["main", "main_console"]
 
@@ -51,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         description="ekv: an embedded, durable, eventually consistent key-value store.",
         epilog="Run 'ekv COMMAND --help' for a command's options. Docs: README.md, docs/.",
     )
+    parser.add_argument("--version", action="version", version=f"ekv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

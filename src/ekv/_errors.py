@@ -14,8 +14,8 @@ catches them all. Errors caused by bad arguments also derive from the built-in `
     │   ├── EncodeError                     the codec could not encode a value (nothing written)
     │   └── DecodeError                     a stored value could not be decoded
     ├── ClosedError                         the store (or its subscription) was closed
-    │   ├── SubscriptionClosed              the subscription was closed (unsubscribe, close)
-    │   └── SubscriptionOverflow            the subscriber fell too far behind; events were lost
+    │   └── SubscriptionClosed              the subscription was closed (unsubscribe, close)
+    │       └── SubscriptionOverflow        the subscriber fell too far behind; events were lost
     ├── Timeout (TimeoutError)              Subscription.get(timeout=...) saw no event in time
     ├── StorageError                        SQLite or the file system failed
     │   ├── DataDirError                    data_dir missing, not a directory, not writable

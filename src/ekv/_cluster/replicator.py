@@ -132,6 +132,11 @@ class Replicator:
         self._next_sync_id = 1
         self._now = 0
         self.peers: dict[str, PeerState] = {}
+        self._sync_counts: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+        """Per member, the syncs it served us and we served it, by kind, since this node started:
+        a session's ``syncs_in``/``syncs_out`` are these dicts, so that a reconnect, or the
+        duplicate connection two members dial at once replacing the first, does not reset them
+        (they back the ``ekv_syncs_*_total`` counters, which may only grow)."""
         self.vv: list[dict[str, int]] = [self._load_vv(i) for i in range(self._shards)]
         self.stats = {
             "live_sent": 0,
@@ -185,6 +190,8 @@ class Replicator:
         """An authenticated session with member ``peer_id`` started."""
         self.peer_down(peer_id, now_ns, record=False)  # a new session replaces any old one
         state = PeerState(peer_id, connected_at_ns=now_ns, last_seen_ns=now_ns)
+        counts = self._sync_counts.setdefault(peer_id, ({"delta": 0, "full": 0}, {"delta": 0, "full": 0}))
+        state.syncs_in, state.syncs_out = counts
         self.peers[peer_id] = state
         down = self._down_since.pop(peer_id, None)
         if peer_id in self.quarantined:

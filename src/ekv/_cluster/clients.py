@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from ekv._cluster.messages import Hello, Message, Reply, Request
 from ekv._cluster.session import Session
 from ekv._cluster.wire import FrameDecoder
-from ekv._core.durations import NS_PER_S
 
 if TYPE_CHECKING:
     from ekv._cluster.cluster import ClusterNode
@@ -85,21 +84,17 @@ def serve_client(
     pending: list[Message],
 ) -> None:
     """Serve a command-line client's session: Request/Reply only, never replication or gossip."""
-    options = cluster.options
-    session = Session(
-        ClientOwner(cluster),
+    session = cluster.make_session(
         reader,
         writer,
-        hello=theirs,
-        features=features,
-        decoder=decoder,
-        pending=pending,
+        theirs,
+        features,
+        decoder,
+        pending,
         dialer=False,
         address=None,
-        heartbeat_interval_s=options.heartbeat_interval_ns / NS_PER_S,
-        heartbeat_timeout_s=max(30.0, options.heartbeat_timeout_ns / NS_PER_S),
-        send_buffer=options.send_buffer,
-        wall=cluster._wall,
+        owner=ClientOwner(cluster),
+        min_heartbeat_timeout_s=30.0,
     )
     cluster.clients.add(session)
     session.start()

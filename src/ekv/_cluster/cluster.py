@@ -269,7 +269,7 @@ class ClusterNode:
             writer.close()
             raise
         entry["node_id"] = theirs.node_id
-        session = self._make_session(reader, writer, theirs, features, decoder, pending, dialer=True, address=address)
+        session = self.make_session(reader, writer, theirs, features, decoder, pending, dialer=True, address=address)
         session.local_origin = params.hello.origin
         if self._establish(session):
             entry["state"] = "connected"
@@ -297,7 +297,7 @@ class ClusterNode:
         if theirs.listen:
             host, port = parse_address(theirs.listen, "listen", default_host=report.remote_host_of(writer))
             address = format_address(host, port)
-        session = self._make_session(reader, writer, theirs, features, decoder, pending, dialer=False, address=address)
+        session = self.make_session(reader, writer, theirs, features, decoder, pending, dialer=False, address=address)
         session.local_origin = params.hello.origin
         if self._establish(session) and address is not None:
             known = self.addresses.get(address)
@@ -323,7 +323,7 @@ class ClusterNode:
         )
         return HandshakeParams(hello, options.cookie, options.connect_timeout_ns / NS_PER_S * 2, options.max_frame_size)
 
-    def _make_session(
+    def make_session(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
@@ -334,10 +334,14 @@ class ClusterNode:
         *,
         dialer: bool,
         address: str | None,
+        owner: Any = None,
+        min_heartbeat_timeout_s: float = 0.0,
     ) -> Session:
+        """A session on an authenticated connection (``owner``: who gets its messages, this
+        node unless a client is served)."""
         options = self.options
         return Session(
-            self,
+            self if owner is None else owner,
             reader,
             writer,
             hello=theirs,
@@ -347,7 +351,7 @@ class ClusterNode:
             dialer=dialer,
             address=address,
             heartbeat_interval_s=options.heartbeat_interval_ns / NS_PER_S,
-            heartbeat_timeout_s=options.heartbeat_timeout_ns / NS_PER_S,
+            heartbeat_timeout_s=max(min_heartbeat_timeout_s, options.heartbeat_timeout_ns / NS_PER_S),
             send_buffer=options.send_buffer,
             wall=self._wall,
         )

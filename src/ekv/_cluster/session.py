@@ -205,16 +205,7 @@ async def dial_handshake(
             raise _dialer_auth_refusal(answer.reason)
         if not isinstance(answer, Auth):
             raise Refused(f"expected Auth, got {type(answer).__name__}")
-        try:
-            auth.verify(params.cookie, answer.mac, mine=mine, theirs=theirs)
-        except auth.CookieMismatch:
-            await _reject(writer, COOKIE_MISMATCH)
-            raise Refused(
-                f"{COOKIE_MISMATCH}: the peer does not know this node's cookie", cookie_mismatch=True
-            ) from None
-        except AuthenticationError as exc:
-            await _reject(writer, "authentication failed")
-            raise Refused(f"authentication failed: {exc}") from None
+        await _verify_proof(writer, params, answer, theirs, "the peer")
         return theirs, features
 
     try:
@@ -249,16 +240,7 @@ async def accept_handshake(
         if not isinstance(answer, Auth):
             await _reject(writer, "expected Auth")
             raise Refused(f"expected Auth, got {type(answer).__name__}")
-        try:
-            auth.verify(params.cookie, answer.mac, mine=mine, theirs=theirs)
-        except auth.CookieMismatch:
-            await _reject(writer, COOKIE_MISMATCH)
-            raise Refused(
-                f"{COOKIE_MISMATCH}: node {theirs.node_id} does not know this cluster's cookie", cookie_mismatch=True
-            ) from None
-        except AuthenticationError as exc:
-            await _reject(writer, "authentication failed")
-            raise Refused(f"authentication failed: {exc}") from None
+        await _verify_proof(writer, params, answer, theirs, f"node {theirs.node_id}")
         writer.write(wire.encode(Auth(auth.proof(params.cookie, mine=mine, theirs=theirs))))
         await writer.drain()
 
@@ -270,6 +252,21 @@ async def accept_handshake(
         raise Refused(f"handshake failed: {exc}") from None
     decoder.set_max_frame_size(params.max_frame_size)
     return features
+
+
+async def _verify_proof(
+    writer: asyncio.StreamWriter, params: HandshakeParams, answer: Auth, theirs: Hello, who: str
+) -> None:
+    """Check the peer's cookie proof; on failure tell the peer why (a cookie mismatch is named
+    as such: the misconfiguration that keeps a node alone) and raise Refused."""
+    try:
+        auth.verify(params.cookie, answer.mac, mine=params.hello, theirs=theirs)
+    except auth.CookieMismatch:
+        await _reject(writer, COOKIE_MISMATCH)
+        raise Refused(f"{COOKIE_MISMATCH}: {who} does not know this cluster's cookie", cookie_mismatch=True) from None
+    except AuthenticationError as exc:
+        await _reject(writer, "authentication failed")
+        raise Refused(f"authentication failed: {exc}") from None
 
 
 async def _reject(writer: asyncio.StreamWriter, reason: str) -> None:

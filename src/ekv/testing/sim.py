@@ -584,9 +584,10 @@ def main(argv: list[str] | None = None) -> int:
             seed, duration_ms=int(args.seconds * 1000), nodes=args.nodes, clones=args.clones
         )
         status = "ok" if not problems else "FAIL"
+        copies = f", {args.clones - sim.clones_left} copied data directories" if args.clones else ""
         print(
             f"seed {seed}: {status}, {len(sim.acked)} acknowledged writes, {sim.messages} messages, "
-            f"settled in {settle_ms} ms"
+            f"settled in {settle_ms} ms{copies}"
         )
         for problem in problems:
             print(f"  {problem.kind}: {problem.detail}")

@@ -81,7 +81,7 @@ def test_the_fault_proxy_holds_cut_links_and_refuses_new_connections() -> None:
     import threading
     import time
 
-    from ekv.testing.chaos.proxy import FaultProxy
+    from ekv.testing.proxy import FaultProxy
 
     upstream = socket.socket()
     upstream.bind(("127.0.0.1", 0))

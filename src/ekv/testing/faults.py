@@ -301,8 +301,10 @@ def _fault_drop_one_live() -> None:
 
     def init(self: Replicator, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        self.settings = dataclasses.replace(self.settings, anti_entropy=False)
         self.stats["fault_live_dropped"] = 0
+
+    def no_periodic_pull(self: Replicator, *args: Any) -> None:
+        pass  # anti-entropy off: the next pull of a shard is never scheduled
 
     def on_local_writes(self: Replicator, shard: int, entries: list[Entry]) -> None:
         receivers = [peer for peer, state in self.peers.items() if not state.quarantined]
@@ -314,6 +316,7 @@ def _fault_drop_one_live() -> None:
 
     Replicator.__init__ = init  # type: ignore[method-assign]
     Replicator.on_local_writes = on_local_writes  # type: ignore[method-assign]
+    Replicator._schedule_pull = no_periodic_pull  # type: ignore[method-assign,assignment]
 
 
 def _fault_no_quarantine() -> None:

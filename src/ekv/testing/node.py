@@ -21,7 +21,7 @@ It opens an :class:`ekv.EKV` with ``codec="json"``, prints one line
 
 Errors come back as {"ok": false, "error": "...", "type": "..."}. With ``EKV_TESTING_LOG=INFO``
 (or another level) in the environment, ekv's log goes to stderr. Used by
-:mod:`ekv.testing.cluster` and :mod:`ekv.testing.chaos`.
+:mod:`ekv.testing.cluster` and :mod:`ekv.testing._internal.chaos`.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from typing import Any
 import ekv
 import ekv.testing
 from ekv._model import Entry
+from ekv.testing._hooks import cut_off
 
 FAST = {"heartbeat_interval": 0.5, "heartbeat_timeout": 5.0, "anti_entropy_interval": 2.0, "reconnect_max": 0.5}
 TIMEOUT_S = 600.0
@@ -112,9 +113,7 @@ def peer_main(args: argparse.Namespace) -> int:
             with lock:
                 reply = {"arrivals": {k: v for k, v in arrivals.items() if k.startswith(prefix)}}
         elif op == "block":
-            cluster = ekv.testing.node_of(kv).cluster
-            assert cluster is not None
-            cluster.set_blocked(set(command["node_ids"]))
+            cut_off(kv, command["node_ids"])
             reply = {"ok": True}
         elif op == "close":
             break
@@ -349,9 +348,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 thr = [measure_throughput(a, b, args.writes, f"thr{r}/") for r in range(args.reps)]
                 results["throughput_2_nodes"] = {k: statistics.median(x[k] for x in thr) for k in thr[0]}
                 # delta sync after a partition
-                cluster = ekv.testing.node_of(a).cluster
-                assert cluster is not None
-                cluster.set_blocked({b.node_id})
+                cut_off(a, {b.node_id})
                 b.call("block", node_ids=[a.node_id])
                 ekv.testing.wait_until(
                     lambda: not any(m.get("connected") for m in a.info()["members"].values()),
@@ -363,7 +360,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 settle()
                 b.call("expect", count=args.delta, prefix="delta/")
                 healed = time.monotonic_ns()
-                cluster.set_blocked(set())
+                cut_off(a, ())
                 b.call("block", node_ids=[])
                 done = b.wait("delta sync")["done_at"]
                 results["delta_sync"] = {"writes": args.delta, "seconds": (done - healed) / 1e9}

@@ -244,7 +244,7 @@ def test_the_checks_catch_a_missing_module_and_a_wrong_name(tmp_path: Path) -> N
     block = fenced_blocks(section("Layers"))[0]
     named = modules_in_layer_map(block)
     assert "_cluster/wire.py" in named and "_cli.py" in named and "__main__.py" in named
-    assert "testing/checker/run.py" in named and "_api/sync.py" in named and "__init__.py" in named
+    assert "testing/_internal/checker/run.py" in named and "_api/sync.py" in named and "__init__.py" in named
     without_wire = modules_in_layer_map(block.replace("    wire.py ", "    wyre.py "))
     assert "_cluster/wire.py" not in without_wire and "_cluster/wyre.py" in without_wire
     assert lookup_problem(SRC / "_cluster" / "session.py", "Session.send_frame") is None

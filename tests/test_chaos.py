@@ -1,8 +1,8 @@
-"""The chaos harness (:mod:`ekv.testing.chaos`): its pure schedule, and real runs that CI does on
+"""The chaos harness (:mod:`ekv.testing._internal.chaos`): its pure schedule, and real runs that CI does on
 every change: a loopback run, and a network-namespace run with packet loss when root is
-available. A run is judged by the offline checker (:mod:`ekv.testing.checker`); a failing run
+available. A run is judged by the offline checker (:mod:`ekv.testing._internal.checker`); a failing run
 leaves its history, verdict and timelines under the test's temporary directory, and the seed
-replays the same fault schedule: ``python -m ekv.testing.chaos --seed N ...``.
+replays the same fault schedule: ``python -m ekv.testing._internal.chaos --seed N ...``.
 
 The published 10-minute, 5-node figures come from the same command (docs/reliability.md)."""
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ekv.testing.chaos import KINDS, RunOptions, run, schedule
-from ekv.testing.chaos.net import namespaces_available
+from ekv.testing._internal.chaos import KINDS, RunOptions, run, schedule
+from ekv.testing._internal.chaos.net import namespaces_available
 
 LOCAL_SECONDS = 120.0
 NETNS_SECONDS = 120.0
@@ -81,7 +81,7 @@ def test_the_fault_proxy_holds_cut_links_and_refuses_new_connections() -> None:
     import threading
     import time
 
-    from ekv.testing.chaos.proxy import FaultProxy
+    from ekv.testing.proxy import FaultProxy
 
     upstream = socket.socket()
     upstream.bind(("127.0.0.1", 0))
@@ -195,18 +195,21 @@ def test_namespace_chaos_run(tmp_path: Path) -> None:
 
 def test_the_command_line(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "ekv.testing.chaos", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ekv.testing._internal.chaos", "--help"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and "--seed" in done.stdout and "--minutes" in done.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "ekv.testing.chaos", "--faults", "meteor"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ekv.testing._internal.chaos", "--faults", "meteor"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 2 and "meteor" in bad.stderr
     short = subprocess.run(
         [
             sys.executable,
             "-m",
-            "ekv.testing.chaos",
+            "ekv.testing._internal.chaos",
             "--nodes",
             "2",
             "--seconds",
@@ -230,7 +233,10 @@ def test_the_command_line(tmp_path: Path) -> None:
     for name in ("history.jsonl", "verdict.json", "timelines.txt", "result.json", "schedule.json"):
         assert (tmp_path / "seed-5" / name).exists()
     report = subprocess.run(
-        [sys.executable, "-m", "ekv.testing.chaos.report", str(tmp_path)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ekv.testing._internal.chaos.report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert report.returncode == 0, report.stderr
     lines = report.stdout.splitlines()

@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from ekv.testing.checker import CHECKS, History, HistoryError, Verdict, Violation, check, dump_jsonl, load_jsonl
+from ekv.testing._internal.checker import (
+    CHECKS,
+    History,
+    HistoryError,
+    Verdict,
+    Violation,
+    check,
+    dump_jsonl,
+    load_jsonl,
+)
 
 MS = 1_000_000
 
@@ -547,8 +556,8 @@ def test_dump_and_load_jsonl_round_trip(tmp_path: Path) -> None:
 
 
 def run_checker(*args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m ekv.testing.checker ARGS`` in a subprocess."""
-    command = [sys.executable, "-m", "ekv.testing.checker", *args]
+    """``python -m ekv.testing._internal.checker ARGS`` in a subprocess."""
+    command = [sys.executable, "-m", "ekv.testing._internal.checker", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -574,7 +583,7 @@ def test_the_command_line_selects_checks_and_bounds_convergence(tmp_path: Path) 
     dump_jsonl(clean_history(), good)
     dump_jsonl(bad_history(), bad)
     help_text = run_checker("--help")
-    assert help_text.returncode == 0 and "usage: python -m ekv.testing.checker" in help_text.stdout
+    assert help_text.returncode == 0 and "usage: python -m ekv.testing._internal.checker" in help_text.stdout
     subset = run_checker(str(bad), "--checks", "session, causal", "--json")
     assert subset.returncode == 0, subset.stdout + subset.stderr
     verdict = json.loads(subset.stdout)
@@ -589,7 +598,7 @@ def test_the_command_line_selects_checks_and_bounds_convergence(tmp_path: Path) 
 def test_main_runs_in_process_and_the_package_exports_its_api(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ekv.testing import checker
+    from ekv.testing._internal import checker
 
     names = ["CHECKS", "History", "HistoryError", "Operation", "Row", "Verdict", "Version", "Violation"]
     assert sorted(checker.__all__) == sorted([*names, "check", "dump_jsonl", "load_jsonl", "main"])
@@ -676,7 +685,7 @@ def test_a_100k_operation_history_checks_in_seconds() -> None:
 def test_records_of_the_wrong_shape_are_malformed_not_violations(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str
 ) -> None:
-    from ekv.testing.checker import main
+    from ekv.testing._internal.checker import main
 
     path = tmp_path / "odd.jsonl"
     path.write_text(line + "\n")

@@ -14,6 +14,7 @@ import pytest
 
 import ekv
 from ekv._cli import _parser, main
+from ekv._cluster.client import Client
 from ekv.testing import wait_until
 
 
@@ -192,6 +193,31 @@ def test_wrong_cookie_and_unreachable_node(
     assert run(capsys, "get", "--node", addr, "k", "--cookie-file", str(cookie))[0] == 1
     code, _, err = run(capsys, "get", "--node", "127.0.0.1:1", "k")
     assert code == 2 and "cannot connect" in err
+
+
+def test_a_client_cannot_partition_a_node(tmp_path: Path, node: ekv.EKV) -> None:
+    """The client protocol has no test hook: anyone with the cookie used to be able to send
+    ``block`` and cut a node off from its members. It is now an unknown command, and the
+    members stay connected."""
+    with ekv.EKV(
+        "live", tmp_path / "peer", cookie="sesame", log=False, codec="json", peers=[node.listen_address]
+    ) as peer:
+
+        def connected() -> bool:
+            return bool(node.info()["members"].get(peer.node_id, {}).get("connected"))
+
+        wait_until(connected, timeout=30, message="the peer did not connect")
+        client = Client(node.listen_address or "", cookie=b"sesame")
+        client.connect()
+        try:
+            with pytest.raises(ekv.ClusterError, match="unknown command 'block'"):
+                client.call("block", node_ids=[peer.node_id])
+            assert client.call("get", key="k") is None  # the client session is still served
+        finally:
+            client.close()
+        peer.put("after", 1)
+        wait_until(lambda: node.get("after") == 1, timeout=30, message="the members were cut apart")
+        assert connected()
 
 
 # -- help, parity with the documentation --------------------------------------------------------

@@ -17,6 +17,7 @@ import ekv
 from ekv._cluster import auth, wire
 from ekv._cluster.messages import PROTOCOL_VERSION, Hello
 from ekv.testing import entries, node_of, partition, run_gc, wait_until
+from ekv.testing._hooks import cut_off
 
 FAST = {
     "heartbeat_interval": 0.1,
@@ -153,8 +154,8 @@ def test_non_transitive_partition_relays_through_the_middle(make: Callable[..., 
     b.connect(a.listen_address)  # type: ignore[arg-type]
     c.connect(b.listen_address)  # type: ignore[arg-type]
     wait_until(lambda: all(connected(n, 2) for n in (a, b, c)))
-    node_of(a).cluster.set_blocked({node_of(c).node_id})  # type: ignore[union-attr]
-    node_of(c).cluster.set_blocked({node_of(a).node_id})  # type: ignore[union-attr]
+    cut_off(a, {node_of(c).node_id})
+    cut_off(c, {node_of(a).node_id})
     wait_until(lambda: not any(m.get("connected") for m in [a.info()["members"].get(node_of(c).node_id, {})]))
     version = a.put("relay", "via b")
     wait_until(lambda: c.lookup("relay") == ("via b", version), timeout=10, message="C did not get A's write via B")

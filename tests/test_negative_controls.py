@@ -1,10 +1,10 @@
 """Negative controls for the history checker: each check must be able to fail.
 
-For each fault of :mod:`ekv.testing.faults` a short scenario runs on real node processes
+For each fault of :mod:`ekv.testing._internal.faults` a short scenario runs on real node processes
 (:mod:`ekv.testing.cluster`), records a history in the checker's format (an invoke and a
 completion around every put, delete and get, the final state of every node, and for kills the
 killed node's state read offline before it restarted) and judges it with
-:func:`ekv.testing.checker.check`:
+:func:`ekv.testing._internal.checker.check`:
 
 * with the fault, the check that guards against it must report a violation. Those tests are
   expected failures (``xfail(strict=True)``) whose body asserts that the check passes: a checker
@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 
 from ekv._storage.store import ShardedStore
-from ekv.testing import faults
-from ekv.testing.checker import CHECKS, History, Verdict, check
+from ekv.testing._internal import faults
+from ekv.testing._internal.checker import CHECKS, History, Verdict, check
 from ekv.testing.cluster import NodeProcess, ProcCluster
 
 DEADLINE_S = 60.0

@@ -1,4 +1,4 @@
-"""Power cuts, simulated with :mod:`ekv.testing.powercut`: writer processes run under a VFS that
+"""Power cuts, simulated with :mod:`ekv.testing._internal.powercut`: writer processes run under a VFS that
 keeps every un-fsynced SQLite write in process memory, so SIGKILL loses exactly what a power cut
 at that instant would lose (the worst case: the kernel wrote nothing back on its own).
 
@@ -32,7 +32,7 @@ from _linechild import LineChild
 from ekv._backup import check
 from ekv._core.keys import shard_of
 from ekv._storage.store import ShardedStore
-from ekv.testing import powercut
+from ekv.testing._internal import powercut
 from ekv.testing.cluster import ProcCluster
 
 pytestmark = pytest.mark.slow
@@ -75,10 +75,10 @@ class Life:
 
 
 class Writer(LineChild):
-    """``python -m ekv.testing.powercut writer`` read line by line, with deadlines."""
+    """``python -m ekv.testing._internal.powercut writer`` read line by line, with deadlines."""
 
     def __init__(self, args: list[str], stderr_path: Path) -> None:
-        command = [sys.executable, "-m", "ekv.testing.powercut", "writer", *args]
+        command = [sys.executable, "-m", "ekv.testing._internal.powercut", "writer", *args]
         super().__init__(command, stderr_path, deadline_s=DEADLINE_S)
 
     def cut(self) -> None:

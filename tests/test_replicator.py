@@ -31,7 +31,8 @@ class Pair:
 
     def __init__(self, root: Path, chunk_entries: int) -> None:
         self.clock = FakeClock()
-        self.settings = ReplicationSettings(sync_chunk_entries=chunk_entries, anti_entropy=False)
+        # run() never calls tick(): no periodic anti-entropy pull ever fires, the tests pull by hand
+        self.settings = ReplicationSettings(sync_chunk_entries=chunk_entries)
         self.queues: dict[str, deque[tuple[str, Message]]] = {}
         self.sent: list[Message] = []
         self.stores = [self._store(root / "a", "a" * 16), self._store(root / "b", "b" * 16)]

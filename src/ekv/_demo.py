@@ -1,10 +1,15 @@
 """``ekv demo``: a local three-node cluster that shows replication, a partition and its healing.
 
 It starts three ``ekv serve`` processes on free ports of 127.0.0.1 (temporary data directories,
-a random cookie passed through the environment), then talks to them as a client would:
+a random cookie passed through the environment), then talks to them as a client would. The
+members reach each other through a fault proxy in this process
+(:class:`ekv.testing.proxy.FaultProxy`: every node advertises its proxy port), which is how the
+partition is made: a real network fault, ekv itself has no command for it. The demo's client
+calls go to the nodes' own ports, which the proxy never cuts.
 
 1. a write on n1 arrives on n2 and n3 (with the time it took);
-2. n3 is cut off from the others; both sides keep accepting writes, and both write the same key;
+2. n3 is cut off from the others (the proxy holds their traffic, the nodes notice after
+   ``heartbeat_timeout``); both sides keep accepting writes, and both write the same key;
 3. the partition heals; every node converges, the write with the higher version wins everywhere;
 4. everything is stopped and removed.
 """
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ekv._cluster.client import Client
+from ekv.testing.proxy import FaultProxy, free_ports
 
 __all__ = ["run_demo"]
 
@@ -31,7 +37,7 @@ _FAST = {"heartbeat_interval": 0.2, "heartbeat_timeout": 2.0, "anti_entropy_inte
 
 
 class _Node:
-    def __init__(self, name: str, root: Path, cookie: str, peers: list[str]) -> None:
+    def __init__(self, name: str, root: Path, cookie: str, port: int, advertise: str, peers: list[str]) -> None:
         self.name = name
         self.data_dir = root / name
         cmd = [
@@ -44,7 +50,9 @@ class _Node:
             "--data-dir",
             str(self.data_dir),
             "--listen",
-            "127.0.0.1:0",
+            f"127.0.0.1:{port}",
+            "--advertise",
+            advertise,
             "--shards",
             "4",
             "--log",
@@ -61,7 +69,8 @@ class _Node:
         if "listening on" not in line:
             err = self.proc.stderr.read() if self.proc.stderr else ""
             raise RuntimeError(f"{name} did not start: {line}{err}")
-        self.address = line.rsplit("listening on ", 1)[1].strip()
+        self.address = line.rsplit("listening on ", 1)[1].strip()  # the node's own port: not cut
+        self.advertise = advertise
         self.node_id = line.split("node ", 1)[1].split(",", 1)[0]
         self.client = Client(self.address, cookie=cookie)
         self.client.connect()
@@ -102,6 +111,7 @@ def run_demo(*, interactive: bool, keep: bool = False, out: Any = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="ekv-demo-"))
     cookie = secrets.token_urlsafe(24)
     nodes: list[_Node] = []
+    proxy = FaultProxy(lambda node_id: next((i for i, n in enumerate(nodes) if n.node_id == node_id), None))
 
     def say(text: str = "") -> None:
         out.write(text + "\n")
@@ -114,10 +124,14 @@ def run_demo(*, interactive: bool, keep: bool = False, out: Any = None) -> int:
 
     try:
         say("ekv demo: three nodes on 127.0.0.1, each an 'ekv serve' process with its own data directory")
-        n1 = _Node("n1", root, cookie, [])
-        n2 = _Node("n2", root, cookie, [n1.address])
-        n3 = _Node("n3", root, cookie, [n1.address])
-        nodes = [n1, n2, n3]
+        ports = free_ports(3)
+        fronts = [f"127.0.0.1:{port}" for port in proxy.start(ports)]
+        n1 = _Node("n1", root, cookie, ports[0], fronts[0], [])
+        nodes.append(n1)
+        n2 = _Node("n2", root, cookie, ports[1], fronts[1], [n1.advertise])
+        nodes.append(n2)
+        n3 = _Node("n3", root, cookie, ports[2], fronts[2], [n1.advertise])
+        nodes.append(n3)
         for node in nodes:
             say(f"   {node.name}: node {node.node_id} at {node.address} (data in {node.data_dir})")
         took = _wait(lambda: all(_connected(n, [o for o in nodes if o is not n]) for n in nodes))
@@ -135,11 +149,10 @@ def run_demo(*, interactive: bool, keep: bool = False, out: Any = None) -> int:
             say(f"   {node.name} has it after {took * 1000:.1f} ms: {node.call('get', key='demo/greeting')['value']}")
 
         step("2. partition: n3 is cut off from n1 and n2; both sides keep writing")
-        n3.call("block", node_ids=[n1.node_id, n2.node_id])
-        n1.call("block", node_ids=[n3.node_id])
-        n2.call("block", node_ids=[n3.node_id])
-        _wait(lambda: not _connected(n3, [n1]) and not _connected(n1, [n3]))
-        say("   n3 is isolated (its connections to n1 and n2 are cut)")
+        proxy.cut({2: {0, 1}})  # the network between n3 and the others drops everything
+        cut = [(n3, n1), (n3, n2), (n1, n3), (n2, n3)]
+        took = _wait(lambda: not any(_connected(a, [b]) for a, b in cut))
+        say(f"   n3 is isolated: its links to n1 and n2 went silent; the nodes noticed after {took:.1f} s")
         v_left = n1.call("put", key="demo/color", value="blue")["version"]
         say(f"   n1 put demo/color = 'blue'   version {v_left}")
         n1.call("delete", key="demo/greeting")
@@ -156,8 +169,7 @@ def run_demo(*, interactive: bool, keep: bool = False, out: Any = None) -> int:
             say(f"   {node.name} sees color={color!r}, greeting={'deleted' if greeting is None else greeting['value']}")
 
         step("3. heal: the nodes reconnect, sync what they missed, and converge")
-        for node in nodes:
-            node.call("block", node_ids=[])
+        proxy.cut({})
         winner = max((v_left, "blue"), (v_right, "green"))
         took = _wait(
             lambda: all(
@@ -178,6 +190,7 @@ def run_demo(*, interactive: bool, keep: bool = False, out: Any = None) -> int:
     finally:
         for node in nodes:
             node.stop()
+        proxy.close()
         if keep:
             say(f"   data kept in {root}")
         else:

@@ -39,9 +39,6 @@ def client_op(cluster: ClusterNode, op: str, args: dict[str, Any]) -> Any:
         if cluster.node_info is None:
             raise RuntimeError("info is not available")
         return cluster.node_info()
-    if op == "block":  # the demo's partition: cut this node off from the given members
-        cluster.set_blocked(set(args.get("node_ids", [])))
-        return {}
     raise ValueError(f"unknown command {op!r}")
 
 

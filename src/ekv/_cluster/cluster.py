@@ -93,7 +93,6 @@ class ClusterNode:
         self._encoded: tuple[Message, bool, bytes] | None = None
         self._coalesce: dict[Session, list[bytes]] | None = None
         self.replicator: Replicator | None = None
-        self._blocked: frozenset[str] = frozenset()
         self.last_disconnect: dict[str, tuple[int, str]] = {}
         self.clients: set[Session] = set()
         self._duplicates_logged: set[tuple[str, str]] = set()
@@ -364,9 +363,6 @@ class ClusterNode:
         peer = session.peer_id
         if session.local_origin != self.store.origin:
             session.close("this node took a new node id during the handshake")
-            return False
-        if peer in self._blocked:
-            session.close("blocked (test partition)")
             return False
         if peer == self.node_id:  # another origin under our node id: a copy of our data directory
             self._copy_of_us(session)
@@ -666,18 +662,6 @@ class ClusterNode:
         assert rep is not None
         result: dict[str, int] | None = self.call(rep.truncation_targets, shard, now_ns, self.options.log_retention_ns)
         return result
-
-    def set_blocked(self, node_ids: set[str] | frozenset[str]) -> None:
-        """Testing hook (``ekv.testing.partition``): drop the sessions with these members and
-        refuse new ones until unblocked, in both directions as seen from this node."""
-
-        def apply() -> None:
-            self._blocked = frozenset(node_ids)
-            for node_id in list(self.sessions):
-                if node_id in self._blocked:
-                    self.sessions[node_id].close("blocked (test partition)")
-
-        self.call(apply)
 
     def skew(self) -> dict[str, int | None]:
         return {node_id: s.skew_ns for node_id, s in self.sessions.items()}

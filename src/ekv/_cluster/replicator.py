@@ -61,7 +61,6 @@ class ReplicationSettings:
     answers were lost without the session ending)."""
     quarantine: bool = True
     """Quarantine members that come back after more than ``tombstone_ttl``."""
-    anti_entropy: bool = True
 
 
 @dataclass(slots=True)
@@ -452,8 +451,6 @@ class Replicator:
         return vv
 
     def _schedule_pull(self, state: PeerState, shard: int, now_ns: int) -> None:
-        if not self.settings.anti_entropy:
-            return
         interval = self.settings.anti_entropy_interval_ns
         jitter = int(self._rng.uniform(0, min(interval / 10, 5 * NS_PER_S)))
         state.next_pull_ns[shard] = now_ns + interval + jitter

@@ -1,18 +1,31 @@
-"""Reach into a store for tests and tools, without widening the public API."""
+"""Reach into a store for tests and tools, without widening the public API.
+
+Partitions (:func:`partition`, :func:`cut_off`) are made here, outside the production classes:
+ekv has no switch for them, no option and no command a peer or a client could send. The first
+cut of a node wraps, on that one instance, the method every new member session passes through
+before it is registered (``ClusterNode._establish``, for dialed and accepted connections alike);
+the wrapper refuses the members the node is cut off from, and the cut closes the sessions it
+already has with them. A process that never calls these helpers runs ekv's code untouched.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from ekv._api.aio import AsyncEKV
 from ekv._api.sync import EKV
+from ekv._cluster.cluster import ClusterNode
 from ekv._errors import ClosedError
 from ekv._model import Entry
 from ekv._node.node import Node
 from ekv._storage.store import GcReport
 
-__all__ = ["entries", "node_of", "partition", "run_gc", "wait_until"]
+__all__ = ["cut_off", "entries", "node_of", "partition", "run_gc", "wait_until"]
+
+_CUT_REASON = "cut off by ekv.testing (a test partition)"
 
 
 def node_of(kv: EKV | AsyncEKV) -> Node:
@@ -40,10 +53,51 @@ def partition(*groups: list[EKV]) -> None:
     for group in groups:
         others = {node_of(kv).node_id for kv in all_nodes if kv not in group}
         for kv in group:
-            cluster = node_of(kv).cluster
-            if cluster is None:
-                raise ValueError(f"{kv!r} is not clustered")
-            cluster.set_blocked(others)
+            cut_off(kv, others)
+
+
+def cut_off(kv: EKV | AsyncEKV, node_ids: Iterable[str]) -> None:
+    """Cut ``kv`` off from the members ``node_ids``, as seen from ``kv``: its sessions with them
+    are closed and new ones (dialed or accepted) refused, until the next call replaces the set
+    (``cut_off(kv, ())`` heals). One-sided, so asymmetric and non-transitive partitions can be
+    made; :func:`partition` calls it on every member."""
+    cluster = node_of(kv).cluster
+    if cluster is None:
+        raise ValueError(f"{kv!r} is not clustered")
+    blocked = frozenset(node_ids)
+
+    def apply() -> None:  # on the loop thread, where sessions are made and closed
+        _Cut.of(cluster).blocked = blocked
+        for node_id, session in list(cluster.sessions.items()):
+            if node_id in blocked:
+                session.close(_CUT_REASON)
+
+    cluster.call(apply)
+
+
+class _Cut:
+    """The members one cluster node is cut off from, and the wrapper that enforces it."""
+
+    def __init__(self) -> None:
+        self.blocked: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, cluster: ClusterNode) -> _Cut:
+        cut = _installed.get(cluster)
+        if cut is None:
+            cut = _installed[cluster] = cls()
+            establish = cluster._establish
+            state = cut
+
+            def establish_unless_cut(session: Any) -> bool:
+                if session.peer_id in state.blocked:
+                    session.close(_CUT_REASON)
+                    return False
+                return establish(session)
+
+            # An instance attribute shadows the method for this node only.
+            setattr(cluster, "_establish", establish_unless_cut)  # noqa: B010
+        return cut
 
 
 def wait_until(
@@ -55,3 +109,7 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(message or f"condition not reached within {timeout} s")
         time.sleep(interval)
+
+
+_installed: weakref.WeakKeyDictionary[ClusterNode, _Cut] = weakref.WeakKeyDictionary()
+"""The cut of every node that was ever cut (or healed) in this process."""

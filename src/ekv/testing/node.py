@@ -14,13 +14,14 @@ It opens an :class:`ekv.EKV` with ``codec="json"``, prints one line
     {"op": "members"}  -> {node_id: connected?}
     {"op": "info"}     -> the info() dict (JSON-safe)
     {"op": "block", "node_ids": [...]}   cut (and refuse) connections to these members
+                                         (:func:`ekv.testing._hooks.cut_off`; [] heals)
     {"op": "connect", "address": A}
     {"op": "gc"}
     {"op": "close"}    -> closes the store and exits 0
 
 Errors come back as {"ok": false, "error": "...", "type": "..."}. With ``EKV_TESTING_LOG=INFO``
 (or another level) in the environment, ekv's log goes to stderr. Used by
-:mod:`ekv.testing.cluster` and :mod:`ekv.testing.chaos`.
+:mod:`ekv.testing.cluster` and :mod:`ekv.testing._internal.chaos`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import sys
 from typing import Any
 
 import ekv
-from ekv.testing._hooks import node_of, run_gc
+from ekv.testing._hooks import cut_off, node_of, run_gc
 
 
 def _handle(kv: ekv.EKV, command: dict[str, Any]) -> Any:
@@ -64,9 +65,7 @@ def _handle(kv: ekv.EKV, command: dict[str, Any]) -> Any:
     if op == "info":
         return {"info": kv.info()}
     if op == "block":
-        cluster = node_of(kv).cluster
-        assert cluster is not None
-        cluster.set_blocked(set(command["node_ids"]))
+        cut_off(kv, command["node_ids"])
         return {}
     if op == "connect":
         kv.connect(command["address"])

@@ -19,7 +19,7 @@ What happens, in order (everything a run produces lands in ``out/seed-N/``):
 4. At the end of the schedule: final heal (network healed, loss off, clocks back to their base
    offsets, paused nodes resumed, dead nodes restarted). The harness then polls every node's
    full dump until all are identical: the time that takes is the *convergence time*.
-5. ``history.jsonl`` (the checker's format) is written, :func:`ekv.testing.checker.check`
+5. ``history.jsonl`` (the checker's format) is written, :func:`ekv.testing._internal.checker.check`
    judges it, and ``verdict.json``, ``timelines.txt`` and ``result.json`` are written.
 
 *Availability* is the share of client operations that succeeded among those that did not
@@ -43,10 +43,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ekv.testing.chaos import skew
-from ekv.testing.chaos.nemesis import KINDS, Event, schedule
-from ekv.testing.chaos.net import LocalNet, NamespaceNet, Network, namespaces_available
-from ekv.testing.checker import History, Verdict, check
+from ekv.testing._internal.chaos import skew
+from ekv.testing._internal.chaos.nemesis import KINDS, Event, schedule
+from ekv.testing._internal.chaos.net import LocalNet, NamespaceNet, Network, namespaces_available
+from ekv.testing._internal.checker import History, Verdict, check
 from ekv.testing.cluster import NodeProcess
 
 __all__ = ["RunOptions", "RunResult", "run"]
@@ -283,7 +283,7 @@ class _Run:
                 *self.net.prefix(i),
                 sys.executable,
                 "-m",
-                "ekv.testing.chaos.workload",
+                "ekv.testing._internal.chaos.workload",
                 "--address",
                 str(node.address),
                 "--node",

@@ -1,6 +1,6 @@
-"""``python -m ekv.testing.chaos``: run one or more seeded chaos runs and print their verdicts.
+"""``python -m ekv.testing._internal.chaos``: run one or more seeded chaos runs and print their verdicts.
 
-    python -m ekv.testing.chaos --nodes 5 --minutes 10 --seed 1 --seeds 10 --out chaos-out
+    python -m ekv.testing._internal.chaos --nodes 5 --minutes 10 --seed 1 --seeds 10 --out chaos-out
 
 Exit status: 0 if every run was valid (no violation, converged), 1 otherwise, 2 on bad usage.
 A run's files are in ``OUT/seed-N/`` (history.jsonl, verdict.json, timelines.txt, result.json,
@@ -15,8 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
-from ekv.testing.chaos.nemesis import KINDS
-from ekv.testing.chaos.runner import RunOptions, run
+from ekv.testing._internal.chaos.nemesis import KINDS
+from ekv.testing._internal.chaos.runner import RunOptions, run
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -25,7 +25,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ekv.testing.chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m ekv.testing._internal.chaos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--nodes", type=int, default=5)
     length = parser.add_mutually_exclusive_group()

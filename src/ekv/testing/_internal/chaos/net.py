@@ -10,7 +10,7 @@ established connection goes silent, a new one fails), packet loss is an ``iptabl
 between the processes: ekv's code is not told about the faults.
 
 ``LocalNet`` (anyone): every node on 127.0.0.1, every member-to-member connection through a
-fault proxy in the harness (:mod:`.proxy`) that holds the bytes of cut links and refuses new
+fault proxy in the harness (:mod:`ekv.testing.proxy`) that holds the bytes of cut links and refuses new
 connections across a cut. Packet loss is not available.
 """
 
@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable
 from typing import Protocol
 
-from ekv.testing.chaos.proxy import FaultProxy
+from ekv.testing.proxy import FaultProxy, free_ports
 
 __all__ = ["LocalNet", "NamespaceNet", "Network", "namespaces_available"]
 
@@ -175,7 +174,7 @@ class NamespaceNet:
 
 
 class LocalNet:
-    """Nodes on 127.0.0.1 behind a :class:`~ekv.testing.chaos.proxy.FaultProxy` (see the module
+    """Nodes on 127.0.0.1 behind a :class:`~ekv.testing.proxy.FaultProxy` (see the module
     docstring). ``index_of(node_id)`` names the node index of a node id (the runner knows them
     once the nodes have started)."""
 
@@ -219,17 +218,3 @@ class LocalNet:
         if self._proxy is not None:
             self._proxy.close()
             self._proxy = None
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free right now on 127.0.0.1 (held open together so they are distinct)."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()

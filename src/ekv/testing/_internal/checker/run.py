@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-from ekv.testing.checker.checks_order import check_causal, check_node_clock, check_session
-from ekv.testing.checker.checks_state import (
+from ekv.testing._internal.checker.checks_order import check_causal, check_node_clock, check_session
+from ekv.testing._internal.checker.checks_state import (
     check_convergence,
     check_duplicate_versions,
     check_durability,
@@ -15,9 +15,9 @@ from ekv.testing.checker.checks_state import (
     check_resurrection,
     write_once_stats,
 )
-from ekv.testing.checker.context import Context
-from ekv.testing.checker.history import FUNCTIONS, JSON, NS, History, Operation
-from ekv.testing.checker.verdict import CHECKS, Verdict, Violation
+from ekv.testing._internal.checker.context import Context
+from ekv.testing._internal.checker.history import FUNCTIONS, JSON, NS, History, Operation
+from ekv.testing._internal.checker.verdict import CHECKS, Verdict, Violation
 
 _CHECK_FUNCTIONS = {
     "convergence": check_convergence,

@@ -1,6 +1,6 @@
 """The history format: what a harness records, how it is read and written, and its parsed,
 validated form (operations paired and rows decoded) that the checks work on. The format itself
-is documented once, in the package docstring (:mod:`ekv.testing.checker`).
+is documented once, in the package docstring (:mod:`ekv.testing._internal.checker`).
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from ekv.testing.checker.context import Context, Seen, row_json
-from ekv.testing.checker.history import NS, Operation, Restart, Row, Version
-from ekv.testing.checker.verdict import Violation, format_row, format_version, rel_time
+from ekv.testing._internal.checker.context import Context, Seen, row_json
+from ekv.testing._internal.checker.history import NS, Operation, Restart, Row, Version
+from ekv.testing._internal.checker.verdict import Violation, format_row, format_version, rel_time
 
 
 def _higher(a: Operation, b: Operation) -> bool:

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ekv.testing.checker.history import FUNCTIONS, JSON, NS, Operation
+from ekv.testing._internal.checker.history import FUNCTIONS, JSON, NS, Operation
 
 CHECKS = (
     "convergence",

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from ekv.testing.checker.context import Context
-from ekv.testing.checker.history import Operation, Version
-from ekv.testing.checker.verdict import Violation, format_version
+from ekv.testing._internal.checker.context import Context
+from ekv.testing._internal.checker.history import Operation, Version
+from ekv.testing._internal.checker.verdict import Violation, format_version
 
 BOTTOM = Version(-1, "")
 """Below every real version: what a read of "nothing" on a never-deleted key saw."""

@@ -23,8 +23,8 @@ cache.
 
 Run a program under the simulator with::
 
-    python -m ekv.testing.powercut -- python -m ekv.testing.node --name c --data-dir DIR ...
-    python -m ekv.testing.powercut writer --data-dir DIR --durability full --threads 4
+    python -m ekv.testing._internal.powercut -- python -m ekv.testing.node --name c --data-dir DIR ...
+    python -m ekv.testing._internal.powercut writer --data-dir DIR --durability full --threads 4
 
 The first form installs the VFS and runs the rest of the command line in the same process, so
 ``NodeProcess(..., prefix=node_prefix())`` runs a cluster node under it. The second is a small
@@ -422,7 +422,7 @@ def after_cut(data_dir: Path) -> list[Path]:
 
 def node_prefix() -> list[str]:
     """The ``prefix`` that makes :class:`ekv.testing.cluster.NodeProcess` run under the VFS."""
-    return [sys.executable, "-m", "ekv.testing.powercut", "--"]
+    return [sys.executable, "-m", "ekv.testing._internal.powercut", "--"]
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -436,7 +436,7 @@ def _run(argv: Sequence[str]) -> int:
     if args and Path(args[0]).name.startswith("python"):
         args = args[1:]
     if not args:
-        raise SystemExit("usage: python -m ekv.testing.powercut -- [python] (-m MODULE | SCRIPT) [ARGS...]")
+        raise SystemExit("usage: python -m ekv.testing._internal.powercut -- [python] (-m MODULE | SCRIPT) [ARGS...]")
     install(**_env_options())
     if args[0] == "-m":
         if len(args) < 2:
@@ -463,7 +463,7 @@ def writer_main(argv: Sequence[str]) -> int:
     import ekv
     from ekv.testing import node_of
 
-    parser = argparse.ArgumentParser(prog="python -m ekv.testing.powercut writer")
+    parser = argparse.ArgumentParser(prog="python -m ekv.testing._internal.powercut writer")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--name", default="powercut")
     parser.add_argument("--durability", default="normal")

@@ -9,7 +9,7 @@ clock; ``load_jsonl`` / ``dump_jsonl`` are its only I/O.
     for violation in verdict.violations:
         print(verdict.timeline(violation))
 
-    python -m ekv.testing.checker history.jsonl          # exits 1 if anything is violated
+    python -m ekv.testing._internal.checker history.jsonl          # exits 1 if anything is violated
 
 ekv is leaderless last-writer-wins, not linearizable: concurrent writes to one key are ordered
 by their versions, not by real time, and a write that loses to a higher version is *superseded*,
@@ -142,10 +142,10 @@ the verdict and its timelines), ``context`` (the indexes the checks share), ``ch
 ``checks_order`` (the checks), ``run`` (:func:`check`) and ``cli`` (the command line).
 """
 
-from ekv.testing.checker.cli import main
-from ekv.testing.checker.history import History, HistoryError, Operation, Row, Version, dump_jsonl, load_jsonl
-from ekv.testing.checker.run import check
-from ekv.testing.checker.verdict import CHECKS, Verdict, Violation
+from ekv.testing._internal.checker.cli import main
+from ekv.testing._internal.checker.history import History, HistoryError, Operation, Row, Version, dump_jsonl, load_jsonl
+from ekv.testing._internal.checker.run import check
+from ekv.testing._internal.checker.verdict import CHECKS, Verdict, Violation
 
 __all__ = [
     "CHECKS",

@@ -1,6 +1,6 @@
-"""Markdown tables from chaos runs: ``python -m ekv.testing.chaos.report OUT [OUT ...]``.
+"""Markdown tables from chaos runs: ``python -m ekv.testing._internal.chaos.report OUT [OUT ...]``.
 
-Reads each ``OUT/summary.json`` written by ``python -m ekv.testing.chaos`` and prints one row per
+Reads each ``OUT/summary.json`` written by ``python -m ekv.testing._internal.chaos`` and prints one row per
 run plus a total row: operations, acknowledged writes, every checker violation count,
 convergence time after the final heal, availability of live nodes, the faults injected, and the
 largest tombstone count and change-log size any node reported during the run. The published
@@ -96,7 +96,7 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ekv.testing.chaos.report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ekv.testing._internal.chaos.report", description=__doc__)
     parser.add_argument("out", nargs="+", type=Path, help="output directories of chaos runs")
     args = parser.parse_args(argv)
     runs: list[dict[str, Any]] = []

@@ -11,6 +11,9 @@ A cut between two nodes makes the proxy *hold* the bytes of their existing conne
 peers see a silent connection, as when a network drops packets, and give up after their
 heartbeat timeout) and close new ones at once (as a refused connection). Healing lets held bytes
 flow again. Everything runs on one asyncio loop in a daemon thread of the harness.
+
+Used by the chaos harness's loopback network and by ``ekv demo``: a partition made here is a
+real network fault, ekv's code is not told about it.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import asyncio
 import contextlib
 import functools
 import json
+import socket
 import struct
 import threading
 from collections.abc import Callable
 
-__all__ = ["FaultProxy"]
+__all__ = ["FaultProxy", "free_ports"]
 
 _HEAD = struct.Struct(">IB")
 _HELLO = 1
@@ -35,13 +39,14 @@ class FaultProxy:
     """Proxies ``127.0.0.1:listen_port[i] -> 127.0.0.1:upstream_port[i]`` for every node ``i``.
 
     ``index_of(node_id)`` maps a node id read from a Hello to its node index (or None for a
-    stranger, which is never cut)."""
+    stranger, which is not cut). It is asked again at every check, so a connection made before
+    the harness learned the dialer's node id is still cut once it knows it."""
 
     def __init__(self, index_of: Callable[[str], int | None]) -> None:
         self._index_of = index_of
         self._blocked: set[tuple[int, int]] = set()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="ekv-chaos-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ekv-fault-proxy", daemon=True)
         self._servers: list[asyncio.base_events.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
         self.ports: list[int] = []
@@ -77,7 +82,10 @@ class FaultProxy:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def _is_cut(self, a: int | None, b: int) -> bool:
+    def _is_cut(self, source: str | None, b: int) -> bool:
+        if not self._blocked or source is None:
+            return False
+        a = self._index_of(source)
         return a is not None and (min(a, b), max(a, b)) in self._blocked
 
     async def _start(self, upstream_ports: list[int]) -> list[int]:
@@ -112,8 +120,8 @@ class FaultProxy:
                     with contextlib.suppress(Exception):
                         w.close()
 
-    async def _read_hello(self, reader: asyncio.StreamReader) -> tuple[bytes, int | None]:
-        """The dialer's first frame, and the node index its Hello names (None if it is no
+    async def _read_hello(self, reader: asyncio.StreamReader) -> tuple[bytes, str | None]:
+        """The dialer's first frame, and the node id its Hello names (None if it is no
         member's Hello, e.g. a client or garbage: passed through, never cut)."""
         head = await reader.readexactly(_HEAD.size)
         length, kind = _HEAD.unpack(head)
@@ -124,10 +132,10 @@ class FaultProxy:
             node_id = json.loads(body).get("node_id")
         except (ValueError, AttributeError):
             return head + body, None
-        return head + body, self._index_of(node_id) if isinstance(node_id, str) else None
+        return head + body, node_id if isinstance(node_id, str) else None
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: int | None, dest: int
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str | None, dest: int
     ) -> None:
         try:
             while data := await reader.read(65536):
@@ -138,3 +146,17 @@ class FaultProxy:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free right now on 127.0.0.1 (held open together so they are distinct)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()

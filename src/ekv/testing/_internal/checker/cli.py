@@ -1,4 +1,4 @@
-"""The command line: ``python -m ekv.testing.checker HISTORY.jsonl``."""
+"""The command line: ``python -m ekv.testing._internal.checker HISTORY.jsonl``."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from ekv.testing.checker.history import load_jsonl
-from ekv.testing.checker.run import check
-from ekv.testing.checker.verdict import CHECKS
+from ekv.testing._internal.checker.history import load_jsonl
+from ekv.testing._internal.checker.run import check
+from ekv.testing._internal.checker.verdict import CHECKS
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ekv.testing.checker HISTORY.jsonl``: print the verdict; exit 1 on violations,
+    """``python -m ekv.testing._internal.checker HISTORY.jsonl``: print the verdict; exit 1 on violations,
     2 on a malformed history."""
     parser = argparse.ArgumentParser(
-        prog="python -m ekv.testing.checker", description="Check an ekv operation history (JSON lines)."
+        prog="python -m ekv.testing._internal.checker", description="Check an ekv operation history (JSON lines)."
     )
     parser.add_argument("history", type=Path)
     parser.add_argument("--json", action="store_true", help="print the JSON verdict instead of the summary")

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ekv.testing.checker.history import (
+from ekv.testing._internal.checker.history import (
     JSON,
     NS,
     History,
@@ -19,7 +19,7 @@ from ekv.testing.checker.history import (
     parse_restart,
     parse_state,
 )
-from ekv.testing.checker.verdict import Violation
+from ekv.testing._internal.checker.verdict import Violation
 
 LEAD_NS = 5 * NS
 """How far before the first involved operation a violation's nemesis excerpt starts."""

@@ -1,7 +1,7 @@
 """Clients of one node during a chaos run: a process of client threads that records every
-operation as history records (see :mod:`ekv.testing.checker` for the format).
+operation as history records (see :mod:`ekv.testing._internal.checker` for the format).
 
-    python -m ekv.testing.chaos.workload --address 10.77.0.1:7000 --node n0 --out n0.jsonl \\
+    python -m ekv.testing._internal.chaos.workload --address 10.77.0.1:7000 --node n0 --out n0.jsonl \\
         --threads 3 --keys 30 --seed 7 --until-ns N [--cookie C] [--timeout 2] [--rate 40]
 
 Each thread is a client pinned to the node, with its own connection (ekv's client protocol,

@@ -2,7 +2,7 @@
 
 Each fault below deliberately breaks one guarantee of ekv by monkeypatching it inside one node
 process; ``tests/test_negative_controls.py`` runs a short scenario with and without the fault and
-expects :mod:`ekv.testing.checker` to report the violation only with it (a *negative control*: a
+expects :mod:`ekv.testing._internal.checker` to report the violation only with it (a *negative control*: a
 check that never fails proves nothing). Nothing here is used by ekv itself.
 
 A node process applies the faults named (comma-separated) in the environment variable
@@ -10,7 +10,7 @@ A node process applies the faults named (comma-separated) in the environment var
 is a ``sitecustomize.py`` put first on the child's ``PYTHONPATH``, so neither ekv nor
 ``ekv.testing.node`` knows about it:
 
-    from ekv.testing import faults
+    from ekv.testing._internal import faults
     from ekv.testing.cluster import NodeProcess
 
     env = faults.node_env(faults.install(tmp_path / "hook"), faults=["wallclock"], skew_ns=5 * 10**9)
@@ -74,18 +74,18 @@ ACK_DELAY_S = 1.0
 """``ack_before_commit``: how long after the acknowledgement the write's commit happens."""
 
 _SITECUSTOMIZE = """\
-# Written by ekv.testing.faults: test-only fault injection (see that module).
+# Written by ekv.testing._internal.faults: test-only fault injection (see that module).
 import os as _os
 
 if _os.environ.get("EKV_FAULTS") or _os.environ.get("EKV_SKEW_NS"):
     try:
-        from ekv.testing.faults import apply_from_env as _apply
+        from ekv.testing._internal.faults import apply_from_env as _apply
 
         _apply()
     except BaseException as _exc:  # a fault that was asked for and not applied must not go unnoticed
         import sys as _sys
 
-        _sys.stderr.write(f"ekv.testing.faults: cannot apply the requested faults: {_exc!r}\\n")
+        _sys.stderr.write(f"ekv.testing._internal.faults: cannot apply the requested faults: {_exc!r}\\n")
         _sys.stderr.flush()
         _os._exit(3)
 """
@@ -143,7 +143,7 @@ def apply(name: str) -> None:
             return
         fault()
         _applied.add(name)
-    sys.stderr.write(f"ekv.testing.faults: applied {name} in pid {os.getpid()}\n")
+    sys.stderr.write(f"ekv.testing._internal.faults: applied {name} in pid {os.getpid()}\n")
 
 
 # -- wall-clock skew -------------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def _fault_ack_before_commit() -> None:
         try:
             cur.execute("ROLLBACK" if failed else "COMMIT")
         except Exception as exc:  # too late to tell the caller: it already has its version
-            sys.stderr.write(f"ekv.testing.faults: deferred commit failed: {exc!r}\n")
+            sys.stderr.write(f"ekv.testing._internal.faults: deferred commit failed: {exc!r}\n")
 
     Shard.write = write  # type: ignore[method-assign]
     Shard._commit_writes = commit_writes  # type: ignore[method-assign]
@@ -301,8 +301,10 @@ def _fault_drop_one_live() -> None:
 
     def init(self: Replicator, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        self.settings = dataclasses.replace(self.settings, anti_entropy=False)
         self.stats["fault_live_dropped"] = 0
+
+    def no_periodic_pull(self: Replicator, *args: Any) -> None:
+        pass  # anti-entropy off: the next pull of a shard is never scheduled
 
     def on_local_writes(self: Replicator, shard: int, entries: list[Entry]) -> None:
         receivers = [peer for peer, state in self.peers.items() if not state.quarantined]
@@ -314,6 +316,7 @@ def _fault_drop_one_live() -> None:
 
     Replicator.__init__ = init  # type: ignore[method-assign]
     Replicator.on_local_writes = on_local_writes  # type: ignore[method-assign]
+    Replicator._schedule_pull = no_periodic_pull  # type: ignore[method-assign,assignment]
 
 
 def _fault_no_quarantine() -> None:

@@ -18,7 +18,7 @@ __all__ = ["ENV", "install", "set_offset"]
 ENV = "EKV_SKEW_FILE"
 
 _SITECUSTOMIZE = """\
-# Written by ekv.testing.chaos.skew: test-only wall-clock skew (see that module).
+# Written by ekv.testing._internal.chaos.skew: test-only wall-clock skew (see that module).
 import os as _os
 import time as _time
 

@@ -41,6 +41,7 @@ from ekv._codec import codec_name
 from ekv._config import ClusterOptions, Config
 from ekv._core.addresses import format_address, parse_address
 from ekv._core.durations import NS_PER_S
+from ekv._log import instance_logging
 from ekv._model import Entry
 from ekv._storage.store import ShardedStore
 
@@ -100,6 +101,7 @@ class ClusterNode:
         self._skew_logged: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
         self._runtime = runtime()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._logging_counted = False
 
     # -- lifecycle (called from the node's thread) ------------------------------------------
 
@@ -110,6 +112,8 @@ class ClusterNode:
         except BaseException:
             self._runtime.release()
             raise
+        instance_logging(self.log.on, +1)  # the shared network loop may log while we run
+        self._logging_counted = True
         for shard in self.store.shards:
             shard.outbox = self.on_local_writes
 
@@ -122,6 +126,9 @@ class ClusterNode:
             # else the interpreter is finalising and the loop thread is frozen: waiting for it
             # would only run into the timeout; the process exit closes the sockets.
         finally:
+            if self._logging_counted:
+                self._logging_counted = False
+                instance_logging(self.log.on, -1)
             self._runtime.release()
 
     async def _start(self) -> None:

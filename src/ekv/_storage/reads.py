@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from ekv._config import Config
 from ekv._core.checksum import row_checksum
 from ekv._core.keys import MAX_KEY_BYTES, check_key, check_prefix, prefix_upper_bound, shard_of
 from ekv._errors import ClosedError, DecodeError
+from ekv._log import NodeLog
 from ekv._model import Entry, Version
 from ekv._storage import schema
 from ekv._storage.datadir import DataDir
@@ -43,13 +43,12 @@ _VALUE = 1  # a range row is (key, value, ts, origin, oseq, expires_at, crc)
 
 _PAGE = 512
 
-_log = logging.getLogger("ekv.storage")
-
 
 class StoreReads:
     """Reads of every shard of one data directory (the base of ``ShardedStore``)."""
 
     config: Config
+    log: NodeLog
     datadir: DataDir
     shards: list[Shard]
     reads: int
@@ -158,7 +157,7 @@ class StoreReads:
             try:
                 self.shards[index].mark_damaged(key, self._now())
             except Exception as exc:  # the read fails with the checksum error either way
-                _log.warning("ekv: recording damage of key %r failed: %s", key, exc)
+                self.log.warning("recording damage of key %r failed: %s", key, exc)
         return damaged_error(key, str(self.datadir.shard_path(index)))
 
     def _checked(self, index: int, row: Any) -> Any:

@@ -10,7 +10,6 @@ applied in the same transactions, by :mod:`ekv._storage.apply`.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -19,6 +18,7 @@ import apsw
 from ekv._core.checksum import row_checksum
 from ekv._core.clock import HybridClock
 from ekv._errors import ClosedError, Error, InternalError
+from ekv._log import NodeLog
 from ekv._model import Entry, RawEvent, Version
 from ekv._storage import schema, shardfile
 from ekv._storage.apply import apply_entries
@@ -28,8 +28,6 @@ from ekv._storage.shardfile import own_tail
 from ekv._storage.sqlite import enable_wal, open_connection, raise_storage_error, storage_error
 
 __all__ = ["EventSink", "RawEvent", "Shard", "own_tail"]
-
-_log = logging.getLogger("ekv.storage")
 
 T = TypeVar("T")
 
@@ -74,6 +72,7 @@ class Shard:
         clock: HybridClock,
         sink: EventSink,
         committer: Committer,
+        log: NodeLog,
         oseq: int,
         last_active_at_ns: int | None,
         synchronous: str = "NORMAL",
@@ -83,6 +82,7 @@ class Shard:
         self.origin = origin
         self.clock = clock
         self.sink = sink
+        self.log = log
         self.last_active_at_ns = last_active_at_ns
         """``last_active_at`` as found when the file was opened (before it was refreshed)."""
         self._conn = conn
@@ -120,6 +120,7 @@ class Shard:
         sink: EventSink,
         committer: Committer,
         synchronous: str,
+        log: NodeLog,
     ) -> Shard:
         """Open (or create) a shard file, verify it belongs to this store, load its counters.
 
@@ -135,7 +136,7 @@ class Shard:
             else:
                 shardfile.verify(cur, path, index, identity, app_id)
             enable_wal(conn)  # only now: a file that is not ours is never modified
-            shardfile.upgrade(conn, path)
+            shardfile.upgrade(conn, path, log)
             damaged = load_damaged(cur)
             previous = shardfile.previous_origin(cur, identity.legacy_origin)
             oseq, own_ts = own_tail(cur, identity.origin)
@@ -156,6 +157,7 @@ class Shard:
             clock=clock,
             sink=sink,
             committer=committer,
+            log=log,
             oseq=oseq,
             last_active_at_ns=last_active if isinstance(last_active, int) else None,
             synchronous=synchronous,
@@ -256,7 +258,7 @@ class Shard:
             for op in batch:
                 op.error = error
             return False
-        _log.info("ekv: %s is writable again", self.path)
+        self.log.info("%s is writable again", self.path)
         return True
 
     def reidentify(self, node_id: str, origin: str) -> None:
@@ -513,7 +515,7 @@ class Shard:
         replication, then deliver the events (only committed writes ever get this far)."""
         for key in cleared:
             if self.damaged.pop(key, None) is not None:
-                _log.warning("ekv: the damaged version of key %r in %s was replaced", key, self.path)
+                self.log.warning("the damaged version of key %r in %s was replaced", key, self.path)
         outbox = self.outbox
         if outbox is not None and writes:
             self._send_out(outbox, writes)
@@ -529,13 +531,13 @@ class Shard:
         try:
             outbox(self.index, out)
         except Exception:  # replication trouble must never fail a committed write
-            _log.exception("ekv: queueing writes for replication failed")
+            self.log.error("queueing writes for replication failed", exc_info=True)
 
     def _publish(self, events: list[RawEvent]) -> None:
         try:
             self.sink.publish(events)
         except Exception:  # a subscriber bug must never fail a committed write
-            _log.exception("ekv: delivering events failed")
+            self.log.error("delivering events failed", exc_info=True)
 
     def _overtake(self, cur: apsw.Cursor, op: Write, oseq: int) -> int:
         """A local write lost LWW: the stored version is ahead of our clock (data written by a
@@ -576,8 +578,8 @@ class Shard:
         self.damaged.update(found)
         self.resent_by.clear()
         for key in found:
-            _log.error(
-                "ekv: DAMAGED VALUE: the stored version of key %r in %s failed its checksum; it will not "
+            self.log.error(
+                "DAMAGED VALUE: the stored version of key %r in %s failed its checksum; it will not "
                 "be served and is being fetched again from members",
                 key,
                 self.path,
@@ -605,7 +607,7 @@ class Shard:
             cur.execute(schema.META_SET, ("clean_shutdown", 1))
             cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except apsw.Error as exc:
-            _log.warning("ekv: final checkpoint of %s failed: %s", self.path, exc)
+            self.log.warning("final checkpoint of %s failed: %s", self.path, exc)
         finally:
             self._conn.close()
         # Operations queued behind the close fail with ClosedError in _commit.

@@ -10,7 +10,6 @@ class of :class:`ShardedStore`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import weakref
@@ -35,6 +34,7 @@ from ekv._errors import (
     EncodeError,
     ValueTooLargeError,
 )
+from ekv._log import NodeLog
 from ekv._model import Entry, Version
 from ekv._storage import schema, shardfile
 from ekv._storage.commit import Committer
@@ -45,8 +45,6 @@ from ekv._storage.shard import EventSink, Shard
 from ekv._storage.sqlite import check_sqlite_version, open_connection, raise_storage_error
 
 __all__ = ["GcReport", "ShardedStore"]
-
-_log = logging.getLogger("ekv.storage")
 
 _open_stores: weakref.WeakSet[ShardedStore] = weakref.WeakSet()
 
@@ -82,6 +80,7 @@ class ShardedStore(StoreReads):
 
     def __init__(self, config: Config, datadir: DataDir, manifest: Manifest, clock: HybridClock) -> None:
         self.config = config
+        self.log = NodeLog(config.name, config.log, "ekv.storage")
         self.datadir = datadir
         self.manifest = manifest
         self.node_id = manifest.node_id
@@ -152,12 +151,13 @@ class ShardedStore(StoreReads):
                             sink=sink,
                             committer=Committer(),
                             synchronous=store._synchronous,
+                            log=store.log,
                         )
                     )
                 if create:
                     datadir.write_manifest(manifest)
                 elif not all(shard.was_clean for shard in store.shards):
-                    _log.info("ekv: %s was not shut down cleanly", config.data_dir)
+                    store.log.info("%s was not shut down cleanly", config.data_dir)
                 store._arm_shards()
             except BaseException:
                 for shard in store.shards:
@@ -178,8 +178,8 @@ class ShardedStore(StoreReads):
             except DiskFullError:
                 full.append(shard.path)
         if full:
-            _log.warning(
-                "ekv: the disk holding %s is full: the store is open for reads; writes fail with DiskFullError "
+            self.log.warning(
+                "the disk holding %s is full: the store is open for reads; writes fail with DiskFullError "
                 "until space is freed",
                 self.config.data_dir,
             )
@@ -202,7 +202,7 @@ class ShardedStore(StoreReads):
             try:
                 shard.reidentify(node_id, origin)
             except DiskFullError:
-                _log.warning("ekv: %s keeps its old identity until it is reopened (disk full)", shard.path)
+                self.log.warning("%s keeps its old identity until it is reopened (disk full)", shard.path)
         return node_id
 
     @classmethod
@@ -290,7 +290,7 @@ class ShardedStore(StoreReads):
             try:
                 conn.close()
             except apsw.Error as exc:  # pragma: no cover - close of a reader
-                _log.debug("closing a reader failed: %s", exc)
+                self.log.verbose("closing a reader failed: %s", exc)
         # self.shards stays populated: a write racing with close finds a closed shard and raises
         # ClosedError from there.
         for shard in self.shards:
@@ -412,7 +412,7 @@ class ShardedStore(StoreReads):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except apsw.Error as exc:
             if not self._closed:
-                _log.warning("ekv: checkpoint of %s failed: %s", path, exc)
+                self.log.warning("checkpoint of %s failed: %s", path, exc)
             return False
         return True
 

@@ -10,8 +10,8 @@ import pytest
 from ekv._cluster import replicator as replicator_module
 from ekv._core import lww
 from ekv._core import vv as vv_module
+from ekv._storage import apply as sim_module_apply
 from ekv._storage import schema
-from ekv._storage import shard as sim_module_shard
 from ekv.testing import sim
 
 SEEDS = int(os.environ.get("EKV_SIM_SEEDS", "200"))
@@ -188,7 +188,7 @@ def test_checker_catches_a_broken_merge_rule(monkeypatch: pytest.MonkeyPatch) ->
     head, tail = broken.split("VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
     monkeypatch.setattr(schema, "_UPSERT_HEAD", head)
     monkeypatch.setattr(schema, "_UPSERT_TAIL", tail)
-    monkeypatch.setattr(sim_module_shard, "_ROWS_PER_STATEMENT", 1)  # no padding rows: they would now apply
+    monkeypatch.setattr(sim_module_apply, "_ROWS_PER_STATEMENT", 1)  # no padding rows: they would now apply
     assert caught(monkeypatch, range(10), duration_ms=10_000) > 0
 
 

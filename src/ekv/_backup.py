@@ -27,14 +27,13 @@ from ekv._storage import schema
 from ekv._storage.datadir import MANIFEST_NAME, DataDir, fsync_dir, new_node_id
 from ekv._storage.integrity import row_ok
 from ekv._storage.sqlite import open_connection, storage_error
+from ekv._usererror import UserError
 
 __all__ = ["backup", "check"]
 
 
 def backup(source: Path, dest: Path, *, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Copy the data directory ``source`` to ``dest`` (new or empty) online."""
-    from ekv._cli import UserError
-
     datadir = DataDir(source)
     manifest = datadir.read_manifest()
     if manifest is None:

@@ -33,15 +33,12 @@ from typing import Any, TextIO
 from ekv._codec import BUILTIN_CODECS
 from ekv._errors import AuthenticationError, Error, LockedError
 from ekv._storage.datadir import LEGACY_CODEC
+from ekv._usererror import UserError
 from ekv._version import __version__
 
 __all__ = ["main", "main_console"]
 
 EXIT_OK, EXIT_ABSENT, EXIT_ERROR, EXIT_USAGE = 0, 1, 2, 64
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line."""
 
 
 # -- argument parsing ---------------------------------------------------------------------------
@@ -57,20 +54,6 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def target(p: argparse.ArgumentParser, *, create: bool = False) -> None:
-        where = p.add_mutually_exclusive_group(required=True)
-        where.add_argument("--data-dir", type=Path, help="work on this data directory (offline)")
-        where.add_argument("--node", metavar="HOST:PORT", help="talk to a running node instead")
-        if create:
-            p.add_argument("--name", default="ekv", help="instance name when creating a store (default: ekv)")
-        p.add_argument(
-            "--codec",
-            choices=BUILTIN_CODECS,
-            help="how values are encoded: an existing store's recorded codec is used (giving another is an error); "
-            "a store being created gets this one (default: pickle)",
-        )
-        p.add_argument("--cookie-file", type=Path, help="file holding the cookie (default: $EKV_COOKIE)")
-
     p = sub.add_parser(
         "demo", help="start a local three-node cluster and show replication, a partition and its healing"
     )
@@ -78,6 +61,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the demo's data directories")
     p.set_defaults(run=_cmd_demo)
 
+    _add_serve(sub)
+    _add_data_commands(sub)
+
+    p = sub.add_parser("backup", help="copy every shard online and consistently into DEST")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("dest", type=Path, metavar="DEST", help="a new (or empty) directory; it opens as a data dir")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(run=_cmd_backup)
+
+    p = sub.add_parser("check", help="verify every shard (integrity, schema, identity); changes nothing")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.set_defaults(run=_cmd_check)
+    return parser
+
+
+def _target(p: argparse.ArgumentParser, *, create: bool = False) -> None:
+    """The options of a command that works on one store: offline (--data-dir) or through a
+    running node (--node), which argparse makes exclusive."""
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="work on this data directory (offline)")
+    where.add_argument("--node", metavar="HOST:PORT", help="talk to a running node instead")
+    if create:
+        p.add_argument("--name", default="ekv", help="instance name when creating a store (default: ekv)")
+    p.add_argument(
+        "--codec",
+        choices=BUILTIN_CODECS,
+        help="how values are encoded: an existing store's recorded codec is used (giving another is an error); "
+        "a store being created gets this one (default: pickle)",
+    )
+    p.add_argument("--cookie-file", type=Path, help="file holding the cookie (default: $EKV_COOKIE)")
+
+
+def _add_serve(sub: Any) -> None:
+    """``ekv serve``: the one long-running command, with the node's own options."""
     p = sub.add_parser("serve", help="run a node until SIGTERM or Ctrl-C")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--name", required=True, help="instance name")
@@ -104,48 +121,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_serve)
 
+
+def _add_data_commands(sub: Any) -> None:
+    """The commands that read or write keys (or show info) of one store, offline or online."""
     p = sub.add_parser("put", help="store a JSON value under KEY")
-    target(p, create=True)
+    _target(p, create=True)
     p.add_argument("key")
     p.add_argument("value", metavar="JSON", help="the value, as JSON (quote it for the shell)")
     p.add_argument("--ttl", type=float, metavar="SECONDS", help="expire after SECONDS (may be fractional)")
     p.set_defaults(run=_cmd_put)
 
     p = sub.add_parser("get", help="print KEY's value as JSON (exit 1, nothing printed, if absent)")
-    target(p)
+    _target(p)
     p.add_argument("key")
     p.set_defaults(run=_cmd_get)
 
     p = sub.add_parser("delete", help="delete KEY")
-    target(p, create=True)
+    _target(p, create=True)
     p.add_argument("key")
     p.set_defaults(run=_cmd_delete)
 
     p = sub.add_parser("scan", help="print the keys under PREFIX and their values as one JSON object")
-    target(p)
+    _target(p)
     p.add_argument("prefix", nargs="?", default="")
     p.set_defaults(run=_cmd_scan)
 
     p = sub.add_parser("keys", help="print the keys under PREFIX, one per line")
-    target(p)
+    _target(p)
     p.add_argument("prefix", nargs="?", default="")
     p.set_defaults(run=_cmd_keys)
 
     p = sub.add_parser("info", help="show the node's identity, members and per-shard state")
-    target(p)
+    _target(p)
     p.add_argument("--json", action="store_true", help="print the info() dict as JSON")
     p.set_defaults(run=_cmd_info)
-
-    p = sub.add_parser("backup", help="copy every shard online and consistently into DEST")
-    p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("dest", type=Path, metavar="DEST", help="a new (or empty) directory; it opens as a data dir")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    p.set_defaults(run=_cmd_backup)
-
-    p = sub.add_parser("check", help="verify every shard (integrity, schema, identity); changes nothing")
-    p.add_argument("--data-dir", type=Path, required=True)
-    p.set_defaults(run=_cmd_check)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

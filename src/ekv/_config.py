@@ -245,6 +245,17 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _cookie_bytes(cookie: object) -> bytes:
+    """The cookie as the handshake uses it: bytes, a str encoded as UTF-8, or b"" for none."""
+    if cookie is None:
+        return b""
+    if isinstance(cookie, str):
+        return cookie.encode()
+    if isinstance(cookie, bytes):
+        return cookie
+    raise ConfigError(f"cookie must be a str or bytes, not {type(cookie).__name__}")
+
+
 def _cluster_options(given: dict[str, Any], *, ttl_ns: int, max_value: int) -> ClusterOptions | None:
     unknown = set(given) - set(CLUSTER_DEFAULTS)
     if unknown:
@@ -270,15 +281,7 @@ def _cluster_options(given: dict[str, Any], *, ttl_ns: int, max_value: int) -> C
             if given[key] is not None and key not in ("listen", "peers", "discovery"):
                 raise ConfigError(f"{key} is a cluster option: give listen=, peers= or discovery= as well")
         return None
-    cookie = opts["cookie"]
-    if cookie is None:
-        cookie_bytes = b""
-    elif isinstance(cookie, str):
-        cookie_bytes = cookie.encode()
-    elif isinstance(cookie, bytes):
-        cookie_bytes = cookie
-    else:
-        raise ConfigError(f"cookie must be a str or bytes, not {type(cookie).__name__}")
+    cookie_bytes = _cookie_bytes(opts["cookie"])
     if listen is not None and not cookie_bytes and not is_loopback(listen[0]):
         raise ConfigError(
             f"listening on {format_address(*listen)} (not loopback) requires a cookie: "

@@ -106,6 +106,27 @@ def _connected(node: _Node, others: list[_Node]) -> bool:
     return all((members.get(o.node_id) or {}).get("connected") for o in others)
 
 
+def _show_mesh(nodes: list[_Node], say: Callable[[str], None]) -> None:
+    """The demo's start: who is who, and how long the three took to find each other."""
+    for node in nodes:
+        say(f"   {node.name}: node {node.node_id} at {node.address} (data in {node.data_dir})")
+    took = _wait(lambda: all(_connected(n, [o for o in nodes if o is not n]) for n in nodes))
+    say(f"   full mesh in {took * 1000:.0f} ms (n3 only knew n1; it learned n2 from n1)")
+
+
+def _show_replication(writer: _Node, others: list[_Node], say: Callable[[str], None]) -> None:
+    """Step 1: a put on ``writer`` and how long each of the others took to have it."""
+    version = writer.call("put", key="demo/greeting", value={"text": "hello from n1"})["version"]
+    say(f"   {writer.name} put demo/greeting = {{'text': 'hello from n1'}}  version {version}")
+    for node in others:
+
+        def arrived(node: _Node = node) -> bool:
+            return node.call("get", key="demo/greeting") is not None
+
+        took = _wait(arrived)
+        say(f"   {node.name} has it after {took * 1000:.1f} ms: {node.call('get', key='demo/greeting')['value']}")
+
+
 def run_demo(*, interactive: bool, keep: bool = False, out: Any = None) -> int:
     out = out or sys.stdout
     root = Path(tempfile.mkdtemp(prefix="ekv-demo-"))
@@ -132,21 +153,10 @@ def run_demo(*, interactive: bool, keep: bool = False, out: Any = None) -> int:
         nodes.append(n2)
         n3 = _Node("n3", root, cookie, ports[2], fronts[2], [n1.advertise])
         nodes.append(n3)
-        for node in nodes:
-            say(f"   {node.name}: node {node.node_id} at {node.address} (data in {node.data_dir})")
-        took = _wait(lambda: all(_connected(n, [o for o in nodes if o is not n]) for n in nodes))
-        say(f"   full mesh in {took * 1000:.0f} ms (n3 only knew n1; it learned n2 from n1)")
+        _show_mesh(nodes, say)
 
         step("1. replication: write on n1, watch it arrive on n2 and n3")
-        version = n1.call("put", key="demo/greeting", value={"text": "hello from n1"})["version"]
-        say(f"   n1 put demo/greeting = {{'text': 'hello from n1'}}  version {version}")
-        for node in (n2, n3):
-
-            def arrived(node: _Node = node) -> bool:
-                return node.call("get", key="demo/greeting") is not None
-
-            took = _wait(arrived)
-            say(f"   {node.name} has it after {took * 1000:.1f} ms: {node.call('get', key='demo/greeting')['value']}")
+        _show_replication(n1, [n2, n3], say)
 
         step("2. partition: n3 is cut off from n1 and n2; both sides keep writing")
         proxy.cut({2: {0, 1}})  # the network between n3 and the others drops everything

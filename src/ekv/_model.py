@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-__all__ = ["Entry", "Event", "EventType", "Version"]
+__all__ = ["Entry", "Event", "EventType", "RawEvent", "Version"]
 
 
 class Version(NamedTuple):
@@ -33,6 +33,10 @@ class Version(NamedTuple):
 
 
 EventType = Literal["put", "delete", "expired"]
+
+RawEvent = tuple[str, str, "bytes | None", Version]
+"""``(type, key, encoded value or None, version)``: an event as storage produces it, before the
+subscriptions decode its value (only for subscribers that want it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,19 +9,42 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ekv._cluster.messages import Hello, Message, Reply, Request
 from ekv._cluster.session import Session
 from ekv._cluster.wire import FrameDecoder
+from ekv._storage.store import ShardedStore
 
-if TYPE_CHECKING:
-    from ekv._cluster.cluster import ClusterNode
-
-__all__ = ["ClientOwner", "client_op", "serve_client"]
+__all__ = ["ClientHost", "ClientOwner", "client_op", "serve_client"]
 
 
-def client_op(cluster: ClusterNode, op: str, args: dict[str, Any]) -> Any:
+class ClientHost(Protocol):
+    """What serving a client needs of the cluster (:class:`ekv._cluster.cluster.ClusterNode`,
+    which imports this module to serve clients: a protocol rather than an import back)."""
+
+    store: ShardedStore
+    node_info: Callable[[], dict[str, Any]] | None
+    clients: set[Session]
+
+    def make_session(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        theirs: Hello,
+        features: frozenset[str],
+        decoder: FrameDecoder,
+        pending: list[Message],
+        *,
+        dialer: bool,
+        address: str | None,
+        owner: Any = None,
+        min_heartbeat_timeout_s: float = 0.0,
+    ) -> Session: ...
+
+
+def client_op(cluster: ClientHost, op: str, args: dict[str, Any]) -> Any:
     """Run one client command (on a worker thread: it may block on SQLite)."""
     store = cluster.store
     if op == "get":
@@ -45,7 +68,7 @@ def client_op(cluster: ClusterNode, op: str, args: dict[str, Any]) -> Any:
 class ClientOwner:
     """Serves the Requests of one client session."""
 
-    def __init__(self, cluster: ClusterNode) -> None:
+    def __init__(self, cluster: ClientHost) -> None:
         self.cluster = cluster
 
     def session_message(self, session: Session, message: Message) -> None:
@@ -72,7 +95,7 @@ class ClientOwner:
 
 
 def serve_client(
-    cluster: ClusterNode,
+    cluster: ClientHost,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     theirs: Hello,

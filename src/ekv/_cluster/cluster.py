@@ -19,16 +19,15 @@ import asyncio
 import contextlib
 import random
 import socket
-import threading
 import time
 import weakref
-from collections import deque
 from typing import Any
 
 from ekv._cluster import auth, identity, report, wire
 from ekv._cluster.clients import serve_client
 from ekv._cluster.listener import ListenerHold
 from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Duplicate, Hello, Members, Message
+from ekv._cluster.outbox import Outbox, live_batches
 from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._cluster.runtime import runtime
 from ekv._cluster.session import (
@@ -42,14 +41,13 @@ from ekv._codec import codec_name
 from ekv._config import ClusterOptions, Config
 from ekv._core.addresses import format_address, parse_address
 from ekv._core.durations import NS_PER_S
+from ekv._log import instance_logging
 from ekv._model import Entry
 from ekv._storage.store import ShardedStore
 
 __all__ = ["ClusterNode"]
 
-_LIVE_BATCH_BYTES = 1 << 20
 _CAN_SEND_BYTES = 2 << 20
-_BUSY_DRAIN = 8  # commits queued at one drain: writes are pouring in
 _BUSY_DRAIN_DELAY_S = 0.002
 _SKEW_WARN_NS = NS_PER_S
 
@@ -82,9 +80,7 @@ class ClusterNode:
         self.addresses: dict[str, dict[str, Any]] = {}
         """address -> {"node_id", "state", "attempts", "last_error", "source"}"""
         self._self_addresses: set[str] = set()
-        self._outbox: deque[tuple[int, list[Entry]]] = deque()
-        self._outbox_lock = threading.Lock()
-        self._outbox_scheduled = False
+        self.outbox = Outbox()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listen_address: tuple[str, int] | None = None
         self._listener = listener
@@ -104,6 +100,7 @@ class ClusterNode:
         self._skew_logged: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
         self._runtime = runtime()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._logging_counted = False
 
     # -- lifecycle (called from the node's thread) ------------------------------------------
 
@@ -114,6 +111,8 @@ class ClusterNode:
         except BaseException:
             self._runtime.release()
             raise
+        instance_logging(self.log.on, +1)  # the shared network loop may log while we run
+        self._logging_counted = True
         for shard in self.store.shards:
             shard.outbox = self.on_local_writes
 
@@ -126,6 +125,9 @@ class ClusterNode:
             # else the interpreter is finalising and the loop thread is frozen: waiting for it
             # would only run into the timeout; the process exit closes the sockets.
         finally:
+            if self._logging_counted:
+                self._logging_counted = False
+                instance_logging(self.log.on, -1)
             self._runtime.release()
 
     async def _start(self) -> None:
@@ -573,49 +575,28 @@ class ClusterNode:
         return session is not None and not session.closed and session.queued_bytes < _CAN_SEND_BYTES
 
     def on_local_writes(self, shard: int, entries: list[Entry]) -> None:
-        """Called by writer threads after each commit of local writes (any thread).
-
-        Waking the network thread costs a system call and two GIL hand-offs (tens of µs here),
-        more than the write itself. So a quiet node wakes it at once (low latency), but while
-        writes pour in, the network thread drains the queue every millisecond on its own timer
-        and writers do not wake it at all (throughput)."""
-        with self._outbox_lock:
-            self._outbox.append((shard, entries))
-            if self._outbox_scheduled:
-                return
-            self._outbox_scheduled = True
+        """Called by writer threads after each commit of local writes (any thread): queue them
+        in the (bounded) outbox. A quiet node wakes the network thread at once (low latency);
+        while writes pour in, it drains every couple of milliseconds on its own timer and
+        writers do not wake it at all (throughput). See :mod:`ekv._cluster.outbox`."""
+        if not self.outbox.put(shard, entries):
+            return
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._drain_outbox)
 
     def _drain_outbox(self) -> None:
-        with self._outbox_lock:
-            items = list(self._outbox)
-            self._outbox.clear()
-            busy = len(items) >= _BUSY_DRAIN and not self._stopping
-            self._outbox_scheduled = busy  # while busy, our timer drains; writers need not wake us
+        items, busy = self.outbox.take(stopping=self._stopping)
         if busy and self._loop is not None:
             self._loop.call_later(_BUSY_DRAIN_DELAY_S, self._drain_outbox)
         rep = self.replicator
         if rep is None or not items or not self.sessions:
             return
-        by_shard: dict[int, list[Entry]] = {}
-        for shard, entries in items:
-            by_shard.setdefault(shard, []).extend(entries)
         self._coalesce = {}  # one socket write per member for the whole drain
         try:
-            for shard, entries in by_shard.items():
-                batch: list[Entry] = []
-                size = 0
-                for entry in entries:
-                    batch.append(entry)
-                    size += len(entry.key) + (len(entry.value) if entry.value is not None else 0) + 40
-                    if size >= _LIVE_BATCH_BYTES:
-                        rep.on_local_writes(shard, batch)
-                        batch, size = [], 0
-                if batch:
-                    rep.on_local_writes(shard, batch)
+            for shard, batch in live_batches(items):
+                rep.on_local_writes(shard, batch)
         finally:
             pending, self._coalesce = self._coalesce, None
             for session, frames in pending.items():

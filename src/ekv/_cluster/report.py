@@ -107,7 +107,7 @@ def cluster_info(self: ClusterNode) -> dict[str, Any]:
         "quarantined": dict(rep.quarantined),
         "refused": {host: dict(item) for host, item in self.refused.items()},
         "vv": [rep.current_vv(i) for i in range(len(self.store.shards))],
-        "stats": dict(rep.stats),
+        "stats": {**rep.stats, "outbox_dropped": self.outbox.dropped},
     }
 
 
@@ -124,7 +124,8 @@ def cluster_metrics(self: ClusterNode) -> dict[str, float]:
         "ekv_replication_live_applied_total": rep.stats["live_applied"],
         "ekv_replication_sync_entries_applied_total": rep.stats["sync_entries_applied"],
         "ekv_replication_repair_pulls_total": rep.stats["repair_pulls"],
-        "ekv_replication_outbox": len(self._outbox),
+        "ekv_replication_outbox": len(self.outbox),
+        "ekv_replication_outbox_dropped_total": self.outbox.dropped,
     }
     own = [self.store.shards[i].oseq for i in range(len(self.store.shards))]
     for node_id, state in rep.peers.items():

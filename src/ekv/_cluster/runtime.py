@@ -24,9 +24,11 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
+from ekv._log import any_instance_logs
+
 __all__ = ["Endpoint", "NameTaken", "Runtime", "runtime"]
 
-_log = logging.getLogger("ekv.net")
+_log = logging.getLogger("ekv.net")  # shared by every instance: gated by any_instance_logs()
 
 T = TypeVar("T")
 
@@ -208,7 +210,8 @@ class Runtime:
             endpoint, first = routed
             await endpoint.accept(reader, writer, first)
         except Exception:  # one bad connection must never take the listener down
-            _log.debug("ekv: incoming connection failed", exc_info=True)
+            if any_instance_logs():  # belongs to no instance yet: quiet unless one has logging on
+                _log.debug("ekv: incoming connection failed", exc_info=True)
             writer.close()
 
 

@@ -18,7 +18,6 @@ frozen and a close that needs one would wait for it in vain.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import threading
 import time
@@ -46,11 +45,11 @@ from ekv._storage.store import GcReport, ShardedStore
 if TYPE_CHECKING:
     from ekv._cluster.cluster import ClusterNode
     from ekv._cluster.listener import ListenerHold
+from ekv._log import NodeLog
 from ekv._version import __version__
 
 __all__ = ["Node", "NodeLog"]
 
-_logger = logging.getLogger("ekv")
 
 _open_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
 
@@ -67,41 +66,12 @@ def _close_open_nodes() -> None:
         try:
             node.close()
         except Exception:
-            _logger.error("ekv: closing %s at interpreter exit failed", node.config.data_dir, exc_info=True)
+            node.log.error("closing %s at interpreter exit failed", node.config.data_dir, exc_info=True)
 
 
 atexit.register(_close_open_nodes)
 # A child made by fork() inherits the parent's nodes but owns none of them: its exit must not close them.
 os.register_at_fork(after_in_child=_open_nodes.clear)
-
-
-class NodeLog:
-    """Logging honouring the ``log`` option, with the instance name in every message.
-
-    ``log=False`` silences everything; ``"info"`` emits operational messages and problems;
-    ``"verbose"`` adds per-shard detail at DEBUG level. Nothing is logged on the hot path.
-    """
-
-    def __init__(self, name: str, level: object) -> None:
-        self._prefix = f"ekv[{name}] "
-        self._on = level is not False
-        self._verbose = level == "verbose"
-
-    def info(self, msg: str, *args: object) -> None:
-        if self._on:
-            _logger.info(self._prefix + msg, *args)
-
-    def warning(self, msg: str, *args: object) -> None:
-        if self._on:
-            _logger.warning(self._prefix + msg, *args)
-
-    def error(self, msg: str, *args: object, exc_info: bool = False) -> None:
-        if self._on:
-            _logger.error(self._prefix + msg, *args, exc_info=exc_info)
-
-    def verbose(self, msg: str, *args: object) -> None:
-        if self._verbose:
-            _logger.debug(self._prefix + msg, *args)
 
 
 class _Periodic:
@@ -147,7 +117,7 @@ class Node:
         self.config = config
         self.log = NodeLog(config.name, config.log)
         self.clock = HybridClock(config.clock)
-        self.registry = Registry(config.codec.loads)
+        self.registry = Registry(config.codec.loads, self.log.child("ekv.subscriptions"))
         self.dispatcher = Dispatcher(config.name)
         started = time.perf_counter()
         # Bind the listener first: a port in use must fail before the data directory is created

@@ -27,7 +27,6 @@ one dispatcher thread per store so a slow callback cannot block a writer).
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections import deque
@@ -36,12 +35,11 @@ from typing import Any
 
 from ekv._core.keys import subscription_candidates
 from ekv._errors import ClosedError, SubscriptionClosed, SubscriptionOverflow, Timeout
+from ekv._log import NodeLog
 from ekv._model import Event
 from ekv._storage.shard import RawEvent
 
 __all__ = ["AsyncSubscription", "CallbackSubscription", "Registry", "Subscription"]
-
-_log = logging.getLogger("ekv.subscriptions")
 
 
 class Registry:
@@ -51,8 +49,9 @@ class Registry:
     writer reads ``self._index`` without a lock, and (un)subscribing swaps in a new dict.
     """
 
-    def __init__(self, loads: Callable[[bytes], Any]) -> None:
+    def __init__(self, loads: Callable[[bytes], Any], log: NodeLog) -> None:
         self._loads = loads
+        self.log = log
         self._index: dict[str, tuple[BaseSubscription, ...]] = {}
         self._lock = threading.Lock()
         self.active = False
@@ -130,7 +129,7 @@ class Registry:
         try:
             return self._loads(blob)
         except Exception as exc:
-            _log.warning("ekv: cannot decode the value of %r for an event (%s); delivering None", key, exc)
+            self.log.warning("cannot decode the value of %r for an event (%s); delivering None", key, exc)
             return None
 
     def close_all(self) -> None:
@@ -228,7 +227,7 @@ class BaseSubscription:
             "events after the overflow were not delivered: re-subscribe and re-read the keys"
         )
         registry.remove(self)  # lock order: subscription, then registry (never the reverse)
-        _log.warning("ekv: subscriber %r overflowed (%d events queued); it was closed", self.patterns, self._queued)
+        registry.log.warning("subscriber %r overflowed (%d events queued); it was closed", self.patterns, self._queued)
         return False
 
     def _wake(self) -> None:  # pragma: no cover - overridden
@@ -433,7 +432,7 @@ class Dispatcher:
                 try:
                     sub.callback(batch)
                 except Exception:
-                    _log.exception("ekv: subscription callback %r raised", sub.callback)
+                    sub._registry.log.error("subscription callback %r raised", sub.callback, exc_info=True)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Run the callbacks still queued, then stop the thread."""

@@ -27,18 +27,30 @@ from __future__ import annotations
 from _thread import allocate_lock
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ekv._errors import ClosedError
 from ekv._model import Entry, Version
 
-if TYPE_CHECKING:
-    from ekv._storage.shard import Shard
-
-__all__ = ["Apply", "Committer", "Exclusive", "Op", "Write"]
+__all__ = ["Apply", "CommitTarget", "Committer", "Exclusive", "Op", "Write"]
 
 _MAX_BATCH = 256
 _MAX_ROUNDS = 8
+
+
+class CommitTarget(Protocol):
+    """What the group commit needs of a shard (:class:`ekv._storage.shard.Shard`): running one
+    operation, a group, or an exclusive job on its writer connection. A protocol rather than an
+    import, so that this module, which the shard uses, does not depend on the shard back."""
+
+    def run(self, op: Op) -> None:
+        """Run one operation (the uncontended path)."""
+
+    def commit(self, batch: list[Op]) -> None:
+        """Commit a group of queued operations of this shard; set each op's outcome."""
+
+    def run_exclusive_op(self, op: Exclusive) -> None:
+        """Run an exclusive job alone on the writer connection."""
 
 
 class Op:
@@ -46,7 +58,7 @@ class Op:
 
     __slots__ = ("done", "error", "handoff", "shard", "waiter")
 
-    def __init__(self, shard: Shard) -> None:
+    def __init__(self, shard: CommitTarget) -> None:
         self.shard = shard
         self.done = self.handoff = False
         self.error: BaseException | None = None
@@ -58,7 +70,7 @@ class Write(Op):
 
     __slots__ = ("blob", "expires_at", "key", "oseq", "version")
 
-    def __init__(self, shard: Shard, key: str, blob: bytes | None, expires_at: int | None) -> None:
+    def __init__(self, shard: CommitTarget, key: str, blob: bytes | None, expires_at: int | None) -> None:
         # Fields set inline rather than through super().__init__: this runs on every write.
         self.shard = shard
         self.done = self.handoff = False
@@ -76,7 +88,7 @@ class Apply(Op):
 
     __slots__ = ("applied", "entries", "vv")
 
-    def __init__(self, shard: Shard, entries: Sequence[Entry], vv: Mapping[str, int] | None = None) -> None:
+    def __init__(self, shard: CommitTarget, entries: Sequence[Entry], vv: Mapping[str, int] | None = None) -> None:
         super().__init__(shard)
         self.entries = entries
         self.vv = vv
@@ -89,7 +101,7 @@ class Exclusive(Op):
 
     __slots__ = ("fn", "result")
 
-    def __init__(self, shard: Shard, fn: Callable[[], Any]) -> None:
+    def __init__(self, shard: CommitTarget, fn: Callable[[], Any]) -> None:
         super().__init__(shard)
         self.fn = fn
         self.result: Any = None
@@ -163,7 +175,7 @@ class Committer:
                 batch[0].shard.run(batch[0])
                 _wake(batch)
                 return
-            groups: dict[Shard, list[Op]] = {}
+            groups: dict[CommitTarget, list[Op]] = {}
             for op in batch:
                 if type(op) is Exclusive:
                     self._flush(groups)
@@ -181,7 +193,7 @@ class Committer:
             _wake(batch)  # whatever an exception skipped; waking twice is prevented by `done`
 
     @staticmethod
-    def _flush(groups: dict[Shard, list[Op]]) -> None:
+    def _flush(groups: dict[CommitTarget, list[Op]]) -> None:
         for shard, group in groups.items():
             shard.commit(group)
             _wake(group)

@@ -10,6 +10,7 @@ replicator asks each member for a full resend of the shard until a copy of the k
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from typing import Any
 
 import apsw
@@ -18,7 +19,7 @@ from ekv._core.checksum import row_checksum
 from ekv._errors import ChecksumError
 from ekv._storage import schema
 
-__all__ = ["DamagedVersion", "damaged_error", "load_damaged", "row_ok", "upgrade_to_2"]
+__all__ = ["DamagedVersion", "damaged_error", "load_damaged", "row_ok", "upgrade_to_2", "visible_value"]
 
 DamagedVersion = tuple[int, str, int]
 """``(ts, origin, oseq)`` of a damaged row as read (any of them may be the damaged part)."""
@@ -28,6 +29,18 @@ def row_ok(row: Any) -> bool:
     """Whether a ``(key, ts, origin, oseq, expires_at, value, crc)`` row matches its checksum."""
     key, ts, origin, oseq, expires_at, value, crc = row
     return bool(crc == row_checksum(key, ts, origin, oseq, expires_at, value))
+
+
+def visible_value(cur: apsw.Cursor, key: str, damaged: Container[str], now_ns: Callable[[], int]) -> bytes | None:
+    """The value a delete event reports as the previous one (None if there is none, or if the
+    stored row is damaged: a damaged value is never handed out, not even in an event)."""
+    row = cur.execute(schema.ROW, (key,)).get
+    if row is None or key in damaged:
+        return None
+    value, expires_at = row[5], row[4]
+    if value is None or (expires_at is not None and expires_at <= now_ns()) or not row_ok(row):
+        return None
+    return value  # type: ignore[no-any-return]
 
 
 def damaged_error(key: str, path: str) -> ChecksumError:

@@ -1,7 +1,8 @@
 """One shard: a SQLite file and its single writer connection.
 
 This module holds the SQL work of a shard: opening and verifying the file, committing a group
-of writes (each one LWW-checked on its own), applying remote versions, and running exclusive jobs.
+of writes (each one LWW-checked on its own), and running exclusive jobs; remote versions are
+applied in the same transactions, by :mod:`ekv._storage.apply`.
 *When* that work runs, and on which thread, is decided by the shard's group commit in
 :mod:`ekv._storage.commit`; reads never come here (see :mod:`ekv._storage.store`).
 """
@@ -9,33 +10,26 @@ of writes (each one LWW-checked on its own), applying remote versions, and runni
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import apsw
 
-from ekv._core import lww
 from ekv._core.checksum import row_checksum
 from ekv._core.clock import HybridClock
 from ekv._errors import ClosedError, Error, InternalError
-from ekv._model import Entry, Version
+from ekv._log import NodeLog
+from ekv._model import Entry, RawEvent, Version
 from ekv._storage import schema, shardfile
+from ekv._storage.apply import apply_entries
 from ekv._storage.commit import Apply, Committer, Exclusive, Op, Write
-from ekv._storage.integrity import DamagedVersion, load_damaged, row_ok
+from ekv._storage.integrity import DamagedVersion, load_damaged, row_ok, visible_value
 from ekv._storage.shardfile import own_tail
 from ekv._storage.sqlite import enable_wal, open_connection, raise_storage_error, storage_error
 
 __all__ = ["EventSink", "RawEvent", "Shard", "own_tail"]
 
-_ROWS_PER_STATEMENT = 256
-
-_log = logging.getLogger("ekv.storage")
-
 T = TypeVar("T")
-
-RawEvent = tuple[str, str, "bytes | None", Version]
-"""``(type, key, encoded value or None, version)``: an event before its value is decoded."""
 
 
 class EventSink(Protocol):
@@ -79,6 +73,7 @@ class Shard:
         clock: HybridClock,
         sink: EventSink,
         committer: Committer,
+        log: NodeLog,
         oseq: int,
         last_active_at_ns: int | None,
         synchronous: str = "NORMAL",
@@ -88,6 +83,7 @@ class Shard:
         self.origin = origin
         self.clock = clock
         self.sink = sink
+        self.log = log
         self.last_active_at_ns = last_active_at_ns
         """``last_active_at`` as found when the file was opened (before it was refreshed)."""
         self._conn = conn
@@ -125,6 +121,7 @@ class Shard:
         sink: EventSink,
         committer: Committer,
         synchronous: str,
+        log: NodeLog,
     ) -> Shard:
         """Open (or create) a shard file, verify it belongs to this store, load its counters.
 
@@ -140,7 +137,7 @@ class Shard:
             else:
                 shardfile.verify(cur, path, index, identity, app_id)
             enable_wal(conn)  # only now: a file that is not ours is never modified
-            shardfile.upgrade(conn, path)
+            shardfile.upgrade(conn, path, log)
             damaged = load_damaged(cur)
             previous = shardfile.previous_origin(cur, identity.legacy_origin)
             oseq, own_ts = own_tail(cur, identity.origin)
@@ -161,6 +158,7 @@ class Shard:
             clock=clock,
             sink=sink,
             committer=committer,
+            log=log,
             oseq=oseq,
             last_active_at_ns=last_active if isinstance(last_active, int) else None,
             synchronous=synchronous,
@@ -261,7 +259,7 @@ class Shard:
             for op in batch:
                 op.error = error
             return False
-        _log.info("ekv: %s is writable again", self.path)
+        self.log.info("%s is writable again", self.path)
         return True
 
     def reidentify(self, node_id: str, origin: str) -> None:
@@ -402,7 +400,7 @@ class Shard:
             if events is not None and sink.matches(key):
                 prev = None
                 if blob is None:
-                    prev = latest[key] if key in latest else self._visible_value(cur, key)
+                    prev = latest[key] if key in latest else visible_value(cur, key, damaged, self.clock.wall.now_ns)
                 wanted.append((op, prev))
                 latest[key] = blob
             ts = tick()
@@ -470,7 +468,15 @@ class Shard:
                     writes += run
                     run = []
                 assert type(op) is Apply
-                self._apply_one(cur, op, events)
+                op.applied = apply_entries(
+                    cur,
+                    op.entries,
+                    clock=self.clock,
+                    damaged=self.damaged,
+                    cleared=cleared,
+                    events=events,
+                    matches=self.sink.matches,
+                )
                 if op.vv:
                     for origin, oseq in op.vv.items():
                         if origin != self.origin:
@@ -510,7 +516,7 @@ class Shard:
         replication, then deliver the events (only committed writes ever get this far)."""
         for key in cleared:
             if self.damaged.pop(key, None) is not None:
-                _log.warning("ekv: the damaged version of key %r in %s was replaced", key, self.path)
+                self.log.warning("the damaged version of key %r in %s was replaced", key, self.path)
         outbox = self.outbox
         if outbox is not None and writes:
             self._send_out(outbox, writes)
@@ -526,13 +532,13 @@ class Shard:
         try:
             outbox(self.index, out)
         except Exception:  # replication trouble must never fail a committed write
-            _log.exception("ekv: queueing writes for replication failed")
+            self.log.error("queueing writes for replication failed", exc_info=True)
 
     def _publish(self, events: list[RawEvent]) -> None:
         try:
             self.sink.publish(events)
         except Exception:  # a subscriber bug must never fail a committed write
-            _log.exception("ekv: delivering events failed")
+            self.log.error("delivering events failed", exc_info=True)
 
     def _overtake(self, cur: apsw.Cursor, op: Write, oseq: int) -> int:
         """A local write lost LWW: the stored version is ahead of our clock (data written by a
@@ -548,107 +554,6 @@ class Shard:
         if not self._conn.changes():
             raise InternalError(f"a local write of {op.key!r} lost to {stored!r} after the clock passed it")
         return ts
-
-    def _apply_one(self, cur: apsw.Cursor, op: Apply, events: list[RawEvent] | None) -> None:
-        """Apply remote entries in order, each checked against LWW.
-
-        The winners are decided in Python against the stored versions (read with one query per
-        500 keys) and the versions applied earlier in the same batch, then written with
-        multi-row upserts: a few calls into SQLite per batch instead of one per entry. The
-        upsert's WHERE clause still guards every row; if SQLite disagrees with the decision
-        (it cannot while we hold the shard), the batch fails rather than report a wrong result.
-        """
-        entries = op.entries
-        if not entries:
-            return
-        clock = self.clock
-        now = clock.wall.now_ns()
-        sink = self.sink
-        current = {k: Version(*v) for k, v in schema.stored_versions(cur, {e.key for e in entries}).items()}
-        damaged = self.damaged
-        # Rows still holding their damaged version (a row since replaced by a peer's copy,
-        # even an older one, verifies again and follows LWW as usual).
-        untrusted = (
-            {key for key, version in current.items() if key in damaged and version == Version(*damaged[key][:2])}
-            if damaged
-            else set()
-        )
-        batch_value: dict[str, bytes | None] = {}  # values written earlier in this batch
-        rows: list[Any] = []
-        applied = op.applied
-        top = 0
-        for entry in entries:
-            key = entry.key
-            ts = entry.timestamp_ns
-            if ts > top:
-                top = ts
-            version = Version(ts, entry.origin)
-            if key in untrusted:
-                # A damaged row competes with nothing: the first copy from a peer replaces it
-                # (deleted first, so the upsert below inserts), later ones follow LWW as usual.
-                untrusted.discard(key)
-                cur.execute("DELETE FROM kv WHERE key = ?", (key,))
-                current.pop(key, None)
-                bad_ts, bad_origin, _ = damaged[key]
-                if version >= Version(bad_ts, bad_origin):
-                    self._cleared.append(key)
-            if not lww.wins(version, current.get(key)):
-                continue  # loses (or is a duplicate): changes nothing
-            current[key] = version
-            value = entry.value
-            expires_at = entry.expires_at_ns
-            expired_value: bytes | None = None
-            if value is not None and expires_at is not None and expires_at <= now:
-                expired_value, value = value, None  # already expired: store the tombstone form
-            if events is not None and sink.matches(key):
-                if value is not None:
-                    events.append(("put", key, value, version))
-                else:
-                    prev = batch_value[key] if key in batch_value else self._visible_value(cur, key)
-                    if expires_at is not None:
-                        events.append(("expired", key, expired_value if expired_value is not None else prev, version))
-                    else:
-                        events.append(("delete", key, prev, version))
-            batch_value[key] = value if value is None or expires_at is None or expires_at > now else None
-            deleted_at = None if value is not None else (expires_at if expires_at is not None else ts)
-            rows += (
-                key,
-                ts,
-                entry.origin,
-                entry.oseq,
-                expires_at,
-                deleted_at,
-                value,
-                row_checksum(key, ts, entry.origin, entry.oseq, expires_at, value),
-            )
-            applied.append(
-                entry if value is entry.value else Entry(key, ts, entry.origin, entry.oseq, expires_at, None)
-            )
-        clock.observe(top)
-        written = 0
-        width = schema.UPSERT_COLUMNS
-        step = width * _ROWS_PER_STATEMENT
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
-            count = len(chunk) // width
-            shape = 1 << (count - 1).bit_length()
-            if shape != count:
-                chunk += chunk[-width:] * (shape - count)
-            cur.execute(schema.upsert_rows(shape), chunk)
-            written += self._conn.changes()
-        if written != len(applied):
-            raise InternalError(f"applied {written} remote rows where {len(applied)} were expected to win")
-
-    def _visible_value(self, cur: apsw.Cursor, key: str) -> bytes | None:
-        """The value a delete event reports as the previous one (None if there is none, or if
-        the stored row is damaged: a damaged value is never handed out)."""
-        row = cur.execute(schema.ROW, (key,)).get
-        if row is None or key in self.damaged:
-            return None
-        value, expires_at = row[5], row[4]
-        if value is None or (expires_at is not None and expires_at <= self.clock.wall.now_ns()) or not row_ok(row):
-            return None
-        return value  # type: ignore[no-any-return]
 
     # -- damage (bit rot) ------------------------------------------------------------------------
 
@@ -674,8 +579,8 @@ class Shard:
         self.damaged.update(found)
         self.resent_by.clear()
         for key in found:
-            _log.error(
-                "ekv: DAMAGED VALUE: the stored version of key %r in %s failed its checksum; it will not "
+            self.log.error(
+                "DAMAGED VALUE: the stored version of key %r in %s failed its checksum; it will not "
                 "be served and is being fetched again from members",
                 key,
                 self.path,
@@ -703,7 +608,7 @@ class Shard:
             cur.execute(schema.META_SET, ("clean_shutdown", 1))
             cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except apsw.Error as exc:
-            _log.warning("ekv: final checkpoint of %s failed: %s", self.path, exc)
+            self.log.warning("final checkpoint of %s failed: %s", self.path, exc)
         finally:
             self._conn.close()
         # Operations queued behind the close fail with ClosedError in _commit.

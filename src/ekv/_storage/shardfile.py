@@ -7,7 +7,6 @@ runs after a shard is open.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,6 +15,7 @@ import apsw
 from ekv._codec import codec_name
 from ekv._config import Config
 from ekv._errors import CorruptionError
+from ekv._log import NodeLog
 from ekv._storage import schema
 from ekv._storage.datadir import DataDir, Manifest, new_node_id
 from ekv._storage.integrity import upgrade_to_2
@@ -32,8 +32,6 @@ __all__ = [
     "verify",
 ]
 
-_log = logging.getLogger("ekv.storage")
-
 
 class ShardIdentity(Protocol):
     name: str
@@ -47,12 +45,12 @@ class ShardIdentity(Protocol):
     """Node ids the directory had before it re-identified: a shard may still name one."""
 
 
-def upgrade(conn: apsw.Connection, path: str) -> None:
+def upgrade(conn: apsw.Connection, path: str, log: NodeLog) -> None:
     """Bring a verified shard of an older schema up to :data:`schema.SCHEMA_VERSION`."""
     version = conn.execute("PRAGMA user_version").get
     if version == 1:
         rows = upgrade_to_2(conn)
-        _log.info("ekv: upgraded %s to schema %d (%d rows checksummed)", path, schema.SCHEMA_VERSION, rows)
+        log.info("upgraded %s to schema %d (%d rows checksummed)", path, schema.SCHEMA_VERSION, rows)
 
 
 def is_empty(cur: apsw.Cursor) -> bool:

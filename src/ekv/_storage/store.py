@@ -1,22 +1,19 @@
 """The sharded store: every shard of a data directory behind one key-value interface.
 
 Writes are routed to the shard that owns the key (:func:`ekv._core.keys.shard_of`) and go
-through that shard's group commit. Reads never touch a writer: each thread reads through its
-own connection to each shard (WAL lets readers and the writer proceed at once), created on first
-use and closed with the store. Prefix reads fan out to every shard and merge the per-shard
-results, which are each in key order, into one ascending stream.
+through that shard's group commit. This module opens and closes the store (identity, locking,
+arming the shards), routes writes and remote applies, runs GC passes and checkpoints; the
+reading side (per-thread readers, point and prefix reads) is :mod:`ekv._storage.reads`, the base
+class of :class:`ShardedStore`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
-import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,12 +23,10 @@ import apsw
 
 from ekv._codec import BUILTIN_CODECS, codec_name
 from ekv._config import Config
-from ekv._core.checksum import row_checksum
 from ekv._core.clock import HybridClock
 from ekv._core.durations import duration_ns
-from ekv._core.keys import MAX_KEY_BYTES, check_key, check_prefix, prefix_upper_bound, shard_of
+from ekv._core.keys import MAX_KEY_BYTES, check_key, shard_of
 from ekv._errors import (
-    ClosedError,
     CorruptionError,
     DataDirError,
     DecodeError,
@@ -39,22 +34,17 @@ from ekv._errors import (
     EncodeError,
     ValueTooLargeError,
 )
+from ekv._log import NodeLog
 from ekv._model import Entry, Version
 from ekv._storage import schema, shardfile
 from ekv._storage.commit import Committer
 from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, check_codec, new_incarnation, new_node_id
 from ekv._storage.gc import EXPIRE_BATCH, PURGE_BATCH, GcReport, expire_batch, finish_gc, purge_batch
-from ekv._storage.integrity import damaged_error, row_ok
+from ekv._storage.reads import StoreReads
 from ekv._storage.shard import EventSink, Shard
 from ekv._storage.sqlite import check_sqlite_version, open_connection, raise_storage_error
 
 __all__ = ["GcReport", "ShardedStore"]
-
-_VALUE = 1  # a range row is (key, value, ts, origin, oseq, expires_at, crc)
-
-_log = logging.getLogger("ekv.storage")
-
-_PAGE = 512
 
 _open_stores: weakref.WeakSet[ShardedStore] = weakref.WeakSet()
 
@@ -85,11 +75,12 @@ class _Identity:
         self.former_ids = manifest.former_ids
 
 
-class ShardedStore:
+class ShardedStore(StoreReads):
     """All shards of one data directory. Create with :meth:`open`; thread-safe."""
 
     def __init__(self, config: Config, datadir: DataDir, manifest: Manifest, clock: HybridClock) -> None:
         self.config = config
+        self.log = NodeLog(config.name, config.log, "ekv.storage")
         self.datadir = datadir
         self.manifest = manifest
         self.node_id = manifest.node_id
@@ -160,12 +151,13 @@ class ShardedStore:
                             sink=sink,
                             committer=Committer(),
                             synchronous=store._synchronous,
+                            log=store.log,
                         )
                     )
                 if create:
                     datadir.write_manifest(manifest)
                 elif not all(shard.was_clean for shard in store.shards):
-                    _log.info("ekv: %s was not shut down cleanly", config.data_dir)
+                    store.log.info("%s was not shut down cleanly", config.data_dir)
                 store._arm_shards()
             except BaseException:
                 for shard in store.shards:
@@ -186,8 +178,8 @@ class ShardedStore:
             except DiskFullError:
                 full.append(shard.path)
         if full:
-            _log.warning(
-                "ekv: the disk holding %s is full: the store is open for reads; writes fail with DiskFullError "
+            self.log.warning(
+                "the disk holding %s is full: the store is open for reads; writes fail with DiskFullError "
                 "until space is freed",
                 self.config.data_dir,
             )
@@ -210,7 +202,7 @@ class ShardedStore:
             try:
                 shard.reidentify(node_id, origin)
             except DiskFullError:
-                _log.warning("ekv: %s keeps its old identity until it is reopened (disk full)", shard.path)
+                self.log.warning("%s keeps its old identity until it is reopened (disk full)", shard.path)
         return node_id
 
     @classmethod
@@ -298,121 +290,13 @@ class ShardedStore:
             try:
                 conn.close()
             except apsw.Error as exc:  # pragma: no cover - close of a reader
-                _log.debug("closing a reader failed: %s", exc)
+                self.log.verbose("closing a reader failed: %s", exc)
         # self.shards stays populated: a write racing with close finds a closed shard and raises
         # ClosedError from there.
         for shard in self.shards:
             shard.close()
         self.datadir.unlock()
         _open_stores.discard(self)
-
-    def _closed_error(self) -> ClosedError:
-        if self._readonly and not self._closed:
-            return ClosedError("this store was opened read-only")
-        if self._forked:
-            return ClosedError("this store was opened by the parent process; open it again after fork()")
-        return ClosedError("the store is closed")
-
-    # -- readers -----------------------------------------------------------------------------
-
-    def _cursors(self) -> list[apsw.Cursor]:
-        try:
-            return self._tls.cursors  # type: ignore[no-any-return]
-        except AttributeError:
-            return self._open_readers()
-
-    def _open_readers(self) -> list[apsw.Cursor]:
-        if self._closed:
-            raise self._closed_error()
-        cursors = []
-        with self._readers_lock:
-            for index in range(self._count):
-                conn = open_connection(
-                    str(self.datadir.shard_path(index)), create=False, synchronous=self._synchronous, reader=True
-                )
-                self._readers.add(conn)
-                cursors.append(conn.cursor())
-        self._tls.cursors = cursors
-        return cursors
-
-    # -- point operations --------------------------------------------------------------------
-
-    def _encode_key(self, key: object) -> bytes:
-        try:
-            encoded: bytes = key.encode()  # type: ignore[attr-defined]
-        except (AttributeError, UnicodeEncodeError, TypeError):
-            return check_key(key)
-        if type(key) is not str or not encoded or b"\x00" in encoded or len(encoded) > MAX_KEY_BYTES:
-            return check_key(key)
-        return encoded
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value of ``key``, or ``default`` if it is absent, deleted or expired."""
-        if self._closed:
-            raise self._closed_error()
-        self.reads += 1  # approximate under threads (not locked): a metric, not an invariant
-        index = crc32(self._encode_key(key)) % self._count
-        try:
-            row = self._cursors()[index].execute(schema.GET, (key,)).get
-        except apsw.Error as exc:
-            if self._closed:
-                raise self._closed_error() from exc
-            raise_storage_error(exc)
-        if row is None:
-            return default
-        value, expires_at, ts, origin, oseq, crc = row
-        if value is None:
-            return default
-        if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
-            raise self._damaged(index, key)
-        if expires_at is not None and expires_at <= self._now():
-            return default
-        return self._decode(value, key)
-
-    def lookup(self, key: str) -> tuple[Any, Version] | None:
-        """``(value, version)`` of a visible key, else ``None``."""
-        if self._closed:
-            raise self._closed_error()
-        self.reads += 1
-        index = crc32(self._encode_key(key)) % self._count
-        try:
-            row = self._cursors()[index].execute(schema.GET, (key,)).get
-        except apsw.Error as exc:
-            if self._closed:
-                raise self._closed_error() from exc
-            raise_storage_error(exc)
-        if row is None:
-            return None
-        value, expires_at, ts, origin, oseq, crc = row
-        if value is None:
-            return None
-        if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
-            raise self._damaged(index, key)
-        if expires_at is not None and expires_at <= self._now():
-            return None
-        return self._decode(value, key), Version(ts, origin)
-
-    def _damaged(self, index: int, key: str) -> Exception:
-        """The error for a read that found ``key``'s row damaged; records the damage (through
-        the shard's writer, which checks again) so that repair starts."""
-        if self.shards and not self._readonly and key not in self.shards[index].damaged:
-            try:
-                self.shards[index].mark_damaged(key, self._now())
-            except Exception as exc:  # the read fails with the checksum error either way
-                _log.warning("ekv: recording damage of key %r failed: %s", key, exc)
-        return damaged_error(key, str(self.datadir.shard_path(index)))
-
-    def _checked(self, index: int, row: Any) -> Any:
-        """``row`` (``(key, ts, origin, oseq, expires_at, value, crc)``) if it verifies."""
-        if not row_ok(row):
-            raise self._damaged(index, row[0])
-        return row
-
-    def _decode(self, value: bytes, key: str) -> Any:
-        try:
-            return self._loads(value)
-        except Exception as exc:
-            raise DecodeError(f"cannot decode the stored value of key {key!r:.80}: {exc}") from exc
 
     def put(self, key: str, value: Any, ttl: object = None) -> Version:
         """Store ``value`` under ``key``; return the write's version once it is durable."""
@@ -474,123 +358,6 @@ class ShardedStore:
                 raise ValueError(f"key {entry.key!r:.80} does not belong to shard {index}")
         return self.shards[index].apply(entries, vv)
 
-    def entry(self, key: str) -> Entry | None:
-        """The stored entry of ``key`` including tombstones and expired puts (for tests,
-        tools and replication)."""
-        if self._closed:
-            raise self._closed_error()
-        index = shard_of(check_key(key), self._count)
-        row = self._cursors()[index].execute(schema.ROW, (key,)).get
-        return None if row is None else Entry(*self._checked(index, row)[:6])
-
-    def entries(self, shard: int | None = None) -> Iterator[Entry]:
-        """Every stored entry (tombstones too), shard by shard, each shard in key order."""
-        indexes = range(self._count) if shard is None else [shard]
-        for index in indexes:
-            last: str | None = None
-            while True:
-                if self._closed:
-                    raise self._closed_error()
-                cur = self._cursors()[index]
-                if last is None:
-                    rows = _fetch(cur, f"SELECT {schema.ROW_COLUMNS} FROM kv ORDER BY key LIMIT ?", (_PAGE,))
-                else:
-                    rows = _fetch(
-                        cur, f"SELECT {schema.ROW_COLUMNS} FROM kv WHERE key > ? ORDER BY key LIMIT ?", (last, _PAGE)
-                    )
-                for row in rows:
-                    yield Entry(*self._checked(index, row)[:6])
-                if len(rows) < _PAGE:
-                    break
-                last = rows[-1][0]
-
-    # -- prefix reads ------------------------------------------------------------------------
-
-    def _shard_rows(self, index: int, prefix: str, upper: str | None, now: int, with_values: bool) -> Iterator[Any]:
-        lower = prefix
-        after = False
-        bounded = upper is not None
-        while True:
-            if self._closed:
-                raise self._closed_error()
-            sql = schema.range_sql(with_values=with_values, after=after, bounded=bounded)
-            params: tuple[Any, ...] = (lower, upper, now, _PAGE) if bounded else (lower, now, _PAGE)
-            try:
-                rows: list[Any] = self._cursors()[index].execute(sql, params).fetchall()
-            except apsw.Error as exc:
-                if self._closed:
-                    raise self._closed_error() from exc
-                raise_storage_error(exc)
-            if with_values:
-                for row in rows:
-                    key, value, ts, origin, oseq, expires_at, crc = row
-                    if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
-                        raise self._damaged(index, key)
-                    yield key, value
-            else:
-                for row in rows:
-                    yield row[0]
-            if len(rows) < _PAGE:
-                return
-            lower = rows[-1][0]
-            after = True
-
-    def iter_items(self, prefix: str) -> Iterator[tuple[str, Any]]:
-        """Lazily yield ``(key, value)`` for visible keys under ``prefix``, ascending; memory
-        stays bounded by one page per shard."""
-        prefix = check_prefix(prefix)
-        if self._closed:
-            raise self._closed_error()
-        upper = prefix_upper_bound(prefix)
-        now = self._now()
-        streams = [self._shard_rows(i, prefix, upper, now, True) for i in range(self._count)]
-        decode = self._decode
-        for key, value in heapq.merge(*streams):
-            yield key, decode(value, key)
-
-    def iter_keys(self, prefix: str) -> Iterator[str]:
-        """Lazily yield visible keys under ``prefix`` in ascending order."""
-        prefix = check_prefix(prefix)
-        if self._closed:
-            raise self._closed_error()
-        upper = prefix_upper_bound(prefix)
-        now = self._now()
-        streams = [self._shard_rows(i, prefix, upper, now, False) for i in range(self._count)]
-        yield from heapq.merge(*streams)
-
-    def _range_all(self, prefix: str, with_values: bool) -> list[Any]:
-        prefix = check_prefix(prefix)
-        if self._closed:
-            raise self._closed_error()
-        upper = prefix_upper_bound(prefix)
-        now = self._now()
-        sql = schema.range_sql(with_values=with_values, after=False, bounded=upper is not None)
-        params: tuple[Any, ...] = (prefix, upper, now, -1) if upper is not None else (prefix, now, -1)
-        try:
-            cursors = self._cursors()
-            parts: list[list[Any]] = [cur.execute(sql, params).fetchall() for cur in cursors]
-        except apsw.Error as exc:
-            if self._closed:
-                raise self._closed_error() from exc
-            raise_storage_error(exc)
-        if with_values:
-            for index, part in enumerate(parts):
-                for key, value, ts, origin, oseq, expires_at, crc in part:
-                    if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
-                        raise self._damaged(index, key)
-        rows = list(itertools.chain.from_iterable(parts))
-        rows.sort()
-        return rows
-
-    def scan(self, prefix: str) -> dict[str, Any]:
-        """Every visible key under ``prefix`` with its value, as a dict in ascending key order."""
-        decode = self._decode
-        return {row[0]: decode(row[_VALUE], row[0]) for row in self._range_all(prefix, True)}
-
-    def keys(self, prefix: str) -> list[str]:
-        """Every visible key under ``prefix``, ascending."""
-        return [row[0] for row in self._range_all(prefix, False)]
-
     # -- garbage collection ------------------------------------------------------------------
 
     def gc_shard(
@@ -645,7 +412,7 @@ class ShardedStore:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except apsw.Error as exc:
             if not self._closed:
-                _log.warning("ekv: checkpoint of %s failed: %s", path, exc)
+                self.log.warning("checkpoint of %s failed: %s", path, exc)
             return False
         return True
 
@@ -698,7 +465,3 @@ class _Undecodable:
 
     def loads(self, data: bytes) -> Any:
         raise DecodeError(f"this store's values use the custom codec {self.name!r}, which only its application has")
-
-
-def _fetch(cur: apsw.Cursor, sql: str, params: tuple[Any, ...]) -> list[Any]:
-    return cur.execute(sql, params).fetchall()

@@ -30,6 +30,10 @@ from ekv._storage.sqlite import open_connection
 __all__ = ["SyncSnapshot", "load_peer_reports", "local_vv", "truncate_log"]
 
 _PAGE = 256
+# What a delta sync remembers of the keys it has dealt with (see SyncSnapshot._next_delta): at
+# most this many bytes of keys, so a delta of millions of keys holds no set of them all.
+SENT_KEYS_MAX_BYTES = 4 << 20
+_KEY_OVERHEAD = 64  # a set entry and the str object around the key's characters
 
 
 def local_vv(cur: apsw.Cursor, origin: str) -> dict[str, int]:
@@ -129,11 +133,12 @@ class SyncSnapshot:
         """Keys whose rows failed their checksum while being read (the caller records them)."""
         # full sync: paging by key
         self._last_key: str | None = None
-        # delta sync: paging by origin, then oseq; keys already sent
+        # delta sync: paging by origin, then oseq; keys already dealt with (a bounded cache)
         self._origins: list[str] = []
         self._origin_index = 0
         self._last_oseq = 0
         self._sent_keys: set[str] = set()
+        self._sent_keys_bytes = 0
         if self.kind == "delta":
             origins: list[Any] = self._cur.execute("SELECT DISTINCT origin FROM log ORDER BY origin").fetchall()
             self._origins = [row[0] for row in origins]
@@ -203,10 +208,14 @@ class SyncSnapshot:
                     continue
                 row = self._cur.execute(schema.ROW, (key,)).get
                 if row is None or vvmod.covered(peer, row[2], row[3]):
+                    self._dealt_with(key)
                     continue  # purged, or the peer already has this version or a later one
-                self._sent_keys.add(key)
                 if not self._verified(row):
+                    self._dealt_with(key)
                     continue
+                if (row[2], row[3]) != (origin, oseq):
+                    continue  # an older write of the key: its current row goes at its own entry
+                self._dealt_with(key)
                 entry = _entry(row, self._now)
                 out.append(entry)
                 size += len(key) + (len(entry.value) if entry.value is not None else 0) + 40
@@ -214,12 +223,29 @@ class SyncSnapshot:
                     break
         return out
 
+    def _dealt_with(self, key: str) -> None:
+        """Remember that ``key`` needs nothing more in this delta, while the memory bound
+        (``SENT_KEYS_MAX_BYTES``) allows; past it, keys are not remembered.
+
+        Why forgetting is safe, and why each key still goes at most once: a key's current row is
+        sent only at the log entry of its own dot ``(origin, oseq)``, which the scan reaches once
+        (the snapshot does not change). The set only spares re-reading the row of a key met
+        again (a key written many times has many log entries). The convergence argument of
+        docs/architecture.md ("The sync rule, and why it converges") needs exactly that entry:
+        a row whose dot (w, j) the requester does not cover has j above its vector, hence above
+        the floor, so (w, j) is in the log range this delta scans and the row is sent there."""
+        size = len(key) + _KEY_OVERHEAD
+        if self._sent_keys_bytes + size <= SENT_KEYS_MAX_BYTES:
+            self._sent_keys.add(key)
+            self._sent_keys_bytes += size
+
     def _verified(self, row: Any) -> bool:
         """Whether a row may be sent. A damaged row is withheld, and so is the final vector:
         the receiver must not record as covered a write it never received."""
         if row_ok(row):
             return True
-        self.damaged.append(row[0])
+        if row[0] not in self.damaged:  # met again once the key cache is full
+            self.damaged.append(row[0])
         self.vv = {}
         return False
 

@@ -449,20 +449,8 @@ def _run(argv: Sequence[str]) -> int:
     return 0
 
 
-def writer_main(argv: Sequence[str]) -> int:
-    """A writer for power-cut tests, under the VFS.
-
-    Prints ``opening``, opens the store, prints ``ready <pid> <origin>``, then runs ``--threads``
-    threads, each writing its own keys ``t<thread>/<i>`` (``i`` cycling through ``--keys``) with
-    the value ``{"n": n, "pad": ...}``, ``n`` counting up from ``--start``; after each ``put``
-    returned it prints ``ack <key> <n> <timestamp_ns> <origin>``. A key is written by one thread
-    only, so its versions and its ``n`` grow together. ``--checkpoint-every S`` runs ekv's WAL
-    checkpoint (the one its checkpointer runs at 32 MiB of WAL) every S seconds regardless of size,
-    to put WAL syncs in the middle of a run. ``--close-after N`` closes the store cleanly after N
-    acknowledgements (printing ``closing``, then ``closed``). Runs until killed."""
-    import ekv
-    from ekv.testing import node_of
-
+def _writer_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The writer's command line (see :func:`writer_main`)."""
     parser = argparse.ArgumentParser(prog="python -m ekv.testing._internal.powercut writer")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--name", default="powercut")
@@ -478,7 +466,24 @@ def writer_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--close-after", type=int, default=0, help="close the store cleanly after this many acknowledgements"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def writer_main(argv: Sequence[str]) -> int:
+    """A writer for power-cut tests, under the VFS.
+
+    Prints ``opening``, opens the store, prints ``ready <pid> <origin>``, then runs ``--threads``
+    threads, each writing its own keys ``t<thread>/<i>`` (``i`` cycling through ``--keys``) with
+    the value ``{"n": n, "pad": ...}``, ``n`` counting up from ``--start``; after each ``put``
+    returned it prints ``ack <key> <n> <timestamp_ns> <origin>``. A key is written by one thread
+    only, so its versions and its ``n`` grow together. ``--checkpoint-every S`` runs ekv's WAL
+    checkpoint (the one its checkpointer runs at 32 MiB of WAL) every S seconds regardless of size,
+    to put WAL syncs in the middle of a run. ``--close-after N`` closes the store cleanly after N
+    acknowledgements (printing ``closing``, then ``closed``). Runs until killed."""
+    import ekv
+    from ekv.testing import node_of
+
+    args = _writer_args(argv)
     options = _env_options()
     if args.cut_at_sync:
         options["cut_at_sync"] = args.cut_at_sync

@@ -1,0 +1,294 @@
+"""The reading side of the sharded store: per-thread reader connections, point reads, prefix
+reads merged across shards, and the checksum check on everything read.
+
+Reads never touch a writer: each thread reads through its own connection to each shard (WAL
+lets readers and the writer proceed at once, ``PRAGMA query_only``), created on first use and
+closed with the store. Prefix reads fan out to every shard and merge the per-shard results, which
+are each in key order, into one ascending stream. A row is verified against its checksum before
+its value leaves: a damaged one raises :class:`~ekv.ChecksumError` and is recorded through the
+shard's writer, so that repair starts.
+
+:class:`StoreReads` is the base of :class:`ekv._storage.store.ShardedStore`, which owns the
+state declared here (opening, closing, writes and GC live there); a base class rather than a
+separate object, so a ``get`` costs no extra call.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+from zlib import crc32
+
+import apsw
+
+from ekv._config import Config
+from ekv._core.checksum import row_checksum
+from ekv._core.keys import MAX_KEY_BYTES, check_key, check_prefix, prefix_upper_bound, shard_of
+from ekv._errors import ClosedError, DecodeError
+from ekv._log import NodeLog
+from ekv._model import Entry, Version
+from ekv._storage import schema
+from ekv._storage.datadir import DataDir
+from ekv._storage.integrity import damaged_error, row_ok
+from ekv._storage.shard import Shard
+from ekv._storage.sqlite import open_connection, raise_storage_error
+
+__all__ = ["StoreReads"]
+
+_VALUE = 1  # a range row is (key, value, ts, origin, oseq, expires_at, crc)
+
+_PAGE = 512
+
+
+class StoreReads:
+    """Reads of every shard of one data directory (the base of ``ShardedStore``)."""
+
+    config: Config
+    log: NodeLog
+    datadir: DataDir
+    shards: list[Shard]
+    reads: int
+    """Reads served (approximate under threads: a metric, not an invariant)."""
+    _count: int
+    _now: Callable[[], int]
+    _loads: Callable[[bytes], Any]
+    _synchronous: str
+    _tls: threading.local
+    _readers: weakref.WeakSet[apsw.Connection]
+    _readers_lock: threading.Lock
+    _closed: bool
+    _readonly: bool
+    _forked: bool
+
+    def _closed_error(self) -> ClosedError:
+        if self._readonly and not self._closed:
+            return ClosedError("this store was opened read-only")
+        if self._forked:
+            return ClosedError("this store was opened by the parent process; open it again after fork()")
+        return ClosedError("the store is closed")
+
+    # -- readers -----------------------------------------------------------------------------
+
+    def _cursors(self) -> list[apsw.Cursor]:
+        try:
+            return self._tls.cursors  # type: ignore[no-any-return]
+        except AttributeError:
+            return self._open_readers()
+
+    def _open_readers(self) -> list[apsw.Cursor]:
+        if self._closed:
+            raise self._closed_error()
+        cursors = []
+        with self._readers_lock:
+            for index in range(self._count):
+                conn = open_connection(
+                    str(self.datadir.shard_path(index)), create=False, synchronous=self._synchronous, reader=True
+                )
+                self._readers.add(conn)
+                cursors.append(conn.cursor())
+        self._tls.cursors = cursors
+        return cursors
+
+    # -- point operations --------------------------------------------------------------------
+
+    def _encode_key(self, key: object) -> bytes:
+        try:
+            encoded: bytes = key.encode()  # type: ignore[attr-defined]
+        except (AttributeError, UnicodeEncodeError, TypeError):
+            return check_key(key)
+        if type(key) is not str or not encoded or b"\x00" in encoded or len(encoded) > MAX_KEY_BYTES:
+            return check_key(key)
+        return encoded
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` if it is absent, deleted or expired."""
+        if self._closed:
+            raise self._closed_error()
+        self.reads += 1  # approximate under threads (not locked): a metric, not an invariant
+        index = crc32(self._encode_key(key)) % self._count
+        try:
+            row = self._cursors()[index].execute(schema.GET, (key,)).get
+        except apsw.Error as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            raise_storage_error(exc)
+        if row is None:
+            return default
+        value, expires_at, ts, origin, oseq, crc = row
+        if value is None:
+            return default
+        if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+            raise self._damaged(index, key)
+        if expires_at is not None and expires_at <= self._now():
+            return default
+        return self._decode(value, key)
+
+    def lookup(self, key: str) -> tuple[Any, Version] | None:
+        """``(value, version)`` of a visible key, else ``None``."""
+        if self._closed:
+            raise self._closed_error()
+        self.reads += 1
+        index = crc32(self._encode_key(key)) % self._count
+        try:
+            row = self._cursors()[index].execute(schema.GET, (key,)).get
+        except apsw.Error as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            raise_storage_error(exc)
+        if row is None:
+            return None
+        value, expires_at, ts, origin, oseq, crc = row
+        if value is None:
+            return None
+        if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+            raise self._damaged(index, key)
+        if expires_at is not None and expires_at <= self._now():
+            return None
+        return self._decode(value, key), Version(ts, origin)
+
+    def _damaged(self, index: int, key: str) -> Exception:
+        """The error for a read that found ``key``'s row damaged; records the damage (through
+        the shard's writer, which checks again) so that repair starts."""
+        if self.shards and not self._readonly and key not in self.shards[index].damaged:
+            try:
+                self.shards[index].mark_damaged(key, self._now())
+            except Exception as exc:  # the read fails with the checksum error either way
+                self.log.warning("recording damage of key %r failed: %s", key, exc)
+        return damaged_error(key, str(self.datadir.shard_path(index)))
+
+    def _checked(self, index: int, row: Any) -> Any:
+        """``row`` (``(key, ts, origin, oseq, expires_at, value, crc)``) if it verifies."""
+        if not row_ok(row):
+            raise self._damaged(index, row[0])
+        return row
+
+    def _decode(self, value: bytes, key: str) -> Any:
+        try:
+            return self._loads(value)
+        except Exception as exc:
+            raise DecodeError(f"cannot decode the stored value of key {key!r:.80}: {exc}") from exc
+
+    def entry(self, key: str) -> Entry | None:
+        """The stored entry of ``key`` including tombstones and expired puts (for tests,
+        tools and replication)."""
+        if self._closed:
+            raise self._closed_error()
+        index = shard_of(check_key(key), self._count)
+        row = self._cursors()[index].execute(schema.ROW, (key,)).get
+        return None if row is None else Entry(*self._checked(index, row)[:6])
+
+    def entries(self, shard: int | None = None) -> Iterator[Entry]:
+        """Every stored entry (tombstones too), shard by shard, each shard in key order."""
+        indexes = range(self._count) if shard is None else [shard]
+        for index in indexes:
+            last: str | None = None
+            while True:
+                if self._closed:
+                    raise self._closed_error()
+                cur = self._cursors()[index]
+                if last is None:
+                    rows = _fetch(cur, f"SELECT {schema.ROW_COLUMNS} FROM kv ORDER BY key LIMIT ?", (_PAGE,))
+                else:
+                    rows = _fetch(
+                        cur, f"SELECT {schema.ROW_COLUMNS} FROM kv WHERE key > ? ORDER BY key LIMIT ?", (last, _PAGE)
+                    )
+                for row in rows:
+                    yield Entry(*self._checked(index, row)[:6])
+                if len(rows) < _PAGE:
+                    break
+                last = rows[-1][0]
+
+    # -- prefix reads ------------------------------------------------------------------------
+
+    def _shard_rows(self, index: int, prefix: str, upper: str | None, now: int, with_values: bool) -> Iterator[Any]:
+        lower = prefix
+        after = False
+        bounded = upper is not None
+        while True:
+            if self._closed:
+                raise self._closed_error()
+            sql = schema.range_sql(with_values=with_values, after=after, bounded=bounded)
+            params: tuple[Any, ...] = (lower, upper, now, _PAGE) if bounded else (lower, now, _PAGE)
+            try:
+                rows: list[Any] = self._cursors()[index].execute(sql, params).fetchall()
+            except apsw.Error as exc:
+                if self._closed:
+                    raise self._closed_error() from exc
+                raise_storage_error(exc)
+            if with_values:
+                for row in rows:
+                    key, value, ts, origin, oseq, expires_at, crc = row
+                    if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+                        raise self._damaged(index, key)
+                    yield key, value
+            else:
+                for row in rows:
+                    yield row[0]
+            if len(rows) < _PAGE:
+                return
+            lower = rows[-1][0]
+            after = True
+
+    def iter_items(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Lazily yield ``(key, value)`` for visible keys under ``prefix``, ascending; memory
+        stays bounded by one page per shard."""
+        prefix = check_prefix(prefix)
+        if self._closed:
+            raise self._closed_error()
+        upper = prefix_upper_bound(prefix)
+        now = self._now()
+        streams = [self._shard_rows(i, prefix, upper, now, True) for i in range(self._count)]
+        decode = self._decode
+        for key, value in heapq.merge(*streams):
+            yield key, decode(value, key)
+
+    def iter_keys(self, prefix: str) -> Iterator[str]:
+        """Lazily yield visible keys under ``prefix`` in ascending order."""
+        prefix = check_prefix(prefix)
+        if self._closed:
+            raise self._closed_error()
+        upper = prefix_upper_bound(prefix)
+        now = self._now()
+        streams = [self._shard_rows(i, prefix, upper, now, False) for i in range(self._count)]
+        yield from heapq.merge(*streams)
+
+    def _range_all(self, prefix: str, with_values: bool) -> list[Any]:
+        prefix = check_prefix(prefix)
+        if self._closed:
+            raise self._closed_error()
+        upper = prefix_upper_bound(prefix)
+        now = self._now()
+        sql = schema.range_sql(with_values=with_values, after=False, bounded=upper is not None)
+        params: tuple[Any, ...] = (prefix, upper, now, -1) if upper is not None else (prefix, now, -1)
+        try:
+            cursors = self._cursors()
+            parts: list[list[Any]] = [cur.execute(sql, params).fetchall() for cur in cursors]
+        except apsw.Error as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            raise_storage_error(exc)
+        if with_values:
+            for index, part in enumerate(parts):
+                for key, value, ts, origin, oseq, expires_at, crc in part:
+                    if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+                        raise self._damaged(index, key)
+        rows = list(itertools.chain.from_iterable(parts))
+        rows.sort()
+        return rows
+
+    def scan(self, prefix: str) -> dict[str, Any]:
+        """Every visible key under ``prefix`` with its value, as a dict in ascending key order."""
+        decode = self._decode
+        return {row[0]: decode(row[_VALUE], row[0]) for row in self._range_all(prefix, True)}
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every visible key under ``prefix``, ascending."""
+        return [row[0] for row in self._range_all(prefix, False)]
+
+
+def _fetch(cur: apsw.Cursor, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    return cur.execute(sql, params).fetchall()

@@ -151,6 +151,59 @@ def test_deleting_a_damaged_key_replaces_it(damaged_store: tuple[Path, Path]) ->
         assert "doc/precious" not in kv.keys("doc/")
 
 
+def test_damage_keeps_only_the_damaged_key_off_the_fast_path(damaged_store: tuple[Path, Path]) -> None:
+    """One damaged row must not slow a whole shard down: writes to its other keys still commit as
+    the single upsert statement (no BEGIN/COMMIT), alone or as a group; only a write to the
+    damaged key runs in a transaction, which deletes the damaged row first and clears its record.
+    Observed by tracing the statements the shard's writer runs."""
+    import threading
+
+    from ekv._core.keys import shard_of
+
+    data_dir, _ = damaged_store
+    with ekv.EKV("bits", data_dir, shards=4, log=False) as kv:
+        with pytest.raises(ekv.ChecksumError):
+            kv.get("doc/precious")  # the read finds the damage and records it
+        store = node_of(kv).store
+        (shard,) = [s for s in store.shards if s.damaged]
+        others = [k for k in (f"doc/new{i}" for i in range(200)) if shard_of(k.encode(), 4) == shard.index][:4]
+        statements: list[str] = []
+
+        def trace(_cur: Any, sql: str, _bindings: Any) -> bool:
+            statements.append(sql.strip().split()[0].upper())
+            return True
+
+        shard._conn.exec_trace = trace
+        kv.put(others[0], "alone")  # the uncontended path (Shard.run)
+        assert statements == ["INSERT"]
+        statements.clear()
+
+        # a group (Shard.commit): hold the writer until three writes are queued behind it
+        release, started = threading.Event(), threading.Event()
+        holder = threading.Thread(target=shard.run_exclusive, args=(lambda _cur: (started.set(), release.wait(30)),))
+        holder.start()
+        assert started.wait(30)
+        writers = [threading.Thread(target=kv.put, args=(k, "grouped")) for k in others[1:]]
+        for writer in writers:
+            writer.start()
+        wait_until(lambda: len(shard._committer._queue) == 3)
+        release.set()
+        for thread in [holder, *writers]:
+            thread.join(30)
+        assert statements == ["INSERT"]  # one multi-row upsert for the group, nothing else
+        statements.clear()
+
+        kv.put("doc/precious", "replaced")
+        assert statements[0] == "BEGIN" and statements[-1] == "COMMIT"
+        assert "DELETE" in statements
+        assert kv.get("doc/precious") == "replaced"
+        assert not shard.damaged
+        assert {k: kv.get(k) for k in others} == {others[0]: "alone", **{k: "grouped" for k in others[1:]}}
+    with ekv.EKV("bits", data_dir, shards=4, log=False) as kv:
+        assert kv.get("doc/precious") == "replaced"
+        assert all(not s["damaged_keys"] for s in kv.info()["shards"])
+
+
 def test_offline_check_reports_the_damaged_key(damaged_store: tuple[Path, Path]) -> None:
     data_dir, path = damaged_store
     problems, _ = check(data_dir)

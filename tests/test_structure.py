@@ -205,3 +205,74 @@ def test_no_function_over_80_lines() -> None:
             if lines > MAX_FUNCTION_LINES and (name, qualname) not in FUNCTION_EXEMPTIONS:
                 too_long[f"{name}:{qualname}"] = lines
     assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines: {too_long}"
+
+
+# -- SQL lives in _storage/schema.py ------------------------------------------------------------
+
+SQL_HOME = "_storage/schema.py"
+SQL_KEYWORDS = ("SELECT ", "INSERT ", "DELETE FROM", "UPDATE ", "CREATE ", "PRAGMA ")
+TRANSACTION_WORDS = {"BEGIN", "BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"}
+# (module, keyword) -> why that SQL stays outside schema.py.
+SQL_EXEMPTIONS: dict[tuple[str, str], str] = {
+    ("_storage/sqlite.py", "PRAGMA "): "connection settings (synchronous, query_only, WAL, checkpoint sizes) belong "
+    "to the SQLite seam, not to the shard's schema; so does the synchronous switch of transaction()",
+}
+TRANSACTION_HOME = "_storage/sqlite.py"
+"""The only module that runs BEGIN/COMMIT/ROLLBACK (``transaction()`` and its helpers); the
+single-statement fast path's ``BEGIN; upsert`` and its COMMIT are SQL text in schema.py."""
+
+
+def _string_literals(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """(line, text) of every string literal that is not a docstring; an f-string's literal parts
+    are joined with a placeholder, so "SELECT {cols} FROM" is still seen."""
+    docstrings: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    inside_fstrings: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            inside_fstrings.update(id(value) for value in node.values)
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            yield node.lineno, str(text)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+            and id(node) not in inside_fstrings
+        ):
+            yield node.lineno, node.value
+
+
+def sql_outside_its_home() -> list[str]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel == SQL_HOME or rel.startswith("testing/"):
+            continue
+        for line, text in sorted(_string_literals(ast.parse(path.read_text(), str(path)))):
+            for keyword in SQL_KEYWORDS:
+                if keyword in text and (rel, keyword) not in SQL_EXEMPTIONS:
+                    found.append(f"src/ekv/{rel}:{line}: {keyword.strip()} in {text.strip()[:60]!r}")
+            if text.strip().upper() in TRANSACTION_WORDS and rel != TRANSACTION_HOME:
+                found.append(f"src/ekv/{rel}:{line}: a hand-rolled {text.strip()!r} (use sqlite.transaction)")
+    return found
+
+
+def test_sql_lives_in_schema() -> None:
+    """schema.py says it holds every SQL statement ekv runs: keep it true, so that a reader
+    finds every query (and every index it needs) in one place. Transactions go through
+    ``_storage/sqlite.py`` ``transaction()``, whose docstring names the two deliberate exceptions."""
+    found = sql_outside_its_home()
+    assert not found, "SQL outside src/ekv/_storage/schema.py:\n" + "\n".join(found)
+
+
+def test_the_sql_finder_finds_sql() -> None:
+    tree = ast.parse('"""SELECT in a docstring is prose."""\nx = f"SELECT {c} FROM kv"\ny = "DELETE FROM t"\n')
+    assert [text for _, text in _string_literals(tree) if any(k in text for k in SQL_KEYWORDS)] == [
+        "SELECT {} FROM kv",
+        "DELETE FROM t",
+    ]

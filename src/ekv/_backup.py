@@ -48,7 +48,7 @@ def backup(source: Path, dest: Path, *, progress: Callable[[int, int], None] | N
         for index in range(manifest.shards):
             conn = open_connection(str(datadir.shard_path(index)), create=False, synchronous="NORMAL", reader=True)
             sources.append(conn)
-            total_pages += int(conn.execute("PRAGMA page_count").get)
+            total_pages += int(conn.execute(schema.PAGE_COUNT).get)
         done = 0
         size = 0
         for index, src in enumerate(sources):
@@ -63,7 +63,7 @@ def backup(source: Path, dest: Path, *, progress: Callable[[int, int], None] | N
                     done += job.page_count
                 # the copy is a new member: never reuse the source's identity (see below)
                 out.execute(schema.META_SET, ("node_id", new_id))
-                out.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                out.execute(schema.CHECKPOINT_TRUNCATE).fetchall()
             finally:
                 out.close()
             size += target.stat().st_size
@@ -117,31 +117,31 @@ def _check_shard(
     conn: apsw.Connection, name: str, index: int, shards: int, node_id: str, notes: list[str]
 ) -> list[str]:
     problems = []
-    app_id = conn.execute("PRAGMA application_id").get
+    app_id = conn.execute(schema.APPLICATION_ID_GET).get
     if app_id != schema.APPLICATION_ID:
         return [f"{name}: not an ekv shard (application_id {app_id:#x})"]
-    version = conn.execute("PRAGMA user_version").get
+    version = conn.execute(schema.USER_VERSION_GET).get
     if version != schema.SCHEMA_VERSION:
         problems.append(f"{name}: schema version {version}, this ekv reads {schema.SCHEMA_VERSION}")
-    meta = {k: v for k, v in conn.execute("SELECT key, value FROM meta").fetchall()}
+    meta = {k: v for k, v in conn.execute(schema.META_ALL).fetchall()}
     for key, want in (("shard_index", index), ("shard_count", shards), ("node_id", node_id)):
         if meta.get(key) != want:
             problems.append(f"{name}: {key} is {meta.get(key)!r}, expected {want!r}")
-    result = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
+    result = [row[0] for row in conn.execute(schema.INTEGRITY_CHECK).fetchall()]
     if result != ["ok"]:
         problems += [f"{name}: integrity: {line}" for line in result[:20]]
     if version < 2:
         return problems  # no checksums to verify; opening the store for writing upgrades it
-    damaged = [row[0] for row in conn.execute(f"SELECT {schema.ROW_COLUMNS} FROM kv") if not row_ok(row)]
+    damaged = [row[0] for row in conn.execute(schema.ALL_ROWS) if not row_ok(row)]
     if damaged:
         listed = ", ".join(repr(key) for key in damaged[:20]) + (" ..." if len(damaged) > 20 else "")
         problems.append(
             f"{name}: {len(damaged)} stored version(s) failed their checksum (damaged on disk): {listed}; "
             "a cluster node repairs them from its members, or write/delete the keys"
         )
-    recorded = conn.execute("SELECT count(*) FROM damaged").get
+    recorded = conn.execute(schema.DAMAGED_COUNT).get
     if recorded:
         notes.append(f"{name}: {recorded} key(s) recorded as damaged, waiting for repair")
-    rows, tombstones = conn.execute("SELECT count(*), coalesce(sum(value IS NULL), 0) FROM kv").get
+    rows, tombstones = conn.execute(schema.COUNT_ROWS_AND_TOMBSTONES).get
     notes.append(f"{name}: {'ok, ' if not damaged else ''}{rows - tombstones} live rows, {tombstones} tombstones")
     return problems

@@ -43,9 +43,15 @@ from ekv._cluster.messages import Live, Message, SyncChunk, SyncDone, SyncReques
 from ekv._core import vv as vvmod
 from ekv._core.durations import NS_PER_S, tombstone_cutoff_ns
 from ekv._model import Entry
-from ekv._storage import schema
 from ekv._storage.store import ShardedStore
-from ekv._storage.sync import SyncSnapshot, load_peer_reports, local_vv, record_peer_report
+from ekv._storage.sync import (
+    SyncSnapshot,
+    load_markers,
+    load_peer_reports,
+    local_vv,
+    record_peer_report,
+    set_marker,
+)
 
 __all__ = ["ReplicationSettings", "Replicator"]
 
@@ -152,23 +158,12 @@ class Replicator:
     # -- persistent node-level markers (kept in shard 0's meta table) ---------------------------
 
     def _load_markers(self, prefix: str) -> dict[str, int]:
-        def read(cur: Any) -> dict[str, int]:
-            rows = cur.execute("SELECT key, value FROM meta WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff"))
-            return {key[len(prefix) :]: int(value) for key, value in rows.fetchall() if isinstance(value, int)}
-
-        result: dict[str, int] = self.store.shards[0].run_exclusive(read)
+        result: dict[str, int] = self.store.shards[0].run_exclusive(lambda cur: load_markers(cur, prefix))
         return result
 
     def _set_marker(self, prefix: str, node_id: str, value: int | None) -> None:
         key = prefix + node_id
-
-        def write(cur: Any) -> None:
-            if value is None:
-                cur.execute("DELETE FROM meta WHERE key = ?", (key,))
-            else:
-                cur.execute(schema.META_SET, (key, value))
-
-        self.store.shards[0].run_exclusive(write)
+        self.store.shards[0].run_exclusive(lambda cur: set_marker(cur, key, value))
 
     def _load_vv(self, shard: int) -> dict[str, int]:
         origin = self.origin

@@ -71,7 +71,7 @@ def apply_entries(
             # A damaged row competes with nothing: the first copy from a peer replaces it
             # (deleted first, so the upsert below inserts), later ones follow LWW as usual.
             untrusted.discard(key)
-            cur.execute("DELETE FROM kv WHERE key = ?", (key,))
+            cur.execute(schema.DELETE_ROW, (key,))
             current.pop(key, None)
             bad_ts, bad_origin, _ = damaged[key]
             if version >= Version(bad_ts, bad_origin):

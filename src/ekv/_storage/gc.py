@@ -22,6 +22,7 @@ from ekv._core.checksum import row_checksum
 from ekv._model import Version
 from ekv._storage import schema
 from ekv._storage.integrity import row_ok
+from ekv._storage.sqlite import transaction
 from ekv._storage.sync import truncate_log
 
 if TYPE_CHECKING:
@@ -50,19 +51,18 @@ def expire_batch(shard: Shard, cur: apsw.Cursor, now_ns: int) -> tuple[list[RawE
     events: list[RawEvent] = []
     wanted = sink.active
     damaged: dict[str, tuple[int, str, int]] = {}
-    cur.execute("BEGIN")
-    for row in rows:
-        key, ts, origin, oseq, expires_at, value, _ = row
-        if not row_ok(row):
-            # Never rewritten: that would give the damage a valid checksum. Recorded instead,
-            # which also keeps it out of the next batches.
-            damaged[key] = (ts, origin, oseq)
-            cur.execute(schema.DAMAGED_ADD, (key, ts, origin, oseq, now_ns))
-            continue
-        cur.execute(schema.EXPIRE_ROW, (row_checksum(key, ts, origin, oseq, expires_at, None), key, ts, origin))
-        if wanted and sink.matches(key):
-            events.append(("expired", key, value, Version(ts, origin)))
-    cur.execute("COMMIT")
+    with transaction(cur):
+        for row in rows:
+            key, ts, origin, oseq, expires_at, value, _ = row
+            if not row_ok(row):
+                # Never rewritten: that would give the damage a valid checksum. Recorded instead,
+                # which also keeps it out of the next batches.
+                damaged[key] = (ts, origin, oseq)
+                cur.execute(schema.DAMAGED_ADD, (key, ts, origin, oseq, now_ns))
+                continue
+            cur.execute(schema.EXPIRE_ROW, (row_checksum(key, ts, origin, oseq, expires_at, None), key, ts, origin))
+            if wanted and sink.matches(key):
+                events.append(("expired", key, value, Version(ts, origin)))
     if damaged:
         shard.note_damaged(damaged)
     return events, len(rows)
@@ -74,9 +74,8 @@ def purge_batch(cur: apsw.Cursor, cutoff_ns: int) -> int:
 
 
 def finish_gc(shard: Shard, cur: apsw.Cursor, now_ns: int, targets: Mapping[str, int] | None) -> int:
-    cur.execute("BEGIN")
-    shard.persist_floors(cur)
-    truncated = truncate_log(cur, shard.origin, targets)
-    cur.execute(schema.META_SET, ("last_active_at", now_ns))
-    cur.execute("COMMIT")
+    with transaction(cur):
+        shard.persist_floors(cur)
+        truncated = truncate_log(cur, shard.origin, targets)
+        cur.execute(schema.META_SET, ("last_active_at", now_ns))
     return truncated

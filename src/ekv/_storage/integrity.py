@@ -18,6 +18,7 @@ import apsw
 from ekv._core.checksum import row_checksum
 from ekv._errors import ChecksumError
 from ekv._storage import schema
+from ekv._storage.sqlite import transaction
 
 __all__ = ["DamagedVersion", "damaged_error", "load_damaged", "row_ok", "upgrade_to_2", "visible_value"]
 
@@ -66,14 +67,9 @@ def upgrade_to_2(conn: apsw.Connection) -> int:
 
     conn.create_scalar_function("ekv_row_checksum", checksum, 6, deterministic=True)
     cur = conn.cursor()
-    cur.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(cur, immediate=True):
         cur.execute(schema.UPGRADE_TO_2)
-        rows = int(cur.execute("SELECT count(*) FROM kv").get)
-        cur.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
+        rows = int(cur.execute(schema.COUNT_ROWS).get)
+        cur.execute(schema.USER_VERSION_SET)
         cur.execute(schema.META_SET, ("schema_version", schema.SCHEMA_VERSION))
-        cur.execute("COMMIT")
-    except BaseException:
-        cur.execute("ROLLBACK")
-        raise
     return rows

@@ -191,11 +191,9 @@ class StoreReads:
                     raise self._closed_error()
                 cur = self._cursors()[index]
                 if last is None:
-                    rows = _fetch(cur, f"SELECT {schema.ROW_COLUMNS} FROM kv ORDER BY key LIMIT ?", (_PAGE,))
+                    rows = _fetch(cur, schema.ROWS_FIRST, (_PAGE,))
                 else:
-                    rows = _fetch(
-                        cur, f"SELECT {schema.ROW_COLUMNS} FROM kv WHERE key > ? ORDER BY key LIMIT ?", (last, _PAGE)
-                    )
+                    rows = _fetch(cur, schema.ROWS_AFTER, (last, _PAGE))
                 for row in rows:
                     yield Entry(*self._checked(index, row)[:6])
                 if len(rows) < _PAGE:

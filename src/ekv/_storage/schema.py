@@ -37,6 +37,11 @@ Tables
 The LWW rule is in :data:`UPSERT`'s ``WHERE`` clause and mirrors :func:`ekv._core.lww.wins`.
 ``PRAGMA application_id`` marks the file as ekv's and ``PRAGMA user_version`` holds the schema
 version, so foreign or future files are refused instead of being written to.
+
+Every statement ekv runs on a shard file is here (``tests/test_structure.py`` checks it), so
+that the queries and the indexes they need are read together. Two kinds of SQL live elsewhere,
+in :mod:`ekv._storage.sqlite`: the connection settings (``PRAGMA synchronous``, ``journal_mode``
+and the like, which are not about the schema) and transaction control (``transaction()``).
 """
 
 from __future__ import annotations
@@ -166,6 +171,11 @@ def alone_upsert_rows(rows: int) -> str:
     return sql
 
 
+COMMIT = "COMMIT"
+"""Ends the transaction :func:`begin_upsert_rows` opens: the one transaction of the local write
+path not run by :func:`ekv._storage.sqlite.transaction` (see there why)."""
+
+
 def begin_upsert_rows(rows: int) -> str:
     """``BEGIN`` followed by :func:`upsert_rows`, as one SQL text: APSW
     runs both statements in one ``execute`` (the bindings all go to the upsert)."""
@@ -211,16 +221,50 @@ CREATE TABLE damaged (
 ) WITHOUT ROWID;
 """
 VERSION_OF = "SELECT ts, origin FROM kv WHERE key = ?"
+# A damaged row is deleted before its replacement is written (its version cannot be trusted).
+DELETE_ROW = "DELETE FROM kv WHERE key = ?"
+ALL_ROWS = f"SELECT {ROW_COLUMNS} FROM kv"
+ROWS_FIRST = f"SELECT {ROW_COLUMNS} FROM kv ORDER BY key LIMIT ?"
+ROWS_AFTER = f"SELECT {ROW_COLUMNS} FROM kv WHERE key > ? ORDER BY key LIMIT ?"
+# A full sync's pages: every live row and every tombstone at or after the cutoff, in key order.
+# Parameters: [after key,] cutoff_ns, limit.
+FULL_SYNC_FIRST = f"SELECT {ROW_COLUMNS} FROM kv WHERE deleted_at IS NULL OR deleted_at >= ? ORDER BY key LIMIT ?"
+FULL_SYNC_AFTER = (
+    f"SELECT {ROW_COLUMNS} FROM kv WHERE key > ? AND (deleted_at IS NULL OR deleted_at >= ?) ORDER BY key LIMIT ?"
+)
+COUNT_ROWS = "SELECT count(*) FROM kv"
+COUNT_ROWS_AND_TOMBSTONES = "SELECT count(*), coalesce(sum(value IS NULL), 0) FROM kv"
+DAMAGED_COUNT = "SELECT count(*) FROM damaged"
+
+# The file's identity and format.
+APPLICATION_ID_GET = "PRAGMA application_id"
+APPLICATION_ID_SET = f"PRAGMA application_id = {APPLICATION_ID}"
+USER_VERSION_GET = "PRAGMA user_version"
+USER_VERSION_SET = f"PRAGMA user_version = {SCHEMA_VERSION}"
+COUNT_SCHEMA_OBJECTS = "SELECT count(*) FROM sqlite_schema"
+PAGE_COUNT = "PRAGMA page_count"
+INTEGRITY_CHECK = "PRAGMA integrity_check"
+CHECKPOINT_PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
+CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 
 META_GET = "SELECT value FROM meta WHERE key = ?"
 META_SET = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+META_ALL = "SELECT key, value FROM meta"
+# Node-level markers kept in shard 0's meta (see ekv._storage.sync.load_markers): by key range.
+META_RANGE = "SELECT key, value FROM meta WHERE key >= ? AND key < ?"
+META_DELETE = "DELETE FROM meta WHERE key = ?"
 
 OWN_LOG_TAIL = "SELECT oseq, ts FROM log WHERE origin = ? ORDER BY oseq DESC LIMIT 1"
+LOG_TOPS = "SELECT origin, max(oseq) FROM log GROUP BY origin"
+LOG_TRUNCATE = "DELETE FROM log WHERE origin = ? AND oseq <= ?"
+LOG_ORIGINS = "SELECT DISTINCT origin FROM log ORDER BY origin"
+LOG_PAGE = "SELECT oseq, key FROM log WHERE origin = ? AND oseq > ? ORDER BY oseq LIMIT ?"
 VV_ALL = "SELECT origin, oseq FROM vv"
 VV_RAISE = (
     "INSERT INTO vv (origin, oseq) VALUES (?, ?) ON CONFLICT (origin) DO UPDATE SET oseq = max(oseq, excluded.oseq)"
 )
 FLOORS_ALL = "SELECT origin, oseq FROM floors"
+FLOOR_OF = "SELECT oseq FROM floors WHERE origin = ?"
 FLOOR_RAISE = (
     "INSERT INTO floors (origin, oseq) VALUES (?, ?) ON CONFLICT (origin) DO UPDATE SET oseq = max(oseq, excluded.oseq)"
 )

@@ -25,7 +25,14 @@ from ekv._storage.apply import apply_entries
 from ekv._storage.commit import Apply, Committer, Exclusive, Op, Write
 from ekv._storage.integrity import DamagedVersion, load_damaged, row_ok, visible_value
 from ekv._storage.shardfile import own_tail
-from ekv._storage.sqlite import enable_wal, open_connection, raise_storage_error, storage_error
+from ekv._storage.sqlite import (
+    enable_wal,
+    open_connection,
+    raise_storage_error,
+    roll_back,
+    storage_error,
+    transaction,
+)
 
 __all__ = ["EventSink", "RawEvent", "Shard", "own_tail"]
 
@@ -131,7 +138,7 @@ class Shard:
         conn = open_connection(path, create=create, synchronous=synchronous)
         try:
             cur = conn.cursor()
-            app_id = cur.execute("PRAGMA application_id").get
+            app_id = cur.execute(schema.APPLICATION_ID_GET).get
             if create and app_id == 0 and shardfile.is_empty(cur):
                 shardfile.initialise(cur, index, identity)
             else:
@@ -228,9 +235,7 @@ class Shard:
 
     def _arm(self, cur: apsw.Cursor, now_ns: int) -> None:
         previous, origin = self._previous_origin, self.origin
-        cur.execute("PRAGMA synchronous=FULL")
-        try:
-            cur.execute("BEGIN")
+        with transaction(cur, synchronous="FULL"):
             if previous != origin:
                 old_oseq = own_tail(cur, previous)[0]
                 if old_oseq:
@@ -240,9 +245,6 @@ class Shard:
             cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
             cur.execute(schema.META_SET, ("last_active_at", now_ns))
             cur.execute(schema.META_SET, ("clean_shutdown", 0))
-            cur.execute("COMMIT")
-        finally:
-            cur.execute(f"PRAGMA synchronous={self._synchronous}")
         self._previous_origin = origin
         self._armed = True
 
@@ -252,9 +254,7 @@ class Shard:
         try:
             self._arm(self._cur, self.clock.wall.now_ns())
         except BaseException as exc:
-            with contextlib.suppress(apsw.Error):
-                if not self._conn.getautocommit():
-                    self._cur.execute("ROLLBACK")
+            roll_back(self._conn)
             error = exc if isinstance(exc, Error) else storage_error(exc, self.path)
             for op in batch:
                 op.error = error
@@ -299,9 +299,7 @@ class Shard:
         try:
             op.result = op.fn()
         except BaseException as exc:
-            with contextlib.suppress(apsw.Error):
-                if not self._conn.getautocommit():
-                    self._cur.execute("ROLLBACK")
+            roll_back(self._conn)
             op.error = exc if isinstance(exc, Error) else storage_error(exc, self.path)
 
     def run(self, op: Op) -> None:
@@ -309,7 +307,7 @@ class Shard:
         kind = type(op)
         if not self._armed and kind is not Exclusive and not self._closed and not self._arm_before([op]):
             return
-        if kind is Write and not self.damaged:
+        if kind is Write:
             if self._closed:
                 op.error = ClosedError("the store is closed")
             else:
@@ -327,7 +325,7 @@ class Shard:
             return
         if not self._armed and not self._arm_before(batch):
             return
-        if not self.damaged and all(type(op) is Write for op in batch):
+        if all(type(op) is Write for op in batch):
             self._commit_writes(batch)  # type: ignore[arg-type]
         else:
             self._commit_mixed(batch)
@@ -339,16 +337,24 @@ class Shard:
         a full disk, the commit itself), no write of the group is stored, each reports the
         error, and the sequence counter goes back, so a dot that was never stored is the one
         issued next and a dot that was stored is never issued again.
+
+        Only a group that writes a damaged key leaves the fast path: it runs in an explicit
+        transaction, which deletes the damaged row first and clears its record (damage elsewhere
+        in the shard changes nothing for the other keys).
         """
         cur = self._cur
         events: list[RawEvent] | None = [] if self.sink.active else None
         saved_oseq = self._oseq
         cleared = self._cleared = []
+        damaged = self.damaged
         try:
-            if self._write_local(cur, batch, events, True):  # the group needed more than one statement
-                for key in cleared:
-                    cur.execute(schema.DAMAGED_CLEAR, (key,))
-                cur.execute("COMMIT")
+            if damaged and any(op.key in damaged for op in batch):
+                with transaction(cur):
+                    self._write_local(cur, batch, events, False)
+                    for key in cleared:
+                        cur.execute(schema.DAMAGED_CLEAR, (key,))
+            elif self._write_local(cur, batch, events, True):  # the group needed more than one statement
+                cur.execute(schema.COMMIT)
         except BaseException as exc:
             self._roll_back(batch, exc, saved_oseq)
             return
@@ -380,13 +386,11 @@ class Shard:
         opened = False
         if damaged:
             doomed = [key for key in dict.fromkeys(op.key for op in batch) if key in damaged]
-            if doomed and begin:
-                cur.execute("BEGIN")
-                begin, opened = False, True
+            assert not (doomed and begin), "a write to a damaged key runs in the caller's transaction"
             for key in doomed:
                 # The damaged row's version cannot be trusted (its timestamp may be the flipped
                 # part): drop it rather than compete with it or let the clock observe it.
-                cur.execute("DELETE FROM kv WHERE key = ?", (key,))
+                cur.execute(schema.DELETE_ROW, (key,))
                 self._cleared.append(key)
         tick = self.clock.tick
         origin = self.origin
@@ -447,63 +451,66 @@ class Shard:
                 op.version = Version(self._overtake(cur, op, op.oseq), self.origin)
 
     def _commit_mixed(self, batch: list[Op]) -> None:
-        """Remote applies (possibly with local writes), or writes while the shard holds damaged
-        rows: one explicit transaction; each run of consecutive local writes goes through
-        :meth:`_write_local`, like the writes of :meth:`_commit_writes`."""
+        """Remote applies (possibly with local writes): one explicit transaction; each run of
+        consecutive local writes goes through :meth:`_write_local`, like the writes of
+        :meth:`_commit_writes`."""
         cur = self._cur
         events: list[RawEvent] | None = [] if self.sink.active else None
         saved_oseq = self._oseq
         cleared = self._cleared = []
         writes: list[Write] = []
         try:
-            cur.execute("BEGIN")
-            remote = False
-            run: list[Write] = []
-            for op in batch:
-                if type(op) is Write:
-                    run.append(op)
-                    continue
-                if run:
-                    self._write_local(cur, run, events, False)
-                    writes += run
-                    run = []
-                assert type(op) is Apply
-                op.applied = apply_entries(
-                    cur,
-                    op.entries,
-                    clock=self.clock,
-                    damaged=self.damaged,
-                    cleared=cleared,
-                    events=events,
-                    matches=self.sink.matches,
-                )
-                if op.vv:
-                    for origin, oseq in op.vv.items():
-                        if origin != self.origin:
-                            cur.execute(schema.VV_RAISE, (origin, oseq))
-                remote = True
-            if run:
-                self._write_local(cur, run, events, False)
-                writes += run
-            if remote:
-                # Versions applied from peers may be ahead of this node's own writes; persist
-                # the clock so a restart still issues timestamps above them (causality).
-                cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
-            for key in cleared:
-                cur.execute(schema.DAMAGED_CLEAR, (key,))
-            cur.execute("COMMIT")
+            with transaction(cur):
+                self._run_mixed(cur, batch, events, cleared, writes)
         except BaseException as exc:
             self._roll_back(batch, exc, saved_oseq)
             return
         self._committed(writes, cleared, events)
 
+    def _run_mixed(
+        self, cur: apsw.Cursor, batch: list[Op], events: list[RawEvent] | None, cleared: list[str], writes: list[Write]
+    ) -> None:
+        """The body of :meth:`_commit_mixed`'s transaction (``writes`` collects the local writes)."""
+        remote = False
+        run: list[Write] = []
+        for op in batch:
+            if type(op) is Write:
+                run.append(op)
+                continue
+            if run:
+                self._write_local(cur, run, events, False)
+                writes += run
+                run = []
+            assert type(op) is Apply
+            op.applied = apply_entries(
+                cur,
+                op.entries,
+                clock=self.clock,
+                damaged=self.damaged,
+                cleared=cleared,
+                events=events,
+                matches=self.sink.matches,
+            )
+            if op.vv:
+                for origin, oseq in op.vv.items():
+                    if origin != self.origin:
+                        cur.execute(schema.VV_RAISE, (origin, oseq))
+            remote = True
+        if run:
+            self._write_local(cur, run, events, False)
+            writes += run
+        if remote:
+            # Versions applied from peers may be ahead of this node's own writes; persist
+            # the clock so a restart still issues timestamps above them (causality).
+            cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
+        for key in cleared:
+            cur.execute(schema.DAMAGED_CLEAR, (key,))
+
     def _roll_back(self, batch: Sequence[Op], exc: BaseException, saved_oseq: int) -> None:
         """A group's transaction failed: undo it, put the sequence counter back (none of the
         group's dots is stored), and fail every operation of the group."""
         self._oseq = saved_oseq
-        with contextlib.suppress(apsw.Error):
-            if not self._conn.getautocommit():
-                self._cur.execute("ROLLBACK")
+        roll_back(self._conn)
         for op in batch:
             op.error = storage_error(exc, self.path)
             if type(op) is Write:
@@ -606,7 +613,7 @@ class Shard:
         try:
             cur.execute(schema.META_SET, ("last_active_at", self.clock.wall.now_ns()))
             cur.execute(schema.META_SET, ("clean_shutdown", 1))
-            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            cur.execute(schema.CHECKPOINT_TRUNCATE).fetchall()
         except apsw.Error as exc:
             self.log.warning("final checkpoint of %s failed: %s", self.path, exc)
         finally:

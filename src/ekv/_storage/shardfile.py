@@ -19,6 +19,7 @@ from ekv._log import NodeLog
 from ekv._storage import schema
 from ekv._storage.datadir import DataDir, Manifest, new_node_id
 from ekv._storage.integrity import upgrade_to_2
+from ekv._storage.sqlite import transaction
 
 __all__ = [
     "ShardIdentity",
@@ -47,43 +48,42 @@ class ShardIdentity(Protocol):
 
 def upgrade(conn: apsw.Connection, path: str, log: NodeLog) -> None:
     """Bring a verified shard of an older schema up to :data:`schema.SCHEMA_VERSION`."""
-    version = conn.execute("PRAGMA user_version").get
+    version = conn.execute(schema.USER_VERSION_GET).get
     if version == 1:
         rows = upgrade_to_2(conn)
         log.info("upgraded %s to schema %d (%d rows checksummed)", path, schema.SCHEMA_VERSION, rows)
 
 
 def is_empty(cur: apsw.Cursor) -> bool:
-    return bool(cur.execute("SELECT count(*) FROM sqlite_schema").get == 0)
+    return bool(cur.execute(schema.COUNT_SCHEMA_OBJECTS).get == 0)
 
 
 def initialise(cur: apsw.Cursor, index: int, identity: ShardIdentity) -> None:
-    cur.execute("BEGIN")
-    cur.execute(schema.DDL)
-    cur.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
-    cur.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
-    for key, value in (
-        ("shard_index", index),
-        ("shard_count", identity.shards),
-        ("node_id", identity.node_id),
-        ("name", identity.name),
-        ("schema_version", schema.SCHEMA_VERSION),
-    ):
-        cur.execute(schema.META_SET, (key, value))
-    cur.execute("COMMIT")
+    with transaction(cur):
+        cur.execute(schema.DDL)
+        cur.execute(schema.APPLICATION_ID_SET)
+        cur.execute(schema.USER_VERSION_SET)
+        for key, value in (
+            ("shard_index", index),
+            ("shard_count", identity.shards),
+            ("node_id", identity.node_id),
+            ("name", identity.name),
+            ("schema_version", schema.SCHEMA_VERSION),
+        ):
+            cur.execute(schema.META_SET, (key, value))
 
 
 def verify(cur: apsw.Cursor, path: str, index: int, identity: ShardIdentity, app_id: int) -> None:
     if app_id != schema.APPLICATION_ID:
         raise CorruptionError(f"{path} is not an ekv shard file (application_id {app_id:#x}); refusing to touch it")
-    version = cur.execute("PRAGMA user_version").get
+    version = cur.execute(schema.USER_VERSION_GET).get
     if version > schema.SCHEMA_VERSION:
         raise CorruptionError(
             f"{path} has schema version {version}, newer than this ekv supports ({schema.SCHEMA_VERSION})"
         )
     if version < 1:
         raise CorruptionError(f"{path} has no ekv schema version; it is damaged")
-    rows: list[Any] = cur.execute("SELECT key, value FROM meta").fetchall()
+    rows: list[Any] = cur.execute(schema.META_ALL).fetchall()
     meta = {row[0]: row[1] for row in rows}
     expected = {"shard_index": index, "shard_count": identity.shards, "node_id": identity.node_id}
     if meta.get("node_id") in identity.former_ids:
@@ -111,7 +111,7 @@ def own_tail(cur: apsw.Cursor, origin: str) -> tuple[int, int]:
     oseq_floor = cur.execute(schema.META_GET, (f"oseq_floor/{origin}",)).get or 0
     if "~" not in origin:
         oseq_floor = max(oseq_floor, cur.execute(schema.META_GET, ("oseq_floor",)).get or 0)
-    truncated = cur.execute("SELECT oseq FROM floors WHERE origin = ?", (origin,)).get or 0
+    truncated = cur.execute(schema.FLOOR_OF, (origin,)).get or 0
     oseq_floor = max(oseq_floor, truncated)
     hlc_floor = cur.execute(schema.META_GET, ("hlc_floor",)).get or 0
     tail = cur.execute(schema.OWN_LOG_TAIL, (origin,)).get
@@ -183,12 +183,12 @@ def is_abandoned(path: Path) -> bool:
         conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
         try:
             cur = conn.cursor()
-            app_id = cur.execute("PRAGMA application_id").get
+            app_id = cur.execute(schema.APPLICATION_ID_GET).get
             if app_id == 0:
-                return bool(cur.execute("SELECT count(*) FROM sqlite_schema").get == 0)
+                return bool(cur.execute(schema.COUNT_SCHEMA_OBJECTS).get == 0)
             if app_id != schema.APPLICATION_ID:
                 return False
-            return bool(cur.execute("SELECT count(*) FROM kv").get == 0)
+            return bool(cur.execute(schema.COUNT_ROWS).get == 0)
         finally:
             conn.close()
     except (apsw.Error, OSError):

@@ -239,10 +239,10 @@ class ShardedStore(StoreReads):
                     raise CorruptionError(f"shard file {str(shard_path)!r} is missing")
             store._cursors()  # opens and so checks every shard file
             for index, cur in enumerate(store._cursors()):
-                app_id = cur.execute("PRAGMA application_id").get
+                app_id = cur.execute(schema.APPLICATION_ID_GET).get
                 if app_id != schema.APPLICATION_ID:
                     raise CorruptionError(f"{datadir.shard_path(index)} is not an ekv shard file")
-                version = cur.execute("PRAGMA user_version").get
+                version = cur.execute(schema.USER_VERSION_GET).get
                 if version != schema.SCHEMA_VERSION:
                     raise DataDirError(
                         f"{datadir.shard_path(index)} has schema version {version}; this ekv reads "
@@ -409,7 +409,7 @@ class ShardedStore(StoreReads):
                 conn = open_connection(path, create=False, synchronous=self._synchronous)
                 self._checkpointers[index] = conn
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            conn.execute(schema.CHECKPOINT_PASSIVE).fetchall()
         except apsw.Error as exc:
             if not self._closed:
                 self.log.warning("checkpoint of %s failed: %s", path, exc)

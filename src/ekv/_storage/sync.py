@@ -25,9 +25,9 @@ from ekv._model import Entry
 from ekv._storage import schema
 from ekv._storage.integrity import row_ok
 from ekv._storage.shardfile import own_tail, previous_origin
-from ekv._storage.sqlite import open_connection
+from ekv._storage.sqlite import begin_snapshot, open_connection, roll_back
 
-__all__ = ["SyncSnapshot", "load_peer_reports", "local_vv", "truncate_log"]
+__all__ = ["SyncSnapshot", "load_markers", "load_peer_reports", "local_vv", "set_marker", "truncate_log"]
 
 _PAGE = 256
 # What a delta sync remembers of the keys it has dealt with (see SyncSnapshot._next_delta): at
@@ -74,17 +74,32 @@ def record_peer_report(cur: apsw.Cursor, node_id: str, vv: Mapping[str, int], no
     cur.execute(schema.PEER_REPORT, (node_id, json.dumps(dict(vv), sort_keys=True), now_ns))
 
 
+def load_markers(cur: apsw.Cursor, prefix: str) -> dict[str, int]:
+    """The replicator's node-level markers under ``prefix`` (``member_down/`` and the like, kept
+    in shard 0's meta table): the rest of each key -> its value."""
+    rows: list[Any] = cur.execute(schema.META_RANGE, (prefix, prefix + "\uffff")).fetchall()
+    return {key[len(prefix) :]: int(value) for key, value in rows if isinstance(value, int)}
+
+
+def set_marker(cur: apsw.Cursor, key: str, value: int | None) -> None:
+    """Set a marker :func:`load_markers` reads (remove it when ``value`` is None)."""
+    if value is None:
+        cur.execute(schema.META_DELETE, (key,))
+    else:
+        cur.execute(schema.META_SET, (key, value))
+
+
 def truncate_log(cur: apsw.Cursor, node_id: str, targets: Mapping[str, int] | None) -> int:
     """Delete change-log entries at or below ``targets[origin]`` (everything when ``targets`` is
     None) and raise the floors to match; returns the number of entries removed. Runs in the
     caller's transaction. The local sequence counter survives through ``floors``."""
-    tops: list[Any] = cur.execute("SELECT origin, max(oseq) FROM log GROUP BY origin").fetchall()
+    tops: list[Any] = cur.execute(schema.LOG_TOPS).fetchall()
     removed = 0
     for origin, top in tops:
         limit = top if targets is None else min(top, targets.get(origin, 0))
         if limit <= 0:
             continue
-        cur.execute("DELETE FROM log WHERE origin = ? AND oseq <= ?", (origin, limit))
+        cur.execute(schema.LOG_TRUNCATE, (origin, limit))
         removed += int(cur.connection.changes())
         cur.execute(schema.FLOOR_RAISE, (origin, limit))
     return removed
@@ -116,7 +131,7 @@ class SyncSnapshot:
     ) -> None:
         self._conn = open_connection(path, create=False, synchronous=synchronous, reader=True)
         self._cur = self._conn.cursor()
-        self._cur.execute("BEGIN")
+        begin_snapshot(self._cur)
         try:
             self.vv = local_vv(self._cur, origin)  # the first read pins the snapshot
             self.floors = floors(self._cur)
@@ -140,7 +155,7 @@ class SyncSnapshot:
         self._sent_keys: set[str] = set()
         self._sent_keys_bytes = 0
         if self.kind == "delta":
-            origins: list[Any] = self._cur.execute("SELECT DISTINCT origin FROM log ORDER BY origin").fetchall()
+            origins: list[Any] = self._cur.execute(schema.LOG_ORIGINS).fetchall()
             self._origins = [row[0] for row in origins]
             if self._origins:
                 self._last_oseq = self.peer_vv.get(self._origins[0], 0)
@@ -164,15 +179,11 @@ class SyncSnapshot:
         while len(out) < max_entries and size < max_bytes:
             if self._last_key is None:
                 rows: list[Any] = self._cur.execute(
-                    f"SELECT {schema.ROW_COLUMNS} FROM kv "
-                    "WHERE deleted_at IS NULL OR deleted_at >= ? ORDER BY key LIMIT ?",
-                    (self._cutoff, min(_PAGE, max_entries - len(out))),
+                    schema.FULL_SYNC_FIRST, (self._cutoff, min(_PAGE, max_entries - len(out)))
                 ).fetchall()
             else:
                 rows = self._cur.execute(
-                    f"SELECT {schema.ROW_COLUMNS} FROM kv "
-                    "WHERE key > ? AND (deleted_at IS NULL OR deleted_at >= ?) ORDER BY key LIMIT ?",
-                    (self._last_key, self._cutoff, min(_PAGE, max_entries - len(out))),
+                    schema.FULL_SYNC_AFTER, (self._last_key, self._cutoff, min(_PAGE, max_entries - len(out)))
                 ).fetchall()
             if not rows:
                 break
@@ -193,10 +204,7 @@ class SyncSnapshot:
         peer = self.peer_vv
         while len(out) < max_entries and size < max_bytes and self._origin_index < len(self._origins):
             origin = self._origins[self._origin_index]
-            rows: list[Any] = self._cur.execute(
-                "SELECT oseq, key FROM log WHERE origin = ? AND oseq > ? ORDER BY oseq LIMIT ?",
-                (origin, self._last_oseq, _PAGE),
-            ).fetchall()
+            rows: list[Any] = self._cur.execute(schema.LOG_PAGE, (origin, self._last_oseq, _PAGE)).fetchall()
             if not rows:
                 self._origin_index += 1
                 if self._origin_index < len(self._origins):
@@ -253,9 +261,5 @@ class SyncSnapshot:
         """End the snapshot and close its connection. Idempotent."""
         conn, self._conn = self._conn, None  # type: ignore[assignment]
         if conn is not None:
-            try:
-                if not conn.getautocommit():
-                    conn.execute("ROLLBACK")
-            except apsw.Error:
-                pass
+            roll_back(conn)
             conn.close()

@@ -59,7 +59,7 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
 
 # Aliases that appear (by name) in the signatures; their definitions are printed at the end.
 ALIASES = {
-    "Seconds": ("ekv._api.sync", "Seconds"),
+    "Seconds": ("ekv._options", "Seconds"),
     "OverflowPolicy": ("ekv._config", "OverflowPolicy"),
     "EventType": ("ekv._model", "EventType"),
 }
@@ -284,8 +284,52 @@ def format_signature(name: str, sig: inspect.Signature, prefix: str = "def ") ->
 
 
 def constructor_signature(cls: type) -> inspect.Signature:
-    """How the class is called: its ``__init__`` without ``self`` and without ``-> None``."""
-    return inspect.signature(cls).replace(return_annotation=inspect.Signature.empty)
+    """How the class is called: its ``__init__`` without ``self`` and without ``-> None``; a
+    ``**options: Unpack[SomeTypedDict]`` is shown as the keyword options it stands for."""
+    sig = inspect.signature(cls).replace(return_annotation=inspect.Signature.empty)
+    options = unpacked_options(cls)
+    if options is None:
+        return sig
+    kept = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+        for name, annotation, default, _ in options
+    ]
+    return sig.replace(parameters=[*kept, *extra])
+
+
+_UNPACK = re.compile(r"Unpack\[(\w+)\]")
+
+
+def unpacked_options(cls: type) -> list[tuple[str, str, Any, str]] | None:
+    """The options of a constructor that takes ``**options: Unpack[SomeTypedDict]``:
+    ``(name, annotation, default, docstring)`` in the TypedDict's order, the docstring being the
+    string literal under the field, the default from the ``DEFAULTS`` table of its module."""
+    init = cls.__dict__.get("__init__")
+    if init is None or not inspect.isfunction(init):
+        return None
+    var_keyword = [p for p in inspect.signature(init).parameters.values() if p.kind is p.VAR_KEYWORD]
+    match = _UNPACK.fullmatch(str(var_keyword[0].annotation)) if var_keyword else None
+    if match is None:
+        return None
+    typed_dict = init.__globals__[match.group(1)]
+    module = sys.modules[typed_dict.__module__]
+    defaults = module.DEFAULTS
+    fields: dict[str, tuple[str, str]] = {}
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for index, item in enumerate(node.body):
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                following = node.body[index + 1] if index + 1 < len(node.body) else None
+                doc = ""
+                if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                    doc = str(following.value.value)
+                fields[item.target.id] = (ast.unparse(item.annotation), doc)
+    missing = [name for name in typed_dict.__annotations__ if name not in defaults or not fields[name][1]]
+    if missing:
+        raise SystemExit(f"gen_api_docs: options {missing} of {typed_dict.__name__} have no default or no docstring")
+    return [(name, *fields[name][:1], defaults[name], fields[name][1]) for name in typed_dict.__annotations__]
 
 
 def code(text: str) -> str:
@@ -459,6 +503,13 @@ def document_class(w: Writer, public: str, qualname: str, cls: type, level: int)
         w.emit(code(format_signature(cls.__name__, constructor_signature(cls), "")))
     doc = class_doc(cls)
     w.emit(markdown_doc(doc, w.linker, qualname))
+    options = unpacked_options(cls) if kind == "class" else None
+    if options:
+        lines = []
+        for name, annotation, default, option_doc in options:
+            described = " ".join(markdown_doc(option_doc, w.linker, qualname).split())
+            lines.append(f"- `{name}: {annotation} = {default_text(default)}`: {described}")
+        w.emit("**Options** (keyword arguments, every one optional):\n\n" + "\n".join(lines))
 
     if kind == "named tuple":
         fields = [f"- `{name}: {annotation_text(ann)}`" for name, ann in cls.__annotations__.items()]

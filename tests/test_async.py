@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import ekv
+from ekv._options import AsyncOptions, Options
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -145,6 +146,6 @@ def test_facades_expose_the_same_operations() -> None:
         if name == "subscribe":
             sync_params.remove("callback")
         assert sync_params == async_params, name
-    sync_init = set(inspect.signature(ekv.EKV.__init__).parameters)
-    async_init = set(inspect.signature(ekv.AsyncEKV.__init__).parameters)
-    assert async_init - sync_init == {"workers"}
+    assert list(inspect.signature(ekv.EKV.__init__).parameters) == ["self", "name", "data_dir", "options"]
+    assert list(inspect.signature(ekv.AsyncEKV.__init__).parameters) == ["self", "name", "data_dir", "options"]
+    assert set(AsyncOptions.__annotations__) - set(Options.__annotations__) == {"workers"}

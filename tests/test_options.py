@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import re
 import ssl
 from collections.abc import Callable
 from datetime import timedelta
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 import ekv
+from ekv import _options
 
 NAN, INF = math.nan, math.inf
 
@@ -95,11 +97,38 @@ CLUSTER = {
 FACADES: list[Callable[..., Any]] = [ekv.EKV, ekv.AsyncEKV]
 
 
+def facade_options(facade: Callable[..., Any]) -> set[str]:
+    """The options a facade takes: its named parameters and the keys of its ``**options`` TypedDict."""
+    parameters = inspect.signature(facade).parameters
+    names = {name for name, p in parameters.items() if p.kind is not p.VAR_KEYWORD}
+    for parameter in parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            match = re.fullmatch(r"Unpack\[(\w+)\]", str(parameter.annotation))
+            assert match, parameter.annotation
+            names |= set(getattr(_options, match.group(1)).__annotations__)
+    return names
+
+
 def test_the_table_covers_every_option() -> None:
     for facade in FACADES:
-        options = set(inspect.signature(facade).parameters)
         expected = set(BAD) - ({"workers"} if facade is ekv.EKV else set())
-        assert options == expected, facade
+        assert facade_options(facade) == expected, facade
+    assert set(_options.DEFAULTS) == set(_options.AsyncOptions.__annotations__)
+
+
+@pytest.mark.parametrize("facade", FACADES)
+def test_a_misspelt_option_is_a_config_error_and_a_type_error_naming_it(
+    facade: Callable[..., Any], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "store"
+    for misspelt, meant in [("shard", "shards"), ("tombstone_tll", "tombstone_ttl"), ("colour", None)]:
+        with pytest.raises(ekv.ConfigError) as info:
+            facade("ok", data_dir, log=False, **{misspelt: 1})
+        assert isinstance(info.value, TypeError)  # what Python raises for an unexpected keyword
+        assert repr(misspelt) in str(info.value), str(info.value)
+        if meant:
+            assert f"did you mean {meant!r}" in str(info.value), str(info.value)
+    assert not data_dir.exists()
 
 
 def _cases() -> list[Any]:

@@ -50,6 +50,7 @@ from ekv._errors import (
     SubscriptionClosed,
     SubscriptionOverflow,
     Timeout,
+    UnknownOptionError,
     ValueTooLargeError,
 )
 from ekv._info import format_metrics
@@ -94,6 +95,7 @@ __all__ = [
     "SubscriptionOverflow",
     "SystemClock",
     "Timeout",
+    "UnknownOptionError",
     "ValueTooLargeError",
     "Version",
     "WallClock",

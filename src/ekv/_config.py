@@ -7,6 +7,7 @@ or the background threads. Durations are kept in nanoseconds (``*_ns``).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from typing import Any, Literal
 from ekv._codec import Codec, resolve_codec
 from ekv._core.clock import SystemClock, WallClock
 from ekv._core.durations import NS_PER_S, duration_ns
-from ekv._errors import ConfigError, InvalidArgumentType
+from ekv._errors import ConfigError, InvalidArgumentType, UnknownOptionError
+from ekv._options import CLUSTER_OPTIONS, DEFAULTS, STORE_OPTIONS
 
 __all__ = ["Config", "Durability", "LogLevel", "OverflowPolicy"]
 
@@ -27,12 +29,12 @@ OverflowPolicy = Literal["error", "drop_oldest", "drop_newest"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
-DEFAULT_SHARDS = 8
-DEFAULT_TOMBSTONE_TTL_S = 7 * 24 * 3600
-DEFAULT_GC_INTERVAL_S = 300
-DEFAULT_MAX_VALUE_SIZE = 256 * 1024 * 1024
+DEFAULT_SHARDS: int = DEFAULTS["shards"]
+DEFAULT_TOMBSTONE_TTL_S: int = DEFAULTS["tombstone_ttl"]
+DEFAULT_GC_INTERVAL_S: int = DEFAULTS["gc_interval"]
+DEFAULT_MAX_VALUE_SIZE: int = DEFAULTS["max_value_size"]
 MAX_VALUE_SIZE_LIMIT = 1_000_000_000 - 65_536  # SQLite's default SQLITE_MAX_LENGTH, minus slack
-DEFAULT_SUBSCRIBER_QUEUE = 10_000
+DEFAULT_SUBSCRIBER_QUEUE: int = DEFAULTS["subscriber_queue"]
 OVERFLOW_POLICIES: tuple[str, ...] = ("error", "drop_oldest", "drop_newest")
 _MAX_CLOCK_NS = 2**62  # leaves room for timestamp + duration sums inside SQLite's int64
 
@@ -135,24 +137,24 @@ class Config:
     """Replication options; None for a single embedded node."""
 
     @classmethod
-    def create(
-        cls,
-        name: object,
-        data_dir: object,
-        *,
-        shards: object = DEFAULT_SHARDS,
-        tombstone_ttl: object = DEFAULT_TOMBSTONE_TTL_S,
-        gc_interval: object = DEFAULT_GC_INTERVAL_S,
-        log: object = "info",
-        durability: object = "normal",
-        codec: object = "pickle",
-        clock: object = None,
-        max_value_size: object = DEFAULT_MAX_VALUE_SIZE,
-        subscriber_queue: object = DEFAULT_SUBSCRIBER_QUEUE,
-        allow_stale_startup: object = False,
-        **cluster: Any,
-    ) -> Config:
-        """Validate every option, raising :class:`~ekv.ConfigError` naming the bad one."""
+    def create(cls, name: object, data_dir: object, **options: Any) -> Config:
+        """Validate every option, raising :class:`~ekv.ConfigError` naming the bad one.
+
+        ``options`` are those of :class:`ekv._options.Options`; an absent one takes its value
+        from :data:`ekv._options.DEFAULTS`.
+        """
+        _check_names(options)
+        given = {**{key: DEFAULTS[key] for key in STORE_OPTIONS}, **options}
+        shards: object = given["shards"]
+        tombstone_ttl: object = given["tombstone_ttl"]
+        gc_interval: object = given["gc_interval"]
+        log: object = given["log"]
+        durability: object = given["durability"]
+        clock: object = given["clock"]
+        max_value_size: object = given["max_value_size"]
+        subscriber_queue: object = given["subscriber_queue"]
+        allow_stale_startup: object = given["allow_stale_startup"]
+        cluster = {key: value for key, value in options.items() if key in CLUSTER_OPTIONS}
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ConfigError(
                 "name must be 1-64 characters of letters, digits, '_', '.' or '-', starting with a "
@@ -201,7 +203,7 @@ class Config:
             gc_interval_ns=gc_ns,
             log=log,
             durability=durability,
-            codec=resolve_codec(codec),
+            codec=resolve_codec(given["codec"]),
             clock=wall,  # type: ignore[arg-type]
             max_value_size=max_value,
             subscriber_queue=queue,
@@ -222,27 +224,16 @@ class Config:
         }
 
 
-CLUSTER_DEFAULTS: dict[str, Any] = {
-    "listen": None,
-    "advertise": None,
-    "peers": (),
-    "discovery": (),
-    "discovery_interval": 30,
-    "cookie": None,
-    "ssl_server": None,
-    "ssl_client": None,
-    "heartbeat_interval": 1.0,
-    "heartbeat_timeout": 5.0,
-    "anti_entropy_interval": 30,
-    "sync_chunk_entries": 500,
-    "sync_chunk_bytes": 1 << 20,
-    "send_buffer": 64 << 20,
-    "compression_threshold": 256 * 1024,
-    "log_retention": 86_400,
-    "quarantine": True,
-    "connect_timeout": 5.0,
-    "reconnect_max": 2.0,
-}
+CLUSTER_DEFAULTS: dict[str, Any] = {key: DEFAULTS[key] for key in CLUSTER_OPTIONS}
+
+
+def _check_names(options: dict[str, Any]) -> None:
+    """A misspelt option is an error naming it (and the option it probably meant), never ignored."""
+    for key in options:
+        if key not in STORE_OPTIONS and key not in CLUSTER_OPTIONS:
+            close = difflib.get_close_matches(key, [*STORE_OPTIONS, *CLUSTER_OPTIONS], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownOptionError(f"unknown option {key!r}{hint}")
 
 
 def _cookie_bytes(cookie: object) -> bytes:
@@ -257,9 +248,6 @@ def _cookie_bytes(cookie: object) -> bytes:
 
 
 def _cluster_options(given: dict[str, Any], *, ttl_ns: int, max_value: int) -> ClusterOptions | None:
-    unknown = set(given) - set(CLUSTER_DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
     opts = {**CLUSTER_DEFAULTS, **{k: v for k, v in given.items() if v is not None or k == "listen"}}
     from ekv._core.addresses import format_address, is_loopback, parse_address
 

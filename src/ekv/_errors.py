@@ -7,6 +7,7 @@ catches them all. Errors caused by bad arguments also derive from the built-in `
     Error
     ├── InvalidArgument (ValueError)        bad key, ttl, prefix, option value ...
     │   ├── ConfigError                     an option given to EKV(...) is invalid (or another codec)
+    │   │   └── UnknownOptionError (TypeError)  an option EKV(...) does not have (a misspelling)
     │   └── ValueTooLargeError              encoded value above the documented maximum
     ├── InvalidArgumentType (TypeError,     an argument of the wrong type
     │                        ValueError)
@@ -66,6 +67,7 @@ __all__ = [
     "SubscriptionClosed",
     "SubscriptionOverflow",
     "Timeout",
+    "UnknownOptionError",
     "ValueTooLargeError",
 ]
 
@@ -81,6 +83,13 @@ class InvalidArgument(Error, ValueError):
 class ConfigError(InvalidArgument):
     """An option passed to ``EKV(...)`` / ``AsyncEKV(...)`` is invalid, or ``codec=`` is not the
     codec recorded in ``data_dir`` when it was created (nothing is written then either)."""
+
+
+class UnknownOptionError(ConfigError, TypeError):
+    """A keyword option that ``EKV(...)`` / ``AsyncEKV(...)`` does not have (a misspelling); the
+    message names it and the option it probably meant.
+
+    It is a ``TypeError`` too, which is what Python raises for an unexpected keyword argument."""
 
 
 class ValueTooLargeError(InvalidArgument):

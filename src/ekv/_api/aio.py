@@ -9,30 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import ssl
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar, Unpack
 
-from ekv._api.sync import Seconds
-from ekv._config import (
-    DEFAULT_GC_INTERVAL_S,
-    DEFAULT_MAX_VALUE_SIZE,
-    DEFAULT_SHARDS,
-    DEFAULT_SUBSCRIBER_QUEUE,
-    DEFAULT_TOMBSTONE_TTL_S,
-    Config,
-    OverflowPolicy,
-    check_positive_int,
-)
-from ekv._core.clock import WallClock
+from ekv._config import Config, OverflowPolicy, check_positive_int
 from ekv._errors import ClosedError
 from ekv._model import Version
 from ekv._node.node import Node
 from ekv._node.subscriptions import AsyncSubscription
+from ekv._options import DEFAULTS, AsyncOptions, Seconds
 
 __all__ = ["AsyncEKV"]
 
@@ -44,7 +33,7 @@ MAX_WORKERS = 256
 
 
 class AsyncEKV:
-    """The asyncio facade of an ekv store. Options are those of :class:`ekv.EKV`.
+    """The asyncio facade of an ekv store. Options are those of :class:`ekv.EKV`, and ``workers``.
 
     ::
 
@@ -57,76 +46,9 @@ class AsyncEKV:
     only validates options. ``workers`` (1-256) bounds the thread pool that runs storage calls.
     """
 
-    def __init__(
-        self,
-        name: str,
-        data_dir: str | PathLike[str],
-        *,
-        shards: int = DEFAULT_SHARDS,
-        tombstone_ttl: Seconds = DEFAULT_TOMBSTONE_TTL_S,
-        gc_interval: Seconds = DEFAULT_GC_INTERVAL_S,
-        log: Literal["info", "verbose", False] = "info",
-        durability: Literal["normal", "full"] = "normal",
-        codec: Any = "pickle",
-        clock: WallClock | None = None,
-        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
-        subscriber_queue: int = DEFAULT_SUBSCRIBER_QUEUE,
-        allow_stale_startup: bool = False,
-        listen: str | None = None,
-        peers: Sequence[str] = (),
-        cookie: str | bytes | None = None,
-        discovery: str | Sequence[str] = (),
-        advertise: str | None = None,
-        ssl_server: ssl.SSLContext | None = None,
-        ssl_client: ssl.SSLContext | None = None,
-        heartbeat_interval: Seconds | None = None,
-        heartbeat_timeout: Seconds | None = None,
-        anti_entropy_interval: Seconds | None = None,
-        discovery_interval: Seconds | None = None,
-        sync_chunk_entries: int | None = None,
-        sync_chunk_bytes: int | None = None,
-        send_buffer: int | None = None,
-        compression_threshold: int | Literal[False] | None = None,
-        log_retention: Seconds | None = None,
-        quarantine: bool | None = None,
-        connect_timeout: Seconds | None = None,
-        reconnect_max: Seconds | None = None,
-        workers: int = 4,
-    ) -> None:
-        pool_size = check_positive_int(workers, "workers", maximum=MAX_WORKERS)
-        self._config = Config.create(
-            name,
-            data_dir,
-            shards=shards,
-            tombstone_ttl=tombstone_ttl,
-            gc_interval=gc_interval,
-            log=log,
-            durability=durability,
-            codec=codec,
-            clock=clock,
-            max_value_size=max_value_size,
-            subscriber_queue=subscriber_queue,
-            allow_stale_startup=allow_stale_startup,
-            listen=listen,
-            peers=peers,
-            cookie=cookie,
-            discovery=discovery,
-            advertise=advertise,
-            ssl_server=ssl_server,
-            ssl_client=ssl_client,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout,
-            anti_entropy_interval=anti_entropy_interval,
-            discovery_interval=discovery_interval,
-            sync_chunk_entries=sync_chunk_entries,
-            sync_chunk_bytes=sync_chunk_bytes,
-            send_buffer=send_buffer,
-            compression_threshold=compression_threshold,
-            log_retention=log_retention,
-            quarantine=quarantine,
-            connect_timeout=connect_timeout,
-            reconnect_max=reconnect_max,
-        )
+    def __init__(self, name: str, data_dir: str | PathLike[str], **options: Unpack[AsyncOptions]) -> None:
+        pool_size = check_positive_int(options.pop("workers", DEFAULTS["workers"]), "workers", maximum=MAX_WORKERS)
+        self._config = Config.create(name, data_dir, **options)
         self._node: Node | None = None
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix=f"ekv-{name}")
         self._opening: asyncio.Future[Node] | None = None

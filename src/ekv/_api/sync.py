@@ -7,31 +7,19 @@ hop to a background thread on the hot path.
 
 from __future__ import annotations
 
-import ssl
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from datetime import timedelta
+from collections.abc import Callable, Iterator
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Unpack, overload
 
-from ekv._config import (
-    DEFAULT_GC_INTERVAL_S,
-    DEFAULT_MAX_VALUE_SIZE,
-    DEFAULT_SHARDS,
-    DEFAULT_SUBSCRIBER_QUEUE,
-    DEFAULT_TOMBSTONE_TTL_S,
-    Config,
-    OverflowPolicy,
-)
-from ekv._core.clock import WallClock
+from ekv._config import Config, OverflowPolicy
 from ekv._model import Event, Version
 from ekv._node.node import Node
 from ekv._node.subscriptions import CallbackSubscription, Subscription
+from ekv._options import Options, Seconds
 
 __all__ = ["EKV"]
-
-Seconds = float | int | timedelta
 
 
 class EKV:
@@ -47,17 +35,9 @@ class EKV:
     Args:
         name: instance name (letters, digits, ``_ . -``); recorded in ``data_dir``.
         data_dir: directory for the shard files; created if missing.
-        shards: number of SQLite files; fixed when ``data_dir`` is created.
-        tombstone_ttl: how long deletes are remembered (seconds or timedelta; default 7 days).
-        gc_interval: period of expiry, tombstone purge and change-log truncation (default 300 s).
-        log: ``"info"`` (default), ``"verbose"`` or ``False``; logger name ``"ekv"``.
-        durability: ``"normal"`` survives a process crash; ``"full"`` also a power cut.
-        codec: ``"pickle"`` (default), ``"json"`` or an object with ``dumps``/``loads`` (and a
-            ``name``); recorded in ``data_dir``, which then only opens with the same codec.
-        clock: a wall clock with ``now_ns()`` (tests and simulations inject one).
-        max_value_size: largest encoded value in bytes (default 256 MiB).
-        subscriber_queue: default bound in events of a subscription's queue (default 10,000).
-        allow_stale_startup: trust a data directory older than ``tombstone_ttl``.
+        **options: the keyword options, each with its type, default and meaning under
+            *Options* below (and in the README); their TypedDict, for type checkers, is
+            ``ekv._options.Options``.
 
     Raises:
         ekv.ConfigError: an option is invalid (nothing is created on disk), or ``codec`` is not
@@ -68,75 +48,9 @@ class EKV:
         ekv.ShardCountError, ekv.InstanceNameError, ekv.CorruptionError, ekv.DataDirError.
     """
 
-    def __init__(
-        self,
-        name: str,
-        data_dir: str | PathLike[str],
-        *,
-        shards: int = DEFAULT_SHARDS,
-        tombstone_ttl: Seconds = DEFAULT_TOMBSTONE_TTL_S,
-        gc_interval: Seconds = DEFAULT_GC_INTERVAL_S,
-        log: Literal["info", "verbose", False] = "info",
-        durability: Literal["normal", "full"] = "normal",
-        codec: Any = "pickle",
-        clock: WallClock | None = None,
-        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
-        subscriber_queue: int = DEFAULT_SUBSCRIBER_QUEUE,
-        allow_stale_startup: bool = False,
-        listen: str | None = None,
-        peers: Sequence[str] = (),
-        cookie: str | bytes | None = None,
-        discovery: str | Sequence[str] = (),
-        advertise: str | None = None,
-        ssl_server: ssl.SSLContext | None = None,
-        ssl_client: ssl.SSLContext | None = None,
-        heartbeat_interval: Seconds | None = None,
-        heartbeat_timeout: Seconds | None = None,
-        anti_entropy_interval: Seconds | None = None,
-        discovery_interval: Seconds | None = None,
-        sync_chunk_entries: int | None = None,
-        sync_chunk_bytes: int | None = None,
-        send_buffer: int | None = None,
-        compression_threshold: int | Literal[False] | None = None,
-        log_retention: Seconds | None = None,
-        quarantine: bool | None = None,
-        connect_timeout: Seconds | None = None,
-        reconnect_max: Seconds | None = None,
-    ) -> None:
+    def __init__(self, name: str, data_dir: str | PathLike[str], **options: Unpack[Options]) -> None:
         self._node: Node | None = None
-        config = Config.create(
-            name,
-            data_dir,
-            shards=shards,
-            tombstone_ttl=tombstone_ttl,
-            gc_interval=gc_interval,
-            log=log,
-            durability=durability,
-            codec=codec,
-            clock=clock,
-            max_value_size=max_value_size,
-            subscriber_queue=subscriber_queue,
-            allow_stale_startup=allow_stale_startup,
-            listen=listen,
-            peers=peers,
-            cookie=cookie,
-            discovery=discovery,
-            advertise=advertise,
-            ssl_server=ssl_server,
-            ssl_client=ssl_client,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout,
-            anti_entropy_interval=anti_entropy_interval,
-            discovery_interval=discovery_interval,
-            sync_chunk_entries=sync_chunk_entries,
-            sync_chunk_bytes=sync_chunk_bytes,
-            send_buffer=send_buffer,
-            compression_threshold=compression_threshold,
-            log_retention=log_retention,
-            quarantine=quarantine,
-            connect_timeout=connect_timeout,
-            reconnect_max=reconnect_max,
-        )
+        config = Config.create(name, data_dir, **options)
         self._node = node = Node(config)
         self._store = node.store
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
+import itertools
 import re
 import shlex
 import subprocess
@@ -12,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import ekv
-from ekv._options import AsyncOptions, Options
+from ekv import _options
+from ekv._options import DEFAULTS, AsyncOptions, Options
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -216,3 +219,61 @@ def test_the_docs_command_check_catches_mistakes() -> None:
     assert check_command(parser, "ekv put --node", False) is None
     assert check_command(parser, "ekv serve --durability normal|full [--peer HOST:PORT]...", False) is None
     assert check_command(parser, "EKV_COOKIE=x ekv get --node h:1 k  # a comment", True) is None
+
+
+_UNITS = {"s": 1, "day": 86_400, "days": 86_400, "KiB": 1024, "MiB": 1024 * 1024}
+_MEANS_NONE = {"system clock", "listen address"}  # what a None default stands for, in words
+
+
+def parse_default(text: str) -> Any:
+    """A default as the docs write it ("7 days", "256 MiB", "10,000", `"info"`, `()`, "system
+    clock") as the value in ekv._options.DEFAULTS (durations in seconds, sizes in bytes)."""
+    text = text.strip().strip("`").strip()
+    if text in _MEANS_NONE:
+        return None
+    match = re.fullmatch(r"([\d,.]+)(?: (s|days?|KiB|MiB))?", text)
+    if match:
+        number = float(match.group(1).replace(",", ""))
+        return number * _UNITS[match.group(2)] if match.group(2) else number
+    return ast.literal_eval(text)
+
+
+def test_the_readme_options_table_matches_the_defaults_table() -> None:
+    """The README's options table lists exactly the options (and name, data_dir), each with the
+    default of ekv._options.DEFAULTS, the one table of defaults."""
+    documented: dict[str, Any] = {}
+    for row in table_after("## Options"):
+        names = [part.strip().strip("`") for part in row[0].split("/")]
+        defaults = row[1].split(" / ") if " / " in row[1] else [row[1]] * len(names)  # "a / b" or one for both
+        assert len(defaults) == len(names), row
+        for name, default in zip(names, defaults, strict=True):
+            assert name not in documented, f"{name} is in the README's options table twice"
+            documented[name] = default if name in ("name", "data_dir") else parse_default(default)
+    assert documented.pop("name") == "required" and documented.pop("data_dir") == "required"
+    assert set(documented) == set(AsyncOptions.__annotations__)
+    for name, default in documented.items():
+        expected = DEFAULTS[name]
+        assert default == expected and isinstance(default, bool) == isinstance(expected, bool), (
+            f"README says {name} defaults to {default!r}, ekv._options.DEFAULTS says {expected!r}"
+        )
+
+
+def test_every_option_docstring_states_the_default_of_the_table() -> None:
+    """Each option's docstring (what an IDE shows) ends with "Default X." and X is its default in
+    ekv._options.DEFAULTS, so the docstrings cannot drift from the table either."""
+    tree = ast.parse(Path(_options.__file__).read_text(encoding="utf-8"))
+    docs: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for item, following in itertools.pairwise(node.body):
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    assert isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant), item.target.id
+                    docs[item.target.id] = " ".join(str(following.value.value).split())
+    assert set(docs) == set(AsyncOptions.__annotations__) == set(DEFAULTS)
+    for name, doc in docs.items():
+        match = re.search(r".*Default (.+?)(?::[^.]*)?\.$", doc)  # the last "Default"
+        assert match, f"the docstring of option {name} does not end with 'Default ...': {doc!r}"
+        stated, expected = parse_default(match.group(1)), DEFAULTS[name]
+        assert stated == expected and isinstance(stated, bool) == isinstance(expected, bool), (
+            f"the docstring of {name} says its default is {stated!r}, ekv._options.DEFAULTS says {expected!r}"
+        )

@@ -44,8 +44,8 @@ class Options(TypedDict, total=False):
     """``"pickle"``, ``"json"`` or an object with ``dumps``/``loads`` (and a ``name``); recorded in
     ``data_dir``, which then only opens with the same codec. Default ``"pickle"``."""
     clock: WallClock | None
-    """A wall clock with ``now_ns()`` (tests and simulations inject one). Default (None): the
-    system clock."""
+    """A wall clock with ``now_ns()`` (tests and simulations inject one). Default None: the system
+    clock."""
     max_value_size: int
     """Largest encoded value, in bytes. Default 256 MiB."""
     subscriber_queue: int

@@ -7,29 +7,30 @@ It connects to the node's cluster port, runs the same cookie handshake as a memb
 Pointed at something that is not an ekv node (an HTTP port, a typo), it says so ("HOST:PORT does
 not speak the ekv protocol (it answered like an HTTP server)"). Line-based servers (HTTP, SMTP,
 Redis ...) wait for a line feed before they answer anything, which a binary Hello would not
-contain: so the client sizes its Hello (a longer random nonce and client id) to make the last
-byte of the frame header a line feed. Such a server then sees one malformed line and answers at
-once; an ekv node does not care about the sizes.
+contain: so the client sizes its Hello (:func:`~ekv._cluster.handshake.client_hello`) to make the
+last byte of the frame header a line feed. Such a server then sees one malformed line and answers
+at once; an ekv node does not care about the sizes.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import secrets
 import socket
 import ssl
 import time
-from dataclasses import replace
 from typing import Any
 
-from ekv._cluster import auth, wire
-from ekv._cluster.messages import PROTOCOL_VERSION, Auth, Hello, Message, Ping, Pong, Reject, Reply, Request
-from ekv._cluster.session import COOKIE_MISMATCH, describe_foreign
+from ekv._cluster import wire
+from ekv._cluster.handshake import COOKIE_MISMATCH, Handshake, Refused, State, client_hello
+from ekv._cluster.messages import Hello, Message, Ping, Pong, Reject, Reply, Request
 from ekv._core.addresses import parse_address
-from ekv._errors import AuthenticationError, ClusterError, ProtocolError
+from ekv._errors import AuthenticationError, ClusterError, Error, ProtocolError
 
 __all__ = ["Client"]
+
+_UNSURE = " (is it an ekv node's cluster port?)"
+"""Added to a timeout or a closed connection before the node said anything."""
 
 
 class Client:
@@ -53,9 +54,6 @@ class Client:
         self._decoder = wire.FrameDecoder(64 * 1024)
         self._pending: list[Message] = []
         self._ids = itertools.count(1)
-        self._head = b""
-        """The first bytes received, until a message decodes (to describe a non-ekv server)."""
-        self._decoded = False
         self.server: Hello | None = None
 
     def __enter__(self) -> Client:
@@ -80,54 +78,21 @@ class Client:
             self.close()
             raise
 
-    def _hello(self) -> Hello:
-        """This client's Hello, sized so that its frame header ends in a line feed (see the
-        module docstring): ``pad`` more bytes come from a longer nonce (two hex digits each)
-        and, for an odd count, one more digit of the client id."""
-        nonce = auth.new_nonce()
-        mine = Hello(
-            versions=(PROTOCOL_VERSION,),
-            features=(*wire.FEATURES, wire.CLIENT_FEATURE),
-            instance=self._instance,
-            node_id="client-" + secrets.token_hex(6),
-            shards=1,
-            nonce=nonce,
-            listen=None,
-            wall_ns=time.time_ns(),
-        )
-        declared = len(wire.encode(mine)) - wire.HEADER_SIZE
-        pad = (ord("\n") - declared) % 256
-        return replace(
-            mine,
-            nonce=nonce + secrets.token_bytes(pad // 2),
-            node_id=mine.node_id + secrets.token_hex(1)[: pad % 2],
-        )
-
     def _handshake(self) -> None:
-        mine = self._hello()
-        self._send(mine)
-        theirs = self._receive()
-        if isinstance(theirs, Reject):
-            raise ClusterError(f"{self.address} refused the connection: {theirs.reason}")
-        if not isinstance(theirs, Hello):
-            raise ProtocolError(f"{self.address} answered {type(theirs).__name__}, not Hello")
-        self._send(Auth(auth.proof(self._cookie, mine=mine, theirs=theirs)))
-        answer = self._receive()
-        if isinstance(answer, Reject):
-            reason = answer.reason
-            if reason == "authentication failed" or reason.startswith(COOKIE_MISMATCH):
-                reason = f"{COOKIE_MISMATCH} (this client's cookie is not the node's)"
-            raise AuthenticationError(f"{self.address} refused the connection: {reason}")
-        if not isinstance(answer, Auth):
-            raise ProtocolError(f"{self.address} answered {type(answer).__name__}, not Auth")
-        try:
-            auth.verify(self._cookie, answer.mac, mine=mine, theirs=theirs)
-        except auth.CookieMismatch:
-            raise AuthenticationError(
-                f"{self.address}: {COOKIE_MISMATCH} (the node does not know this client's cookie)"
-            ) from None
-        self._decoder.set_max_frame_size(1 << 30)
-        self.server = theirs
+        """Drive the shared state machine (``handshake.py``) over the blocking socket. Unlike a
+        member, the client sends no Reject when it refuses the node: it just closes."""
+        shake = Handshake.dial(client_hello(self._instance), self._cookie, max_frame_size=1 << 30)
+        self._send_bytes(shake.data_to_send())
+        while shake.state is not State.DONE:
+            data = self._recv("" if shake.heard else _UNSURE)
+            try:
+                shake.receive_data(data)
+            except Refused as exc:
+                self._send_bytes(shake.data_to_send())  # (what was due before the refusal)
+                raise _client_error(self.address, exc) from None
+            self._send_bytes(shake.data_to_send())
+        self._decoder, self._pending = shake.decoder, shake.pending
+        self.server = shake.peer_hello
 
     def call(self, op: str, **args: Any) -> Any:
         """Run one command on the node; return its JSON result (raises ClusterError on failure)."""
@@ -150,33 +115,54 @@ class Client:
             sock.close()
 
     def _send(self, message: Message) -> None:
+        self._send_bytes(wire.encode(message))
+
+    def _send_bytes(self, data: bytes) -> None:
         assert self._sock is not None
+        if not data:
+            return
         try:
-            self._sock.sendall(wire.encode(message))
+            self._sock.sendall(data)
         except OSError as exc:
             raise ClusterError(f"connection to {self.address} lost: {exc}") from None
 
     def _receive(self) -> Message:
-        assert self._sock is not None
-        unsure = "" if self._decoded else " (is it an ekv node's cluster port?)"
         while not self._pending:
-            try:
-                data = self._sock.recv(256 * 1024)
-            except TimeoutError:
-                raise ClusterError(f"{self.address} did not answer within {self._timeout} s{unsure}") from None
-            except OSError as exc:
-                raise ClusterError(f"connection to {self.address} lost: {exc}{unsure}") from None
-            if not data:
-                raise ClusterError(f"{self.address} closed the connection{unsure}")
-            if self._decoded:
-                self._pending.extend(self._decoder.feed(data))
-                continue
-            self._head = (self._head + data)[:64]
-            try:
-                self._pending.extend(self._decoder.feed(data))
-            except ProtocolError:
-                raise ProtocolError(
-                    f"{self.address} does not speak the ekv protocol ({describe_foreign(self._head)})"
-                ) from None
-            self._decoded = bool(self._pending)
+            self._pending.extend(self._decoder.feed(self._recv("")))
         return self._pending.pop(0)
+
+    def _recv(self, unsure: str) -> bytes:
+        """The next bytes from the node (``unsure``: a hint for errors before it said anything)."""
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(256 * 1024)
+        except TimeoutError:
+            raise ClusterError(f"{self.address} did not answer within {self._timeout} s{unsure}") from None
+        except OSError as exc:
+            raise ClusterError(f"connection to {self.address} lost: {exc}{unsure}") from None
+        if not data:
+            raise ClusterError(f"{self.address} closed the connection{unsure}")
+        return data
+
+
+def _client_error(address: str, refused: Refused) -> Error:
+    """How the command line words a refused handshake: naming the node, with the exception type
+    of the cause (a node that refused, a foreign protocol, a cookie the node does not know)."""
+    kind, detail = refused.kind, refused.detail
+    if kind == "rejected" and refused.stage == "Hello":
+        return ClusterError(f"{address} refused the connection: {detail}")
+    if kind == "rejected":
+        if refused.cookie_mismatch:
+            detail = f"{COOKIE_MISMATCH} (this client's cookie is not the node's)"
+        return AuthenticationError(f"{address} refused the connection: {detail}")
+    if kind == "unexpected":
+        return ProtocolError(f"{address} answered {detail}, not {refused.stage}")
+    if kind == "foreign":
+        return ProtocolError(f"{address} does not speak the ekv protocol ({detail})")
+    if kind == "cookie":
+        return AuthenticationError(f"{address}: {COOKIE_MISMATCH} (the node does not know this client's cookie)")
+    if kind == "auth":
+        return AuthenticationError(detail)
+    if kind == "protocol":
+        return ProtocolError(detail)
+    return ClusterError(f"{address}: {refused}")

@@ -1,17 +1,13 @@
 """One connection between two members: the handshake, then framed messages both ways.
 
-Handshake (the dialer speaks first, the listener never proves anything to a stranger first)::
-
-    dialer                         listener
-      Hello  ───────────────────▶  route by instance name; check version, shards, identity
-             ◀───────────────────  Hello (or Reject + close)
-      Auth   ───────────────────▶  verify the dialer's proof (or Reject + close)
-             ◀───────────────────  Auth
-      verify the listener's proof
-
-Until both proofs are verified the frame cap is small (64 KiB), so an unauthenticated peer cannot
-make us buffer much; everything it sends goes through :class:`~ekv._cluster.wire.FrameDecoder`,
-and any violation closes the connection with a log line and changes no data.
+The handshake itself (messages, negotiation, cookie proofs, refusals) is the sans-I/O state
+machine of :mod:`ekv._cluster.handshake`; this module drives it over asyncio streams, in both
+roles, adding what a state machine cannot do: reading, writing, the timeout, sending the Reject
+it asks for and closing. The listener reads the dialer's Hello first (:func:`read_hello_for_routing`,
+called by the runtime to pick the instance by name), then the instance answers
+(:func:`accept_handshake`). Until both proofs are verified the frame cap is small (64 KiB), so an
+unauthenticated peer cannot make us buffer much; any violation closes the connection with a log
+line and changes no data.
 
 After the handshake a :class:`Session` reads frames and hands messages to its owner, writes
 frames the owner sends (counting queued bytes for backpressure: a peer that falls more than
@@ -25,26 +21,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ekv._cluster import auth, wire
-from ekv._cluster.messages import Auth, Bye, Hello, Message, Ping, Pong, Reject
-from ekv._errors import AuthenticationError, ClusterError, ProtocolError
+from ekv._cluster import wire
+from ekv._cluster.handshake import Handshake, Refused, State, check_peer_hello, reject_frame
+from ekv._cluster.messages import Bye, Hello, Message, Ping, Pong, Reject
+from ekv._errors import ProtocolError
 
-__all__ = [
-    "COOKIE_MISMATCH",
-    "PRE_AUTH_MAX_FRAME",
+__all__ = [  # (Refused and check_peer_hello live in handshake.py; named here for older imports)
     "HandshakeParams",
+    "Refused",
     "Session",
     "SessionOwner",
     "accept_handshake",
-    "describe_foreign",
+    "check_peer_hello",
     "dial_handshake",
+    "read_hello_for_routing",
 ]
 
-PRE_AUTH_MAX_FRAME = 64 * 1024
 _READ_SIZE = 256 * 1024
 
 
@@ -64,69 +60,33 @@ class HandshakeParams:
     max_frame_size: int
 
 
-COOKIE_MISMATCH = "authentication failed: cookie mismatch"
-"""The Reject reason for a wrong proof, and how both sides' logs and info() name it. (Nodes
-before it sent a bare "authentication failed", which the dialer reads the same way.)"""
+async def _drive(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handshake: Handshake, until: State
+) -> None:
+    """Run ``handshake`` until it reaches ``until``: write what it says, feed it what arrives."""
+    _flush(writer, handshake)
+    while handshake.state is not until:
+        handshake.receive_data(await reader.read(_READ_SIZE))
+        _flush(writer, handshake)
 
 
-class Refused(ClusterError):
-    """The handshake failed; ``reason`` says why (also sent to the peer when possible).
-    ``cookie_mismatch``: the two sides have different cookies (logged louder, see ClusterNode)."""
-
-    def __init__(self, message: str, *, cookie_mismatch: bool = False) -> None:
-        super().__init__(message)
-        self.cookie_mismatch = cookie_mismatch
+def _flush(writer: asyncio.StreamWriter, handshake: Handshake) -> None:
+    data = handshake.data_to_send()
+    if data:
+        writer.write(data)
 
 
-def describe_foreign(head: bytes) -> str:
-    """What the first bytes from something that is not an ekv node look like, for an error
-    message ("it answered like an HTTP server"), so that a wrong port is recognised at once rather
-    than reported as a frame of 1213486160 bytes (which is b"HTTP" read as a length)."""
-    if head.startswith(b"HTTP/") or head.lstrip()[:14].lower().startswith((b"<!doctype html", b"<html")):
-        return "it answered like an HTTP server"  # (an HTTP/0.9-style error page has no status line)
-    if head.startswith((b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ")):
-        return "it sent an HTTP request"
-    if len(head) >= 3 and head[0] in (0x15, 0x16) and head[1] == 0x03:
-        return "it speaks TLS; is TLS configured on both sides?"
-    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:60]):
-        return f"it sent the text {head[:60].decode('ascii').strip()!r}"
-    return "it sent bytes that are not an ekv frame"
-
-
-class _Head:
-    """The first bytes a peer sent during the handshake, kept to describe a non-ekv peer."""
-
-    __slots__ = ("data", "decoded")
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.decoded = False
-
-
-async def _read_message(
-    reader: asyncio.StreamReader, decoder: wire.FrameDecoder, pending: list[Message], head: _Head | None = None
-) -> Message:
-    while not pending:
-        data = await reader.read(_READ_SIZE)
-        if not data:
-            raise Refused("connection closed during the handshake")
-        try:
-            pending.extend(decoder.feed(data))
-        except ProtocolError:
-            if head is None or head.decoded:
-                raise
-            first = (head.data + data)[:64]
-            raise Refused(f"it does not speak the ekv protocol ({describe_foreign(first)})") from None
-        if head is not None:
-            head.data = (head.data + data)[:64]
-            head.decoded = head.decoded or bool(pending)
-    return pending.pop(0)
-
-
-def _dialer_auth_refusal(reason: str) -> Refused:
-    if reason == "authentication failed" or reason.startswith(COOKIE_MISMATCH):
-        return Refused(f"{COOKIE_MISMATCH}: the peer does not accept this node's cookie", cookie_mismatch=True)
-    return Refused(f"refused by the peer: {reason}")
+async def _refusing(writer: asyncio.StreamWriter, handshake: Handshake, step: Awaitable[None]) -> None:
+    """Await ``step``; if the state machine refused the peer, send what was due before the
+    refusal and, when it says so, a Reject telling the peer why (then close)."""
+    try:
+        await step
+    except Refused as exc:
+        with contextlib.suppress(Exception):
+            _flush(writer, handshake)
+        if exc.reject is not None:
+            await _reject(writer, exc.reject)
+        raise
 
 
 async def read_hello_for_routing(
@@ -136,86 +96,35 @@ async def read_hello_for_routing(
     timeout_s: float = 10.0,
 ) -> tuple[Any, tuple[Hello, wire.FrameDecoder, list[Message]]] | None:
     """Read an incoming connection's Hello and find the instance it asks for (listener side)."""
-    decoder = wire.FrameDecoder(PRE_AUTH_MAX_FRAME)
-    pending: list[Message] = []
+    handshake = Handshake.accept()
     try:
-        first = await asyncio.wait_for(_read_message(reader, decoder, pending, _Head()), timeout_s)
-    except (ProtocolError, Refused, TimeoutError, ConnectionError, OSError) as exc:
+        await asyncio.wait_for(_drive(reader, writer, handshake, State.ROUTE), timeout_s)
+    except Refused as exc:
+        if exc.reject is None:  # (no frame, a foreign protocol, or closed: nothing to tell it)
+            _close(writer)
+            raise Refused(f"no valid Hello from {_peer(writer)}: {exc}") from None
+        await _reject(writer, exc.reject)
+        raise Refused(f"{_peer(writer)} sent {exc.detail} before Hello") from None
+    except (TimeoutError, ConnectionError, OSError) as exc:
         _close(writer)
         raise Refused(f"no valid Hello from {_peer(writer)}: {exc}") from None
-    if not isinstance(first, Hello):
-        await _reject(writer, "expected Hello")
-        raise Refused(f"{_peer(writer)} sent {type(first).__name__} before Hello")
+    first = handshake.peer_hello
+    assert first is not None
     endpoint = lookup(first.instance)
     if endpoint is None:
         await _reject(writer, f"no ekv instance named {first.instance!r} here")
         raise Refused(f"{_peer(writer)} asked for unknown instance {first.instance!r}")
-    return endpoint, (first, decoder, pending)
-
-
-def check_peer_hello(mine: Hello, theirs: Hello) -> tuple[int, frozenset[str]]:
-    """Validate the other side's Hello; raises Refused with a reason fit for both logs.
-
-    A client (``"client"`` feature: the command line) may ask for instance ``"*"`` (whatever
-    instance the listener runs) and has no shards to compare."""
-    client = wire.CLIENT_FEATURE in theirs.features
-    if theirs.instance != mine.instance and not (client and theirs.instance == "*"):
-        raise Refused(f"peer runs instance {theirs.instance!r}, we run {mine.instance!r}")
-    try:
-        version, features = wire.negotiate(mine, theirs)
-    except ProtocolError as exc:
-        raise Refused(str(exc)) from None
-    if not client and theirs.shards != mine.shards:
-        raise Refused(f"peer {theirs.node_id} has {theirs.shards} shards, we have {mine.shards}; they cannot replicate")
-    if not client and theirs.codec is not None and mine.codec is not None and theirs.codec != mine.codec:
-        raise Refused(
-            f"peer {theirs.node_id} uses codec {theirs.codec!r}, we use {mine.codec!r}; neither could read "
-            "the other's values (give every member the same codec= option)"
-        )
-    if theirs.node_id == mine.node_id and (not theirs.origin or theirs.origin == mine.origin):
-        raise Refused("connected to ourselves")
-    # Same node id, another origin: a copy of our data directory runs there. The handshake goes
-    # on, so that only an authenticated member can make this node take a new identity.
-    return version, features
+    return endpoint, (first, handshake.decoder, handshake.pending)
 
 
 async def dial_handshake(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, params: HandshakeParams
 ) -> tuple[Hello, frozenset[str], wire.FrameDecoder, list[Message]]:
     """The dialer's side of the handshake; returns the peer's Hello and the negotiated features."""
-    decoder = wire.FrameDecoder(PRE_AUTH_MAX_FRAME)
-    pending: list[Message] = []
-    mine = params.hello
-
-    async def run() -> tuple[Hello, frozenset[str]]:
-        writer.write(wire.encode(mine))
-        theirs = await _read_message(reader, decoder, pending, _Head())
-        if isinstance(theirs, Reject):
-            raise Refused(f"refused by the peer: {theirs.reason}")
-        if not isinstance(theirs, Hello):
-            raise Refused(f"expected Hello, got {type(theirs).__name__}")
-        try:
-            _, features = check_peer_hello(mine, theirs)
-        except Refused as exc:
-            await _reject(writer, str(exc))
-            raise
-        writer.write(wire.encode(Auth(auth.proof(params.cookie, mine=mine, theirs=theirs))))
-        answer = await _read_message(reader, decoder, pending)
-        if isinstance(answer, Reject):
-            raise _dialer_auth_refusal(answer.reason)
-        if not isinstance(answer, Auth):
-            raise Refused(f"expected Auth, got {type(answer).__name__}")
-        await _verify_proof(writer, params, answer, theirs, "the peer")
-        return theirs, features
-
-    try:
-        theirs, features = await asyncio.wait_for(run(), params.timeout_s)
-    except TimeoutError:
-        raise Refused("handshake timed out") from None
-    except (ProtocolError, ConnectionError, OSError) as exc:
-        raise Refused(f"handshake failed: {exc}") from None
-    decoder.set_max_frame_size(params.max_frame_size)
-    return theirs, features, decoder, pending
+    handshake = Handshake.dial(params.hello, params.cookie, max_frame_size=params.max_frame_size)
+    await _timed(_refusing(writer, handshake, _drive(reader, writer, handshake, State.DONE)), params.timeout_s)
+    assert handshake.peer_hello is not None
+    return handshake.peer_hello, handshake.features, handshake.decoder, handshake.pending
 
 
 async def accept_handshake(
@@ -227,51 +136,29 @@ async def accept_handshake(
     pending: list[Message],
 ) -> frozenset[str]:
     """The listener's side, after routing read the dialer's Hello."""
-    mine = params.hello
-    try:
-        _, features = check_peer_hello(mine, theirs)
-    except Refused as exc:
-        await _reject(writer, str(exc))
-        raise
+    handshake = Handshake.routed(theirs, decoder, pending)
 
     async def run() -> None:
-        writer.write(wire.encode(mine))
-        answer = await _read_message(reader, decoder, pending)
-        if not isinstance(answer, Auth):
-            await _reject(writer, "expected Auth")
-            raise Refused(f"expected Auth, got {type(answer).__name__}")
-        await _verify_proof(writer, params, answer, theirs, f"node {theirs.node_id}")
-        writer.write(wire.encode(Auth(auth.proof(params.cookie, mine=mine, theirs=theirs))))
+        handshake.answer(params.hello, params.cookie, max_frame_size=params.max_frame_size)
+        await _drive(reader, writer, handshake, State.DONE)
         await writer.drain()
 
+    await _timed(_refusing(writer, handshake, run()), params.timeout_s)
+    return handshake.features
+
+
+async def _timed(step: Awaitable[None], timeout_s: float) -> None:
     try:
-        await asyncio.wait_for(run(), params.timeout_s)
+        await asyncio.wait_for(step, timeout_s)
     except TimeoutError:
         raise Refused("handshake timed out") from None
-    except (ProtocolError, ConnectionError, OSError) as exc:
+    except (ConnectionError, OSError) as exc:  # (the state machine words protocol errors itself)
         raise Refused(f"handshake failed: {exc}") from None
-    decoder.set_max_frame_size(params.max_frame_size)
-    return features
-
-
-async def _verify_proof(
-    writer: asyncio.StreamWriter, params: HandshakeParams, answer: Auth, theirs: Hello, who: str
-) -> None:
-    """Check the peer's cookie proof; on failure tell the peer why (a cookie mismatch is named
-    as such: the misconfiguration that keeps a node alone) and raise Refused."""
-    try:
-        auth.verify(params.cookie, answer.mac, mine=params.hello, theirs=theirs)
-    except auth.CookieMismatch:
-        await _reject(writer, COOKIE_MISMATCH)
-        raise Refused(f"{COOKIE_MISMATCH}: {who} does not know this cluster's cookie", cookie_mismatch=True) from None
-    except AuthenticationError as exc:
-        await _reject(writer, "authentication failed")
-        raise Refused(f"authentication failed: {exc}") from None
 
 
 async def _reject(writer: asyncio.StreamWriter, reason: str) -> None:
     with contextlib.suppress(Exception):
-        writer.write(wire.encode(Reject(reason[:200])))
+        writer.write(reject_frame(reason))
         await asyncio.wait_for(writer.drain(), 1.0)
     _close(writer)
 

@@ -341,21 +341,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, reps_out in thread_rows.items():
             rows[name] = median_of(reps_out)
 
-        import diskcache
-
-        rep_write(
-            "diskcache_set", lambda d: diskcache.Cache(str(d)), lambda c, keys: measure(lambda k: c.set(k, VALUE), keys)
-        )
-        try:
-            from sqlitedict import SqliteDict
+        if args.peers:
+            import diskcache
 
             rep_write(
-                "sqlitedict_set",
-                lambda d: SqliteDict(str(d / "sd.db"), autocommit=True),
-                lambda s, keys: measure(lambda k: s.__setitem__(k, VALUE), keys[: max(1, n // 4)]),
+                "diskcache_set",
+                lambda d: diskcache.Cache(str(d)),
+                lambda c, keys: measure(lambda k: c.set(k, VALUE), keys),
             )
-        except ImportError:
-            results["notes"].append("sqlitedict not installed: row skipped")
+            try:
+                from sqlitedict import SqliteDict
+
+                rep_write(
+                    "sqlitedict_set",
+                    lambda d: SqliteDict(str(d / "sd.db"), autocommit=True),
+                    lambda s, keys: measure(lambda k: s.__setitem__(k, VALUE), keys[: max(1, n // 4)]),
+                )
+            except ImportError:
+                results["notes"].append("sqlitedict not installed: row skipped")
 
         for name, reps_out in write_rows.items():
             rows[name] = median_of(reps_out)
@@ -397,36 +400,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             read_rows["ekv_scan_1000"] = [measure(kv.scan, prefixes) for _ in range(reps)]
             read_rows["ekv_keys_1000"] = [measure(kv.keys, prefixes) for _ in range(reps)]
 
-        cache = diskcache.Cache(str(root / "read-dc"))
-        for k in read_keys:
-            cache.set(k, VALUE)
-        rep_read("diskcache_get", cache.get)
-        cache.close()
-        try:
-            from sqlitedict import SqliteDict
-
-            sd = SqliteDict(str(root / "read-sd.db"), autocommit=False)
-            for k in read_keys:
-                sd[k] = VALUE
-            sd.commit()
-            rep_read("sqlitedict_get", sd.__getitem__)
-            sd.close()
-        except ImportError:
-            pass
-
-        with redis_client() as (client, why):
-            if client is None:
-                results["notes"].append(f"Redis row skipped: {why}")
-            else:
-                payload = pickle.dumps(VALUE, protocol=5)
-                write_rows_r = []
-                for rep in range(reps):
-                    settle()
-                    write_rows_r.append(measure(lambda k: client.set(k, payload), keys_for(rep, "w")))
-                rows["redis_set"] = median_of(write_rows_r)
-                for k in read_keys:
-                    client.set(k, payload)
-                rep_read("redis_get", lambda k: pickle.loads(client.get(k)))
+        if args.peers:
+            read_peers(root, read_keys, rep_read, rows, keys_for, results["notes"], reps)
 
         for name, reps_out in read_rows.items():
             rows[name] = median_of(reps_out)
@@ -437,6 +412,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+def read_peers(
+    root: Path,
+    read_keys: list[str],
+    rep_read: Callable[[str, Callable[[str], Any]], None],
+    rows: dict[str, Any],
+    keys_for: Callable[[int, str], list[str]],
+    notes: list[str],
+    reps: int,
+) -> None:
+    """The peers' read rows (and Redis's write row, measured once its server is up)."""
+    import diskcache
+
+    cache = diskcache.Cache(str(root / "read-dc"))
+    for k in read_keys:
+        cache.set(k, VALUE)
+    rep_read("diskcache_get", cache.get)
+    cache.close()
+    try:
+        from sqlitedict import SqliteDict
+
+        sd = SqliteDict(str(root / "read-sd.db"), autocommit=False)
+        for k in read_keys:
+            sd[k] = VALUE
+        sd.commit()
+        rep_read("sqlitedict_get", sd.__getitem__)
+        sd.close()
+    except ImportError:
+        pass
+
+    with redis_client() as (client, why):
+        if client is None:
+            notes.append(f"Redis row skipped: {why}")
+        else:
+            payload = pickle.dumps(VALUE, protocol=5)
+            write_rows_r = []
+            for rep in range(reps):
+                settle()
+                write_rows_r.append(measure(lambda k: client.set(k, payload), keys_for(rep, "w")))
+            rows["redis_set"] = median_of(write_rows_r)
+            for k in read_keys:
+                client.set(k, payload)
+            rep_read("redis_get", lambda k: pickle.loads(client.get(k)))
 
 
 def iterate_memory(path: Path, count: int) -> dict[str, float]:
@@ -556,6 +575,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="2,000 ops, 3 repetitions, 100,000-key iteration")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    parser.add_argument(
+        "--no-peers",
+        dest="peers",
+        action="store_false",
+        help="ekv and the raw SQLite floors only: skip diskcache, sqlitedict and Redis (bench/compare.py)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.ops, args.reps, args.iterate = 2_000, 3, 100_000

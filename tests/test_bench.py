@@ -4,6 +4,8 @@ the full-sync measurement cannot miss the events of a sync that began before it 
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -52,3 +54,88 @@ def test_a_wait_that_cannot_finish_is_an_error_not_a_hang(tmp_path: Path) -> Non
                 peer.wait("nothing", timeout=1)
         finally:
             peer.close()
+
+
+# -- bench/compare.py -------------------------------------------------------------------------------
+
+
+def test_compare_exports_a_revision_that_imports_its_own_ekv(tmp_path: Path) -> None:
+    """A revision is exported with git archive (the repository is left alone) and its runs import
+    that revision's ekv, not the installed one."""
+    compare = bench_module("compare")
+    side = compare.export("A", "HEAD", tmp_path)
+    assert side.src == tmp_path / "A" / "src" and (side.src / "ekv" / "__init__.py").is_file()
+    found = subprocess.run(
+        [sys.executable, "-c", "import ekv; print(ekv.__file__)"],
+        env={"PYTHONPATH": str(side.src), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(found).is_relative_to(side.src)
+    assert compare.export("B", compare.WORKTREE, tmp_path).src == ROOT / "src"
+    with pytest.raises(SystemExit, match="not a revision"):
+        compare.export("C", "no-such-revision-anywhere", tmp_path)
+
+
+def test_compare_table_flags_only_moves_beyond_the_threshold_in_the_bad_direction() -> None:
+    compare = bench_module("compare")
+    a = compare.Revision("A", "base", "abc", ROOT / "src")
+    b = compare.Revision("B", "worktree", "work tree", ROOT / "src")
+    runs = {
+        "A": {
+            "local.ekv_put_new.ops_s": [100.0, 100.0],
+            "local.ekv_get.ops_s": [100.0, 100.0],
+            "local.ekv_get.p50_us": [10.0, 10.0],
+            "local.ekv_delete.p99_us": [10.0, 10.0],
+            "local.floor_apsw_write.ops_s": [100.0, 100.0],
+            "cluster.full_sync_5000.seconds": [2.0, 2.0],
+        },
+        "B": {
+            "local.ekv_put_new.ops_s": [80.0, 90.0],  # 15% fewer ops/s: worse
+            "local.ekv_get.ops_s": [95.0, 95.0],  # within 10%: no verdict
+            "local.ekv_get.p50_us": [8.0, 8.0],  # 20% less time: better
+            "local.ekv_delete.p99_us": [12.0, 12.0],  # 20% more time: worse
+            "local.floor_apsw_write.ops_s": [50.0, 50.0],  # the same SQL: the machine moved
+            "cluster.full_sync_5000.seconds": [2.1, 2.1],
+        },
+    }
+    lines = {line.split(" | ")[0].strip("| "): line for line in compare.table(a, b, runs, 0.10).splitlines()}
+    assert lines["local.ekv_put_new.ops_s"].endswith("| 0.85 | worse |")
+    assert lines["local.ekv_get.ops_s"].endswith("| 0.95 |  |")
+    assert lines["local.ekv_get.p50_us"].endswith("| better |")
+    assert lines["local.ekv_delete.p99_us"].endswith("| worse |")
+    assert lines["local.floor_apsw_write.ops_s"].endswith("| noise (floor moved) |")
+    assert lines["cluster.full_sync_5000.seconds"].endswith("| 1.05 |  |")
+    # inputs (key counts) and baselines are not figures
+    directions = {f: compare.direction(f) for f in ("x.keys", "x.writes", "x.rss_before_mb", "x.peer_rss_peak_mb")}
+    assert directions == {"x.keys": 0, "x.writes": 0, "x.rss_before_mb": 0, "x.peer_rss_peak_mb": -1}
+
+
+@pytest.mark.long
+def test_compare_runs_head_against_the_work_tree(tmp_path: Path) -> None:
+    """compare.py end to end, on the smallest settings: HEAD against the work tree, one round of
+    bench_local.py each. About 35 s even so: every bench_local run pays a fixed os.sync() and pause
+    before each of its ~15 measured repetitions, and seeds 10,000 keys for the scan rows,
+    whatever --ops says; hence the long mark."""
+    out = tmp_path / "runs.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "compare.py"),
+            "HEAD",
+            "--rounds=1",
+            "--benches=local",
+            "--local-args=--ops 20 --reps 1 --iterate 0 --no-peers",
+            f"--json={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| figure | A median | B median | B/A | verdict |" in proc.stdout
+    assert "| local.ekv_put_new.ops_s |" in proc.stdout and "| local.ekv_get.p50_us |" in proc.stdout
+    assert "diskcache" not in proc.stdout  # --no-peers
+    runs = json.loads(out.read_text())["runs"]
+    assert set(runs) == {"A", "B"} and all(len(v) == 1 for v in runs["A"].values())

@@ -86,13 +86,13 @@ def run_queued(kv: ekv.EKV, calls: list[Callable[[], Any]]) -> list[Any]:
 def test_queued_writes_commit_as_one_batch_with_distinct_versions(kv: ekv.EKV) -> None:
     batches: list[int] = []
     shard = node_of(kv).store.shards[0]
-    original = shard._commit_writes
+    original = shard._commit_group
 
-    def spy(batch: list[Any]) -> None:
+    def spy(batch: list[Any], fast: bool) -> None:
         batches.append(len(batch))
-        original(batch)
+        original(batch, fast)
 
-    shard._commit_writes = spy  # type: ignore[method-assign]
+    shard._commit_group = spy  # type: ignore[method-assign]
     keys = keys_in_shard(kv, 0, 5)
     versions = run_queued(kv, [lambda k=k: kv.put(k, k.upper()) for k in keys])
     assert batches == [5]  # padded to 8 rows in SQL, but 5 writes

@@ -7,6 +7,7 @@ own ``PRAGMA integrity_check`` does not notice (asserted below, as the reason th
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,105 @@ def test_damage_keeps_only_the_damaged_key_off_the_fast_path(damaged_store: tupl
     with ekv.EKV("bits", data_dir, shards=4, log=False) as kv:
         assert kv.get("doc/precious") == "replaced"
         assert all(not s["damaged_keys"] for s in kv.info()["shards"])
+
+
+def test_a_group_replacing_a_damaged_key_commits_like_any_other(damaged_store: tuple[Path, Path]) -> None:
+    """Every group goes through one commit (Shard._commit_group), fast path or not: a group that
+    replaces a damaged key alongside a remote apply and another local write still queues its
+    local writes for replication in order, delivers every event, clears the damage and keeps the
+    sequence counter gapless, exactly as a fast-path write does."""
+    import pickle
+    import threading
+
+    from ekv._core.keys import shard_of
+
+    data_dir, _ = damaged_store
+    with ekv.EKV("bits", data_dir, shards=4, log=False) as kv:
+        with pytest.raises(ekv.ChecksumError):
+            kv.get("doc/precious")
+        store = node_of(kv).store
+        (shard,) = [s for s in store.shards if s.damaged]
+        mine, remote = [k for k in (f"doc/g{i}" for i in range(400)) if shard_of(k.encode(), 4) == shard.index][:2]
+        sent: list[tuple[int, list[Entry]]] = []
+        shard.outbox = lambda index, entries: sent.append((index, entries))
+        sub = kv.subscribe("doc/")
+        oseq = shard.oseq
+        kv.put(mine, "fast")  # the fast path, for reference
+        assert [(i, [e.key for e in es]) for i, es in sent] == [(shard.index, [mine])]
+        sent.clear()
+
+        release, started = threading.Event(), threading.Event()
+        holder = threading.Thread(target=shard.run_exclusive, args=(lambda _cur: (started.set(), release.wait(30)),))
+        holder.start()
+        assert started.wait(30)
+        peer = Entry(remote, 1, "peer", 1, None, pickle.dumps("from-a-peer"))
+        steps = [
+            lambda: kv.put("doc/precious", "replaced"),
+            lambda: store.apply_shard(shard.index, [peer]),
+            lambda: kv.put(mine, "grouped"),
+        ]
+        threads = []
+        for n, step in enumerate(steps, 1):
+            thread = threading.Thread(target=step)
+            thread.start()
+            threads.append(thread)
+            wait_until(lambda n=n: len(shard._committer._queue) == n)  # keep the queue in this order
+        release.set()
+        for thread in [holder, *threads]:
+            thread.join(30)
+
+        assert [(i, [(e.key, e.oseq) for e in es]) for i, es in sent] == [
+            (shard.index, [("doc/precious", oseq + 2), (mine, oseq + 3)])
+        ]
+        assert shard.oseq == oseq + 3 and not shard.damaged
+        events: list[ekv.Event] = []
+        wait_until(lambda: bool(events.extend(sub.get(timeout=0.1))) or len(events) >= 4)
+        assert [(e.type, e.key, e.value) for e in events] == [
+            ("put", mine, "fast"),
+            ("put", "doc/precious", "replaced"),
+            ("put", remote, "from-a-peer"),
+            ("put", mine, "grouped"),
+        ]
+        assert kv.get("doc/precious") == "replaced" and kv.get(remote) == "from-a-peer"
+    with ekv.EKV("bits", data_dir, shards=4, log=False) as kv:
+        assert all(not s["damaged_keys"] for s in kv.info()["shards"])
+
+
+def test_local_and_remote_rows_are_built_by_one_builder(tmp_path: Path) -> None:
+    """Local writes and remote applies store rows built by schema.kv_row, the one definition of a
+    stored row (column order, deleted_at, checksum): read back raw, every row is exactly it."""
+    import pickle
+
+    with ekv.EKV("rows", tmp_path / "d", shards=1, log=False) as kv:
+        kv.put("local/put", "v", ttl=3600)
+        kv.put("local/deleted", "v")
+        kv.delete("local/deleted")
+        now = time.time_ns()
+        node_of(kv).store.apply(
+            [
+                Entry("remote/put", now, "peer", 1, None, pickle.dumps("x")),
+                Entry("remote/expired", now, "peer", 2, now - 1, pickle.dumps("y")),
+                Entry("remote/deleted", now, "peer", 3, None, None),
+            ]
+        )
+        (path,) = tmp_path.glob("d/*.db")
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            rows = {
+                r[0]: r
+                for r in conn.execute("SELECT key, ts, origin, oseq, expires_at, deleted_at, value, crc FROM kv")
+            }
+        finally:
+            conn.close()
+    assert sorted(rows) == sorted(
+        ["local/put", "local/deleted", "remote/put", "remote/expired", "remote/deleted"]
+    ), rows
+    for key, row in rows.items():
+        assert row == schema.kv_row(*row[:5], row[6]), key
+    assert rows["local/deleted"][5] == rows["local/deleted"][1]  # a delete dies at its timestamp
+    assert rows["remote/deleted"][5] == rows["remote/deleted"][1]
+    assert rows["remote/expired"][5] == now - 1 and rows["remote/expired"][6] is None  # at its expiry
+    assert rows["local/put"][5] is None and rows["remote/put"][5] is None
 
 
 def test_offline_check_reports_the_damaged_key(damaged_store: tuple[Path, Path]) -> None:

@@ -17,12 +17,12 @@ from typing import Any
 import apsw
 
 from ekv._core import lww
-from ekv._core.checksum import row_checksum
 from ekv._core.clock import HybridClock
 from ekv._errors import InternalError
 from ekv._model import Entry, RawEvent, Version
 from ekv._storage import schema
 from ekv._storage.integrity import DamagedVersion, visible_value
+from ekv._storage.schema import kv_row
 
 __all__ = ["apply_entries"]
 
@@ -92,9 +92,7 @@ def apply_entries(
                 kind = "expired" if expires_at is not None else "delete"
                 events.append((kind, key, expired_value if expired_value is not None else prev, version))
         batch_value[key] = value if value is None or expires_at is None or expires_at > now else None
-        deleted_at = None if value is not None else (expires_at if expires_at is not None else ts)
-        checksum = row_checksum(key, ts, entry.origin, entry.oseq, expires_at, value)
-        rows += (key, ts, entry.origin, entry.oseq, expires_at, deleted_at, value, checksum)
+        rows += kv_row(key, ts, entry.origin, entry.oseq, expires_at, value)
         applied.append(entry if value is entry.value else Entry(key, ts, entry.origin, entry.oseq, expires_at, None))
     clock.observe(top)
     _upsert(cur, rows, len(applied))

@@ -48,6 +48,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ekv._core.checksum import row_checksum
+
 __all__ = [
     "APPLICATION_ID",
     "DDL",
@@ -133,6 +135,24 @@ WHERE excluded.ts > kv.ts OR (excluded.ts = kv.ts AND excluded.origin > kv.origi
 
 UPSERT_COLUMNS = 8
 """Parameters per row of :data:`UPSERT`: key, ts, origin, oseq, expires_at, deleted_at, value, crc."""
+
+
+def kv_row(key: str, ts: int, origin: str, oseq: int, expires_at: int | None, value: bytes | None) -> tuple[Any, ...]:
+    """The :data:`UPSERT` parameters of one version, checksum included: the one definition of a
+    stored ``kv`` row, used for local writes and remote applies alike. ``value`` None is a
+    tombstone; its ``deleted_at`` is when the key died: the expiry of an expired put (stored in
+    tombstone form), else the version's timestamp (a delete)."""
+    return (
+        key,
+        ts,
+        origin,
+        oseq,
+        expires_at,
+        None if value is not None else (ts if expires_at is None else expires_at),
+        value,
+        row_checksum(key, ts, origin, oseq, expires_at, value),
+    )
+
 
 _UPSERT_HEAD, _UPSERT_TAIL = UPSERT.split("VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _UPSERT_ROWS: dict[int, str] = {1: UPSERT}

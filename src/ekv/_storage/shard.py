@@ -15,7 +15,6 @@ from typing import Any, Protocol, TypeVar
 
 import apsw
 
-from ekv._core.checksum import row_checksum
 from ekv._core.clock import HybridClock
 from ekv._errors import ClosedError, Error, InternalError
 from ekv._log import NodeLog
@@ -24,6 +23,7 @@ from ekv._storage import schema, shardfile
 from ekv._storage.apply import apply_entries
 from ekv._storage.commit import Apply, Committer, Exclusive, Op, Write
 from ekv._storage.integrity import DamagedVersion, load_damaged, row_ok, visible_value
+from ekv._storage.schema import kv_row
 from ekv._storage.shardfile import own_tail
 from ekv._storage.sqlite import (
     enable_wal,
@@ -48,23 +48,6 @@ class EventSink(Protocol):
     def matches(self, key: str) -> bool: ...
 
     def publish(self, events: list[RawEvent]) -> None: ...
-
-
-def upsert_row(
-    key: str, ts: int, origin: str, oseq: int, expires_at: int | None, blob: bytes | None
-) -> tuple[Any, ...]:
-    """The :data:`~ekv._storage.schema.UPSERT` parameters of one local write (a tombstone when
-    ``blob`` is None: its ``deleted_at`` is its timestamp), checksum included."""
-    return (
-        key,
-        ts,
-        origin,
-        oseq,
-        expires_at,
-        None if blob is not None else ts,
-        blob,
-        row_checksum(key, ts, origin, oseq, expires_at, blob),
-    )
 
 
 class Shard:
@@ -311,7 +294,8 @@ class Shard:
             if self._closed:
                 op.error = ClosedError("the store is closed")
             else:
-                self._commit_writes([op])  # type: ignore[list-item]
+                damaged = self.damaged
+                self._commit_group([op], not damaged or op.key not in damaged)  # type: ignore[attr-defined]
         elif kind is Exclusive:
             self.run_exclusive_op(op)  # type: ignore[arg-type]
         else:
@@ -325,41 +309,48 @@ class Shard:
             return
         if not self._armed and not self._arm_before(batch):
             return
-        if all(type(op) is Write for op in batch):
-            self._commit_writes(batch)  # type: ignore[arg-type]
-        else:
-            self._commit_mixed(batch)
+        damaged = self.damaged
+        fast = all(type(op) is Write for op in batch)
+        if fast and damaged:
+            fast = not any(op.key in damaged for op in batch)  # type: ignore[attr-defined]
+        self._commit_group(batch, fast)
 
-    def _commit_writes(self, batch: list[Write]) -> None:
-        """Local writes only: one transaction (see :meth:`_write_local`).
+    def _commit_group(self, batch: list[Op], fast: bool) -> None:
+        """Commit a group in one transaction: the one place a group's outcome is decided, whatever
+        it holds, so the fast path and the general one cannot differ in what they commit.
 
-        The transaction makes the group all-or-nothing: if anything fails (an overtake hitting
-        a full disk, the commit itself), no write of the group is stored, each reports the
-        error, and the sequence counter goes back, so a dot that was never stored is the one
-        issued next and a dot that was stored is never issued again.
+        ``fast`` (only local writes, none to a damaged key): the group runs as the single-statement
+        fast path of :meth:`_write_local`. Otherwise it runs in an explicit transaction
+        (:meth:`_run_group`), which also applies remote versions, deletes the damaged rows the
+        group replaces and clears their record (damage elsewhere in the shard changes nothing for
+        the other keys).
 
-        Only a group that writes a damaged key leaves the fast path: it runs in an explicit
-        transaction, which deletes the damaged row first and clears its record (damage elsewhere
-        in the shard changes nothing for the other keys).
+        Either way the group is all-or-nothing: if anything fails (an overtake hitting a full
+        disk, the commit itself), nothing of the group is stored, every op reports the error, and
+        the sequence counter goes back, so a dot that was never stored is the one issued next and
+        a dot that was stored is never issued again (:meth:`_roll_back`). Only after the commit does
+        :meth:`_committed` forget the replaced damage, queue the local writes for replication and
+        deliver the events.
         """
         cur = self._cur
         events: list[RawEvent] | None = [] if self.sink.active else None
         saved_oseq = self._oseq
         cleared = self._cleared = []
-        damaged = self.damaged
+        writes: list[Write]
         try:
-            if damaged and any(op.key in damaged for op in batch):
+            if fast:
+                writes = batch  # type: ignore[assignment]
+                if self._write_local(cur, writes, events, True):  # the group needed more than one statement
+                    cur.execute(schema.COMMIT)
+            else:
+                writes = []
                 with transaction(cur):
-                    self._write_local(cur, batch, events, False)
-                    for key in cleared:
-                        cur.execute(schema.DAMAGED_CLEAR, (key,))
-            elif self._write_local(cur, batch, events, True):  # the group needed more than one statement
-                cur.execute(schema.COMMIT)
+                    self._run_group(cur, batch, events, cleared, writes)
         except BaseException as exc:
             self._roll_back(batch, exc, saved_oseq)
             return
-        if cleared or events or self.outbox is not None:
-            self._committed(batch, cleared, events)
+        if cleared or events or (writes and self.outbox is not None):
+            self._committed(writes, cleared, events)
 
     def _write_local(self, cur: apsw.Cursor, batch: list[Write], events: list[RawEvent] | None, begin: bool) -> bool:
         """Write a run of local writes: the one path of every local write. Runs inside the
@@ -411,7 +402,7 @@ class Shard:
             oseq += 1
             op.oseq = oseq
             op.version = Version(ts, origin)
-            params += upsert_row(key, ts, origin, oseq, op.expires_at, blob)
+            params += kv_row(key, ts, origin, oseq, op.expires_at, blob)
         rows = len(batch)
         shape = 1 << (rows - 1).bit_length()
         if shape != rows:
@@ -450,27 +441,11 @@ class Shard:
             if stored is not None and Version(*stored) > op.version:
                 op.version = Version(self._overtake(cur, op, op.oseq), self.origin)
 
-    def _commit_mixed(self, batch: list[Op]) -> None:
-        """Remote applies (possibly with local writes): one explicit transaction; each run of
-        consecutive local writes goes through :meth:`_write_local`, like the writes of
-        :meth:`_commit_writes`."""
-        cur = self._cur
-        events: list[RawEvent] | None = [] if self.sink.active else None
-        saved_oseq = self._oseq
-        cleared = self._cleared = []
-        writes: list[Write] = []
-        try:
-            with transaction(cur):
-                self._run_mixed(cur, batch, events, cleared, writes)
-        except BaseException as exc:
-            self._roll_back(batch, exc, saved_oseq)
-            return
-        self._committed(writes, cleared, events)
-
-    def _run_mixed(
+    def _run_group(
         self, cur: apsw.Cursor, batch: list[Op], events: list[RawEvent] | None, cleared: list[str], writes: list[Write]
     ) -> None:
-        """The body of :meth:`_commit_mixed`'s transaction (``writes`` collects the local writes)."""
+        """The body of :meth:`_commit_group`'s explicit transaction: remote applies, and each run of
+        consecutive local writes through :meth:`_write_local` (``writes`` collects them)."""
         remote = False
         run: list[Write] = []
         for op in batch:
@@ -557,7 +532,7 @@ class Shard:
         ts = self.clock.tick()
         blob = op.blob
         key, origin, expires_at = op.key, self.origin, op.expires_at
-        cur.execute(schema.UPSERT, upsert_row(key, ts, origin, oseq, expires_at, blob))
+        cur.execute(schema.UPSERT, kv_row(key, ts, origin, oseq, expires_at, blob))
         if not self._conn.changes():
             raise InternalError(f"a local write of {op.key!r} lost to {stored!r} after the clock passed it")
         return ts
@@ -618,7 +593,7 @@ class Shard:
             self.log.warning("final checkpoint of %s failed: %s", self.path, exc)
         finally:
             self._conn.close()
-        # Operations queued behind the close fail with ClosedError in _commit.
+        # Operations queued behind the close fail with ClosedError in run/commit.
 
     # -- used by GC and info (always through run_exclusive) ------------------------------------
 

@@ -133,7 +133,7 @@ def transaction(cur: apsw.Cursor, *, synchronous: str | None = None, immediate: 
       statements on every write (about 4 µs, a tenth of a put);
     * when a row of that statement loses LWW, the group runs again as ``BEGIN; upsert`` in one
       ``execute`` (:func:`ekv._storage.schema.begin_upsert_rows`), for the same reason, and
-      ``Shard._commit_writes`` commits it (or ``Shard._roll_back`` undoes it).
+      ``Shard._commit_group`` commits it (or ``Shard._roll_back`` undoes it).
 
     ``synchronous`` switches ``PRAGMA synchronous`` for this transaction only (the arming
     transaction is fsynced even with ``durability="normal"``) and restores the connection's

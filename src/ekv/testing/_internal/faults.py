@@ -175,7 +175,7 @@ def _fault_wallclock() -> None:
     tick + 1)``: still increasing on this node, but no longer above the versions it applied
     from members whose clocks run ahead. And a local write that then loses last-writer-wins
     against the stored version is not re-stamped above it (the overtake of
-    ``Shard._commit_writes``): it is acknowledged with its lower version and changes nothing,
+    ``Shard._write_local``): it is acknowledged with its lower version and changes nothing,
     as in a store that trusts wall clocks.
 
     Caught by: ``causal`` (P9, writes-follow-reads): a node acknowledges a write with a version
@@ -233,7 +233,7 @@ def _fault_ack_before_commit() -> None:
     from ekv._storage.commit import Write
     from ekv._storage.shard import Shard
 
-    original_commit_writes = Shard._commit_writes
+    original_commit_group = Shard._commit_group
     pending: dict[int, threading.Event] = {}  # id(op) -> set once the op has its version (or error)
 
     def write(self: Shard, key: str, blob: bytes | None, expires_at: int | None) -> Version:
@@ -258,14 +258,14 @@ def _fault_ack_before_commit() -> None:
         assert version is not None
         return version
 
-    def commit_writes(self: Shard, batch: list[Write]) -> None:
+    def commit_group(self: Shard, batch: list[Any], fast: bool) -> None:
         ours = [pending[id(op)] for op in batch if id(op) in pending]
-        if not ours:
-            original_commit_writes(self, batch)
+        if not ours or not all(type(op) is Write for op in batch):
+            original_commit_group(self, batch, fast)
             return
         cur = self._cur
         cur.execute("BEGIN")
-        original_commit_writes(self, batch)  # the upsert runs inside our transaction
+        original_commit_group(self, batch, fast)  # the upsert runs inside our transaction
         failed = any(op.error is not None for op in batch)
         for acked in ours:
             acked.set()  # acknowledged: the caller returns the version now
@@ -277,7 +277,7 @@ def _fault_ack_before_commit() -> None:
             sys.stderr.write(f"ekv.testing._internal.faults: deferred commit failed: {exc!r}\n")
 
     Shard.write = write  # type: ignore[method-assign]
-    Shard._commit_writes = commit_writes  # type: ignore[method-assign]
+    Shard._commit_group = commit_group  # type: ignore[method-assign]
 
 
 def _fault_drop_one_live() -> None:

@@ -143,45 +143,45 @@ class AsyncEKV:
     async def put(self, key: str, value: Any, ttl: Seconds | None = None) -> Version:
         """See :meth:`ekv.EKV.put`."""
         node = await self._ensure()
-        return await self._call(node.store.put, key, value, ttl)
+        return await self._call(node.values.put, key, value, ttl)
 
     async def delete(self, key: str) -> Version:
         """See :meth:`ekv.EKV.delete`."""
         node = await self._ensure()
-        return await self._call(node.store.delete, key)
+        return await self._call(node.values.delete, key)
 
     async def get(self, key: str, default: Any = None) -> Any:
         """See :meth:`ekv.EKV.get`."""
         node = await self._ensure()
-        return await self._call(node.store.get, key, default)
+        return await self._call(node.values.get, key, default)
 
     async def lookup(self, key: str) -> tuple[Any, Version] | None:
         """See :meth:`ekv.EKV.lookup`."""
         node = await self._ensure()
-        return await self._call(node.store.lookup, key)
+        return await self._call(node.values.lookup, key)
 
     async def scan(self, prefix: str = "") -> dict[str, Any]:
         """See :meth:`ekv.EKV.scan`."""
         node = await self._ensure()
-        return await self._call(node.store.scan, prefix)
+        return await self._call(node.values.scan, prefix)
 
     async def keys(self, prefix: str = "") -> list[str]:
         """See :meth:`ekv.EKV.keys`."""
         node = await self._ensure()
-        return await self._call(node.store.keys, prefix)
+        return await self._call(node.values.keys, prefix)
 
     async def iter(self, prefix: str = "") -> AsyncIterator[tuple[str, Any]]:
         """Lazily yield ``(key, value)`` under ``prefix`` in ascending order (``async for``);
         pages are read in the thread pool."""
         node = await self._ensure()
-        items = node.store.iter_items(prefix)
+        items = node.values.iter_items(prefix)
         async for item in self._drain(items):
             yield item
 
     async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Lazily yield the keys under ``prefix`` in ascending order."""
         node = await self._ensure()
-        async for key in self._drain(node.store.iter_keys(prefix)):
+        async for key in self._drain(node.values.iter_keys(prefix)):
             yield key
 
     async def _drain(self, source: Iterator[T]) -> AsyncIterator[T]:

@@ -3,6 +3,11 @@
 The same operations as :class:`ekv.EKV`, as coroutines. Every call that touches SQLite runs on a
 small private thread pool, so the event loop is never blocked by a commit, an fsync, a checkpoint
 or a large value; subscriptions are async iterators fed with ``call_soon_threadsafe``.
+
+The operations that only forward one call (put, get, scan, info, ...) are generated from
+:class:`ekv.EKV`'s by ``python3 scripts/gen_facades.py``, between its markers below: edit EKV and
+regenerate. What differs by more than where it runs (opening, closing, iterators, subscribe) is
+written by hand here.
 """
 
 from __future__ import annotations
@@ -138,7 +143,9 @@ class AsyncEKV:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    # -- operations --------------------------------------------------------------------------
+    # -- operations ---------------------------------------------------------------------------
+
+    # -- generated from EKV by scripts/gen_facades.py: do not edit by hand ---------------------
 
     async def put(self, key: str, value: Any, ttl: Seconds | None = None) -> Version:
         """See :meth:`ekv.EKV.put`."""
@@ -169,6 +176,33 @@ class AsyncEKV:
         """See :meth:`ekv.EKV.keys`."""
         node = await self._ensure()
         return await self._call(node.values.keys, prefix)
+
+    async def unsubscribe(self, prefix: str = "") -> None:
+        """See :meth:`ekv.EKV.unsubscribe`."""
+        node = await self._ensure()
+        node.unsubscribe(prefix, self)
+
+    async def connect(self, address: str) -> None:
+        """See :meth:`ekv.EKV.connect`."""
+        node = await self._ensure()
+        node.connect(address)
+
+    async def clear_quarantine(self, node_id: str) -> bool:
+        """See :meth:`ekv.EKV.clear_quarantine`."""
+        node = await self._ensure()
+        return await self._call(node.clear_quarantine, node_id)
+
+    async def info(self) -> dict[str, Any]:
+        """See :meth:`ekv.EKV.info`."""
+        node = await self._ensure()
+        return await self._call(node.info)
+
+    async def metrics(self) -> dict[str, float]:
+        """See :meth:`ekv.EKV.metrics`."""
+        node = await self._ensure()
+        return await self._call(node.metrics)
+
+    # -- end of the generated methods ------------------------------------------------------------
 
     async def iter(self, prefix: str = "") -> AsyncIterator[tuple[str, Any]]:
         """Lazily yield ``(key, value)`` under ``prefix`` in ascending order (``async for``);
@@ -213,33 +247,8 @@ class AsyncEKV:
         assert isinstance(sub, AsyncSubscription)
         return sub
 
-    async def unsubscribe(self, prefix: str = "") -> None:
-        """See :meth:`ekv.EKV.unsubscribe`."""
-        node = await self._ensure()
-        node.unsubscribe(prefix, self)
-
     @property
     def listen_address(self) -> str | None:
         """See :attr:`ekv.EKV.listen_address` (available once open)."""
         node = self._node
         return None if node is None or node.cluster is None else node.cluster.listen_address
-
-    async def connect(self, address: str) -> None:
-        """See :meth:`ekv.EKV.connect`."""
-        node = await self._ensure()
-        node.connect(address)
-
-    async def clear_quarantine(self, node_id: str) -> bool:
-        """See :meth:`ekv.EKV.clear_quarantine`."""
-        node = await self._ensure()
-        return await self._call(node.clear_quarantine, node_id)
-
-    async def metrics(self) -> dict[str, float]:
-        """See :meth:`ekv.EKV.metrics`."""
-        node = await self._ensure()
-        return await self._call(node.metrics)
-
-    async def info(self) -> dict[str, Any]:
-        """See :meth:`ekv.EKV.info`."""
-        node = await self._ensure()
-        return await self._call(node.info)

@@ -3,6 +3,11 @@
 Every method runs on the calling thread: reads go straight to this thread's SQLite connections,
 writes commit through the owning shard's group commit and return once durable. There is no
 hop to a background thread on the hot path.
+
+EKV is written by hand and is the source of :class:`ekv.AsyncEKV`'s operations: each method here
+that only forwards one call (to the value layer or the node) is generated as the same ``async
+def`` in ``aio.py`` by ``python3 scripts/gen_facades.py`` (tests/test_facades.py fails when it is
+stale). So a new operation is written once, here, with its signature and docstring.
 """
 
 from __future__ import annotations

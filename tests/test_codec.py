@@ -22,6 +22,7 @@ from ekv._cli import main
 from ekv._cluster import auth, wire
 from ekv._cluster.messages import PROTOCOL_VERSION, Hello
 from ekv._storage.store import ShardedStore
+from ekv._values import Values
 from ekv.testing import entries, wait_until
 
 FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 1.0, "anti_entropy_interval": 0.3, "reconnect_max": 0.3}
@@ -356,7 +357,7 @@ def test_offline_commands_on_a_custom_codec_store(tmp_path: Path, capsys: pytest
     store = ShardedStore.open_readonly(d)
     try:
         with pytest.raises(ekv.DecodeError, match="upper-v1"):
-            store.lookup("a")
+            Values(store).lookup("a")
     finally:
         store.close()
 

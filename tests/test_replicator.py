@@ -13,6 +13,7 @@ from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._config import Config
 from ekv._core.clock import HybridClock
 from ekv._storage.store import ShardedStore
+from ekv._values import Values
 from ekv.testing import FakeClock
 
 
@@ -87,7 +88,7 @@ def test_sync_always_ends_with_a_terminal_message(tmp_path: Path, count: int) ->
     try:
         a_store, b_store = pair.stores
         for i in range(count):
-            a_store.put(f"k{i:03d}", i)
+            Values(a_store).put(f"k{i:03d}", i)
         pair.connect()
         pair.run()
         chunks = [m for m in pair.sent if isinstance(m, SyncChunk) and m.entries]
@@ -109,7 +110,7 @@ def test_full_sync_after_truncation_and_delta_before(tmp_path: Path) -> None:
     try:
         a_store, _ = pair.stores
         for i in range(50):
-            a_store.put(f"k{i}", i)
+            Values(a_store).put(f"k{i}", i)
         pair.connect()
         pair.run()
         kinds = {m.kind for m in pair.sent if isinstance(m, SyncDone) and m.entries}
@@ -118,7 +119,7 @@ def test_full_sync_after_truncation_and_delta_before(tmp_path: Path) -> None:
         pair.reps[0].peer_down(pair.stores[1].node_id, pair.clock.now_ns())
         pair.reps[1].peer_down(pair.stores[0].node_id, pair.clock.now_ns())
         for i in range(50, 60):
-            a_store.put(f"k{i}", i)
+            Values(a_store).put(f"k{i}", i)
         now = pair.clock.now_ns()
         a_store.gc_shard(0, now_ns=now, cutoff_ns=0, log_targets=None)
         pair.sent.clear()
@@ -139,7 +140,7 @@ def test_truncation_keeps_what_a_member_reported_lacking(tmp_path: Path) -> None
         pair.connect()
         pair.run()
         for i in range(10):
-            a_store.put(f"k{i}", i)
+            Values(a_store).put(f"k{i}", i)
         # b has reported its (empty) vector: nothing of a's writes may be truncated
         targets = a_rep.truncation_targets(0, pair.clock.now_ns(), retention_ns=10**18)
         assert targets is not None and targets.get(a_store.origin, 0) == 0
@@ -155,7 +156,7 @@ def test_truncation_keeps_what_a_member_reported_lacking(tmp_path: Path) -> None
         # a member silent for longer than the retention no longer pins the log
         pair.clock.advance(100)
         a_rep.peer_down(pair.stores[1].node_id, pair.clock.now_ns())
-        a_store.put("late", 1)
+        Values(a_store).put("late", 1)
         targets = a_rep.truncation_targets(0, pair.clock.now_ns(), retention_ns=10**9)
         assert targets is None or targets.get(a_store.origin) == 11
     finally:

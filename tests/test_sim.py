@@ -12,6 +12,7 @@ from ekv._core import lww
 from ekv._core import vv as vv_module
 from ekv._storage import apply as sim_module_apply
 from ekv._storage import schema
+from ekv._values import Values
 from ekv.testing import sim
 
 SEEDS = int(os.environ.get("EKV_SIM_SEEDS", "200"))
@@ -98,7 +99,7 @@ def test_non_transitive_partition_relays_within_one_interval() -> None:
         s.cut("n0", "n2")  # n0-n1 and n1-n2 up, n0-n2 down
         store = s.nodes["n0"].store
         assert store is not None
-        version = store.put("k0/relay", b"from n0")
+        version = Values(store).put("k0/relay", b"from n0")
         s.run(1_700, writes_per_s=0, faults=False)  # one anti-entropy interval plus jitter
         entry = s.nodes["n2"].store.entry("k0/relay")  # type: ignore[union-attr]
         assert entry is not None and entry.version == version

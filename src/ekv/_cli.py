@@ -234,6 +234,14 @@ def _open_readonly(args: argparse.Namespace) -> Any:
     return ShardedStore.open_readonly(path, codec=args.codec)
 
 
+def _values(store: Any) -> Any:
+    """The argument and codec layer over a read-only store (the same checks, codec and errors as
+    a running node's)."""
+    from ekv._values import Values
+
+    return Values(store)
+
+
 def _open_writable(args: argparse.Namespace, *, create: bool) -> Any:
     import ekv
 
@@ -330,7 +338,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     def offline(store: Any) -> int:
-        found = store.lookup(args.key)
+        found = _values(store).lookup(args.key)
         return show(found is not None, found[0] if found else None)
 
     def online(client: Any) -> int:
@@ -342,7 +350,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
 def _cmd_scan(args: argparse.Namespace) -> int:
     def offline(store: Any) -> int:
-        _dump(store.scan(args.prefix))
+        _dump(_values(store).scan(args.prefix))
         return EXIT_OK
 
     def online(client: Any) -> int:
@@ -360,7 +368,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
     return _with_target(
         args,
-        lambda store: show(list(store.iter_keys(args.prefix))),
+        lambda store: show(list(_values(store).iter_keys(args.prefix))),
         lambda client: show(client.call("keys", prefix=args.prefix)["keys"]),
     )
 

@@ -22,9 +22,9 @@ import json
 import pickle
 from typing import Any, Protocol, runtime_checkable
 
-from ekv._errors import ConfigError
+from ekv._errors import ConfigError, DecodeError, EncodeError
 
-__all__ = ["BUILTIN_CODECS", "Codec", "JsonCodec", "PickleCodec", "codec_name", "resolve_codec"]
+__all__ = ["BUILTIN_CODECS", "Codec", "JsonCodec", "PickleCodec", "Undecodable", "codec_name", "resolve_codec"]
 
 BUILTIN_CODECS = ("pickle", "json")
 """The codecs ekv builds from their names (``codec="json"``, ``ekv serve --codec json``)."""
@@ -171,3 +171,17 @@ def codec_name(codec: Codec) -> str:
         return name
     cls = type(codec)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Undecodable:
+    """Stands in for a custom codec that only the application knows (read-only tools such as
+    ``ekv keys`` need no values; reading one says why it cannot be decoded)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def dumps(self, value: Any) -> bytes:
+        raise EncodeError(f"this store's values use the custom codec {self.name!r}, which only its application has")
+
+    def loads(self, data: bytes) -> Any:
+        raise DecodeError(f"this store's values use the custom codec {self.name!r}, which only its application has")

@@ -3,6 +3,11 @@
 The same operations as :class:`ekv.EKV`, as coroutines. Every call that touches SQLite runs on a
 small private thread pool, so the event loop is never blocked by a commit, an fsync, a checkpoint
 or a large value; subscriptions are async iterators fed with ``call_soon_threadsafe``.
+
+The operations that only forward one call (put, get, scan, info, ...) are generated from
+:class:`ekv.EKV`'s by ``python3 scripts/gen_facades.py``, between its markers below: edit EKV and
+regenerate. What differs by more than where it runs (opening, closing, iterators, subscribe) is
+written by hand here.
 """
 
 from __future__ import annotations
@@ -138,50 +143,79 @@ class AsyncEKV:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    # -- operations --------------------------------------------------------------------------
+    # -- operations ---------------------------------------------------------------------------
+
+    # -- generated from EKV by scripts/gen_facades.py: do not edit by hand ---------------------
 
     async def put(self, key: str, value: Any, ttl: Seconds | None = None) -> Version:
         """See :meth:`ekv.EKV.put`."""
         node = await self._ensure()
-        return await self._call(node.store.put, key, value, ttl)
+        return await self._call(node.values.put, key, value, ttl)
 
     async def delete(self, key: str) -> Version:
         """See :meth:`ekv.EKV.delete`."""
         node = await self._ensure()
-        return await self._call(node.store.delete, key)
+        return await self._call(node.values.delete, key)
 
     async def get(self, key: str, default: Any = None) -> Any:
         """See :meth:`ekv.EKV.get`."""
         node = await self._ensure()
-        return await self._call(node.store.get, key, default)
+        return await self._call(node.values.get, key, default)
 
     async def lookup(self, key: str) -> tuple[Any, Version] | None:
         """See :meth:`ekv.EKV.lookup`."""
         node = await self._ensure()
-        return await self._call(node.store.lookup, key)
+        return await self._call(node.values.lookup, key)
 
     async def scan(self, prefix: str = "") -> dict[str, Any]:
         """See :meth:`ekv.EKV.scan`."""
         node = await self._ensure()
-        return await self._call(node.store.scan, prefix)
+        return await self._call(node.values.scan, prefix)
 
     async def keys(self, prefix: str = "") -> list[str]:
         """See :meth:`ekv.EKV.keys`."""
         node = await self._ensure()
-        return await self._call(node.store.keys, prefix)
+        return await self._call(node.values.keys, prefix)
+
+    async def unsubscribe(self, prefix: str = "") -> None:
+        """See :meth:`ekv.EKV.unsubscribe`."""
+        node = await self._ensure()
+        node.unsubscribe(prefix, self)
+
+    async def connect(self, address: str) -> None:
+        """See :meth:`ekv.EKV.connect`."""
+        node = await self._ensure()
+        node.connect(address)
+
+    async def clear_quarantine(self, node_id: str) -> bool:
+        """See :meth:`ekv.EKV.clear_quarantine`."""
+        node = await self._ensure()
+        return await self._call(node.clear_quarantine, node_id)
+
+    async def info(self) -> dict[str, Any]:
+        """See :meth:`ekv.EKV.info`."""
+        node = await self._ensure()
+        return await self._call(node.info)
+
+    async def metrics(self) -> dict[str, float]:
+        """See :meth:`ekv.EKV.metrics`."""
+        node = await self._ensure()
+        return await self._call(node.metrics)
+
+    # -- end of the generated methods ------------------------------------------------------------
 
     async def iter(self, prefix: str = "") -> AsyncIterator[tuple[str, Any]]:
         """Lazily yield ``(key, value)`` under ``prefix`` in ascending order (``async for``);
         pages are read in the thread pool."""
         node = await self._ensure()
-        items = node.store.iter_items(prefix)
+        items = node.values.iter_items(prefix)
         async for item in self._drain(items):
             yield item
 
     async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Lazily yield the keys under ``prefix`` in ascending order."""
         node = await self._ensure()
-        async for key in self._drain(node.store.iter_keys(prefix)):
+        async for key in self._drain(node.values.iter_keys(prefix)):
             yield key
 
     async def _drain(self, source: Iterator[T]) -> AsyncIterator[T]:
@@ -213,33 +247,8 @@ class AsyncEKV:
         assert isinstance(sub, AsyncSubscription)
         return sub
 
-    async def unsubscribe(self, prefix: str = "") -> None:
-        """See :meth:`ekv.EKV.unsubscribe`."""
-        node = await self._ensure()
-        node.unsubscribe(prefix, self)
-
     @property
     def listen_address(self) -> str | None:
         """See :attr:`ekv.EKV.listen_address` (available once open)."""
         node = self._node
         return None if node is None or node.cluster is None else node.cluster.listen_address
-
-    async def connect(self, address: str) -> None:
-        """See :meth:`ekv.EKV.connect`."""
-        node = await self._ensure()
-        node.connect(address)
-
-    async def clear_quarantine(self, node_id: str) -> bool:
-        """See :meth:`ekv.EKV.clear_quarantine`."""
-        node = await self._ensure()
-        return await self._call(node.clear_quarantine, node_id)
-
-    async def metrics(self) -> dict[str, float]:
-        """See :meth:`ekv.EKV.metrics`."""
-        node = await self._ensure()
-        return await self._call(node.metrics)
-
-    async def info(self) -> dict[str, Any]:
-        """See :meth:`ekv.EKV.info`."""
-        node = await self._ensure()
-        return await self._call(node.info)

@@ -3,6 +3,11 @@
 Every method runs on the calling thread: reads go straight to this thread's SQLite connections,
 writes commit through the owning shard's group commit and return once durable. There is no
 hop to a background thread on the hot path.
+
+EKV is written by hand and is the source of :class:`ekv.AsyncEKV`'s operations: each method here
+that only forwards one call (to the value layer or the node) is generated as the same ``async
+def`` in ``aio.py`` by ``python3 scripts/gen_facades.py`` (tests/test_facades.py fails when it is
+stale). So a new operation is written once, here, with its signature and docstring.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class EKV:
         config = Config.create(name, data_dir, **options)
         self._node = node = Node(config)
         self._store = node.store
+        self._values = node.values
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -98,31 +104,31 @@ class EKV:
             ekv.ValueTooLargeError: the encoded value exceeds ``max_value_size``.
             ekv.DiskFullError / ekv.StorageError: the write was not applied.
         """
-        return self._store.put(key, value, ttl)
+        return self._values.put(key, value, ttl)
 
     def delete(self, key: str) -> Version:
         """Delete ``key`` (a tombstone that replicates and wins by version, like a put) and
         return the tombstone's version. Deleting an absent key also writes a tombstone."""
-        return self._store.delete(key)
+        return self._values.delete(key)
 
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` if absent, deleted or expired."""
-        return self._store.get(key, default)
+        return self._values.get(key, default)
 
     def lookup(self, key: str) -> tuple[Any, Version] | None:
         """``(value, version)`` for a visible key, else ``None``."""
-        return self._store.lookup(key)
+        return self._values.lookup(key)
 
     def scan(self, prefix: str = "") -> dict[str, Any]:
         """Every visible key starting with ``prefix`` and its value, as a dict in ascending key
         order. Use :meth:`iter` for ranges too large to hold in memory."""
-        return self._store.scan(prefix)
+        return self._values.scan(prefix)
 
     def keys(self, prefix: str = "") -> list[str]:
         """Every visible key starting with ``prefix``, ascending."""
-        return self._store.keys(prefix)
+        return self._values.keys(prefix)
 
     def iter(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         """Lazily yield ``(key, value)`` pairs under ``prefix`` in ascending key order.
@@ -130,11 +136,11 @@ class EKV:
         Memory stays bounded (one page per shard). The iteration is not a snapshot: keys written
         while it runs may or may not appear, but no key appears twice.
         """
-        return self._store.iter_items(prefix)
+        return self._values.iter_items(prefix)
 
     def iter_keys(self, prefix: str = "") -> Iterator[str]:
         """Lazily yield the keys under ``prefix`` in ascending order."""
-        return self._store.iter_keys(prefix)
+        return self._values.iter_keys(prefix)
 
     # -- subscriptions -----------------------------------------------------------------------
 

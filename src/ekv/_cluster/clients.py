@@ -16,6 +16,7 @@ from ekv._cluster.messages import Hello, Message, Reply, Request
 from ekv._cluster.session import Session
 from ekv._cluster.wire import FrameDecoder
 from ekv._storage.store import ShardedStore
+from ekv._values import Values
 
 __all__ = ["ClientHost", "ClientOwner", "client_op", "serve_client"]
 
@@ -45,19 +46,21 @@ class ClientHost(Protocol):
 
 
 def client_op(cluster: ClientHost, op: str, args: dict[str, Any]) -> Any:
-    """Run one client command (on a worker thread: it may block on SQLite)."""
-    store = cluster.store
+    """Run one client command (on a worker thread: it may block on SQLite). Arguments and values go
+    through the same :class:`~ekv._values.Values` layer as the facades' (the same checks, codec
+    and errors)."""
+    values = Values(cluster.store)
     if op == "get":
-        found = store.lookup(args["key"])
+        found = values.lookup(args["key"])
         return None if found is None else {"value": found[0], "version": list(found[1])}
     if op == "put":
-        return {"version": list(store.put(args["key"], args["value"], args.get("ttl")))}
+        return {"version": list(values.put(args["key"], args["value"], args.get("ttl")))}
     if op == "delete":
-        return {"version": list(store.delete(args["key"]))}
+        return {"version": list(values.delete(args["key"]))}
     if op == "scan":
-        return {"items": store.scan(args.get("prefix", ""))}
+        return {"items": values.scan(args.get("prefix", ""))}
     if op == "keys":
-        return {"keys": store.keys(args.get("prefix", ""))}
+        return {"keys": values.keys(args.get("prefix", ""))}
     if op == "info":
         if cluster.node_info is None:
             raise RuntimeError("info is not available")

@@ -33,13 +33,28 @@ def _describe(key: str) -> str:
 
 
 def check_key(key: object) -> bytes:
-    """Validate ``key`` and return its UTF-8 encoding.
+    """Validate ``key`` and return its UTF-8 encoding: the one key check of every path (writes,
+    reads, replication). A valid ``str`` key costs one encode and a NUL scan; anything else goes
+    to :func:`_key_error` for the message.
 
     Raises:
         InvalidArgumentType: the key is not a ``str``.
         InvalidArgument: the key is empty, contains NUL, is not encodable as UTF-8 (a lone
             surrogate) or is longer than :data:`MAX_KEY_BYTES`.
     """
+    if type(key) is str:
+        try:
+            encoded = key.encode()
+        except UnicodeEncodeError:
+            return _key_error(key)
+        if encoded and len(encoded) <= MAX_KEY_BYTES and b"\x00" not in encoded:
+            return encoded
+    return _key_error(key)
+
+
+def _key_error(key: object) -> bytes:
+    """The slow path of :func:`check_key`: raise the error that says what is wrong with ``key``,
+    or return the encoding of a valid key of a ``str`` subclass."""
     if type(key) is not str:
         if not isinstance(key, str):
             raise InvalidArgumentType(f"key must be a str, not {type(key).__name__}: {key!r:.80}")

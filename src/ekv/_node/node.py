@@ -2,7 +2,9 @@
 
 Both facades (:class:`ekv.EKV` and :class:`ekv.AsyncEKV`) wrap one :class:`Node`. The node owns
 
-* the :class:`~ekv._storage.store.ShardedStore` (reads and writes run on the caller's thread);
+* the :class:`~ekv._storage.store.ShardedStore` (reads and writes run on the caller's thread),
+  and the :class:`~ekv._values.Values` above it that the facades call: key and ttl checks, the
+  codec, ``max_value_size``;
 * the :class:`~ekv._core.clock.HybridClock` that stamps every local write;
 * the subscription :class:`~ekv._node.subscriptions.Registry` and the callback dispatcher;
 * the GC thread, which every ``gc_interval`` expires TTL entries, purges old tombstones,
@@ -41,6 +43,7 @@ from ekv._node.subscriptions import (
 )
 from ekv._storage.sqlite import sqlite_version
 from ekv._storage.store import GcReport, ShardedStore
+from ekv._values import Values
 
 if TYPE_CHECKING:
     from ekv._cluster.cluster import ClusterNode
@@ -153,6 +156,7 @@ class Node:
             except BaseException:
                 self.store.close()
                 raise
+        self.values = Values(self.store)
         self.opened_at_ns = config.clock.now_ns()
         self._closed = False
         self._close_lock = threading.Lock()

@@ -8,6 +8,9 @@ are each in key order, into one ascending stream. A row is verified against its 
 its value leaves: a damaged one raises :class:`~ekv.ChecksumError` and is recorded through the
 shard's writer, so that repair starts.
 
+Keys come in validated and values leave as bytes: key checks and the codec are the value layer's
+(:mod:`ekv._values`), above storage.
+
 :class:`StoreReads` is the base of :class:`ekv._storage.store.ShardedStore`, which owns the
 state declared here (opening, closing, writes and GC live there); a base class rather than a
 separate object, so a ``get`` costs no extra call.
@@ -27,8 +30,8 @@ import apsw
 
 from ekv._config import Config
 from ekv._core.checksum import row_checksum
-from ekv._core.keys import MAX_KEY_BYTES, check_key, check_prefix, prefix_upper_bound, shard_of
-from ekv._errors import ClosedError, DecodeError
+from ekv._core.keys import check_key, prefix_upper_bound, shard_of
+from ekv._errors import ClosedError
 from ekv._log import NodeLog
 from ekv._model import Entry, Version
 from ekv._storage import schema
@@ -38,8 +41,6 @@ from ekv._storage.shard import Shard
 from ekv._storage.sqlite import open_connection, raise_storage_error
 
 __all__ = ["StoreReads"]
-
-_VALUE = 1  # a range row is (key, value, ts, origin, oseq, expires_at, crc)
 
 _PAGE = 512
 
@@ -55,7 +56,6 @@ class StoreReads:
     """Reads served (approximate under threads: a metric, not an invariant)."""
     _count: int
     _now: Callable[[], int]
-    _loads: Callable[[bytes], Any]
     _synchronous: str
     _tls: threading.local
     _readers: weakref.WeakSet[apsw.Connection]
@@ -95,21 +95,13 @@ class StoreReads:
 
     # -- point operations --------------------------------------------------------------------
 
-    def _encode_key(self, key: object) -> bytes:
-        try:
-            encoded: bytes = key.encode()  # type: ignore[attr-defined]
-        except (AttributeError, UnicodeEncodeError, TypeError):
-            return check_key(key)
-        if type(key) is not str or not encoded or b"\x00" in encoded or len(encoded) > MAX_KEY_BYTES:
-            return check_key(key)
-        return encoded
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value of ``key``, or ``default`` if it is absent, deleted or expired."""
+    def read(self, key: str, encoded: bytes) -> bytes | None:
+        """The stored value (bytes) of a visible ``key``, else None. ``encoded`` is the key's
+        UTF-8 form, already validated (:func:`ekv._core.keys.check_key`, by the value layer)."""
         if self._closed:
             raise self._closed_error()
         self.reads += 1  # approximate under threads (not locked): a metric, not an invariant
-        index = crc32(self._encode_key(key)) % self._count
+        index = crc32(encoded) % self._count
         try:
             row = self._cursors()[index].execute(schema.GET, (key,)).get
         except apsw.Error as exc:
@@ -117,22 +109,23 @@ class StoreReads:
                 raise self._closed_error() from exc
             raise_storage_error(exc)
         if row is None:
-            return default
+            return None
         value, expires_at, ts, origin, oseq, crc = row
         if value is None:
-            return default
+            return None
         if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
             raise self._damaged(index, key)
         if expires_at is not None and expires_at <= self._now():
-            return default
-        return self._decode(value, key)
+            return None
+        return value  # type: ignore[no-any-return]
 
-    def lookup(self, key: str) -> tuple[Any, Version] | None:
-        """``(value, version)`` of a visible key, else ``None``."""
+    def read_version(self, key: str, encoded: bytes) -> tuple[bytes, Version] | None:
+        """``(value bytes, version)`` of a visible ``key``, else None (``encoded`` as in
+        :meth:`read`)."""
         if self._closed:
             raise self._closed_error()
         self.reads += 1
-        index = crc32(self._encode_key(key)) % self._count
+        index = crc32(encoded) % self._count
         try:
             row = self._cursors()[index].execute(schema.GET, (key,)).get
         except apsw.Error as exc:
@@ -148,7 +141,7 @@ class StoreReads:
             raise self._damaged(index, key)
         if expires_at is not None and expires_at <= self._now():
             return None
-        return self._decode(value, key), Version(ts, origin)
+        return value, Version(ts, origin)
 
     def _damaged(self, index: int, key: str) -> Exception:
         """The error for a read that found ``key``'s row damaged; records the damage (through
@@ -165,12 +158,6 @@ class StoreReads:
         if not row_ok(row):
             raise self._damaged(index, row[0])
         return row
-
-    def _decode(self, value: bytes, key: str) -> Any:
-        try:
-            return self._loads(value)
-        except Exception as exc:
-            raise DecodeError(f"cannot decode the stored value of key {key!r:.80}: {exc}") from exc
 
     def entry(self, key: str) -> Entry | None:
         """The stored entry of ``key`` including tombstones and expired puts (for tests,
@@ -231,22 +218,18 @@ class StoreReads:
             lower = rows[-1][0]
             after = True
 
-    def iter_items(self, prefix: str) -> Iterator[tuple[str, Any]]:
-        """Lazily yield ``(key, value)`` for visible keys under ``prefix``, ascending; memory
-        stays bounded by one page per shard."""
-        prefix = check_prefix(prefix)
+    def iter_rows(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        """Lazily yield ``(key, value bytes)`` for visible keys under ``prefix`` (validated by
+        the value layer), ascending; memory stays bounded by one page per shard."""
         if self._closed:
             raise self._closed_error()
         upper = prefix_upper_bound(prefix)
         now = self._now()
         streams = [self._shard_rows(i, prefix, upper, now, True) for i in range(self._count)]
-        decode = self._decode
-        for key, value in heapq.merge(*streams):
-            yield key, decode(value, key)
+        yield from heapq.merge(*streams)
 
     def iter_keys(self, prefix: str) -> Iterator[str]:
-        """Lazily yield visible keys under ``prefix`` in ascending order."""
-        prefix = check_prefix(prefix)
+        """Lazily yield visible keys under ``prefix`` (validated) in ascending order."""
         if self._closed:
             raise self._closed_error()
         upper = prefix_upper_bound(prefix)
@@ -255,7 +238,6 @@ class StoreReads:
         yield from heapq.merge(*streams)
 
     def _range_all(self, prefix: str, with_values: bool) -> list[Any]:
-        prefix = check_prefix(prefix)
         if self._closed:
             raise self._closed_error()
         upper = prefix_upper_bound(prefix)
@@ -278,13 +260,13 @@ class StoreReads:
         rows.sort()
         return rows
 
-    def scan(self, prefix: str) -> dict[str, Any]:
-        """Every visible key under ``prefix`` with its value, as a dict in ascending key order."""
-        decode = self._decode
-        return {row[0]: decode(row[_VALUE], row[0]) for row in self._range_all(prefix, True)}
+    def items(self, prefix: str) -> list[Any]:
+        """The rows of every visible key under ``prefix`` (validated), ascending: ``(key, value
+        bytes, ...)``, checksums verified."""
+        return self._range_all(prefix, True)
 
     def keys(self, prefix: str) -> list[str]:
-        """Every visible key under ``prefix``, ascending."""
+        """Every visible key under ``prefix`` (validated), ascending."""
         return [row[0] for row in self._range_all(prefix, False)]
 
 

@@ -21,19 +21,11 @@ from zlib import crc32
 
 import apsw
 
-from ekv._codec import BUILTIN_CODECS, codec_name
+from ekv._codec import BUILTIN_CODECS, Undecodable, codec_name
 from ekv._config import Config
 from ekv._core.clock import HybridClock
-from ekv._core.durations import duration_ns
-from ekv._core.keys import MAX_KEY_BYTES, check_key, shard_of
-from ekv._errors import (
-    CorruptionError,
-    DataDirError,
-    DecodeError,
-    DiskFullError,
-    EncodeError,
-    ValueTooLargeError,
-)
+from ekv._core.keys import check_key, shard_of
+from ekv._errors import CorruptionError, DataDirError, DiskFullError
 from ekv._log import NodeLog
 from ekv._model import Entry, Version
 from ekv._storage import schema, shardfile
@@ -90,9 +82,6 @@ class ShardedStore(StoreReads):
         self.shards: list[Shard] = []
         self._count = config.shards
         self._now = config.clock.now_ns
-        self._dumps = config.codec.dumps
-        self._loads = config.codec.loads
-        self._max_value = config.max_value_size
         self._synchronous = "FULL" if config.durability == "full" else "NORMAL"
         self._tls = threading.local()
         self._readers: weakref.WeakSet[apsw.Connection] = weakref.WeakSet()
@@ -228,7 +217,7 @@ class ShardedStore(StoreReads):
             if manifest is None:
                 raise DataDirError(f"{str(path)!r} holds no ekv store (no {MANIFEST_NAME})")
             if codec is None:
-                codec = manifest.codec if manifest.codec in BUILTIN_CODECS else _Undecodable(manifest.codec)
+                codec = manifest.codec if manifest.codec in BUILTIN_CODECS else Undecodable(manifest.codec)
             config = Config.create(manifest.name, path, shards=manifest.shards, log=False, codec=codec)
             check_codec(path, manifest.codec, codec_name(config.codec))
             store = cls(config, datadir, manifest, HybridClock(config.clock))
@@ -298,41 +287,14 @@ class ShardedStore(StoreReads):
         self.datadir.unlock()
         _open_stores.discard(self)
 
-    def put(self, key: str, value: Any, ttl: object = None) -> Version:
-        """Store ``value`` under ``key``; return the write's version once it is durable."""
+    def write(self, key: str, encoded: bytes, blob: bytes | None, expires_at: int | None) -> Version:
+        """Write ``blob`` under ``key`` (None: a tombstone), expiring at ``expires_at`` (ns, or
+        None), in the shard that owns the key; return the write's version once it is durable.
+        ``encoded`` is the key's UTF-8 form, already validated (:func:`ekv._core.keys.check_key`,
+        by the value layer :mod:`ekv._values`, which also encodes the value)."""
         if self._closed or self._readonly:
             raise self._closed_error()
-        try:
-            encoded: bytes = key.encode()
-        except (AttributeError, UnicodeEncodeError, TypeError):
-            encoded = check_key(key)
-        if type(key) is not str or not encoded or b"\x00" in encoded or len(encoded) > MAX_KEY_BYTES:
-            encoded = check_key(key)
-        expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
-        try:
-            blob = self._dumps(value)
-        except Exception as exc:
-            raise EncodeError(f"cannot encode the value for key {key!r:.80}: {type(exc).__name__}: {exc}") from exc
-        if type(blob) is not bytes:
-            blob = self._coerce_blob(blob, key)
-        if len(blob) > self._max_value:
-            raise ValueTooLargeError(
-                f"the encoded value for key {key!r:.80} is {len(blob)} bytes; "
-                f"the maximum (max_value_size) is {self._max_value}"
-            )
         return self.shards[crc32(encoded) % self._count].write(key, blob, expires_at)
-
-    def _coerce_blob(self, blob: object, key: str) -> bytes:
-        if isinstance(blob, bytes | bytearray | memoryview):
-            return bytes(blob)
-        raise EncodeError(f"the codec returned {type(blob).__name__}, not bytes, for key {key!r:.80}")
-
-    def delete(self, key: str) -> Version:
-        """Write a tombstone for ``key`` (also when it is absent); return its version."""
-        if self._closed or self._readonly:
-            raise self._closed_error()
-        encoded = self._encode_key(key)
-        return self.shards[crc32(encoded) % self._count].write(key, None, None)
 
     def apply(self, entries: Sequence[Entry]) -> list[Entry]:
         """Apply versions made elsewhere; return those that won (see :meth:`Shard.apply`)."""
@@ -451,17 +413,3 @@ class ShardedStore(StoreReads):
             "last_active_at_ns": last_active,
             "size_bytes": size,
         }
-
-
-class _Undecodable:
-    """Stands in for a custom codec that only the application knows (read-only tools such as
-    ``ekv keys`` need no values; reading one says why it cannot be decoded)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def dumps(self, value: Any) -> bytes:
-        raise EncodeError(f"this store's values use the custom codec {self.name!r}, which only its application has")
-
-    def loads(self, data: bytes) -> Any:
-        raise DecodeError(f"this store's values use the custom codec {self.name!r}, which only its application has")

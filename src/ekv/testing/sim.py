@@ -43,6 +43,7 @@ from ekv._core.clock import HybridClock
 from ekv._core.durations import NS_PER_S
 from ekv._model import Entry, Version
 from ekv._storage.store import ShardedStore
+from ekv._values import Values
 
 __all__ = ["SimClock", "Simulation", "Violation"]
 
@@ -390,12 +391,12 @@ class Simulation:
         key = key or self.rng.choice(self.keys)
         roll = self.rng.random()
         if roll < self.delete_fraction:
-            version = store.delete(key)
+            version = Values(store).delete(key)
             self.acked.append((name, key, version, None, None))
         else:
             value = f"{name}:{self.rng.random():.12f}".encode()
             ttl = self.rng.choice([0.2, 1, 5, 60]) if self.rng.random() < self.ttl_fraction else None
-            version = store.put(key, value, ttl=ttl)
+            version = Values(store).put(key, value, ttl=ttl)
             entry = store.entry(key)
             assert entry is not None and entry.version == version
             self.acked.append((name, key, version, entry.value, entry.expires_at_ns))

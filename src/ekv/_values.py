@@ -1,0 +1,137 @@
+"""The argument and codec layer: what every caller's key, ttl and value go through on their way to
+storage, and what stored bytes go through on their way back.
+
+Storage (:mod:`ekv._storage`) moves bytes: it takes a validated key (with its UTF-8 form, which
+picks the shard), a value's bytes and an expiry in nanoseconds, and returns bytes and versions.
+Everything about the caller's arguments lives here, once: the key check
+(:func:`ekv._core.keys.check_key`), the prefix check, ttl parsing, the codec and its errors, and
+``max_value_size``. Both facades (through :class:`ekv._node.node.Node`), the cluster's
+serving of command-line clients and the offline command line (over a read-only store) use one
+:class:`Values`, so a new operation is written once and validated the same way everywhere.
+
+It is on the hot path: each operation is one method here and one call into storage, with the
+codec called inline rather than through a helper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ekv._core.durations import duration_ns
+from ekv._core.keys import check_key, check_prefix
+from ekv._errors import DecodeError, EncodeError, ValueTooLargeError
+from ekv._model import Version
+from ekv._storage.store import ShardedStore
+
+__all__ = ["Values"]
+
+
+class Values:
+    """Keys, ttls and values of one :class:`ShardedStore`, checked and encoded; thread-safe."""
+
+    __slots__ = ("_dumps", "_loads", "_max_value", "_now", "store")
+
+    def __init__(self, store: ShardedStore) -> None:
+        config = store.config
+        self.store = store
+        self._dumps = config.codec.dumps
+        self._loads = config.codec.loads
+        self._max_value = config.max_value_size
+        self._now = config.clock.now_ns
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(self, key: str, value: Any, ttl: object = None) -> Version:
+        """Store ``value`` under ``key``; return the write's version once it is durable."""
+        store = self.store
+        if store._closed or store._readonly:
+            raise store._closed_error()
+        encoded = check_key(key)
+        expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
+        try:
+            blob = self._dumps(value)
+        except Exception as exc:
+            raise EncodeError(f"cannot encode the value for key {key!r:.80}: {type(exc).__name__}: {exc}") from exc
+        if type(blob) is not bytes:
+            blob = _coerce_blob(blob, key)
+        if len(blob) > self._max_value:
+            raise ValueTooLargeError(
+                f"the encoded value for key {key!r:.80} is {len(blob)} bytes; "
+                f"the maximum (max_value_size) is {self._max_value}"
+            )
+        return store.write(key, encoded, blob, expires_at)
+
+    def delete(self, key: str) -> Version:
+        """Write a tombstone for ``key`` (also when it is absent); return its version."""
+        store = self.store
+        if store._closed or store._readonly:
+            raise store._closed_error()
+        return store.write(key, check_key(key), None, None)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` if it is absent, deleted or expired."""
+        store = self.store
+        if store._closed:
+            raise store._closed_error()
+        blob = store.read(key, check_key(key))
+        if blob is None:
+            return default
+        try:
+            return self._loads(blob)
+        except Exception as exc:
+            raise _decode_error(key, exc) from exc
+
+    def lookup(self, key: str) -> tuple[Any, Version] | None:
+        """``(value, version)`` of a visible key, else ``None``."""
+        store = self.store
+        if store._closed:
+            raise store._closed_error()
+        found = store.read_version(key, check_key(key))
+        if found is None:
+            return None
+        try:
+            return self._loads(found[0]), found[1]
+        except Exception as exc:
+            raise _decode_error(key, exc) from exc
+
+    def scan(self, prefix: str) -> dict[str, Any]:
+        """Every visible key under ``prefix`` with its value, as a dict in ascending key order."""
+        decode = self.decode
+        return {row[0]: decode(row[1], row[0]) for row in self.store.items(check_prefix(prefix))}
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every visible key under ``prefix``, ascending."""
+        return self.store.keys(check_prefix(prefix))
+
+    def iter_items(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Lazily yield ``(key, value)`` for visible keys under ``prefix``, ascending; memory
+        stays bounded by one page per shard. Arguments are checked on the first ``next()``."""
+        decode = self.decode
+        for key, blob in self.store.iter_rows(check_prefix(prefix)):
+            yield key, decode(blob, key)
+
+    def iter_keys(self, prefix: str) -> Iterator[str]:
+        """Lazily yield visible keys under ``prefix`` in ascending order (checked on the first
+        ``next()``)."""
+        yield from self.store.iter_keys(check_prefix(prefix))
+
+    def decode(self, blob: bytes, key: str) -> Any:
+        """The value stored as ``blob`` under ``key``; :class:`~ekv.DecodeError` if the codec
+        cannot decode it."""
+        try:
+            return self._loads(blob)
+        except Exception as exc:
+            raise _decode_error(key, exc) from exc
+
+
+def _coerce_blob(blob: object, key: str) -> bytes:
+    if isinstance(blob, bytes | bytearray | memoryview):
+        return bytes(blob)
+    raise EncodeError(f"the codec returned {type(blob).__name__}, not bytes, for key {key!r:.80}")
+
+
+def _decode_error(key: str, exc: Exception) -> DecodeError:
+    return DecodeError(f"cannot decode the stored value of key {key!r:.80}: {exc}")

@@ -1,0 +1,73 @@
+"""AsyncEKV's forwarding methods are generated from EKV's (scripts/gen_facades.py), so an
+operation is written once: a changed or new EKV method without a regenerated aio.py fails here."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import ekv
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "gen_facades.py"
+
+
+def load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_facades", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_aio_py_is_up_to_date() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, (
+        "src/ekv/_api/aio.py is out of date: run python3 scripts/gen_facades.py\n" + result.stdout + result.stderr
+    )
+
+
+def test_a_new_sync_method_appears_in_the_async_facade() -> None:
+    generator = load_generator()
+    source = generator.SOURCE.read_text()
+    target = generator.TARGET.read_text()
+    assert generator.render(source, target) == target
+    added = source.replace(
+        "    # -- reads ---",
+        "    def put_many(self, items: dict[str, Any]) -> list[Version]:\n"
+        '        """Store every item."""\n'
+        "        return self._values.put_many(items)\n\n"
+        "    def ping(self) -> None:\n"
+        '        """Ping the node."""\n'
+        "        self._node_checked.ping()\n\n"
+        "    # -- reads ---",
+        1,
+    )
+    rendered = generator.render(added, target)
+    assert rendered != target
+    assert (
+        "    async def put_many(self, items: dict[str, Any]) -> list[Version]:\n"
+        '        """See :meth:`ekv.EKV.put_many`."""\n'
+        "        node = await self._ensure()\n"
+        "        return await self._call(node.values.put_many, items)\n"
+    ) in rendered
+    assert "        await self._call(node.ping)\n" in rendered
+
+
+def test_both_facades_have_the_same_operations_and_parameters() -> None:
+    def public(cls: type) -> dict[str, object]:
+        return {name: value for name, value in vars(cls).items() if callable(value) and not name.startswith("_")}
+
+    sync, aio = public(ekv.EKV), public(ekv.AsyncEKV)
+    assert set(sync) == set(aio) - {"open"}
+    for name, method in sync.items():
+        params = [p for p in inspect.signature(method).parameters if p != "callback"]  # type: ignore[arg-type]
+        other = aio[name]
+        assert params == list(inspect.signature(other).parameters), name  # type: ignore[arg-type]
+        assert inspect.iscoroutinefunction(other) or inspect.isasyncgenfunction(other), name

@@ -139,8 +139,8 @@ class ReplicationStore(Protocol):
     # -- damage (rows that failed their checksum) ------------------------------------------------
 
     def damaged(self, shard: int) -> Mapping[str, DamagedVersion]:
-        """The keys of ``shard`` recorded as damaged, with the damaged version (may change
-        between calls: readers and GC find damage too)."""
+        """The keys of ``shard`` recorded as damaged, with the damaged version: a snapshot the
+        caller may iterate (it changes between calls: readers and GC find damage too)."""
         ...
 
     def mark_damaged(self, shard: int, key: str, now_ns: int) -> bool:

@@ -77,7 +77,9 @@ class StoreReplicationPort:
         self._store.shards[0].run_exclusive(lambda cur: set_marker(cur, name, value))
 
     def damaged(self, shard: int) -> Mapping[str, DamagedVersion]:
-        return self._store.shards[shard].damaged
+        # A copy (one C-level call, atomic under the GIL): the shard's writer changes the dict
+        # after commits, on its own thread, while the replicator iterates over what it got.
+        return dict(self._store.shards[shard].damaged)
 
     def mark_damaged(self, shard: int, key: str, now_ns: int) -> bool:
         return self._store.shards[shard].mark_damaged(key, now_ns)

@@ -12,6 +12,7 @@ from ekv._cluster.messages import Message, SyncChunk, SyncDone
 from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._config import Config
 from ekv._core.clock import HybridClock
+from ekv._storage.replication import StoreReplicationPort
 from ekv._storage.store import ShardedStore
 from ekv._values import Values
 from ekv.testing import FakeClock
@@ -51,7 +52,7 @@ class Pair:
             self.sent.append(message)
             self.queues[peer].append((me, message))
 
-        return Replicator(store, self.settings, send=send)
+        return Replicator(StoreReplicationPort(store), self.settings, send=send)
 
     def connect(self) -> None:
         a, b = self.reps

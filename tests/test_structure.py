@@ -189,6 +189,39 @@ def test_the_graph_sees_relative_and_function_imports() -> None:
     assert "ekv._errors" in graph["ekv._storage.shard"]
 
 
+# -- the replicator reaches storage only through its port ---------------------------------------
+
+PORT_CONSUMERS = ("ekv._cluster.replicator", "ekv._cluster.port")
+
+
+def _imported_modules(name: str) -> set[str]:
+    """Every module ``name`` imports, also under ``if TYPE_CHECKING:`` (a type is a dependency
+    too), relative imports resolved."""
+    path = _modules()[name]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(name, path.name == "__init__.py", node)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_replicator_imports_nothing_from_storage() -> None:
+    """The replicator talks to storage through :class:`ekv._cluster.port.ReplicationStore` only,
+    so that it can be tested against an in-memory fake and storage can change under it."""
+    for name in PORT_CONSUMERS:
+        storage = sorted(m for m in _imported_modules(name) if m == "ekv._storage" or m.startswith("ekv._storage."))
+        assert not storage, f"{name} imports {storage}: go through ekv._cluster.port.ReplicationStore"
+
+
+def test_the_storage_import_finder_finds_storage_imports() -> None:
+    """The check itself: cluster.py builds the real port, so it imports from ekv._storage."""
+    assert "ekv._storage.replication" in _imported_modules("ekv._cluster.cluster")
+
+
 def test_no_module_over_700_lines() -> None:
     too_long = {
         name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES

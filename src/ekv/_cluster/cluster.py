@@ -43,6 +43,7 @@ from ekv._core.addresses import format_address, parse_address
 from ekv._core.durations import NS_PER_S
 from ekv._log import instance_logging
 from ekv._model import Entry
+from ekv._storage.replication import StoreReplicationPort
 from ekv._storage.store import ShardedStore
 
 __all__ = ["ClusterNode"]
@@ -131,7 +132,9 @@ class ClusterNode:
             self._runtime.release()
 
     async def _start(self) -> None:
-        self.replicator = Replicator(self.store, self.settings, send=self._send, can_send=self._can_send, log=self.log)
+        self.replicator = Replicator(
+            StoreReplicationPort(self.store), self.settings, send=self._send, can_send=self._can_send, log=self.log
+        )
         options = self.options
         if options.listen is not None:
             assert self._listener is not None, "the node binds its listener before opening its data"
@@ -474,7 +477,9 @@ class ClusterNode:
             self.node_id = self.store.reidentify()
         except Exception as exc:
             self.log.error("could not take a new node id (%s): %s; will try again when told", why, exc)
-        self.replicator = Replicator(self.store, self.settings, send=self._send, can_send=self._can_send, log=self.log)
+        self.replicator = Replicator(
+            StoreReplicationPort(self.store), self.settings, send=self._send, can_send=self._can_send, log=self.log
+        )
         if self.node_id != old:
             self.log.warning("node %s is now node %s (%s); its data is kept", old, self.node_id, why)
         self._kick()

@@ -30,6 +30,9 @@ Protocol (per shard, see docs/architecture.md for why it converges):
   with an empty vector: "I cover nothing"). A resent copy replaces the damaged row. A member
   serving a sync never sends a damaged row, and then withholds its vector, so that the requester
   does not record as covered a write it never received.
+
+It reaches storage only through :class:`~ekv._cluster.port.ReplicationStore` (never
+``ekv._storage``), so it runs as well over an in-memory fake as over the real store.
 """
 
 from __future__ import annotations
@@ -40,18 +43,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ekv._cluster.messages import Live, Message, SyncChunk, SyncDone, SyncRequest
+from ekv._cluster.port import DamagedVersion, ReplicationStore, SyncSource
 from ekv._core import vv as vvmod
 from ekv._core.durations import NS_PER_S, tombstone_cutoff_ns
 from ekv._model import Entry
-from ekv._storage.store import ShardedStore
-from ekv._storage.sync import (
-    SyncSnapshot,
-    load_markers,
-    load_peer_reports,
-    local_vv,
-    record_peer_report,
-    set_marker,
-)
 
 __all__ = ["ReplicationSettings", "Replicator"]
 
@@ -72,7 +67,7 @@ class ReplicationSettings:
 @dataclass(slots=True)
 class _OutSync:
     sync_id: int
-    snapshot: SyncSnapshot
+    snapshot: SyncSource
     seq: int = 0
     started_ns: int = 0
 
@@ -111,12 +106,21 @@ class PeerState:
     syncs_out: dict[str, int] = field(default_factory=lambda: {"delta": 0, "full": 0})
 
 
+@dataclass(slots=True)
+class _Repair:
+    """The repair of one shard's damaged rows: the damage it is for, and the members that
+    completed a full resend of the shard since that damage was found."""
+
+    damage: dict[str, DamagedVersion]
+    resent_by: set[str] = field(default_factory=set)
+
+
 class Replicator:
     """Replication for one node (all shards). Not thread-safe: one driver thread at a time."""
 
     def __init__(
         self,
-        store: ShardedStore,
+        store: ReplicationStore,
         settings: ReplicationSettings,
         *,
         send: Callable[[str, Message], None],
@@ -133,7 +137,7 @@ class Replicator:
         self._can_send = can_send
         self._rng = rng or random.Random()
         self._log = log
-        self._shards = len(store.shards)
+        self._shards = store.shard_count
         self._next_sync_id = 1
         self._now = 0
         self.peers: dict[str, PeerState] = {}
@@ -154,21 +158,20 @@ class Replicator:
         self.quarantined: dict[str, int] = self._load_markers("member_quarantined/")
         self._resend_from: dict[str, int] = self._load_markers("member_resend/")
         """Members whose quarantine was cleared: pull everything from them once (persisted)."""
+        self._repairs: dict[int, _Repair] = {}
+        """Per damaged shard, who has resent it (see :meth:`_repair_of`); not persisted: after
+        a restart every member is asked again."""
 
-    # -- persistent node-level markers (kept in shard 0's meta table) ---------------------------
+    # -- persistent node-level markers (kept by the store) -------------------------------------
 
     def _load_markers(self, prefix: str) -> dict[str, int]:
-        result: dict[str, int] = self.store.shards[0].run_exclusive(lambda cur: load_markers(cur, prefix))
-        return result
+        return self.store.load_markers(prefix)
 
     def _set_marker(self, prefix: str, node_id: str, value: int | None) -> None:
-        key = prefix + node_id
-        self.store.shards[0].run_exclusive(lambda cur: set_marker(cur, key, value))
+        self.store.set_marker(prefix + node_id, value)
 
     def _load_vv(self, shard: int) -> dict[str, int]:
-        origin = self.origin
-        result: dict[str, int] = self.store.shards[shard].run_exclusive(lambda cur: local_vv(cur, origin))
-        return result
+        return self.store.version_vector(shard)
 
     def _info(self, msg: str, *args: object) -> None:
         if self._log is not None:
@@ -293,7 +296,7 @@ class Replicator:
             new = vvmod.advance(trial, origin, oseqs)
             if new is not None:
                 raised[origin] = new
-        applied = self.store.apply_shard(msg.shard, msg.entries, raised or None)
+        applied = self.store.apply(msg.shard, msg.entries, raised or None)
         self.stats["live_applied"] += len(applied)
         vv.update(raised)
 
@@ -302,16 +305,12 @@ class Replicator:
             return
         peer_vv = {origin: oseq for origin, oseq in msg.vv.items() if oseq > 0}
         state.reported_vv[msg.shard] = peer_vv
-        self.store.shards[msg.shard].run_exclusive(lambda cur: record_peer_report(cur, state.node_id, peer_vv, now_ns))
+        self.store.record_member_report(msg.shard, state.node_id, peer_vv, now_ns)
         old = state.out.pop(msg.shard, None)
         if old is not None:
             old.snapshot.close()
-        snapshot = SyncSnapshot(
-            str(self.store.datadir.shard_path(msg.shard)),
-            self.origin,
-            peer_vv,
-            now_ns=now_ns,
-            cutoff_ns=tombstone_cutoff_ns(now_ns, self.settings.tombstone_ttl_ns),
+        snapshot = self.store.sync_source(
+            msg.shard, peer_vv, now_ns=now_ns, cutoff_ns=tombstone_cutoff_ns(now_ns, self.settings.tombstone_ttl_ns)
         )
         state.out[msg.shard] = _OutSync(msg.sync_id, snapshot, started_ns=now_ns)
         state.syncs_out[snapshot.kind] += 1
@@ -322,7 +321,7 @@ class Replicator:
             # A late chunk of an abandoned sync: its entries are still valid versions (LWW makes
             # applying them safe), it just cannot count towards a complete sync.
             if msg.entries and self._check_shard(msg.shard):
-                self.stats["sync_entries_applied"] += len(self.store.apply_shard(msg.shard, msg.entries))
+                self.stats["sync_entries_applied"] += len(self.store.apply(msg.shard, msg.entries))
             return
         current.progress_ns = self._now
         if msg.seq != current.next_seq:
@@ -330,7 +329,7 @@ class Replicator:
         current.next_seq = max(current.next_seq, msg.seq) + 1
         current.entries += len(msg.entries)
         if msg.entries:
-            applied = self.store.apply_shard(msg.shard, msg.entries)
+            applied = self.store.apply(msg.shard, msg.entries)
             self.stats["sync_entries_applied"] += len(applied)
 
     def _on_sync_done(self, state: PeerState, msg: SyncDone, now_ns: int) -> None:
@@ -352,7 +351,7 @@ class Replicator:
                 origin: oseq for origin, oseq in msg.vv.items() if origin != self.origin and oseq > vv.get(origin, 0)
             }
             if raised:
-                self.store.apply_shard(msg.shard, [], raised)
+                self.store.apply(msg.shard, [], raised)
                 vv.update(raised)
             if msg.kind in state.syncs_in:
                 state.syncs_in[msg.kind] += 1
@@ -401,46 +400,66 @@ class Replicator:
     def _repair_pulls(self, now_ns: int) -> None:
         """Ask every connected member that has not yet done so since the damage was found for a
         full resend of each shard that holds damaged rows."""
-        for shard_index, shard in enumerate(self.store.shards):
-            if not shard.damaged:
+        for shard in range(self._shards):
+            repair = self._repair_of(shard)
+            if repair is None:
                 continue
             for peer_id, state in self.peers.items():
-                if not state.quarantined and peer_id not in shard.resent_by and shard_index not in state.inbound:
-                    self._pull(state, shard_index, now_ns, resend=True)
+                if not state.quarantined and peer_id not in repair.resent_by and shard not in state.inbound:
+                    self._pull(state, shard, now_ns, resend=True)
+
+    def _repair_of(self, shard: int) -> _Repair | None:
+        """The repair of ``shard``'s damage, None if it has none. Damage found since the resends
+        were counted (a key, or a version of a key, not seen before: found by a reader, GC or a
+        sync) starts the count again, so every member is asked for the new damage too."""
+        damaged = self.store.damaged(shard)
+        if not damaged:
+            self._repairs.pop(shard, None)
+            return None
+        repair = self._repairs.get(shard)
+        if repair is None or any(repair.damage.get(key) != version for key, version in damaged.items()):
+            repair = self._repairs[shard] = _Repair(dict(damaged))
+        else:
+            repair.damage = dict(damaged)  # keys repaired meanwhile are dropped
+        return repair
 
     def _resent(self, peer_id: str, shard_index: int) -> None:
         """A member completed a full resend. Once every connected member has, keys still listed
         as damaged either verify (replaced by the best version the members had, older than the
         damaged one: forgotten, with a warning) or had no copy anywhere (kept: the key stays
         unreadable until it is written or deleted)."""
-        shard = self.store.shards[shard_index]
-        shard.resent_by.add(peer_id)
-        members = {peer for peer, peer_state in self.peers.items() if not peer_state.quarantined}
-        if not shard.damaged or not members <= shard.resent_by:
+        repair = self._repair_of(shard_index)
+        if repair is None:
             return
-        remaining = list(shard.damaged)
-        repaired = [key for key in remaining if shard.row_verifies(key)]
+        repair.resent_by.add(peer_id)
+        members = {peer for peer, peer_state in self.peers.items() if not peer_state.quarantined}
+        if not members <= repair.resent_by:
+            return
+        remaining = list(repair.damage)
+        repaired = [key for key in remaining if self.store.row_verifies(shard_index, key)]
         if repaired:
-            shard.forget_damaged(repaired)
+            self.store.forget_damaged(shard_index, repaired)
             self._warning(
-                "damaged keys %s in shard %d were replaced by the newest versions members had, which are older "
+                "damaged keys %s in shard %d (%s) were replaced by the newest versions members had, which are older "
                 "than the damaged ones: those writes are lost",
                 repaired[:10],
                 shard_index,
+                self.store.describe(shard_index),
             )
         lost = [key for key in remaining if key not in repaired]
         if lost:
             self._warning(
-                "damaged keys %s in shard %d could not be repaired: no member has a copy; they stay unreadable "
+                "damaged keys %s in shard %d (%s) could not be repaired: no member has a copy; they stay unreadable "
                 "until written or deleted",
                 lost[:10],
                 shard_index,
+                self.store.describe(shard_index),
             )
 
     def current_vv(self, shard: int) -> dict[str, int]:
         """This shard's version vector, with the local origin's entry at the latest local write."""
         vv = dict(self.vv[shard])
-        own = self.store.shards[shard].oseq
+        own = self.store.own_seq(shard)
         if own:
             vv[self.origin] = own
         return vv
@@ -500,7 +519,7 @@ class Replicator:
 
     def _found_damaged(self, shard: int, keys: list[str]) -> None:
         for key in keys:
-            self.store.shards[shard].mark_damaged(key, self._now)
+            self.store.mark_damaged(shard, key, self._now)
         keys.clear()
 
     @property
@@ -514,7 +533,7 @@ class Replicator:
         """How far ``shard``'s change log may be truncated: what every member seen within
         ``retention_ns`` has reported covering. None (everything) when no member is known."""
         reports: dict[str, dict[str, int]] = {}
-        stored = self.store.shards[shard].run_exclusive(load_peer_reports)
+        stored = self.store.member_reports(shard)
         for node_id, (vv, reported_at) in stored.items():
             if now_ns - reported_at <= retention_ns:
                 reports[node_id] = vv

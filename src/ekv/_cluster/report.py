@@ -106,7 +106,7 @@ def cluster_info(self: ClusterNode) -> dict[str, Any]:
         "members": members,
         "quarantined": dict(rep.quarantined),
         "refused": {host: dict(item) for host, item in self.refused.items()},
-        "vv": [rep.current_vv(i) for i in range(len(self.store.shards))],
+        "vv": [rep.current_vv(i) for i in range(rep.store.shard_count)],
         "stats": {**rep.stats, "outbox_dropped": self.outbox.dropped},
     }
 
@@ -127,7 +127,7 @@ def cluster_metrics(self: ClusterNode) -> dict[str, float]:
         "ekv_replication_outbox": len(self.outbox),
         "ekv_replication_outbox_dropped_total": self.outbox.dropped,
     }
-    own = [self.store.shards[i].oseq for i in range(len(self.store.shards))]
+    own = [rep.store.own_seq(i) for i in range(rep.store.shard_count)]
     for node_id, state in rep.peers.items():
         label = f'{{peer="{node_id}"}}'
         for kind in ("delta", "full"):

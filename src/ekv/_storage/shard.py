@@ -87,8 +87,6 @@ class Shard:
         self.damaged: dict[str, DamagedVersion] = {}
         """Keys whose stored row failed its checksum, with the version that was damaged (see
         :mod:`ekv._storage.integrity`). Changed only on the writer, after commits."""
-        self.resent_by: set[str] = set()
-        """Members that completed a full resend of this shard since damage was last found."""
         self._cleared: list[str] = []  # damaged keys replaced by the transaction in progress
         self._armed = False
         self._previous_origin = origin
@@ -559,7 +557,6 @@ class Shard:
     def note_damaged(self, found: Mapping[str, DamagedVersion]) -> None:
         """Record damage already written to the ``damaged`` table (on the writer)."""
         self.damaged.update(found)
-        self.resent_by.clear()
         for key in found:
             self.log.error(
                 "DAMAGED VALUE: the stored version of key %r in %s failed its checksum; it will not "

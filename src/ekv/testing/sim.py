@@ -42,6 +42,7 @@ from ekv._config import Config
 from ekv._core.clock import HybridClock
 from ekv._core.durations import NS_PER_S
 from ekv._model import Entry, Version
+from ekv._storage.replication import StoreReplicationPort
 from ekv._storage.store import ShardedStore
 from ekv._values import Values
 
@@ -226,7 +227,9 @@ class Simulation:
         def send(peer: str, msg: Message, src: str = node.name) -> None:
             self._send(src, peer, msg)
 
-        node.rep = Replicator(store, self.settings, send=send, rng=random.Random(self.rng.random()))
+        node.rep = Replicator(
+            StoreReplicationPort(store), self.settings, send=send, rng=random.Random(self.rng.random())
+        )
 
     def node_id(self, name: str) -> str:
         store = self.nodes[name].store

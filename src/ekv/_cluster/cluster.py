@@ -16,6 +16,7 @@ methods; the parts are:
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Coroutine
 from typing import Any
 
@@ -43,7 +44,11 @@ class ClusterNode:
     """Replication for one instance. Public methods are thread-safe.
 
     ``network``: how to connect and listen; None for the real network (TCP/TLS, listening on
-    ``listener``, which the node bound before opening its data directory)."""
+    ``listener``, which the node bound before opening its data directory). ``rng``: the source of
+    the jitter of reconnects and anti-entropy (seeded for reproducible runs; random by default).
+
+    :meth:`start` and :meth:`stop` run the cluster on the process's network thread; a caller that
+    runs its own event loop (the virtual-time tests) awaits :meth:`open` and :meth:`aclose` on it."""
 
     def __init__(
         self,
@@ -52,6 +57,7 @@ class ClusterNode:
         log: Any,
         listener: ListenerHold | None = None,
         network: Network | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         options = config.cluster
         assert options is not None
@@ -74,8 +80,9 @@ class ClusterNode:
         self.network: Network = TcpNetwork(listener) if network is None else network
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listen_address: tuple[str, int] | None = None
-        self.driver = Driver(store, self.settings, options, log, self._wall, {})
-        self.members = MemberSet(config, store, log, self.driver, self.network, self._spawn, self._serve_client)
+        rng = random.Random() if rng is None else rng
+        self.driver = Driver(store, self.settings, options, log, self._wall, {}, rng)
+        self.members = MemberSet(config, store, log, self.driver, self.network, self._spawn, self._serve_client, rng)
         self.clients: set[Session] = set()
         self.node_info: Any = None
         """Set by the node: returns its info() (for client commands)."""
@@ -122,7 +129,7 @@ class ClusterNode:
     def start(self) -> None:
         self._loop = self._runtime.acquire()
         try:
-            self._runtime.run(self._start(), timeout=60)
+            self._runtime.run(self.open(), timeout=60)
         except BaseException:
             self._runtime.release()
             raise
@@ -136,7 +143,7 @@ class ClusterNode:
             shard.outbox = None
         try:
             if self._runtime.running:
-                self._runtime.run(self._stop(), timeout=30)
+                self._runtime.run(self.aclose(), timeout=30)
             # else the interpreter is finalising and the loop thread is frozen: waiting for it
             # would only run into the timeout; the process exit closes the sockets.
         finally:
@@ -145,7 +152,9 @@ class ClusterNode:
                 instance_logging(self.log.on, -1)
             self._runtime.release()
 
-    async def _start(self) -> None:
+    async def open(self) -> None:
+        """Start on the running loop: serve, dial, discover, tick (what :meth:`start` runs).
+        Local writes reach the members once the shards' outbox is :meth:`Driver.on_local_writes`."""
         self.driver.loop = asyncio.get_running_loop()
         self.driver.start()
         options = self.options
@@ -165,7 +174,8 @@ class ClusterNode:
             self._spawn(self.members.discover(name))
         self._spawn(self.driver.tick_loop())
 
-    async def _stop(self) -> None:
+    async def aclose(self) -> None:
+        """Say goodbye and stop every task (what :meth:`stop` runs)."""
         self.members.stopping = self.driver.stopping = True
         for client in list(self.clients):
             client.close("shutting down")

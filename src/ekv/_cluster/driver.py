@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from typing import Any
 
 from ekv._cluster import wire
@@ -45,6 +46,7 @@ class Driver:
         log: Any,
         wall: Any,
         sessions: dict[str, Session],
+        rng: random.Random,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -52,6 +54,7 @@ class Driver:
         self.log = log
         self._wall = wall
         self.sessions = sessions
+        self._rng = rng
         self.outbox = Outbox()
         self.replicator: Replicator | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -62,7 +65,9 @@ class Driver:
 
     def start(self) -> None:
         """Make the replicator (on the loop thread); again after the node took a new node id."""
-        self.replicator = Replicator(self.store, self.settings, send=self._send, can_send=self._can_send, log=self.log)
+        self.replicator = Replicator(
+            self.store, self.settings, send=self._send, can_send=self._can_send, log=self.log, rng=self._rng
+        )
 
     def close(self) -> None:
         if self.replicator is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -63,6 +62,7 @@ class MemberSet:
         network: Network,
         spawn: Callable[[Coroutine[Any, Any, Any]], None],
         serve_client: ServeClient,
+        rng: random.Random,
     ) -> None:
         options = config.cluster
         assert options is not None
@@ -77,7 +77,7 @@ class MemberSet:
         self._spawn = spawn
         self._serve_client = serve_client
         self._wall = config.clock.now_ns
-        self._rng = random.Random()
+        self._rng = rng
         self.sessions: dict[str, Session] = driver.sessions
         self.addresses: dict[str, dict[str, Any]] = {}
         """address -> {"node_id", "state", "attempts", "last_error", "source"}"""
@@ -127,7 +127,7 @@ class MemberSet:
                 backoff = 0.1
                 continue
             entry["attempts"] += 1
-            started = time.monotonic()
+            started = asyncio.get_running_loop().time()  # (time.monotonic, but virtual in a virtual loop)
             try:
                 await self._dial(address, entry)
             except (Refused, OSError, TimeoutError) as exc:
@@ -151,7 +151,7 @@ class MemberSet:
                         )
                 elif entry["attempts"] in (1, 10) or entry["attempts"] % 100 == 0:
                     self.log.info("cannot connect to %s: %s (retrying)", address, exc)
-            if time.monotonic() - started > 10:
+            if asyncio.get_running_loop().time() - started > 10:
                 backoff = 0.1  # the session lasted: reconnect quickly
             delay = backoff * self._rng.uniform(0.8, 1.2)
             backoff = min(cap, backoff * 2)
@@ -309,7 +309,7 @@ class MemberSet:
         verdict = identity.on_second_session(
             existing.hello.origin,
             session.hello.origin,
-            silent_for_s=time.monotonic() - existing.last_received,
+            silent_for_s=asyncio.get_running_loop().time() - existing.last_received,
             heartbeat_interval_s=self.options.heartbeat_interval_ns / NS_PER_S,
         )
         if verdict is identity.Verdict.REPLACE:

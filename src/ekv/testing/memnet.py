@@ -48,6 +48,7 @@ class _End(asyncio.Transport):
         self.peer: _End | None = None
         self._closing = False
         self._lost = False
+        self.on_lost: Callable[[_End], object] | None = None
 
     # -- asyncio.Transport ---------------------------------------------------------------------------
 
@@ -106,6 +107,8 @@ class _End(asyncio.Transport):
         if self._lost:
             return
         self._lost = True
+        if self.on_lost is not None:
+            self.on_lost(self)
         if self.protocol is not None:
             self.protocol.connection_lost(exc)
 
@@ -134,7 +137,8 @@ class MemoryNetwork:
         self._servers: dict[tuple[str, int], dict[str, Endpoint]] = {}
         self._names: dict[str, list[str]] = {}
         self._cut: set[frozenset[str]] = set()
-        self._ends: set[_End] = set()
+        self._ends: dict[_End, None] = {}
+        """Open connection ends, in the order they were made (iterated: a set's order would vary)."""
         self._ports = itertools.count(40000)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting: set[asyncio.Task[None]] = set()
@@ -180,7 +184,7 @@ class MemoryNetwork:
     def _cut_now(self, pair: frozenset[str]) -> None:
         self._cut.add(pair)
         for end in [end for end in self._ends if end.hosts == pair]:
-            self._ends.discard(end)
+            self._ends.pop(end, None)
             end.reset()
 
     def _on_loop(self, fn: Callable[[], object]) -> None:
@@ -222,13 +226,17 @@ class MemoryNetwork:
         local = (source, next(self._ports))
         client, server = _End(loop, pair, local), _End(loop, pair, (host, port))
         client.peer, server.peer = server, client
-        self._ends.update((client, server))
+        self._ends[client] = self._ends[server] = None
+        client.on_lost = server.on_lost = self._forget
         self.connections += 1
         server_streams = _stream(loop, server, local)
         task = loop.create_task(route_connection(endpoints, *server_streams))
         self._accepting.add(task)  # (the loop keeps only a weak reference to a task)
         task.add_done_callback(self._accepting.discard)
         return _stream(loop, client, (host, port))
+
+    def _forget(self, end: _End) -> None:
+        self._ends.pop(end, None)
 
     def _serve(self, listen: tuple[str, int], endpoint: Endpoint) -> tuple[str, int]:
         host, port = listen

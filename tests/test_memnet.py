@@ -162,8 +162,6 @@ async def _virtual_run(root: Path, seed: int) -> tuple[float, int, list[list[flo
             config, store, NodeLog("vt", False), network=net.host(host), rng=random.Random(rng.random())
         )
         await cluster.open()
-        for shard in store.shards:
-            shard.outbox = cluster.driver.on_local_writes
         nodes.append((store, cluster))
 
     async def until(predicate: Callable[[], bool], what: str) -> None:

@@ -135,12 +135,9 @@ class ClusterNode:
             raise
         instance_logging(self.log.on, +1)  # the shared network loop may log while we run
         self._logging_counted = True
-        for shard in self.store.shards:
-            shard.outbox = self.driver.on_local_writes
 
     def stop(self) -> None:
-        for shard in self.store.shards:
-            shard.outbox = None
+        self._unhook_writes()
         try:
             if self._runtime.running:
                 self._runtime.run(self.aclose(), timeout=30)
@@ -154,7 +151,7 @@ class ClusterNode:
 
     async def open(self) -> None:
         """Start on the running loop: serve, dial, discover, tick (what :meth:`start` runs).
-        Local writes reach the members once the shards' outbox is :meth:`Driver.on_local_writes`."""
+        From its end, every local write of the store is queued for the members."""
         self.driver.loop = asyncio.get_running_loop()
         self.driver.start()
         options = self.options
@@ -173,9 +170,16 @@ class ClusterNode:
         for name in options.discovery:
             self._spawn(self.members.discover(name))
         self._spawn(self.driver.tick_loop())
+        for shard in self.store.shards:
+            shard.outbox = self.driver.on_local_writes  # local writes now go out live
+
+    def _unhook_writes(self) -> None:
+        for shard in self.store.shards:
+            shard.outbox = None
 
     async def aclose(self) -> None:
         """Say goodbye and stop every task (what :meth:`stop` runs)."""
+        self._unhook_writes()
         self.members.stopping = self.driver.stopping = True
         for client in list(self.clients):
             client.close("shutting down")

@@ -166,17 +166,21 @@ def test_anti_entropy_heals_a_connected_member_that_missed_a_message(make: Calla
     b = make(peers=[a.listen_address])
     wait_until(lambda: connected(a, 1) and connected(b, 1))
     cluster = node_of(a).cluster
-    assert cluster is not None
-    original = cluster._send
+    assert cluster is not None and cluster.replicator is not None
+    rep = cluster.replicator
+    original = rep._send
+    dropped = []
 
     def drop_live(peer_id: str, message: Any) -> None:
         if type(message).__name__ == "Live":
+            dropped.append(message)
             return  # the message is lost, the connection stays up
         original(peer_id, message)
 
-    cluster._send = drop_live  # type: ignore[method-assign]
+    rep._send = drop_live
     a.put("missed", 1)
-    cluster._send = original  # type: ignore[method-assign]
+    wait_until(lambda: dropped)
+    rep._send = original
     wait_until(lambda: b.get("missed") == 1, timeout=10, message="anti-entropy did not repair the lost write")
     assert connected(b, 1)
 

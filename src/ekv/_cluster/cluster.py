@@ -1,62 +1,65 @@
-"""The cluster side of one ekv instance: members, connections, and the replicator, wired together
-on the process's network loop thread.
+"""The cluster side of one ekv instance, wired together on the process's network loop thread.
 
-* Members are found from ``peers=``, ``kv.connect()``, DNS names (``discovery=``, re-resolved
-  every ``discovery_interval``) and gossip: when a session starts each side sends the members it
-  knows (``Members``), so joining through one member reaches the whole mesh.
-* Every known address has a dialer that connects, runs the handshake, and reconnects with
-  exponential backoff and jitter. Both sides of a pair may dial each other; when two sessions to
-  the same member exist, both sides keep the one dialed by the smaller node id.
-* The :class:`~ekv._cluster.replicator.Replicator` runs on the loop thread. Local writes reach it
-  through a queue the writer threads fill (one wake-up per burst, not per write); its messages are
-  encoded once and written to each session; sync chunks are produced only while the member's
-  send buffer has room, so a large sync interleaves with live traffic and memory stays bounded.
+A :class:`ClusterNode` composes the parts and gives the node (:mod:`ekv._node.node`) thread-safe
+methods; the parts are:
+
+* :class:`~ekv._cluster.members.MemberSet`: members, dialing and backoff, discovery, gossip, the
+  sessions and duplicate identities;
+* :class:`~ekv._cluster.driver.Driver`: the replicator, the outbox of local writes, ticks;
+* :mod:`ekv._cluster.clients`: command-line clients served on the cluster port;
+* :mod:`ekv._cluster.report`: ``info()`` and the metrics;
+* a :class:`~ekv._cluster.network.Network` through which every connection goes (the real one,
+  :class:`~ekv._cluster.network.TcpNetwork`, unless the constructor is given another: tests run
+  the real cluster code over :mod:`ekv.testing.memnet`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import socket
-import time
-import weakref
+from collections.abc import Coroutine
 from typing import Any
 
-from ekv._cluster import auth, identity, report, wire
+from ekv._cluster import report, wire
 from ekv._cluster.clients import serve_client
+from ekv._cluster.driver import Driver
 from ekv._cluster.listener import ListenerHold
-from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Duplicate, Hello, Members, Message
-from ekv._cluster.outbox import Outbox, live_batches
+from ekv._cluster.members import MemberSet
+from ekv._cluster.messages import Hello, Message
+from ekv._cluster.network import Network, TcpNetwork
+from ekv._cluster.outbox import Outbox
 from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._cluster.runtime import runtime
-from ekv._cluster.session import (
-    HandshakeParams,
-    Refused,
-    Session,
-    accept_handshake,
-    dial_handshake,
-)
-from ekv._codec import codec_name
+from ekv._cluster.session import Session
 from ekv._config import ClusterOptions, Config
 from ekv._core.addresses import format_address, parse_address
 from ekv._core.durations import NS_PER_S
 from ekv._log import instance_logging
-from ekv._model import Entry
 from ekv._storage.replication import StoreReplicationPort
 from ekv._storage.store import ShardedStore
 
 __all__ = ["ClusterNode"]
 
-_CAN_SEND_BYTES = 2 << 20
-_BUSY_DRAIN_DELAY_S = 0.002
-_SKEW_WARN_NS = NS_PER_S
-
 
 class ClusterNode:
-    """Replication for one instance. Public methods are thread-safe."""
+    """Replication for one instance. Public methods are thread-safe.
 
-    def __init__(self, config: Config, store: ShardedStore, log: Any, listener: ListenerHold | None = None) -> None:
+    ``network``: how to connect and listen; None for the real network (TCP/TLS, listening on
+    ``listener``, which the node bound before opening its data directory). ``rng``: the source of
+    the jitter of reconnects and anti-entropy (seeded for reproducible runs; random by default).
+
+    :meth:`start` and :meth:`stop` run the cluster on the process's network thread; a caller that
+    runs its own event loop (the virtual-time tests) awaits :meth:`open` and :meth:`aclose` on it."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: ShardedStore,
+        log: Any,
+        listener: ListenerHold | None = None,
+        network: Network | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         options = config.cluster
         assert options is not None
         self.config = config
@@ -64,9 +67,7 @@ class ClusterNode:
         self.store = store
         self.log = log
         self.name = config.name
-        self.node_id = store.node_id
         self._wall = config.clock.now_ns
-        self._rng = random.Random()
         self.settings = ReplicationSettings(
             anti_entropy_interval_ns=options.anti_entropy_interval_ns,
             sync_chunk_entries=options.sync_chunk_entries,
@@ -77,52 +78,70 @@ class ClusterNode:
             # lost with a replaced connection: ask again
             sync_timeout_ns=max(10 * NS_PER_S, 2 * options.heartbeat_timeout_ns),
         )
-        self.sessions: dict[str, Session] = {}
-        self.addresses: dict[str, dict[str, Any]] = {}
-        """address -> {"node_id", "state", "attempts", "last_error", "source"}"""
-        self._self_addresses: set[str] = set()
-        self.outbox = Outbox()
+        self.network: Network = TcpNetwork(listener) if network is None else network
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listen_address: tuple[str, int] | None = None
-        self._listener = listener
-        self.advertised: str | None = None
-        self._stopping = False
-        self._encoded: tuple[Message, bool, bytes] | None = None
-        self._coalesce: dict[Session, list[bytes]] | None = None
-        self.replicator: Replicator | None = None
-        self.last_disconnect: dict[str, tuple[int, str]] = {}
+        rng = random.Random() if rng is None else rng
+        self.driver = Driver(StoreReplicationPort(store), self.settings, options, log, self._wall, {}, rng)
+        self.members = MemberSet(config, store, log, self.driver, self.network, self._spawn, self._serve_client, rng)
         self.clients: set[Session] = set()
-        self._duplicates_logged: set[tuple[str, str]] = set()
-        self.refused: dict[str, dict[str, Any]] = {}
-        """remote host -> the last handshake this node refused from it (for info())"""
-        self._warn_limit = report.RateLimit()
         self.node_info: Any = None
         """Set by the node: returns its info() (for client commands)."""
-        self._skew_logged: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
         self._runtime = runtime()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logging_counted = False
+
+    # -- the parts' state, for report.py, the node and ekv.testing -----------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self.members.node_id
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        return self.members.sessions
+
+    @property
+    def addresses(self) -> dict[str, dict[str, Any]]:
+        return self.members.addresses
+
+    @property
+    def advertised(self) -> str | None:
+        return self.members.advertised
+
+    @property
+    def refused(self) -> dict[str, dict[str, Any]]:
+        return self.members.refused
+
+    @property
+    def last_disconnect(self) -> dict[str, tuple[int, str]]:
+        return self.members.last_disconnect
+
+    @property
+    def replicator(self) -> Replicator | None:
+        return self.driver.replicator
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.driver.outbox
 
     # -- lifecycle (called from the node's thread) ------------------------------------------
 
     def start(self) -> None:
         self._loop = self._runtime.acquire()
         try:
-            self._runtime.run(self._start(), timeout=60)
+            self._runtime.run(self.open(), timeout=60)
         except BaseException:
             self._runtime.release()
             raise
         instance_logging(self.log.on, +1)  # the shared network loop may log while we run
         self._logging_counted = True
-        for shard in self.store.shards:
-            shard.outbox = self.on_local_writes
 
     def stop(self) -> None:
-        for shard in self.store.shards:
-            shard.outbox = None
+        self._unhook_writes()
         try:
             if self._runtime.running:
-                self._runtime.run(self._stop(), timeout=30)
+                self._runtime.run(self.aclose(), timeout=30)
             # else the interpreter is finalising and the loop thread is frozen: waiting for it
             # would only run into the timeout; the process exit closes the sockets.
         finally:
@@ -131,47 +150,50 @@ class ClusterNode:
                 instance_logging(self.log.on, -1)
             self._runtime.release()
 
-    async def _start(self) -> None:
-        self.replicator = Replicator(
-            StoreReplicationPort(self.store), self.settings, send=self._send, can_send=self._can_send, log=self.log
-        )
+    async def open(self) -> None:
+        """Start on the running loop: serve, dial, discover, tick (what :meth:`start` runs).
+        From its end, every local write of the store is queued for the members."""
+        self.driver.loop = asyncio.get_running_loop()
+        self.driver.start()
         options = self.options
         if options.listen is not None:
-            assert self._listener is not None, "the node binds its listener before opening its data"
             host = options.listen[0]
-            await self._runtime.attach(self._listener.address, self)
-            self._listen_address = self._listener.address
-            self.advertised = options.advertise or (
+            self._listen_address = await self.network.serve(options.listen, self)
+            advertised = options.advertise or (
                 format_address(host, self._listen_address[1]) if host not in ("", "0.0.0.0", "::") else None
             )
             self.log.info("listening on %s", format_address(host, self._listen_address[1]))
-            if self.advertised is None:
-                self.advertised = f":{self._listen_address[1]}"  # the host is filled in by each peer
+            if advertised is None:
+                advertised = f":{self._listen_address[1]}"  # the host is filled in by each peer
+            self.members.advertised = advertised
         for address in options.peers:
-            self._add_address(address, "peers")
+            self.members.add_address(address, "peers")
         for name in options.discovery:
-            self._spawn(self._discover(name))
-        self._spawn(self._tick_loop())
+            self._spawn(self.members.discover(name))
+        self._spawn(self.driver.tick_loop())
+        for shard in self.store.shards:
+            shard.outbox = self.driver.on_local_writes  # local writes now go out live
 
-    async def _stop(self) -> None:
-        self._stopping = True
+    def _unhook_writes(self) -> None:
+        for shard in self.store.shards:
+            shard.outbox = None
+
+    async def aclose(self) -> None:
+        """Say goodbye and stop every task (what :meth:`stop` runs)."""
+        self._unhook_writes()
+        self.members.stopping = self.driver.stopping = True
         for client in list(self.clients):
             client.close("shutting down")
-        for session in list(self.sessions.values()):
-            session.send(Bye("shutting down"))
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(session.writer.drain(), 1.0)
-            session.close("shutting down")
+        await self.members.say_goodbye()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._listen_address is not None:
-            await self._runtime.unlisten(self._listen_address, self)
-        if self.replicator is not None:
-            self.replicator.close()
+            await self.network.unserve(self._listen_address, self)
+        self.driver.close()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -183,151 +205,13 @@ class ClusterNode:
             return None
         return format_address(*self._listen_address)
 
-    # -- members -----------------------------------------------------------------------------
-
-    def connect(self, address: str) -> None:
-        """Add ``address`` to the members to dial (thread-safe)."""
-        normal = format_address(*parse_address(address, "address"))
-        self._runtime.call(self._add_address, normal, "connect")
-
-    def _add_address(self, address: str, source: str) -> None:
-        if self._stopping or address in self.addresses or address in self._self_addresses:
-            return
-        self.addresses[address] = {
-            "node_id": None,
-            "state": "connecting",
-            "attempts": 0,
-            "last_error": None,
-            "source": source,
-        }
-        self._spawn(self._dial_loop(address))
-
-    async def _discover(self, name_port: str) -> None:
-        host, port = parse_address(name_port, "discovery")
-        loop = asyncio.get_running_loop()
-        while not self._stopping:
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-                for info in infos:
-                    ip = str(info[4][0])
-                    self._add_address(format_address(ip, port), f"dns:{host}")
-            except OSError as exc:
-                self.log.warning("DNS discovery of %s failed: %s", host, exc)
-            await asyncio.sleep(self.options.discovery_interval_ns / NS_PER_S)
-
-    async def _dial_loop(self, address: str) -> None:
-        backoff = 0.1
-        cap = self.options.reconnect_max_ns / NS_PER_S
-        entry = self.addresses[address]
-        while not self._stopping:
-            node_id = entry["node_id"]
-            if node_id is not None and node_id in self.sessions:
-                entry["state"] = "connected"
-                await asyncio.sleep(1.0)  # connected through this or another address
-                backoff = 0.1
-                continue
-            entry["attempts"] += 1
-            started = time.monotonic()
-            try:
-                await self._dial(address, entry)
-            except (Refused, OSError, TimeoutError) as exc:
-                entry["last_error"] = str(exc)
-                entry["state"] = "unreachable"
-                if "connected to ourselves" in str(exc):
-                    self._self_addresses.add(address)
-                    del self.addresses[address]
-                    return
-                if isinstance(exc, Refused) and exc.cookie_mismatch:
-                    # The one misconfiguration that keeps a node alone for ever: say it loudly.
-                    entry["state"] = "auth failed"
-                    repeats = self._warn_limit.check(("dial", address))
-                    if repeats is not None:
-                        self.log.warning(
-                            "cannot join %s: %s; %s (retrying)%s",
-                            address,
-                            exc,
-                            report.COOKIE_HINT,
-                            report.repeats_note(repeats),
-                        )
-                elif entry["attempts"] in (1, 10) or entry["attempts"] % 100 == 0:
-                    self.log.info("cannot connect to %s: %s (retrying)", address, exc)
-            if time.monotonic() - started > 10:
-                backoff = 0.1  # the session lasted: reconnect quickly
-            delay = backoff * self._rng.uniform(0.8, 1.2)
-            backoff = min(cap, backoff * 2)
-            await asyncio.sleep(delay)
-
-    async def _dial(self, address: str, entry: dict[str, Any]) -> None:
-        host, port = parse_address(address, "address")
-        timeout = self.options.connect_timeout_ns / NS_PER_S
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                host, port, ssl=self.options.ssl_client, server_hostname=host if self.options.ssl_client else None
-            ),
-            timeout,
-        )
-        params = self._handshake_params()
-        try:
-            theirs, features, decoder, pending = await dial_handshake(reader, writer, params)
-        except BaseException:
-            writer.close()
-            raise
-        entry["node_id"] = theirs.node_id
-        session = self.make_session(reader, writer, theirs, features, decoder, pending, dialer=True, address=address)
-        session.local_origin = params.hello.origin
-        if self._establish(session):
-            entry["state"] = "connected"
-            entry["last_error"] = None
-            await self._wait_closed(session)
-
-    async def _wait_closed(self, session: Session) -> None:
-        while not session.closed:
-            await asyncio.sleep(0.2)
+    # -- connections (loop thread) --------------------------------------------------------------
 
     async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: Any) -> None:
-        """A connection for this instance arrived on the listener (called by the runtime)."""
-        theirs, decoder, pending = first
-        params = self._handshake_params()
-        try:
-            features = await accept_handshake(reader, writer, params, theirs, decoder, pending)
-        except Refused as exc:
-            report.note_refused(self, writer, theirs, exc)
-            writer.close()
-            return
-        if wire.CLIENT_FEATURE in theirs.features:
-            serve_client(self, reader, writer, theirs, features, decoder, pending)
-            return
-        address = None
-        if theirs.listen:
-            host, port = parse_address(theirs.listen, "listen", default_host=report.remote_host_of(writer))
-            address = format_address(host, port)
-        session = self.make_session(reader, writer, theirs, features, decoder, pending, dialer=False, address=address)
-        session.local_origin = params.hello.origin
-        if self._establish(session) and address is not None:
-            known = self.addresses.get(address)
-            if known is None:
-                self._add_address(address, "inbound")
-                self.addresses[address]["node_id"] = theirs.node_id
-            elif known["node_id"] is None:
-                known["node_id"] = theirs.node_id
+        """A connection for this instance arrived on the listener (called by the network)."""
+        await self.members.accept(reader, writer, first)
 
-    def _handshake_params(self) -> HandshakeParams:
-        options = self.options
-        hello = Hello(
-            versions=(PROTOCOL_VERSION,),
-            features=wire.FEATURES,
-            instance=self.name,
-            node_id=self.node_id,
-            shards=self.config.shards,
-            nonce=auth.new_nonce(),
-            listen=self.advertised,
-            wall_ns=self._wall(),
-            origin=self.store.origin,
-            codec=codec_name(self.config.codec),
-        )
-        return HandshakeParams(hello, options.cookie, options.connect_timeout_ns / NS_PER_S * 2, options.max_frame_size)
-
-    def make_session(
+    def _serve_client(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
@@ -335,294 +219,19 @@ class ClusterNode:
         features: frozenset[str],
         decoder: wire.FrameDecoder,
         pending: list[Message],
-        *,
-        dialer: bool,
-        address: str | None,
-        owner: Any = None,
-        min_heartbeat_timeout_s: float = 0.0,
-    ) -> Session:
-        """A session on an authenticated connection (``owner``: who gets its messages, this
-        node unless a client is served)."""
-        options = self.options
-        return Session(
-            self if owner is None else owner,
-            reader,
-            writer,
-            hello=theirs,
-            features=features,
-            decoder=decoder,
-            pending=pending,
-            dialer=dialer,
-            address=address,
-            heartbeat_interval_s=options.heartbeat_interval_ns / NS_PER_S,
-            heartbeat_timeout_s=max(min_heartbeat_timeout_s, options.heartbeat_timeout_ns / NS_PER_S),
-            send_buffer=options.send_buffer,
-            wall=self._wall,
-        )
+    ) -> None:
+        serve_client(self, reader, writer, theirs, features, decoder, pending)
 
-    def _establish(self, session: Session) -> bool:
-        """Register a new session (keeping one per member); False if it was dropped."""
-        if self._stopping:
-            session.close("shutting down")
-            return False
-        peer = session.peer_id
-        if session.local_origin != self.store.origin:
-            session.close("this node took a new node id during the handshake")
-            return False
-        if peer == self.node_id:  # another origin under our node id: a copy of our data directory
-            self._copy_of_us(session)
-            return False
-        existing = self.sessions.get(peer)
-        if existing is not None and not existing.closed:
-            replaces = self._second_session(session, existing)
-            if replaces is False:
-                return False
-            if replaces:
-                existing = None
-        if existing is not None and not existing.closed:
-            if self._dialer_of(session) >= self._dialer_of(existing):
-                session.close("duplicate connection")
-                return False
-            self.sessions[peer] = session  # registered first, so closing the old one is not a "down"
-            existing.close("replaced by a newer connection")
-        self.sessions[peer] = session
-        rep = self.replicator
-        assert rep is not None
-        rep.peer_up(peer, self._wall())  # before start(): messages read during the handshake need it
-        session.start()
-        self.log.info("member %s connected (%s, %s)", peer, session.remote, "dialed" if session.dialer else "accepted")
-        session.send(Members(self._member_list()))
-        self._kick()
-        return True
+    def make_session(self, *args: Any, **kwargs: Any) -> Session:
+        """A session on an authenticated connection (see :meth:`MemberSet.make_session`)."""
+        return self.members.make_session(*args, **kwargs)
 
-    # -- duplicate identities (see identity.py) ---------------------------------------------------
+    # -- thread-safe -------------------------------------------------------------------------------
 
-    def _copy_of_us(self, session: Session) -> None:
-        verdict = identity.on_copy_of_us(self.store.origin, session.hello.origin)
-        self._warn_duplicate(
-            (self.store.origin, session.hello.origin),
-            f"a process at {session.remote} (origin {session.hello.origin}) runs under this node's id "
-            f"{self.node_id} (this process: origin {self.store.origin}, listening on {self.advertised or '-'})",
-            "this process takes a new node id" if verdict is identity.Verdict.REIDENTIFY_SELF else "it takes a new one",
-        )
-        session.close("duplicate node id")
-        if verdict is identity.Verdict.REIDENTIFY_SELF:
-            self._reidentify(f"a copy of this data directory runs at {session.remote}")
-
-    def _second_session(self, session: Session, existing: Session) -> bool | None:
-        """A second session for one node id: True if it replaces the existing one (whose process
-        is gone), False if it was refused as a duplicate identity, None if the usual
-        one-session-per-pair rule applies (the same process connected twice)."""
-        verdict = identity.on_second_session(
-            existing.hello.origin,
-            session.hello.origin,
-            silent_for_s=time.monotonic() - existing.last_received,
-            heartbeat_interval_s=self.options.heartbeat_interval_ns / NS_PER_S,
-        )
-        if verdict is identity.Verdict.REPLACE:
-            self.sessions[session.peer_id] = session  # so closing the old one is not a "down"
-            existing.close("replaced: its process restarted")
-            return True
-        if verdict is identity.Verdict.TELL_NEWCOMER:
-            self._warn_duplicate(
-                (existing.hello.origin, session.hello.origin),
-                f"two live processes use node id {session.peer_id}: at {existing.address or existing.remote} (origin "
-                f"{existing.hello.origin}) and at {session.address or session.remote} (origin {session.hello.origin})",
-                f"the one at {session.remote} is told to take a new node id",
-            )
-            if wire.IDENTITY_FEATURE in session.features:
-                session.send(Duplicate(existing.hello.origin, existing.address or existing.remote))
-                # Closing at once would make the kernel reset the connection when the newcomer's
-                # first frames arrive, and a reset discards the Duplicate it has not read yet:
-                # let the newcomer close first (it does when it takes its new node id).
-                self._spawn(self._close_when_read(session, "duplicate node id"))
-            else:
-                session.close("duplicate node id")
-            return False
-        return None
-
-    async def _close_when_read(self, session: Session, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5.0):
-                while await session.reader.read(65536):
-                    pass
-        session.close(reason)
-
-    def _warn_duplicate(self, origins: tuple[str, str], what: str, action: str) -> None:
-        if origins not in self._duplicates_logged:  # once per pair of processes, not per retry
-            self._duplicates_logged.add(origins)
-            self.log.warning(
-                "DUPLICATE NODE ID: %s. Was a data directory copied (a VM snapshot, a container image, a restored "
-                "backup)? No write is lost (every process writes under its own origin); %s.",
-                what,
-                action,
-            )
-
-    def _reidentify(self, why: str) -> None:
-        """Take a new node id (keeping the data) and rejoin under it: every session is closed,
-        the replicator restarts with the new identity, and the dialers reconnect. Runs on the
-        loop thread; the storage work is a manifest write and one transaction per shard."""
-        if self._stopping:
-            return
-        old = self.node_id
-        sessions = list(self.sessions.values())
-        self.sessions.clear()  # their close is not a "down" of the member
-        for other in sessions:
-            other.send(Bye("this node takes a new node id"))
-            other.close("taking a new node id")
-        rep = self.replicator
-        assert rep is not None
-        rep.close()
-        try:
-            self.node_id = self.store.reidentify()
-        except Exception as exc:
-            self.log.error("could not take a new node id (%s): %s; will try again when told", why, exc)
-        self.replicator = Replicator(
-            StoreReplicationPort(self.store), self.settings, send=self._send, can_send=self._can_send, log=self.log
-        )
-        if self.node_id != old:
-            self.log.warning("node %s is now node %s (%s); its data is kept", old, self.node_id, why)
-        self._kick()
-
-    def _dialer_of(self, session: Session) -> str:
-        return self.node_id if session.dialer else session.peer_id
-
-    def _member_list(self) -> tuple[tuple[str, str], ...]:
-        members = []
-        if self.advertised is not None and not self.advertised.startswith(":"):
-            members.append((self.node_id, self.advertised))
-        for node_id, session in self.sessions.items():
-            if session.address and not session.address.startswith(":"):
-                members.append((node_id, session.address))
-        return tuple(members)
-
-    # -- session callbacks (loop thread) ---------------------------------------------------------
-
-    def session_message(self, session: Session, message: Message) -> None:
-        if self.sessions.get(session.peer_id) is not session:
-            return
-        if isinstance(message, Members):
-            for node_id, address in message.members:
-                if node_id != self.node_id and node_id not in self.sessions:
-                    with contextlib.suppress(Exception):
-                        self._add_address(
-                            format_address(*parse_address(address, "member")), f"gossip:{session.peer_id}"
-                        )
-            return
-        if isinstance(message, Bye):
-            self.log.warning("member %s: %s", session.peer_id, message.reason)
-            return
-        if isinstance(message, Duplicate):
-            self._warn_duplicate(
-                (self.store.origin, message.origin),
-                f"member {session.peer_id} ({session.remote}) reports that node id {self.node_id} is also used by "
-                f"a live process connected from {message.address} (origin {message.origin}); this process is "
-                f"origin {self.store.origin}",
-                "this process takes a new node id",
-            )
-            self._reidentify(f"its node id is used by a live process connected to {session.peer_id}")
-            return
-        rep = self.replicator
-        assert rep is not None
-        rep.on_message(session.peer_id, message, self._wall())
-        self._kick()
-
-    def session_skew(self, session: Session, skew_ns: int) -> None:
-        """Log a member whose wall clock is far from ours (once per session, and again if it
-        gets worse). Replication still applies its versions: convergence comes first, and the
-        hybrid clock keeps causality; but last-writer-wins between concurrent writes favours
-        the node whose clock runs ahead."""
-        worst = self._skew_logged.get(session)
-        if abs(skew_ns) >= _SKEW_WARN_NS and (worst is None or abs(skew_ns) > 2 * worst):
-            self._skew_logged[session] = abs(skew_ns)
-            self.log.warning(
-                "clock skew: member %s's clock is %+.3f s from ours; run NTP (concurrent writes favour the node "
-                "whose clock runs ahead)",
-                session.peer_id,
-                skew_ns / NS_PER_S,
-            )
-
-    def session_closed(self, session: Session, reason: str) -> None:
-        peer = session.peer_id
-        if self.sessions.get(peer) is not session:
-            return
-        del self.sessions[peer]
-        self.last_disconnect[peer] = (self._wall(), reason)
-        rep = self.replicator
-        if rep is not None:
-            rep.peer_down(peer, self._wall())
-        if not self._stopping:
-            self.log.info("member %s disconnected: %s", peer, reason)
-
-    # -- replication plumbing (loop thread) ------------------------------------------------------
-
-    def _send(self, peer_id: str, message: Message) -> None:
-        session = self.sessions.get(peer_id)
-        if session is None or session.closed:
-            return
-        pending = self._coalesce
-        compress = "zlib" in session.features and self.options.compression_threshold is not None
-        # The replicator sends the same message object to every member: encode it once. The
-        # cache holds the message itself, so its identity cannot be reused by a new object.
-        cached = self._encoded
-        if cached is not None and cached[0] is message and cached[1] == compress:
-            frame = cached[2]
-        else:
-            frame = wire.encode(message, compress_threshold=self.options.compression_threshold if compress else None)
-            self._encoded = (message, compress, frame)
-        if pending is not None:
-            pending.setdefault(session, []).append(frame)  # written together at the end of the drain
-        else:
-            session.send_frame(frame)
-
-    def _can_send(self, peer_id: str) -> bool:
-        session = self.sessions.get(peer_id)
-        return session is not None and not session.closed and session.queued_bytes < _CAN_SEND_BYTES
-
-    def on_local_writes(self, shard: int, entries: list[Entry]) -> None:
-        """Called by writer threads after each commit of local writes (any thread): queue them
-        in the (bounded) outbox. A quiet node wakes the network thread at once (low latency);
-        while writes pour in, it drains every couple of milliseconds on its own timer and
-        writers do not wake it at all (throughput). See :mod:`ekv._cluster.outbox`."""
-        if not self.outbox.put(shard, entries):
-            return
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._drain_outbox)
-
-    def _drain_outbox(self) -> None:
-        items, busy = self.outbox.take(stopping=self._stopping)
-        if busy and self._loop is not None:
-            self._loop.call_later(_BUSY_DRAIN_DELAY_S, self._drain_outbox)
-        rep = self.replicator
-        if rep is None or not items or not self.sessions:
-            return
-        self._coalesce = {}  # one socket write per member for the whole drain
-        try:
-            for shard, batch in live_batches(items):
-                rep.on_local_writes(shard, batch)
-        finally:
-            pending, self._coalesce = self._coalesce, None
-            for session, frames in pending.items():
-                session.send_frame(frames[0] if len(frames) == 1 else b"".join(frames))
-
-    def _kick(self) -> None:
-        rep = self.replicator
-        if rep is not None and rep.busy:
-            rep.pump()
-
-    async def _tick_loop(self) -> None:
-        rep = self.replicator
-        assert rep is not None
-        while not self._stopping:
-            try:
-                rep.tick(self._wall())
-            except Exception:
-                self.log.error("replication tick failed", exc_info=True)
-            await asyncio.sleep(0.005 if rep.busy else 0.05)
-
-    # -- thread-safe queries -----------------------------------------------------------------------
+    def connect(self, address: str) -> None:
+        """Add ``address`` to the members to dial (thread-safe)."""
+        normal = format_address(*parse_address(address, "address"))
+        self._runtime.call(self.members.add_address, normal, "connect")
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the loop thread and return its result."""

@@ -4,7 +4,7 @@ Writer threads append each commit's entries (any thread); the network thread tak
 queued at once (:meth:`Outbox.take`) and sends it in batches per shard. Waking the network
 thread costs a system call and two GIL hand-offs (tens of µs here), more than the write itself,
 so only the write that finds the outbox idle wakes it; while writes pour in, the network thread
-drains on its own timer (see ``ClusterNode._drain_outbox``).
+drains on its own timer (see ``Driver._drain_outbox`` in driver.py).
 
 The outbox is bounded (:data:`MAX_ENTRIES`, :data:`MAX_BYTES`): when the network thread falls
 that far behind, every queued entry is dropped and counted (:attr:`Outbox.dropped`), and the

@@ -16,6 +16,7 @@ from ekv._core.durations import NS_PER_S
 
 if TYPE_CHECKING:
     from ekv._cluster.cluster import ClusterNode
+    from ekv._cluster.members import MemberSet
 
 __all__ = [
     "COOKIE_HINT",
@@ -146,7 +147,7 @@ def cluster_metrics(self: ClusterNode) -> dict[str, float]:
     return m
 
 
-def note_refused(self: ClusterNode, writer: asyncio.StreamWriter, theirs: Hello, exc: Refused) -> None:
+def note_refused(self: MemberSet, writer: asyncio.StreamWriter, theirs: Hello, exc: Refused) -> None:
     """Log a refused handshake (rate-limited per remote host and reason: a misconfigured member
     retries every few seconds) and keep it for info(); a cookie mismatch also marks the member
     it claims to be, if this node dials that member too."""

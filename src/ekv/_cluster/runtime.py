@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from ekv._log import any_instance_logs
 
-__all__ = ["Endpoint", "NameTaken", "Runtime", "runtime"]
+__all__ = ["Endpoint", "NameTaken", "Runtime", "route_connection", "runtime"]
 
 _log = logging.getLogger("ekv.net")  # shared by every instance: gated by any_instance_logs()
 
@@ -194,25 +194,33 @@ class Runtime:
                 await asyncio.wait_for(server.wait_closed(), 5)
 
     async def _accept(self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from ekv._cluster.session import read_hello_for_routing
+        await route_connection(listener.endpoints, reader, writer)
 
-        try:
 
-            def lookup(name: str) -> Endpoint | None:
-                found = listener.endpoints.get(name)
-                if found is None and name == "*" and len(listener.endpoints) == 1:
-                    found = next(iter(listener.endpoints.values()))  # a client that does not name one
-                return found
+async def route_connection(
+    endpoints: dict[str, Endpoint], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Hand an incoming connection to the instance its Hello names (among ``endpoints``, by name).
+    Also used by networks without sockets (:mod:`ekv.testing.memnet`)."""
+    from ekv._cluster.session import read_hello_for_routing
 
-            routed = await read_hello_for_routing(reader, writer, lookup)
-            if routed is None:
-                return
-            endpoint, first = routed
-            await endpoint.accept(reader, writer, first)
-        except Exception:  # one bad connection must never take the listener down
-            if any_instance_logs():  # belongs to no instance yet: quiet unless one has logging on
-                _log.debug("ekv: incoming connection failed", exc_info=True)
-            writer.close()
+    try:
+
+        def lookup(name: str) -> Endpoint | None:
+            found = endpoints.get(name)
+            if found is None and name == "*" and len(endpoints) == 1:
+                found = next(iter(endpoints.values()))  # a client that does not name one
+            return found
+
+        routed = await read_hello_for_routing(reader, writer, lookup)
+        if routed is None:
+            return
+        endpoint, first = routed
+        await endpoint.accept(reader, writer, first)
+    except Exception:  # one bad connection must never take the listener down
+        if any_instance_logs():  # belongs to no instance yet: quiet unless one has logging on
+            _log.debug("ekv: incoming connection failed", exc_info=True)
+        writer.close()
 
 
 _RUNTIME = Runtime()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -219,7 +218,9 @@ class Session:
         self._wall = wall
         self._closed = False
         self.close_reason = ""
-        self.started_at = time.monotonic()
+        self._monotonic = asyncio.get_running_loop().time
+        """The loop's clock (time.monotonic, or virtual time in the tests that run a virtual loop)."""
+        self.started_at = self._monotonic()
         self.last_received = self.started_at
         self.last_seen_wall_ns = wall()
         self.rtt_s: float | None = None
@@ -276,7 +277,7 @@ class Session:
                 if not data:
                     break
                 self.bytes_in += len(data)
-                self.last_received = time.monotonic()
+                self.last_received = self._monotonic()
                 self.last_seen_wall_ns = self._wall()
                 for message in self._decoder.feed(data):
                     self._dispatch(message)  # after a close the owner ignores what is left
@@ -312,7 +313,7 @@ class Session:
             while not self._closed:
                 self.send(Ping(self._wall()))
                 await asyncio.sleep(self._interval)
-                silent = time.monotonic() - self.last_received
+                silent = self._monotonic() - self.last_received
                 if silent > self._timeout:
                     self.close(f"no heartbeat for {silent:.1f} s (timeout {self._timeout} s)")
         except asyncio.CancelledError:

@@ -3,7 +3,7 @@
 Partitions (:func:`partition`, :func:`cut_off`) are made here, outside the production classes:
 ekv has no switch for them, no option and no command a peer or a client could send. The first
 cut of a node wraps, on that one instance, the method every new member session passes through
-before it is registered (``ClusterNode._establish``, for dialed and accepted connections alike);
+before it is registered (``MemberSet.establish``, for dialed and accepted connections alike);
 the wrapper refuses the members the node is cut off from, and the cut closes the sessions it
 already has with them. A process that never calls these helpers runs ekv's code untouched.
 """
@@ -86,7 +86,8 @@ class _Cut:
         cut = _installed.get(cluster)
         if cut is None:
             cut = _installed[cluster] = cls()
-            establish = cluster._establish
+            members = cluster.members
+            establish = members.establish
             state = cut
 
             def establish_unless_cut(session: Any) -> bool:
@@ -96,7 +97,7 @@ class _Cut:
                 return establish(session)
 
             # An instance attribute shadows the method for this node only.
-            setattr(cluster, "_establish", establish_unless_cut)  # noqa: B010
+            setattr(members, "establish", establish_unless_cut)  # noqa: B010
         return cut
 
 

@@ -247,15 +247,17 @@ class ClusterNode:
     def metrics(self) -> dict[str, float]:
         return dict(self.call(report.cluster_metrics, self))
 
+    # The replicator is looked up on the loop thread, at the call: taking a new node id
+    # replaces it there, and the one read here beforehand could be the closed one.
+
     def clear_quarantine(self, node_id: str) -> bool:
-        rep = self.replicator
-        assert rep is not None
-        return bool(self.call(rep.clear_quarantine, node_id))
+        return bool(self.call(lambda: self.driver.rep.clear_quarantine(node_id)))
 
     def truncation_targets(self, shard: int, now_ns: int) -> dict[str, int] | None:
-        rep = self.replicator
-        assert rep is not None
-        result: dict[str, int] | None = self.call(rep.truncation_targets, shard, now_ns, self.options.log_retention_ns)
+        retention_ns = self.options.log_retention_ns
+        result: dict[str, int] | None = self.call(
+            lambda: self.driver.rep.truncation_targets(shard, now_ns, retention_ns)
+        )
         return result
 
     def skew(self) -> dict[str, int | None]:

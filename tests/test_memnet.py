@@ -18,6 +18,7 @@ from ekv._config import Config
 from ekv._core.clock import HybridClock
 from ekv._log import NodeLog
 from ekv._storage.store import ShardedStore
+from ekv._values import Values
 from ekv.testing import wait_until
 from ekv.testing.memnet import MemoryNetwork
 from ekv.testing.vtime import VirtualTimeLoop
@@ -60,7 +61,7 @@ class _Member:
         return set(self.cluster.call(lambda: list(self.cluster.sessions)))
 
     def get(self, key: str) -> Any:
-        found = self.store.lookup(key)
+        found = Values(self.store).lookup(key)
         return None if found is None else found[0]
 
     def close(self) -> None:
@@ -93,8 +94,8 @@ def test_three_nodes_replicate_over_the_in_memory_network_without_sockets(
     wait_until(lambda: _full_mesh([a, b, c]), message="the nodes did not form a mesh through gossip")
     assert not runtime()._listeners, "a node over the in-memory network bound a socket"
     assert net.connections >= 3
-    a.store.put("k", "from a")
-    c.store.put("other", 3)
+    Values(a.store).put("k", "from a")
+    Values(c.store).put("other", 3)
     wait_until(lambda: b.get("k") == "from a" and c.get("k") == "from a", message="a's write did not reach b and c")
     wait_until(lambda: a.get("other") == 3 and b.get("other") == 3)
     info = a.cluster.info()
@@ -106,8 +107,8 @@ def test_cutting_a_link_resets_it_and_healing_converges(mesh: tuple[MemoryNetwor
     wait_until(lambda: _full_mesh([a, b, c]))
     net.partition([a.host], [b.host, c.host])
     wait_until(lambda: not a.members() and b.members() == {c.cluster.node_id}, message="the cut did not end sessions")
-    a.store.put("k", "a, cut off")
-    b.store.put("k2", "b, cut off")
+    Values(a.store).put("k", "a, cut off")
+    Values(b.store).put("k2", "b, cut off")
     wait_until(lambda: c.get("k2") == "b, cut off")
     assert b.get("k") is None and c.get("k") is None and a.get("k2") is None
     assert not a.members()  # the dialers keep being refused while the link is cut
@@ -171,7 +172,7 @@ async def _virtual_run(root: Path, seed: int) -> tuple[float, int, list[list[flo
             await asyncio.sleep(0.05)
 
     def states() -> list[list[tuple[str, Any, Any]]]:
-        return [sorted((k, *store.lookup(k)) for k in store.keys("")) for store, _ in nodes]  # type: ignore[misc]
+        return [sorted((k, *Values(store).lookup(k)) for k in Values(store).keys("")) for store, _ in nodes]  # type: ignore[misc]
 
     await until(lambda: all(len(c.sessions) == 2 for _, c in nodes), "no full mesh")
     for step in range(60):
@@ -182,7 +183,7 @@ async def _virtual_run(root: Path, seed: int) -> tuple[float, int, list[list[flo
             assert not nodes[0][1].sessions and len(nodes[1][1].sessions) == 1, "the partition did not hold"
             net.heal()
         store = nodes[rng.randrange(3)][0]
-        store.put(f"k{rng.randrange(15)}", step)
+        Values(store).put(f"k{rng.randrange(15)}", step)
         await asyncio.sleep(rng.uniform(0, 0.2))
     await until(
         lambda: all(len(c.sessions) == 2 for _, c in nodes) and states()[0] == states()[1] == states()[2],

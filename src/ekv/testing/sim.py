@@ -561,9 +561,13 @@ class Simulation:
         self.close()
 
 
-def run_seed(seed: int, *, duration_ms: int = 20_000, **options: Any) -> tuple[list[Violation], int, Simulation]:
-    """Run one seed: ``duration_ms`` of writes and faults, then settle and check."""
-    sim = Simulation(seed, **options)
+def run_seed(
+    seed: int, *, duration_ms: int = 20_000, simulation: type[Simulation] | None = None, **options: Any
+) -> tuple[list[Violation], int, Simulation]:
+    """Run one seed: ``duration_ms`` of writes and faults, then settle and check. ``simulation``:
+    the class that runs it (:class:`Simulation` by default; :class:`ekv.testing.simnet.ClusterSimulation`
+    runs real cluster nodes)."""
+    sim = (simulation or Simulation)(seed, **options)
     try:
         sim.run(duration_ms)
         settle_ms = sim.settle()
@@ -572,7 +576,7 @@ def run_seed(seed: int, *, duration_ms: int = 20_000, **options: Any) -> tuple[l
         sim.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, simulation: type[Simulation] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run ekv's deterministic cluster simulator.")
     parser.add_argument("--seeds", type=int, default=20, help="how many seeds (from --first)")
     parser.add_argument("--first", type=int, default=0)
@@ -585,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for seed in range(args.first, args.first + args.seeds):
         problems, settle_ms, sim = run_seed(
-            seed, duration_ms=int(args.seconds * 1000), nodes=args.nodes, clones=args.clones
+            seed, duration_ms=int(args.seconds * 1000), simulation=simulation, nodes=args.nodes, clones=args.clones
         )
         status = "ok" if not problems else "FAIL"
         copies = f", {args.clones - sim.clones_left} copied data directories" if args.clones else ""

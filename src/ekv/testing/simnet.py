@@ -1,0 +1,440 @@
+"""The deterministic simulator over real cluster nodes: :class:`ClusterSimulation`.
+
+:class:`~ekv.testing.sim.Simulation` drives bare replicators with its own session glue; this one
+runs, for every simulated node, a real store and a real :class:`~ekv._cluster.cluster.ClusterNode`
+(membership, dialing and backoff, gossip, the handshake, sessions and heartbeats, duplicate
+identities, the outbox and the replicator) over :mod:`ekv.testing.memnet`, on one
+:class:`~ekv.testing.vtime.VirtualTimeLoop`, driven by one seed. Its surface is the simulator's
+(the same arguments, faults, checks and trace), and what differs is only how it is carried out:
+
+* time: the loop's virtual clock; every node reads it through a :class:`~ekv.testing.sim.SimClock`
+  with its own skew and drift;
+* the network: a partition or a cut resets the memnet links between the groups and refuses new
+  connections until the heal; the nodes' own dialers reconnect. Every connection passes through a
+  lossy proxy (the :class:`~ekv.testing.memnet.LinkShaper`) that cuts the byte stream into wire
+  frames and delays each one; replication frames are at random dropped, duplicated or let overtake
+  the others (the faults TCP itself would hide), the control frames (handshake, heartbeats,
+  membership) only delayed. A dropped frame is lost and the session goes on;
+* crashes: the host's connections are reset (no Bye reaches anyone), the cluster stops, the store
+  closes, and it reopens from its files under a new incarnation;
+* copied data directories: both copies run under one node id until the real membership finds the
+  duplicate and one of them takes a new node id (deterministic: the simulator names it).
+
+The few non-deterministic inputs left have no effect on what runs: the handshake nonces
+(``os.urandom``) and the monotonic clock of log rate limits (logging is off).
+
+    python -m ekv.testing.simnet --seeds 20     # as ``python -m ekv.testing.sim``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ekv._cluster import wire
+from ekv._cluster.cluster import ClusterNode
+from ekv._cluster.messages import Live, SyncChunk
+from ekv._cluster.replicator import ReplicationSettings
+from ekv._config import Config
+from ekv._core.clock import HybridClock
+from ekv._core.durations import NS_PER_S
+from ekv._log import NodeLog
+from ekv._model import Version
+from ekv._storage.store import ShardedStore
+from ekv.testing import sim
+from ekv.testing.memnet import MemoryNetwork
+from ekv.testing.vtime import VirtualTimeLoop
+
+__all__ = ["ClusterSimulation", "main", "run_seed"]
+
+MS = sim.MS
+PORT = 7000
+_T = TypeVar("_T")
+_HEAD = wire.HEADER_SIZE
+_DATA = frozenset({8, 9, 16, 17})
+"""The frame codes of replication messages (SyncRequest, SyncDone, Live, SyncChunk): the faults."""
+_ENTRIES = frozenset({16, 17})
+
+
+class _LoopClock(sim.SimClock):
+    """A node's wall clock: the loop's virtual time from the simulation's epoch, skewed and drifting."""
+
+    def now_ns(self) -> int:
+        sim_ = self._sim
+        assert isinstance(sim_, ClusterSimulation)
+        return sim_.epoch_ns + int(sim_.elapsed_ns() * self.drift) + self.skew_ns
+
+
+class _SimStore(ShardedStore):
+    """A store whose new node ids (taken when the membership finds a copy of its data directory)
+    come from the simulation, so that a seed replays exactly."""
+
+    new_identity: Callable[[], tuple[str, str]] | None = None
+
+    def reidentify(self, *, node_id: str | None = None, incarnation: str | None = None) -> str:
+        if node_id is None and self.new_identity is not None:
+            node_id, incarnation = self.new_identity()
+        return super().reidentify(node_id=node_id, incarnation=incarnation)
+
+
+class _NoEvents:
+    active = False
+
+    def matches(self, key: str) -> bool:
+        return False
+
+    def publish(self, events: list[Any]) -> None:
+        pass
+
+
+class _Link:
+    """One direction of one connection through the lossy proxy: whole frames, each delayed; the
+    replication ones also dropped, duplicated or reordered at random."""
+
+    def __init__(self, owner: ClusterSimulation) -> None:
+        self._sim = owner
+        self._buf = b""
+        self._last = 0.0
+
+    def __call__(self, data: bytes) -> Iterable[tuple[float, bytes]]:
+        s = self._sim
+        buf = self._buf + data
+        pos = 0
+        out: list[tuple[float, bytes]] = []
+        now = s.loop.time()
+        while len(buf) - pos >= _HEAD:
+            size = int.from_bytes(buf[pos : pos + 4], "big")
+            if len(buf) - pos - 4 < size:
+                break
+            frame = buf[pos : pos + 4 + size]
+            pos += 4 + size
+            code = frame[4]
+            copies = 1
+            if code in _DATA:
+                if s.rng.random() < s.drop:
+                    copies = 0
+                elif s.rng.random() < s.duplicate:
+                    copies = 2
+            for _ in range(copies):
+                when = now + s.rng.randint(*s.delay_ms) / 1000
+                if code not in _DATA or s.rng.random() >= s.reorder:
+                    when = max(when, self._last + 1e-6)  # in order, like TCP
+                    self._last = when
+                out.append((when, frame))
+                if code in _DATA:
+                    s.messages += 1
+                    if code in _ENTRIES:
+                        s.in_flight.append((when, frame))
+        self._buf = buf[pos:]
+        return out
+
+
+class ClusterSimulation(sim.Simulation):
+    """One seeded run over real cluster nodes (see the module docstring); the arguments are
+    :class:`~ekv.testing.sim.Simulation`'s."""
+
+    def __init__(
+        self,
+        seed: int,
+        *,
+        nodes: int = 3,
+        shards: int = 2,
+        keys: int = 12,
+        drop: float = 0.02,
+        duplicate: float = 0.02,
+        reorder: float = 0.02,
+        delay_ms: tuple[int, int] = (0, 30),
+        skew_ms: int = 200,
+        ttl_fraction: float = 0.15,
+        delete_fraction: float = 0.25,
+        anti_entropy_ms: int = 1_000,
+        tombstone_ttl_s: int = 3600,
+        chunk_entries: int = 4,
+        gc_every_ms: int = 2_000,
+        log_retention_s: int = 3600,
+        use_wire: bool = True,
+        clones: int = 0,
+        directory: Path | None = None,
+        mutate: Callable[[sim.Simulation], None] | None = None,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.loop = VirtualTimeLoop()
+        self.epoch_ns = 1_767_225_600 * NS_PER_S
+        self.now_ns = self.epoch_ns
+        self.drop, self.duplicate, self.reorder, self.delay_ms = drop, duplicate, reorder, delay_ms
+        self.keys = [f"k{i % 4}/{i}" for i in range(keys)]
+        self.ttl_fraction = ttl_fraction
+        self.delete_fraction = delete_fraction
+        self._anti_entropy_ms = anti_entropy_ms
+        self._chunk_entries = chunk_entries
+        self.settings = ReplicationSettings(
+            anti_entropy_interval_ns=anti_entropy_ms * MS,
+            sync_chunk_entries=chunk_entries,
+            sync_chunk_bytes=1 << 20,
+            tombstone_ttl_ns=tombstone_ttl_s * NS_PER_S,
+        )
+        self._tombstone_ttl_s = tombstone_ttl_s
+        self._log_retention_s = log_retention_s
+        self._shards = shards
+        self._own_dir = directory is None
+        self.directory = Path(tempfile.mkdtemp(prefix=f"ekv-simnet-{seed}-")) if directory is None else directory
+        self.blocked: set[tuple[str, str]] = set()
+        self.sessions: set[frozenset[str]] = set()
+        self.acked: list[tuple[str, str, Version, bytes | None, int | None]] = []
+        self.trace: list[str] = []
+        self.messages = 0
+        self.in_flight: list[tuple[float, bytes]] = []
+        """Frames carrying entries, with the time they arrive (for :meth:`settle`)."""
+        self.clones_left = clones
+        self._incarnations = 0
+        self._identities = 0
+        self.gc_every_ms = gc_every_ms
+        self.log_retention_ns = log_retention_s * NS_PER_S
+        self.net = MemoryNetwork(shaper=lambda source, destination: _Link(self))
+        self.clusters: dict[str, ClusterNode] = {}
+        self.nodes: dict[str, sim._Node] = {}
+        for i in range(nodes):
+            name = f"n{i}"
+            skew = self.rng.randint(-skew_ms, skew_ms) * MS
+            drift = 1.0 + self.rng.uniform(-0.001, 0.001)
+            self.nodes[name] = sim._Node(name, self.directory / name, _LoopClock(self, skew, drift))
+        for node in self.nodes.values():
+            self._await(self._open(node, new_node_id=f"{seed:08x}{node.name:>08}"))
+        if mutate is not None:
+            mutate(self)
+        self._tick_task = self.loop.create_task(self._ticks())
+        self._ticking = False
+        self._writes_per_s = 0.0
+        self._faults = False
+        self._next_gc = self.now_ns + gc_every_ms * MS
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def elapsed_ns(self) -> int:
+        """Virtual time since the start."""
+        return round(self.loop.time() * NS_PER_S)
+
+    def _await(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        result = self.loop.run_until_complete(coro)
+        self._refresh()
+        return result
+
+    def _refresh(self) -> None:
+        self.now_ns = self.epoch_ns + self.elapsed_ns()
+        for name, node in self.nodes.items():
+            cluster = self.clusters.get(name)
+            node.rep = None if cluster is None else cluster.replicator
+            node.up = cluster is not None
+        self.sessions = {
+            frozenset((a, b))
+            for a, cluster in self.clusters.items()
+            for b, other in self.clusters.items()
+            if a < b and other.node_id in cluster.sessions
+        }
+
+    # -- nodes -----------------------------------------------------------------------------------
+
+    async def _open(self, node: sim._Node, *, new_node_id: str | None = None) -> None:
+        names = [n for n in self.nodes if n != node.name]
+        config = Config.create(
+            "sim",
+            node.path,
+            shards=self._shards,
+            tombstone_ttl=self._tombstone_ttl_s,
+            gc_interval=min(60, self._tombstone_ttl_s / 2),
+            log=False,
+            clock=node.clock,
+            listen=f"{node.name}:{PORT}",
+            peers=[f"{n}:{PORT}" for n in names],
+            cookie="ekv-sim",
+            anti_entropy_interval=self._anti_entropy_ms / 1000,
+            sync_chunk_entries=self._chunk_entries,
+            log_retention=self._log_retention_s,
+            reconnect_max=1.0,
+            compression_threshold=64,
+        )
+        store = _SimStore.open(
+            config, HybridClock(node.clock), _NoEvents(), new_node_id=new_node_id, incarnation=self._next_incarnation()
+        )
+        assert isinstance(store, _SimStore)
+        store.new_identity = lambda name=node.name: self._new_identity(name)
+        cluster = ClusterNode(
+            config, store, NodeLog("sim", False), network=self.net.host(node.name), rng=random.Random(self.rng.random())
+        )
+        node.store = store
+        await cluster.open()
+        self.clusters[node.name] = cluster
+        self._refresh()
+
+    def _new_identity(self, name: str) -> tuple[str, str]:
+        self._identities += 1
+        node_id = f"{self.seed:08x}{name:>08}r{self._identities}"
+        self.trace.append(f"{self.elapsed_ns()} {name} takes node id {node_id}")
+        return node_id, self._next_incarnation()
+
+    async def _close(self, name: str) -> None:
+        """Stop a node as a crash does: its connections reset first, so no Bye reaches anyone."""
+        self.net.reset_host(name)
+        cluster = self.clusters.pop(name)
+        await cluster.aclose()
+        store = self.nodes[name].store
+        assert store is not None
+        store.close()
+        self._refresh()
+
+    async def _crash(self, name: str) -> None:
+        self.trace.append(f"{self.elapsed_ns()} crash {name}")
+        await self._close(name)
+        await self._open(self.nodes[name])
+
+    async def _clone(self, name: str) -> str:
+        node = self.nodes[name]
+        await self._close(name)
+        copy_name = f"{name}c{sum(1 for n in self.nodes if n.startswith(name + 'c'))}"
+        shutil.copytree(node.path, self.directory / copy_name)
+        skew = self.rng.randint(-200, 200) * MS
+        copy = sim._Node(copy_name, self.directory / copy_name, _LoopClock(self, skew, node.clock.drift))
+        self.nodes[copy_name] = copy
+        self.trace.append(f"{self.elapsed_ns()} clone {name} as {copy_name}")
+        await self._open(node)
+        await self._open(copy)
+        for other, cluster in self.clusters.items():
+            if other != copy_name:  # the others learn of it as an operator's kv.connect() would
+                cluster.members.add_address(f"{copy_name}:{PORT}", "connect")
+        return copy_name
+
+    def crash(self, name: str) -> None:
+        """Crash a node (its connections reset, nothing said) and reopen it from its files."""
+        self._await(self._crash(name))
+
+    def clone(self, name: str) -> str:
+        """Copy a node's data directory while it is closed and run both copies under one node id,
+        until the real membership finds the duplicate (see :meth:`Simulation.clone`)."""
+        return self._await(self._clone(name))
+
+    # -- network ---------------------------------------------------------------------------------
+
+    def _update_sessions(self) -> None:
+        names = sorted(self.nodes)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if self.link_up(a, b):
+                    self.net.heal(a, b)
+                elif not self.net.is_cut(a, b):
+                    self.net.cut(a, b)
+
+    def _trace_now(self) -> None:
+        self.now_ns = self.epoch_ns + self.elapsed_ns()
+
+    def partition(self, groups: list[list[str]]) -> None:
+        self._trace_now()
+        super().partition(groups)
+
+    def cut(self, a: str, b: str) -> None:
+        self._trace_now()
+        super().cut(a, b)
+
+    def heal(self) -> None:
+        self._trace_now()
+        super().heal()
+
+    # -- the event loop ----------------------------------------------------------------------------
+
+    async def _ticks(self) -> None:
+        """The simulation's own timer: client writes, faults and GC every 50 virtual ms."""
+        tick_s = 0.05
+        while True:
+            await asyncio.sleep(tick_s)
+            if not self._ticking:
+                continue
+            self._trace_now()
+            if self._writes_per_s and self.rng.random() < self._writes_per_s * tick_s:
+                self.client_write()
+            if self._faults:
+                await self._fault()
+            self._refresh()
+            if self.now_ns >= self._next_gc:
+                self._next_gc = self.now_ns + self.gc_every_ms * MS
+                self.gc_all()
+
+    async def _fault(self) -> None:
+        roll = self.rng.random()
+        names = sorted(self.nodes)
+        if roll < 0.01:
+            shuffled = names[:]
+            self.rng.shuffle(shuffled)
+            cut = self.rng.randint(1, len(shuffled) - 1)
+            self.partition([shuffled[:cut], shuffled[cut:]])
+        elif roll < 0.015 and len(names) >= 3:
+            a, b = self.rng.sample(names, 2)
+            self.cut(a, b)
+        elif roll < 0.03:
+            self.heal()
+        elif roll < 0.033:
+            await self._crash(self.rng.choice(names))
+        elif roll < 0.036 and self.clones_left > 0:
+            self.clones_left -= 1
+            await self._clone(self.rng.choice(names))
+
+    def run(self, duration_ms: int, *, writes_per_s: float = 50.0, faults: bool = True) -> None:
+        """Advance virtual time by ``duration_ms``, with client writes and (optionally) random faults."""
+        self._ticking, self._writes_per_s, self._faults = True, writes_per_s, faults
+        try:
+            self._await(asyncio.sleep(duration_ms / 1000))
+        finally:
+            self._ticking = False
+
+    def settle(self, max_ms: int = 120_000) -> int:
+        """Heal, stop writes, and run until the stores are identical and no data is on its way
+        (see :meth:`Simulation.settle`)."""
+        self.heal()
+        start = self.elapsed_ns()
+        while self.elapsed_ns() - start < max_ms * MS:
+            self.run(500, writes_per_s=0, faults=False)
+            busy = any(c.replicator is not None and c.replicator.busy for c in self.clusters.values())
+            busy = busy or any(len(c.outbox) for c in self.clusters.values())
+            if not busy and not self._data_in_flight() and self._converged():
+                break
+        return int((self.elapsed_ns() - start) / MS)
+
+    def _data_in_flight(self) -> bool:
+        now = self.loop.time()
+        self.in_flight = [(when, frame) for when, frame in self.in_flight if when > now]
+        for _, frame in self.in_flight:
+            for message in wire.FrameDecoder(1 << 26).feed(frame):
+                if isinstance(message, Live | SyncChunk) and message.entries:
+                    return True
+        return False
+
+    def close(self) -> None:
+        try:
+            for name in list(self.clusters):
+                self._await(self._close(name))
+            self._tick_task.cancel()
+            self.loop.run_until_complete(asyncio.gather(self._tick_task, return_exceptions=True))
+        finally:
+            self.loop.close()
+            if self._own_dir:
+                shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def run_seed(
+    seed: int, *, duration_ms: int = 20_000, **options: Any
+) -> tuple[list[sim.Violation], int, sim.Simulation]:
+    """Run one seed over real cluster nodes (see :func:`ekv.testing.sim.run_seed`)."""
+    return sim.run_seed(seed, duration_ms=duration_ms, simulation=ClusterSimulation, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return sim.main(argv, simulation=ClusterSimulation)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -183,3 +183,24 @@ def test_checker_catches_merging_incomplete_syncs(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(replicator_module.Replicator, "_on_sync_done", trusting)
     assert caught(range(10), drop=0.2, chunk_entries=1, duration_ms=10_000) > 0
+
+
+def test_a_node_that_took_a_new_node_id_keeps_pulling() -> None:
+    """Regression (found by this simulator): after a node took a new node id its tick loop went on
+    ticking the closed replicator, so the new one never pulled again (anti-entropy was dead, and
+    seeds with copied data directories diverged after a lost Live)."""
+    with simnet.ClusterSimulation(301, delete_fraction=0.0, ttl_fraction=0.0) as s:
+        s.run(2_000, faults=False)
+        original = s.node_id("n0")
+        copy = s.clone("n0")
+        s.run(5_000, writes_per_s=0, faults=False)
+        (renamed,) = [name for name in ("n0", copy) if s.node_id(name) != original]
+        rep = s.nodes[renamed].rep
+        assert rep is not None
+
+        def last_pull() -> int:
+            return max(done["finished_at_ns"] for peer in rep.peers.values() for done in peer.last_sync.values())
+
+        before = last_pull()
+        s.run(5_000, writes_per_s=0, faults=False)  # five anti-entropy intervals
+        assert last_pull() > before, f"{renamed} stopped pulling after it took node id {s.node_id(renamed)}"

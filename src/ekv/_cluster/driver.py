@@ -143,8 +143,10 @@ class Driver:
             rep.pump()
 
     async def tick_loop(self) -> None:
-        rep = self.rep
         while not self.stopping:
+            # Read the replicator each time: taking a new node id replaces it (start() again),
+            # and the new one needs the ticks (its anti-entropy pulls and sync timeouts).
+            rep = self.rep
             try:
                 rep.tick(self._wall())
             except Exception:

@@ -143,9 +143,10 @@ class Driver:
             rep.pump()
 
     async def tick_loop(self) -> None:
+        """Tick the current replicator for as long as the node runs. The replicator is looked up
+        on every tick, never kept: taking a new node id replaces it (:meth:`start`), and the new
+        one must get the anti-entropy pulls, sync timeouts and chunk sending that ticks drive."""
         while not self.stopping:
-            # Read the replicator each time: taking a new node id replaces it (start() again),
-            # and the new one needs the ticks (its anti-entropy pulls and sync timeouts).
             rep = self.rep
             try:
                 rep.tick(self._wall())

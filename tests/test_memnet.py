@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,20 +54,20 @@ class _Member:
             log=False,
             **options,
         )
-        self.store = ShardedStore.open(config, HybridClock(config.clock), _NoEvents())
-        self.cluster = ClusterNode(config, self.store, NodeLog("mem", False), network=net.host(host))
+        self.store = Values(ShardedStore.open(config, HybridClock(config.clock), _NoEvents()))
+        self.cluster = ClusterNode(config, self.store.store, NodeLog("mem", False), network=net.host(host))
         self.cluster.start()
 
     def members(self) -> set[str]:
         return set(self.cluster.call(lambda: list(self.cluster.sessions)))
 
     def get(self, key: str) -> Any:
-        found = Values(self.store).lookup(key)
+        found = self.store.lookup(key)
         return None if found is None else found[0]
 
     def close(self) -> None:
         self.cluster.stop()
-        self.store.close()
+        self.store.store.close()
 
 
 @pytest.fixture
@@ -94,8 +95,8 @@ def test_three_nodes_replicate_over_the_in_memory_network_without_sockets(
     wait_until(lambda: _full_mesh([a, b, c]), message="the nodes did not form a mesh through gossip")
     assert not runtime()._listeners, "a node over the in-memory network bound a socket"
     assert net.connections >= 3
-    Values(a.store).put("k", "from a")
-    Values(c.store).put("other", 3)
+    a.store.put("k", "from a")
+    c.store.put("other", 3)
     wait_until(lambda: b.get("k") == "from a" and c.get("k") == "from a", message="a's write did not reach b and c")
     wait_until(lambda: a.get("other") == 3 and b.get("other") == 3)
     info = a.cluster.info()
@@ -107,8 +108,8 @@ def test_cutting_a_link_resets_it_and_healing_converges(mesh: tuple[MemoryNetwor
     wait_until(lambda: _full_mesh([a, b, c]))
     net.partition([a.host], [b.host, c.host])
     wait_until(lambda: not a.members() and b.members() == {c.cluster.node_id}, message="the cut did not end sessions")
-    Values(a.store).put("k", "a, cut off")
-    Values(b.store).put("k2", "b, cut off")
+    a.store.put("k", "a, cut off")
+    b.store.put("k2", "b, cut off")
     wait_until(lambda: c.get("k2") == "b, cut off")
     assert b.get("k") is None and c.get("k") is None and a.get("k2") is None
     assert not a.members()  # the dialers keep being refused while the link is cut
@@ -141,7 +142,7 @@ async def _virtual_run(root: Path, seed: int) -> tuple[float, int, list[list[flo
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
     net = MemoryNetwork()
-    nodes: list[tuple[ShardedStore, ClusterNode]] = []
+    nodes: list[tuple[Values, ClusterNode]] = []
     for i, host in enumerate(HOSTS):
         clock = _LoopClock(loop, rng.randrange(-50, 50) * 10**6)
         config = Config.create(
@@ -156,11 +157,13 @@ async def _virtual_run(root: Path, seed: int) -> tuple[float, int, list[list[flo
             log=False,
             clock=clock,
         )
-        store = ShardedStore.open(
-            config, HybridClock(clock), _NoEvents(), new_node_id=f"{seed:08x}{i:08x}", incarnation=f"{i:08x}"
+        store = Values(
+            ShardedStore.open(
+                config, HybridClock(clock), _NoEvents(), new_node_id=f"{seed:08x}{i:08x}", incarnation=f"{i:08x}"
+            )
         )
         cluster = ClusterNode(
-            config, store, NodeLog("vt", False), network=net.host(host), rng=random.Random(rng.random())
+            config, store.store, NodeLog("vt", False), network=net.host(host), rng=random.Random(rng.random())
         )
         await cluster.open()
         nodes.append((store, cluster))
@@ -172,7 +175,7 @@ async def _virtual_run(root: Path, seed: int) -> tuple[float, int, list[list[flo
             await asyncio.sleep(0.05)
 
     def states() -> list[list[tuple[str, Any, Any]]]:
-        return [sorted((k, *Values(store).lookup(k)) for k in Values(store).keys("")) for store, _ in nodes]  # type: ignore[misc]
+        return [sorted((k, *store.lookup(k)) for k in store.keys("")) for store, _ in nodes]  # type: ignore[misc]
 
     await until(lambda: all(len(c.sessions) == 2 for _, c in nodes), "no full mesh")
     for step in range(60):
@@ -183,7 +186,7 @@ async def _virtual_run(root: Path, seed: int) -> tuple[float, int, list[list[flo
             assert not nodes[0][1].sessions and len(nodes[1][1].sessions) == 1, "the partition did not hold"
             net.heal()
         store = nodes[rng.randrange(3)][0]
-        Values(store).put(f"k{rng.randrange(15)}", step)
+        store.put(f"k{rng.randrange(15)}", step)
         await asyncio.sleep(rng.uniform(0, 0.2))
     await until(
         lambda: all(len(c.sessions) == 2 for _, c in nodes) and states()[0] == states()[1] == states()[2],
@@ -194,7 +197,7 @@ async def _virtual_run(root: Path, seed: int) -> tuple[float, int, list[list[flo
     result = loop.time(), net.connections, started, states()
     for store, cluster in nodes:
         await cluster.aclose()
-        store.close()
+        store.store.close()
     return result
 
 
@@ -210,3 +213,103 @@ def test_real_cluster_nodes_converge_in_virtual_time_and_replay_exactly(tmp_path
             loop.close()
     assert runs[0][3], "nothing was written"
     assert runs[0] == runs[1], "the same seed ran differently"
+
+
+# -- a node that took a new node id keeps replicating ------------------------------------------------
+
+
+async def _reidentified_run(root: Path) -> None:
+    """A hub and two nodes started from byte copies of one data directory, over memnet in virtual
+    time: one copy takes a new node id (a new Replicator), and a write whose live message never
+    went out must still reach it, which only its periodic anti-entropy pulls can do."""
+    loop = asyncio.get_running_loop()
+    clock = _LoopClock(loop, 0)
+    net = MemoryNetwork()
+
+    def config(name: str, host: str, peers: list[str]) -> Config:
+        return Config.create(
+            "re",
+            root / name,
+            shards=2,
+            listen=f"{host}:{PORT}",
+            peers=peers,
+            cookie="memnet-test",
+            anti_entropy_interval=1.0,
+            reconnect_max=0.5,
+            log=False,
+            clock=clock,
+        )
+
+    hub_peer = [f"{HOSTS[0]}:{PORT}"]
+    ShardedStore.open(config("copy1", HOSTS[1], hub_peer), HybridClock(clock), _NoEvents()).close()
+    shutil.copytree(root / "copy1", root / "copy2")  # a VM snapshot, a container image with baked data
+    nodes: list[tuple[Values, ClusterNode]] = []
+    for name, host, peers in (("hub", HOSTS[0], []), ("copy1", HOSTS[1], hub_peer), ("copy2", HOSTS[2], hub_peer)):
+        cfg = config(name, host, peers)
+        store = Values(ShardedStore.open(cfg, HybridClock(clock), _NoEvents()))
+        cluster = ClusterNode(
+            cfg, store.store, NodeLog("re", False), network=net.host(host), rng=random.Random(len(nodes))
+        )
+        await cluster.open()
+        nodes.append((store, cluster))
+    shared_id = nodes[1][1].node_id
+    assert nodes[2][1].node_id == shared_id
+
+    async def until(predicate: Callable[[], bool], what: str, within: float = 120) -> None:
+        deadline = loop.time() + within
+        while not predicate():
+            assert loop.time() < deadline, f"{what} within {within} virtual seconds"
+            await asyncio.sleep(0.05)
+
+    try:
+        await until(
+            lambda: len({c.node_id for _, c in nodes}) == 3 and all(len(c.sessions) == 2 for _, c in nodes),
+            "the duplicate node id was not resolved into a full mesh",
+        )
+        (hub_store, hub), (kept_store, kept), (renamed_store, renamed) = sorted(
+            nodes, key=lambda n: (n[1] is not nodes[0][1], n[1].node_id != shared_id)
+        )
+        assert kept.node_id == shared_id and renamed.node_id != shared_id
+        rep = renamed.replicator
+        assert rep is not None and rep.node_id == renamed.node_id, "the replicator did not restart with the new id"
+        await asyncio.sleep(5)  # the pulls at the start of the new sessions are long done
+
+        def syncs_finished() -> int:
+            return sum(
+                peer["syncs_in"]["delta"] + peer["syncs_in"]["full"] for peer in renamed.driver.rep.peer_info().values()
+            )
+
+        before = syncs_finished()
+        applied = rep.stats["sync_entries_applied"]
+        # a write on the hub whose live message is lost: no session ends, so no new session's
+        # pull repairs it; only the members' periodic anti-entropy pulls do
+        for shard in hub_store.store.shards:
+            shard.outbox = None
+        hub_store.put("hidden", "only anti-entropy delivers this")
+        for shard in hub_store.store.shards:
+            shard.outbox = hub.driver.on_local_writes
+        await until(lambda: kept_store.lookup("hidden") is not None, "the copy that kept its id did not get the write")
+        await until(
+            lambda: renamed_store.lookup("hidden") is not None,
+            "the re-identified node never pulled the write (its new replicator is not ticked)",
+            within=30,
+        )
+        assert renamed.replicator is rep
+        assert rep.stats["sync_entries_applied"] > applied
+        await asyncio.sleep(5)
+        assert syncs_finished() >= before + 4, "the re-identified node's periodic pulls stopped"
+    finally:
+        for store, cluster in nodes:
+            await cluster.aclose()
+            store.store.close()
+
+
+def test_a_node_that_took_a_new_node_id_keeps_running_anti_entropy(tmp_path: Path) -> None:
+    """Regression: the driver's tick loop kept the replicator it started with, so after a node took
+    a new node id (a duplicate identity) its new replicator was never ticked and anti-entropy
+    stopped there."""
+    loop = VirtualTimeLoop()
+    try:
+        loop.run_until_complete(_reidentified_run(tmp_path))
+    finally:
+        loop.close()

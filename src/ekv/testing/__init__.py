@@ -8,7 +8,8 @@ The stable part, for your own tests (kept compatible like the rest of ekv's API)
 * :func:`partition`: cut a cluster of stores in this process into groups (and heal it).
 * :func:`wait_until`: poll a condition with a deadline (never a fixed sleep).
 * :func:`node_of`: the node behind a store (for tools that need its internals).
-* :mod:`ekv.testing.sim`: the deterministic cluster simulator (``Simulation``).
+* :mod:`ekv.testing.sim`: the deterministic cluster simulator (``Simulation``): real cluster nodes, an
+  in-memory network, virtual time.
 * :mod:`ekv.testing.cluster`: clusters of real node processes (``ProcCluster``, ``NodeProcess``:
   kill, pause, partition), driving :mod:`ekv.testing.node` processes.
 * :mod:`ekv.testing.proxy`: the loopback fault proxy that partitions node processes (used by

@@ -11,6 +11,12 @@ in-memory :class:`asyncio.Transport`: bytes written on one end are delivered, in
 other end on the next turn of the event loop (a TCP connection with no loss and no delay). A link
 between two hosts can be cut (:meth:`MemoryNetwork.cut`): its connections are reset and new ones
 refused until it heals (:meth:`MemoryNetwork.heal`), which is how a real partition looks to ekv.
+A host's connections can also be reset without cutting anything (:meth:`MemoryNetwork.reset_host`:
+its process crashed).
+
+A ``shaper`` given to the network stands between the two ends of every connection, like a proxy:
+it decides when each piece of the byte stream arrives, if at all (the deterministic simulator,
+:mod:`ekv.testing.sim`, delays, drops, duplicates and reorders whole frames with it).
 
 Every method runs on the event loop the nodes use (for ClusterNode: the process's network thread);
 :meth:`cut`, :meth:`heal` and :meth:`partition` may also be called from another thread, and then
@@ -23,16 +29,28 @@ import asyncio
 import concurrent.futures
 import itertools
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ekv._cluster.runtime import Endpoint, route_connection
 
 if TYPE_CHECKING:
     from ekv._cluster.network import Network
 
-__all__ = ["HostNetwork", "MemoryNetwork"]
+__all__ = ["HostNetwork", "LinkShaper", "MemoryNetwork"]
 
 _LINK_CUT = "link cut by ekv.testing.memnet"
+
+
+class LinkShaper(Protocol):
+    """Shapes the traffic of every connection (see the module docstring)."""
+
+    def __call__(self, source: str, destination: str) -> Callable[[bytes], Iterable[tuple[float, bytes]]]:
+        """Called for each direction of a new connection, from host ``source`` to host
+        ``destination``; returns what that direction does with the bytes written to it: for each
+        write, the pieces to deliver and the loop time at which each arrives (pieces due at the
+        same time arrive in the order given; a piece due at or before the current time arrives on
+        the next loop turn)."""
+        ...
 
 
 class _End(asyncio.Transport):
@@ -49,6 +67,7 @@ class _End(asyncio.Transport):
         self._closing = False
         self._lost = False
         self.on_lost: Callable[[_End], object] | None = None
+        self.shape: Callable[[bytes], Iterable[tuple[float, bytes]]] | None = None
 
     # -- asyncio.Transport ---------------------------------------------------------------------------
 
@@ -80,7 +99,11 @@ class _End(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self.peer is None:
             return
-        self._loop.call_soon(self.peer._deliver, bytes(data))
+        if self.shape is None:
+            self._loop.call_soon(self.peer._deliver, bytes(data))
+            return
+        for when, piece in self.shape(bytes(data)):
+            self._loop.call_at(when, self.peer._deliver, piece)
 
     def can_write_eof(self) -> bool:
         return False
@@ -133,7 +156,8 @@ def _stream(
 class MemoryNetwork:
     """Hosts, listeners, DNS names and links, all in memory (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shaper: LinkShaper | None = None) -> None:
+        self._shaper = shaper
         self._servers: dict[tuple[str, int], dict[str, Endpoint]] = {}
         self._names: dict[str, list[str]] = {}
         self._cut: set[frozenset[str]] = set()
@@ -175,6 +199,16 @@ class MemoryNetwork:
                     for other in sets[i + 1 :]:
                         for peer in other:
                             self._cut_now(frozenset((host, peer)))
+
+        self._on_loop(apply)
+
+    def reset_host(self, host: str) -> None:
+        """Reset every connection of ``host`` (its process died); new ones are accepted."""
+
+        def apply() -> None:
+            for end in [end for end in self._ends if host in end.hosts]:
+                self._ends.pop(end, None)
+                end.reset()
 
         self._on_loop(apply)
 
@@ -228,6 +262,8 @@ class MemoryNetwork:
         client.peer, server.peer = server, client
         self._ends[client] = self._ends[server] = None
         client.on_lost = server.on_lost = self._forget
+        if self._shaper is not None:
+            client.shape, server.shape = self._shaper(source, host), self._shaper(host, source)
         self.connections += 1
         server_streams = _stream(loop, server, local)
         task = loop.create_task(route_connection(endpoints, *server_streams))

@@ -1,24 +1,33 @@
-"""A deterministic simulator: N nodes running ekv's real storage and replication code over an
-in-memory network, in virtual time, on one thread, driven by one seed.
+"""A deterministic simulator: N real ekv cluster nodes over an in-memory network, in virtual
+time, on one thread, driven by one seed.
 
 Each node is a real :class:`~ekv._storage.store.ShardedStore` (SQLite files in a temporary
-directory) and a real :class:`~ekv._cluster.replicator.Replicator`. What is simulated:
+directory) and a real :class:`~ekv._cluster.cluster.ClusterNode`: membership, dialing and
+backoff, gossip, the handshake, sessions and heartbeats, duplicate identities, the outbox and the
+replicator all run as in production, over :mod:`ekv.testing.memnet` on a
+:class:`~ekv.testing.vtime.VirtualTimeLoop`. What is simulated:
 
-* time: one virtual clock; every node sees it through its own :class:`FakeClock`-like view with a
+* time: the loop's virtual clock; every node sees it through its own :class:`SimClock` with a
   per-node skew and drift, so hybrid-clock behaviour under skew is exercised;
-* the network: sessions between pairs of nodes come and go with partitions (any shape, also
-  non-transitive); a link delivers in order like TCP, except that at random a message is
-  dropped, duplicated or overtakes others (faults TCP itself would hide, injected to prove the
-  protocol does not depend on them); messages are delayed at random and pass through the real
-  wire codec;
+* the network: partitions of any shape (also non-transitive) reset the memnet links between the
+  groups and refuse new connections until the heal; the nodes' own dialers reconnect. Every
+  connection passes through a lossy proxy (a :class:`~ekv.testing.memnet.LinkShaper`) that cuts
+  the byte stream into wire frames and delays each one at random; a replication frame is at random
+  dropped, duplicated or lets others overtake it (faults TCP itself would hide, injected to prove
+  the protocol does not depend on them; a dropped frame is lost and the session goes on), control
+  frames (handshake, heartbeats, membership) are only delayed;
 * clients: random puts (with and without TTL) and deletes on random nodes, every acknowledged
   write recorded with its version;
-* crashes: a node is closed and reopened from its files.
+* crashes: the node's connections are reset (no Bye reaches anyone), its cluster stops, its store
+  closes and reopens from its files under a new incarnation;
+* copied data directories (``clones=``): both copies run under one node id until the real
+  membership finds the duplicate and one of them takes a new node id (named by the simulation).
 
 After the final heal and a quiet period, :meth:`Simulation.check` verifies convergence (every node
 holds byte-identical entries), that no acknowledged write is lost unless a higher version
 superseded it, and that no deleted key came back. A failure message names the seed; running
-``Simulation(seed=...)`` again replays it exactly.
+``Simulation(seed=...)`` again replays it exactly (the only inputs outside the seed, handshake
+nonces from ``os.urandom`` and the monotonic clock of log rate limits, change no decision).
 
     python -m ekv.testing.sim --seeds 100        # run seeds 0..99 and report
 """
@@ -26,29 +35,38 @@ superseded it, and that no deleted key came back. A failure message names the se
 from __future__ import annotations
 
 import argparse
-import heapq
+import asyncio
 import random
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ekv._cluster.messages import Live, Message, SyncChunk
+from ekv._cluster import wire
+from ekv._cluster.cluster import ClusterNode
+from ekv._cluster.messages import Live, SyncChunk
 from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._config import Config
 from ekv._core.clock import HybridClock
 from ekv._core.durations import NS_PER_S
-from ekv._model import Entry, Version
-from ekv._storage.replication import StoreReplicationPort
+from ekv._log import NodeLog
+from ekv._model import Version
 from ekv._storage.store import ShardedStore
 from ekv._values import Values
+from ekv.testing.memnet import MemoryNetwork
+from ekv.testing.vtime import VirtualTimeLoop
 
 __all__ = ["SimClock", "Simulation", "Violation"]
 
 MS = NS_PER_S // 1000
+PORT = 7000
+_T = TypeVar("_T")
+_DATA = frozenset({8, 9, 16, 17})
+"""The frame codes of replication messages (SyncRequest, SyncDone, Live, SyncChunk): the faults."""
+_ENTRIES = frozenset({16, 17})
 
 
 class SimClock:
@@ -60,18 +78,7 @@ class SimClock:
         self.drift = drift
 
     def now_ns(self) -> int:
-        t = self._sim.now_ns
-        return self._sim.epoch_ns + int((t - self._sim.epoch_ns) * self.drift) + self.skew_ns
-
-
-class _NullSink:
-    active = False
-
-    def matches(self, key: str) -> bool:
-        return False
-
-    def publish(self, events: list[Any]) -> None:
-        pass
+        return self._sim.epoch_ns + int(self._sim.elapsed_ns() * self.drift) + self.skew_ns
 
 
 @dataclass
@@ -87,27 +94,72 @@ class _Node:
     clock: SimClock
     store: ShardedStore | None = None
     rep: Replicator | None = None
-    outbox: list[tuple[int, list[Entry]]] = field(default_factory=list)
+    """The replicator of the node's cluster (a new one after the node took a new node id)."""
     up: bool = True
-    duplicate_until: int | None = None
-    """A copy of another node's data directory, still under that node's id: members refuse it
-    (one session per node id) until it takes a new one at this virtual time."""
 
 
-def _wire_codec() -> tuple[Callable[[Message], bytes], Callable[[bytes], list[Message]]] | None:
-    try:
-        from ekv._cluster import wire
-    except ImportError:  # pragma: no cover - the wire module is part of the package
-        return None
+class _SimStore(ShardedStore):
+    """A store whose new node ids (taken when the membership finds a copy of its data directory)
+    come from the simulation, so that a seed replays exactly."""
 
-    def encode(msg: Message) -> bytes:
-        return wire.encode(msg, compress_threshold=64)
+    new_identity: Callable[[], tuple[str, str]] | None = None
 
-    def decode(data: bytes) -> list[Message]:
-        decoder = wire.FrameDecoder(1 << 26)
-        return decoder.feed(data)
+    def reidentify(self, *, node_id: str | None = None, incarnation: str | None = None) -> str:
+        if node_id is None and self.new_identity is not None:
+            node_id, incarnation = self.new_identity()
+        return super().reidentify(node_id=node_id, incarnation=incarnation)
 
-    return encode, decode
+
+class _NoEvents:
+    active = False
+
+    def matches(self, key: str) -> bool:
+        return False
+
+    def publish(self, events: list[Any]) -> None:
+        pass
+
+
+class _Link:
+    """One direction of one connection through the lossy proxy: whole frames, each delayed; the
+    replication ones also dropped, duplicated or reordered at random."""
+
+    def __init__(self, owner: Simulation) -> None:
+        self._sim = owner
+        self._buf = b""
+        self._last = 0.0
+
+    def __call__(self, data: bytes) -> Iterable[tuple[float, bytes]]:
+        s = self._sim
+        buf = self._buf + data
+        pos = 0
+        out: list[tuple[float, bytes]] = []
+        now = s.loop.time()
+        while len(buf) - pos >= wire.HEADER_SIZE:
+            size = int.from_bytes(buf[pos : pos + 4], "big")
+            if len(buf) - pos - 4 < size:
+                break
+            frame = buf[pos : pos + 4 + size]
+            pos += 4 + size
+            code = frame[4]
+            copies = 1
+            if code in _DATA:
+                if s.rng.random() < s.drop:
+                    copies = 0
+                elif s.rng.random() < s.duplicate:
+                    copies = 2
+            for _ in range(copies):
+                when = now + s.rng.randint(*s.delay_ms) / 1000
+                if code not in _DATA or s.rng.random() >= s.reorder:
+                    when = max(when, self._last + 1e-6)  # in order, like TCP
+                    self._last = when
+                out.append((when, frame))
+                if code in _DATA:
+                    s.messages += 1
+                    if code in _ENTRIES:
+                        s.in_flight.append((when, frame))
+        self._buf = buf[pos:]
+        return out
 
 
 class Simulation:
@@ -132,48 +184,47 @@ class Simulation:
         chunk_entries: int = 4,
         gc_every_ms: int = 2_000,
         log_retention_s: int = 3600,
-        use_wire: bool = True,
+        use_wire: bool = True,  # (kept for compatibility: real nodes always speak the wire protocol)
         clones: int = 0,
         directory: Path | None = None,
         mutate: Callable[[Simulation], None] | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
+        self.loop = VirtualTimeLoop()
         self.epoch_ns = 1_767_225_600 * NS_PER_S
         self.now_ns = self.epoch_ns
-        self.drop = drop
-        self.duplicate = duplicate
-        self.reorder = reorder
-        self._link_last: dict[tuple[str, str], int] = {}
-        self.delay_ms = delay_ms
+        self.drop, self.duplicate, self.reorder, self.delay_ms = drop, duplicate, reorder, delay_ms
         self.keys = [f"k{i % 4}/{i}" for i in range(keys)]
         self.ttl_fraction = ttl_fraction
         self.delete_fraction = delete_fraction
+        self._anti_entropy_ms = anti_entropy_ms
+        self._chunk_entries = chunk_entries
         self.settings = ReplicationSettings(
             anti_entropy_interval_ns=anti_entropy_ms * MS,
             sync_chunk_entries=chunk_entries,
             sync_chunk_bytes=1 << 20,
             tombstone_ttl_ns=tombstone_ttl_s * NS_PER_S,
-            sync_timeout_ns=3 * anti_entropy_ms * MS,
         )
         self._tombstone_ttl_s = tombstone_ttl_s
+        self._log_retention_s = log_retention_s
         self._shards = shards
         self._own_dir = directory is None
         self.directory = Path(tempfile.mkdtemp(prefix=f"ekv-sim-{seed}-")) if directory is None else directory
-        self._queue: list[tuple[int, int, str, str, Any]] = []
-        self._seq = 0
         self.blocked: set[tuple[str, str]] = set()
         self.sessions: set[frozenset[str]] = set()
         self.acked: list[tuple[str, str, Version, bytes | None, int | None]] = []
-        """(node, key, version, value or None for a delete, expires_at)"""
         self.trace: list[str] = []
         self.messages = 0
-        self.wire = _wire_codec() if use_wire else None
+        self.in_flight: list[tuple[float, bytes]] = []
+        """Frames carrying entries, with the time they arrive (for :meth:`settle`)."""
         self.clones_left = clones
         self._incarnations = 0
+        self._identities = 0
         self.gc_every_ms = gc_every_ms
         self.log_retention_ns = log_retention_s * NS_PER_S
-        self._next_gc = self.now_ns + gc_every_ms * MS
+        self.net = MemoryNetwork(shaper=lambda source, destination: _Link(self))
+        self.clusters: dict[str, ClusterNode] = {}
         self.nodes: dict[str, _Node] = {}
         for i in range(nodes):
             name = f"n{i}"
@@ -181,14 +232,43 @@ class Simulation:
             drift = 1.0 + self.rng.uniform(-0.001, 0.001)
             self.nodes[name] = _Node(name, self.directory / name, SimClock(self, skew, drift))
         for node in self.nodes.values():
-            self._start(node)
+            self._await(self._open(node, new_node_id=f"{seed:08x}{node.name:>08}"))
         if mutate is not None:
             mutate(self)
-        self._connect_all()
+        self._tick_task = self.loop.create_task(self._ticks())
+        self._ticking = False
+        self._writes_per_s = 0.0
+        self._faults = False
+        self._next_gc = self.now_ns + gc_every_ms * MS
 
-    # -- nodes -----------------------------------------------------------------------------
+    # -- the loop ------------------------------------------------------------------------------
 
-    def _start(self, node: _Node) -> None:
+    def elapsed_ns(self) -> int:
+        """Virtual time since the start."""
+        return round(self.loop.time() * NS_PER_S)
+
+    def _await(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        result = self.loop.run_until_complete(coro)
+        self._refresh()
+        return result
+
+    def _refresh(self) -> None:
+        self.now_ns = self.epoch_ns + self.elapsed_ns()
+        for name, node in self.nodes.items():
+            cluster = self.clusters.get(name)
+            node.rep = None if cluster is None else cluster.replicator
+            node.up = cluster is not None
+        self.sessions = {
+            frozenset((a, b))
+            for a, cluster in self.clusters.items()
+            for b, other in self.clusters.items()
+            if a < b and other.node_id in cluster.sessions
+        }
+
+    # -- nodes -----------------------------------------------------------------------------------
+
+    async def _open(self, node: _Node, *, new_node_id: str | None = None) -> None:
+        names = [n for n in self.nodes if n != node.name]
         config = Config.create(
             "sim",
             node.path,
@@ -197,97 +277,179 @@ class Simulation:
             gc_interval=min(60, self._tombstone_ttl_s / 2),
             log=False,
             clock=node.clock,
+            listen=f"{node.name}:{PORT}",
+            peers=[f"{n}:{PORT}" for n in names],
+            cookie="ekv-sim",
+            anti_entropy_interval=self._anti_entropy_ms / 1000,
+            sync_chunk_entries=self._chunk_entries,
+            log_retention=self._log_retention_s,
+            reconnect_max=1.0,
+            compression_threshold=64,
         )
-        store = ShardedStore.open(
-            config,
-            HybridClock(node.clock),
-            _NullSink(),
-            new_node_id=f"{self.seed:08x}{node.name:>08}",
-            incarnation=self._next_incarnation(),
+        store = _SimStore.open(
+            config, HybridClock(node.clock), _NoEvents(), new_node_id=new_node_id, incarnation=self._next_incarnation()
+        )
+        assert isinstance(store, _SimStore)
+        store.new_identity = lambda name=node.name: self._new_identity(name)
+        cluster = ClusterNode(
+            config, store, NodeLog("sim", False), network=self.net.host(node.name), rng=random.Random(self.rng.random())
         )
         node.store = store
-        node.outbox = []
-        self._start_replicator(node)
-        node.up = True
+        await cluster.open()
+        self.clusters[node.name] = cluster
+        self._refresh()
 
     def _next_incarnation(self) -> str:
         self._incarnations += 1
         return f"{self._incarnations:08x}"
 
-    def _start_replicator(self, node: _Node) -> None:
-        store = node.store
+    def _new_identity(self, name: str) -> tuple[str, str]:
+        self._identities += 1
+        node_id = f"{self.seed:08x}{name:>08}r{self._identities}"
+        self.trace.append(f"{self.elapsed_ns()} {name} takes node id {node_id}")
+        return node_id, self._next_incarnation()
+
+    async def _close(self, name: str) -> None:
+        """Stop a node as a crash does: its connections reset first, so no Bye reaches anyone."""
+        self.net.reset_host(name)
+        cluster = self.clusters.pop(name)
+        await cluster.aclose()
+        store = self.nodes[name].store
         assert store is not None
+        store.close()
+        self._refresh()
 
-        def collect(index: int, entries: list[Entry], node: _Node = node) -> None:
-            node.outbox.append((index, entries))
+    async def _crash(self, name: str) -> None:
+        self.trace.append(f"{self.elapsed_ns()} crash {name}")
+        await self._close(name)
+        await self._open(self.nodes[name])
 
-        for shard in store.shards:
-            shard.outbox = collect
+    async def _clone(self, name: str) -> str:
+        node = self.nodes[name]
+        await self._close(name)
+        copy_name = f"{name}c{sum(1 for n in self.nodes if n.startswith(name + 'c'))}"
+        shutil.copytree(node.path, self.directory / copy_name)
+        skew = self.rng.randint(-200, 200) * MS
+        copy = _Node(copy_name, self.directory / copy_name, SimClock(self, skew, node.clock.drift))
+        self.nodes[copy_name] = copy
+        self.trace.append(f"{self.elapsed_ns()} clone {name} as {copy_name}")
+        await self._open(node)
+        await self._open(copy)
+        for other, cluster in self.clusters.items():
+            if other != copy_name:  # the others learn of it as an operator's kv.connect() would
+                cluster.members.add_address(f"{copy_name}:{PORT}", "connect")
+        return copy_name
 
-        def send(peer: str, msg: Message, src: str = node.name) -> None:
-            self._send(src, peer, msg)
+    def crash(self, name: str) -> None:
+        """Crash a node (its connections reset, nothing said) and reopen it from its files."""
+        self._await(self._crash(name))
 
-        node.rep = Replicator(
-            StoreReplicationPort(store), self.settings, send=send, rng=random.Random(self.rng.random())
-        )
+    def clone(self, name: str) -> str:
+        """Copy a node's data directory while it is closed and run both copies (a VM snapshot,
+        a container image with baked data, a restored backup). The copy runs under the same node
+        id, and writes, until the real membership finds the duplicate (``ekv._cluster.identity``)
+        and one of the two takes a new node id. Returns the copy's name."""
+        return self._await(self._clone(name))
+
+    # -- network ---------------------------------------------------------------------------------
+
+    def _update_sessions(self) -> None:
+        names = sorted(self.nodes)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if self.link_up(a, b):
+                    self.net.heal(a, b)
+                elif not self.net.is_cut(a, b):
+                    self.net.cut(a, b)
+
+    def _trace_now(self) -> None:
+        self.now_ns = self.epoch_ns + self.elapsed_ns()
+
+    # -- the event loop ----------------------------------------------------------------------------
+
+    async def _ticks(self) -> None:
+        """The simulation's own timer: client writes, faults and GC every 50 virtual ms."""
+        tick_s = 0.05
+        while True:
+            await asyncio.sleep(tick_s)
+            if not self._ticking:
+                continue
+            self._trace_now()
+            if self._writes_per_s and self.rng.random() < self._writes_per_s * tick_s:
+                self.client_write()
+            if self._faults:
+                await self._fault()
+            self._refresh()
+            if self.now_ns >= self._next_gc:
+                self._next_gc = self.now_ns + self.gc_every_ms * MS
+                self.gc_all()
+                now = self.loop.time()
+                self.in_flight = [item for item in self.in_flight if item[0] > now]  # (arrived)
+
+    async def _fault(self) -> None:
+        roll = self.rng.random()
+        names = sorted(self.nodes)
+        if roll < 0.01:
+            shuffled = names[:]
+            self.rng.shuffle(shuffled)
+            cut = self.rng.randint(1, len(shuffled) - 1)
+            self.partition([shuffled[:cut], shuffled[cut:]])
+        elif roll < 0.015 and len(names) >= 3:
+            a, b = self.rng.sample(names, 2)
+            self.cut(a, b)
+        elif roll < 0.03:
+            self.heal()
+        elif roll < 0.033:
+            await self._crash(self.rng.choice(names))
+        elif roll < 0.036 and self.clones_left > 0:
+            self.clones_left -= 1
+            await self._clone(self.rng.choice(names))
+
+    def run(self, duration_ms: int, *, writes_per_s: float = 50.0, faults: bool = True) -> None:
+        """Advance virtual time by ``duration_ms``, with client writes and (optionally) random faults."""
+        self._ticking, self._writes_per_s, self._faults = True, writes_per_s, faults
+        try:
+            self._await(asyncio.sleep(duration_ms / 1000))
+        finally:
+            self._ticking = False
+
+    def settle(self, max_ms: int = 120_000) -> int:
+        """Heal, stop writes, and run until the stores are identical and no data is on its way
+        (see :meth:`Simulation.settle`)."""
+        self.heal()
+        start = self.elapsed_ns()
+        while self.elapsed_ns() - start < max_ms * MS:
+            self.run(500, writes_per_s=0, faults=False)
+            busy = any(c.replicator is not None and c.replicator.busy for c in self.clusters.values())
+            busy = busy or any(len(c.outbox) for c in self.clusters.values())
+            if not busy and not self._data_in_flight() and self._converged():
+                break
+        return int((self.elapsed_ns() - start) / MS)
+
+    def _data_in_flight(self) -> bool:
+        now = self.loop.time()
+        self.in_flight = [(when, frame) for when, frame in self.in_flight if when > now]
+        for _, frame in self.in_flight:
+            for message in wire.FrameDecoder(1 << 26).feed(frame):
+                if isinstance(message, Live | SyncChunk) and message.entries:
+                    return True
+        return False
+
+    def close(self) -> None:
+        try:
+            for name in list(self.clusters):
+                self._await(self._close(name))
+            self._tick_task.cancel()
+            self.loop.run_until_complete(asyncio.gather(self._tick_task, return_exceptions=True))
+        finally:
+            self.loop.close()
+            if self._own_dir:
+                shutil.rmtree(self.directory, ignore_errors=True)
 
     def node_id(self, name: str) -> str:
         store = self.nodes[name].store
         assert store is not None
         return store.node_id
-
-    def _name_of(self, node_id: str) -> str:
-        for name, node in self.nodes.items():
-            if node.store is not None and node.store.node_id == node_id and node.duplicate_until is None:
-                return name
-        raise KeyError(node_id)
-
-    def clone(self, name: str) -> str:
-        """Copy a node's data directory while it is closed and run both copies (a VM snapshot,
-        a container image with baked data, a restored backup). The copy runs under the same
-        node id, and writes, until the membership protocol finds the duplicate: the members
-        refuse it meanwhile, then it takes a new node id with the real storage code (what
-        ``ekv._cluster.identity`` decides over TCP; the simulator does not run membership)."""
-        node = self.nodes[name]
-        self._drop_sessions(name)
-        assert node.rep is not None and node.store is not None
-        node.rep.close()
-        node.store.close()
-        copy_name = f"{name}c{sum(1 for n in self.nodes if n.startswith(name + 'c'))}"
-        shutil.copytree(node.path, self.directory / copy_name)
-        skew = self.rng.randint(-200, 200) * MS
-        copy = _Node(copy_name, self.directory / copy_name, SimClock(self, skew, node.clock.drift))
-        copy.duplicate_until = self.now_ns + self.rng.randint(0, 3_000) * MS
-        self.nodes[copy_name] = copy
-        self.trace.append(f"{self.now_ns - self.epoch_ns} clone {name} as {copy_name}")
-        self._start(node)
-        self._start(copy)
-        self._connect_all()
-        return copy_name
-
-    def _resolve_duplicates(self) -> None:
-        for node in self.nodes.values():
-            if node.duplicate_until is not None and self.now_ns >= node.duplicate_until:
-                assert node.rep is not None and node.store is not None
-                node.rep.close()
-                node.store.reidentify(node_id=f"{self.seed:08x}{node.name:>08}", incarnation=self._next_incarnation())
-                node.duplicate_until = None
-                self._start_replicator(node)
-                self.trace.append(f"{self.now_ns - self.epoch_ns} {node.name} takes node id {node.store.node_id}")
-                self._connect_all()
-
-    def crash(self, name: str) -> None:
-        """Close a node (its sessions end) and reopen it from its files."""
-        node = self.nodes[name]
-        self._drop_sessions(name)
-        assert node.rep is not None and node.store is not None
-        node.rep.close()
-        node.store.close()
-        self.trace.append(f"{self.now_ns - self.epoch_ns} crash {name}")
-        self._start(node)
-        self._connect_all()
-
-    # -- network -----------------------------------------------------------------------------
 
     def link_up(self, a: str, b: str) -> bool:
         return (a, b) not in self.blocked and (b, a) not in self.blocked
@@ -299,91 +461,18 @@ class Simulation:
                 for a in group:
                     for b in other:
                         self.blocked.add((a, b))
-        self.trace.append(f"{self.now_ns - self.epoch_ns} partition {groups}")
+        self.trace.append(f"{self.elapsed_ns()} partition {groups}")
         self._update_sessions()
 
     def cut(self, a: str, b: str) -> None:
         self.blocked.add((a, b))
-        self.trace.append(f"{self.now_ns - self.epoch_ns} cut {a}-{b}")
+        self.trace.append(f"{self.elapsed_ns()} cut {a}-{b}")
         self._update_sessions()
 
     def heal(self) -> None:
         self.blocked.clear()
-        self.trace.append(f"{self.now_ns - self.epoch_ns} heal")
+        self.trace.append(f"{self.elapsed_ns()} heal")
         self._update_sessions()
-
-    def _connect_all(self) -> None:
-        self._update_sessions()
-
-    def _update_sessions(self) -> None:
-        names = sorted(self.nodes)
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                pair = frozenset((a, b))
-                want = (
-                    self.link_up(a, b)
-                    and self.nodes[a].up
-                    and self.nodes[b].up
-                    and self.nodes[a].duplicate_until is None
-                    and self.nodes[b].duplicate_until is None
-                )
-                if want and pair not in self.sessions:
-                    self.sessions.add(pair)
-                    self._rep(a).peer_up(self.node_id(b), self.nodes[a].clock.now_ns())
-                    self._rep(b).peer_up(self.node_id(a), self.nodes[b].clock.now_ns())
-                elif not want and pair in self.sessions:
-                    self._end_session(a, b)
-
-    def _end_session(self, a: str, b: str) -> None:
-        self.sessions.discard(frozenset((a, b)))
-        self._rep(a).peer_down(self.node_id(b), self.nodes[a].clock.now_ns())
-        self._rep(b).peer_down(self.node_id(a), self.nodes[b].clock.now_ns())
-        # messages in flight on that session are lost with it
-        self._queue = [item for item in self._queue if {item[2], item[3]} != {a, b}]
-        heapq.heapify(self._queue)
-
-    def _drop_sessions(self, name: str) -> None:
-        for pair in sorted(self.sessions, key=sorted):
-            if name in pair:
-                (other,) = pair - {name}
-                self._end_session(name, other)
-
-    def _rep(self, name: str) -> Replicator:
-        rep = self.nodes[name].rep
-        assert rep is not None
-        return rep
-
-    def _send(self, src: str, peer_id: str, msg: Message) -> None:
-        dst = self._name_of(peer_id)
-        if frozenset((src, dst)) not in self.sessions:
-            return
-        payload: Any = msg
-        if self.wire is not None:
-            payload = self.wire[0](msg)
-        copies = 1
-        if self.rng.random() < self.drop:
-            copies = 0
-        elif self.rng.random() < self.duplicate:
-            copies = 2
-        for _ in range(copies):
-            when = self.now_ns + self.rng.randint(*self.delay_ms) * MS
-            if self.rng.random() >= self.reorder:
-                # like TCP, a link delivers in order unless a reorder fault picks this message
-                when = max(when, self._link_last.get((src, dst), 0))
-                self._link_last[(src, dst)] = when
-            self._seq += 1
-            heapq.heappush(self._queue, (when, self._seq, src, dst, payload))
-
-    def _deliver(self, src: str, dst: str, payload: Any) -> None:
-        if frozenset((src, dst)) not in self.sessions:
-            return
-        messages = self.wire[1](payload) if self.wire is not None else [payload]
-        rep = self._rep(dst)
-        for msg in messages:
-            self.messages += 1
-            rep.on_message(self.node_id(src), msg, self.nodes[dst].clock.now_ns())
-
-    # -- clients -----------------------------------------------------------------------------
 
     def client_write(self, name: str | None = None, key: str | None = None) -> None:
         """One acknowledged client write: on ``name`` (a random live node by default), to
@@ -404,62 +493,6 @@ class Simulation:
             assert entry is not None and entry.version == version
             self.acked.append((name, key, version, entry.value, entry.expires_at_ns))
 
-    # -- the event loop ----------------------------------------------------------------------
-
-    def _flush_outboxes(self) -> None:
-        for node in self.nodes.values():
-            if node.outbox and node.rep is not None:
-                pending, node.outbox = node.outbox, []
-                for shard, entries in pending:
-                    node.rep.on_local_writes(shard, entries)
-
-    def run(self, duration_ms: int, *, writes_per_s: float = 50.0, faults: bool = True) -> None:
-        """Advance virtual time by ``duration_ms``, with client writes and (optionally) random
-        faults: partitions of random shapes, heals, single links cut, crashes."""
-        end = self.now_ns + duration_ms * MS
-        tick_every = 50 * MS
-        next_tick = self.now_ns
-        while self.now_ns < end:
-            next_event = min(next_tick, end, self._queue[0][0] if self._queue else end)
-            self.now_ns = max(self.now_ns, next_event)
-            while self._queue and self._queue[0][0] <= self.now_ns:
-                _, _, src, dst, payload = heapq.heappop(self._queue)
-                self._deliver(src, dst, payload)
-                self._flush_outboxes()
-            if self.now_ns >= next_tick:
-                next_tick += tick_every
-                if writes_per_s and self.rng.random() < writes_per_s * tick_every / NS_PER_S:
-                    self.client_write()
-                if faults:
-                    self._maybe_fault()
-                self._resolve_duplicates()
-                if self.now_ns >= self._next_gc:
-                    self._next_gc = self.now_ns + self.gc_every_ms * MS
-                    self.gc_all()
-                self._flush_outboxes()
-                for node in self.nodes.values():
-                    if node.rep is not None:
-                        node.rep.tick(node.clock.now_ns())
-
-    def _maybe_fault(self) -> None:
-        roll = self.rng.random()
-        names = sorted(self.nodes)
-        if roll < 0.01:
-            shuffled = names[:]
-            self.rng.shuffle(shuffled)
-            cut = self.rng.randint(1, len(shuffled) - 1)
-            self.partition([shuffled[:cut], shuffled[cut:]])
-        elif roll < 0.015 and len(names) >= 3:
-            a, b = self.rng.sample(names, 2)
-            self.cut(a, b)  # non-transitive: a and b still reach the others
-        elif roll < 0.03:
-            self.heal()
-        elif roll < 0.033:
-            self.crash(self.rng.choice(names))
-        elif roll < 0.036 and self.clones_left > 0:
-            self.clones_left -= 1
-            self.clone(self.rng.choice([n for n in names if self.nodes[n].duplicate_until is None]))
-
     def gc_all(self) -> None:
         """A GC pass on every node: expiry, purge, and change-log truncation up to what every
         member has reported (the node's real rule)."""
@@ -471,33 +504,6 @@ class Simulation:
             for index in range(self._shards):
                 targets = node.rep.truncation_targets(index, now, self.log_retention_ns)
                 node.store.gc_shard(index, now_ns=now, cutoff_ns=cutoff, log_targets=targets)
-
-    def settle(self, max_ms: int = 120_000) -> int:
-        """Heal everything, stop writes, and run until every node holds the same entries and no
-        data is on its way (or ``max_ms`` of virtual time pass). Returns the virtual ms it took.
-
-        Empty anti-entropy traffic (a pull and its empty answer) does not count as data on its
-        way: with every member pulling every shard about once a second, a moment with no message
-        at all in flight is rare in a 5-node cluster, and waiting for one measured luck, not
-        convergence. Once the stores are identical, an entry still in flight was read from a
-        store that now holds it or something newer, so it cannot change anything."""
-        self.heal()
-        start = self.now_ns
-        while self.now_ns - start < max_ms * MS:
-            self.run(500, writes_per_s=0, faults=False)
-            busy = any(n.rep.busy for n in self.nodes.values() if n.rep)
-            if not busy and not self._data_in_flight() and self._converged():
-                break
-        return int((self.now_ns - start) / MS)
-
-    def _data_in_flight(self) -> bool:
-        for item in self._queue:
-            messages = self.wire[1](item[4]) if self.wire is not None else [item[4]]
-            if any(isinstance(m, (Live, SyncChunk)) and m.entries for m in messages):
-                return True
-        return False
-
-    # -- checking ----------------------------------------------------------------------------
 
     def dump(self, name: str) -> dict[str, tuple[int, str, int | None, bytes | None]]:
         """key -> (timestamp, origin, expires_at, value) of every stored entry; expired puts
@@ -544,15 +550,6 @@ class Simulation:
             elif stored_version == version and value is None and stored[3] is not None:
                 problems.append(Violation("resurrection", f"{key!r} was deleted at {version} but has a value"))
         return problems
-
-    def close(self) -> None:
-        for node in self.nodes.values():
-            if node.rep is not None:
-                node.rep.close()
-            if node.store is not None:
-                node.store.close()
-        if self._own_dir:
-            shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> Simulation:
         return self

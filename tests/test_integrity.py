@@ -293,9 +293,9 @@ def test_local_and_remote_rows_are_built_by_one_builder(tmp_path: Path) -> None:
             }
         finally:
             conn.close()
-    assert sorted(rows) == sorted(
-        ["local/put", "local/deleted", "remote/put", "remote/expired", "remote/deleted"]
-    ), rows
+    assert sorted(rows) == sorted(["local/put", "local/deleted", "remote/put", "remote/expired", "remote/deleted"]), (
+        rows
+    )
     for key, row in rows.items():
         assert row == schema.kv_row(*row[:5], row[6]), key
     assert rows["local/deleted"][5] == rows["local/deleted"][1]  # a delete dies at its timestamp

@@ -59,6 +59,13 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_ruff_format_is_clean() -> None:
+    """The code is formatted as ``ruff format`` would (a drifted file went unnoticed once)."""
+    paths = ["src", "tests", "bench", "examples", "scripts"]
+    result = subprocess.run([*_tool("ruff"), "format", "--check", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_mypy_strict_is_clean() -> None:
     result = subprocess.run([*_tool("mypy")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -79,6 +79,11 @@ PROTOCOL_DUNDERS = {
     "__aenter__": "`async with`",
     "__iter__": "iteration (`for`)",
     "__aiter__": "async iteration (`async for`)",
+    "__getitem__": "`obj[key]`",
+    "__setitem__": "`obj[key] = value`",
+    "__delitem__": "`del obj[key]`",
+    "__contains__": "`key in obj`",
+    "__len__": "`len(obj)`",
 }
 
 public_names: set[str] = set()  # filled by render(): ekv.__all__ and ekv.testing.__all__

@@ -15,12 +15,12 @@ codec called inline rather than through a helper.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ekv._core.durations import duration_ns
 from ekv._core.keys import check_key, check_prefix
-from ekv._errors import DecodeError, EncodeError, ValueTooLargeError
+from ekv._errors import DecodeError, EncodeError, InvalidArgumentType, ValueTooLargeError
 from ekv._model import Version
 from ekv._storage.store import ShardedStore
 
@@ -84,6 +84,85 @@ class Values:
         except Exception as exc:
             raise _decode_error(key, exc) from exc
 
+    def getitem(self, key: str) -> Any:
+        """The value of ``key``; :class:`KeyError` if it is absent, deleted or expired (``kv[key]``)."""
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` is visible (present, not deleted, not expired); the value is not decoded."""
+        store = self.store
+        if store._closed:
+            raise store._closed_error()
+        return store.read(key, check_key(key)) is not None
+
+    def delitem(self, key: str) -> Version:
+        """Delete a visible ``key`` (``del kv[key]``); :class:`KeyError`, and nothing written, if
+        it is absent. The check and the delete are two steps: a concurrent delete of the same key
+        may make both succeed, as two ``kv.delete(key)`` would."""
+        if not self.contains(key):
+            raise KeyError(key)
+        return self.delete(key)
+
+    def update(self, other: Any, kwds: dict[str, Any]) -> None:
+        """``dict.update``: put each item of ``other`` (a mapping, an object with ``keys()``, or
+        ``(key, value)`` pairs), then of ``kwds``; one put per item, in order."""
+        if isinstance(other, Mapping):
+            for key in other:
+                self.put(key, other[key])
+        elif hasattr(other, "keys"):
+            for key in other.keys():  # noqa: SIM118 (an object with keys(), maybe not iterable)
+                self.put(key, other[key])
+        else:
+            for key, value in other:
+                self.put(key, value)
+        for key, value in kwds.items():
+            self.put(key, value)
+
+    def setdefault(self, key: str, default: Any) -> Any:
+        """``dict.setdefault``: the value of a visible ``key``, else put ``default`` and return it."""
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            self.put(key, default)
+            return default
+        return value
+
+    def pop(self, key: str, *default: Any) -> Any:
+        """``dict.pop``: delete a visible ``key`` and return its value; else the default, or
+        :class:`KeyError` (and nothing written) without one."""
+        if len(default) > 1:
+            raise InvalidArgumentType(f"pop expected at most 2 arguments, got {1 + len(default)}")
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        self.delete(key)
+        return value
+
+    def popitem(self) -> tuple[str, Any]:
+        """Delete the smallest visible key and return ``(key, value)``; :class:`KeyError` if
+        there is none."""
+        for key in self.store.iter_keys(""):
+            value = self.get(key, _MISSING)
+            if value is not _MISSING:  # else deleted or expired since it was listed
+                self.delete(key)
+                return key, value
+        raise KeyError("popitem(): the store is empty")
+
+    def clear(self) -> int:
+        """Delete every visible key (a tombstone each, which replicates like any delete); return
+        how many. Keys are read first, then deleted one by one: a key written meanwhile may stay.
+        Keys of ``consistent_prefixes`` (SPEC 13, not yet implemented) will be skipped here, by
+        one check in the loop, since only their own operations may change them."""
+        deleted = 0
+        for key in self.store.keys(""):
+            self.delete(key)
+            deleted += 1
+        return deleted
+
     def lookup(self, key: str) -> tuple[Any, Version] | None:
         """``(value, version)`` of a visible key, else ``None``."""
         store = self.store
@@ -106,6 +185,20 @@ class Values:
         """Every visible key under ``prefix``, ascending."""
         return self.store.keys(check_prefix(prefix))
 
+    def values(self, prefix: str) -> list[Any]:
+        """The values of every visible key under ``prefix``, in ascending key order."""
+        decode = self.decode
+        return [decode(row[1], row[0]) for row in self.store.items(check_prefix(prefix))]
+
+    def items(self, prefix: str) -> list[tuple[str, Any]]:
+        """``(key, value)`` for every visible key under ``prefix``, in ascending key order."""
+        decode = self.decode
+        return [(row[0], decode(row[1], row[0])) for row in self.store.items(check_prefix(prefix))]
+
+    def count(self, prefix: str) -> int:
+        """How many visible keys are under ``prefix``: one COUNT query per shard, O(keys)."""
+        return self.store.count(check_prefix(prefix))
+
     def iter_items(self, prefix: str) -> Iterator[tuple[str, Any]]:
         """Lazily yield ``(key, value)`` for visible keys under ``prefix``, ascending; memory
         stays bounded by one page per shard. Arguments are checked on the first ``next()``."""
@@ -125,6 +218,9 @@ class Values:
             return self._loads(blob)
         except Exception as exc:
             raise _decode_error(key, exc) from exc
+
+
+_MISSING: Any = object()
 
 
 def _coerce_blob(blob: object, key: str) -> bytes:

@@ -49,6 +49,12 @@ class AsyncEKV:
 
     The store opens on ``async with`` or ``await kv.open()`` (or on first use); the constructor
     only validates options. ``workers`` (1-256) bounds the thread pool that runs storage calls.
+
+    AsyncEKV is not a :class:`collections.abc.MutableMapping` (``kv[key]``, ``len(kv)`` and
+    ``key in kv`` cannot be awaited); the mapping operations have async forms instead:
+    ``await kv.count(prefix)``, ``await kv.contains(key)``, ``await kv.keys()/values()/items()``
+    (lists, optional prefix), ``await kv.update()/setdefault()/pop()/popitem()/clear()``, and
+    ``async for key in kv``.
     """
 
     def __init__(self, name: str, data_dir: str | PathLike[str], **options: Unpack[AsyncOptions]) -> None:
@@ -177,6 +183,51 @@ class AsyncEKV:
         node = await self._ensure()
         return await self._call(node.values.keys, prefix)
 
+    async def values(self, prefix: str = "") -> list[Any]:
+        """See :meth:`ekv.EKV.values`."""
+        node = await self._ensure()
+        return await self._call(node.values.values, prefix)
+
+    async def items(self, prefix: str = "") -> list[tuple[str, Any]]:
+        """See :meth:`ekv.EKV.items`."""
+        node = await self._ensure()
+        return await self._call(node.values.items, prefix)
+
+    async def count(self, prefix: str = "") -> int:
+        """See :meth:`ekv.EKV.count`."""
+        node = await self._ensure()
+        return await self._call(node.values.count, prefix)
+
+    async def contains(self, key: str) -> bool:
+        """See :meth:`ekv.EKV.contains`."""
+        node = await self._ensure()
+        return await self._call(node.values.contains, key)
+
+    async def clear(self) -> None:
+        """See :meth:`ekv.EKV.clear`."""
+        node = await self._ensure()
+        await self._call(node.values.clear)
+
+    async def update(self, other: Any = (), /, **kwds: Any) -> None:
+        """See :meth:`ekv.EKV.update`."""
+        node = await self._ensure()
+        await self._call(node.values.update, other, kwds)
+
+    async def setdefault(self, key: str, default: Any = None) -> Any:
+        """See :meth:`ekv.EKV.setdefault`."""
+        node = await self._ensure()
+        return await self._call(node.values.setdefault, key, default)
+
+    async def pop(self, key: str, *default: Any) -> Any:
+        """See :meth:`ekv.EKV.pop`."""
+        node = await self._ensure()
+        return await self._call(node.values.pop, key, *default)
+
+    async def popitem(self) -> tuple[str, Any]:
+        """See :meth:`ekv.EKV.popitem`."""
+        node = await self._ensure()
+        return await self._call(node.values.popitem)
+
     async def unsubscribe(self, prefix: str = "") -> None:
         """See :meth:`ekv.EKV.unsubscribe`."""
         node = await self._ensure()
@@ -217,6 +268,10 @@ class AsyncEKV:
         node = await self._ensure()
         async for key in self._drain(node.values.iter_keys(prefix)):
             yield key
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        """``async for key in kv``: every visible key in ascending order (see :meth:`iter_keys`)."""
+        return self.iter_keys("")
 
     async def _drain(self, source: Iterator[T]) -> AsyncIterator[T]:
         while True:

@@ -13,7 +13,7 @@ stale). So a new operation is written once, here, with its signature and docstri
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from os import PathLike
 from pathlib import Path
 from typing import Any, Unpack, overload
@@ -27,7 +27,7 @@ from ekv._options import Options, Seconds
 __all__ = ["EKV"]
 
 
-class EKV:
+class EKV(MutableMapping[str, Any]):
     """An embedded, durable key-value store (one node).
 
     ::
@@ -36,6 +36,16 @@ class EKV:
         with ekv.EKV("my_kv", data_dir="data/ekv/my_kv") as kv:
             kv.put("user/1", {"name": "Alice"})
             kv.get("user/1")          # {'name': 'Alice'}
+            kv["user/2"] = {"name": "Bob"}
+            "user/2" in kv, len(kv)   # (True, 2)
+
+    EKV is a :class:`collections.abc.MutableMapping` of str keys: ``kv[key]`` (KeyError if absent,
+    deleted or expired), ``kv[key] = value``, ``del kv[key]`` (KeyError if absent), ``key in kv``,
+    ``len(kv)`` (a COUNT over every shard: O(keys)), iteration over the keys in ascending order,
+    and ``update``, ``setdefault``, ``pop``, ``popitem``, ``clear`` as on a dict. ``keys``,
+    ``values`` and ``items`` return lists (not views) and take an optional prefix. Two stores
+    compare equal, as dicts do, when they hold the same items (``==`` reads both); so compare
+    stores by identity (``is``) when that is what is meant, and note that ``bool(kv)`` counts.
 
     Args:
         name: instance name (letters, digits, ``_ . -``); recorded in ``data_dir``.
@@ -126,9 +136,88 @@ class EKV:
         order. Use :meth:`iter` for ranges too large to hold in memory."""
         return self._values.scan(prefix)
 
-    def keys(self, prefix: str = "") -> list[str]:
-        """Every visible key starting with ``prefix``, ascending."""
+    def keys(self, prefix: str = "") -> list[str]:  # type: ignore[override]
+        """Every visible key starting with ``prefix``, ascending, as a list (a snapshot, not a
+        view as ``dict.keys()`` is)."""
         return self._values.keys(prefix)
+
+    def values(self, prefix: str = "") -> list[Any]:  # type: ignore[override]
+        """The values of every visible key starting with ``prefix``, in ascending key order, as
+        a list (a snapshot)."""
+        return self._values.values(prefix)
+
+    def items(self, prefix: str = "") -> list[tuple[str, Any]]:  # type: ignore[override]
+        """``(key, value)`` for every visible key starting with ``prefix``, ascending, as a list
+        (a snapshot). Same content as :meth:`scan`, which returns a dict."""
+        return self._values.items(prefix)
+
+    def count(self, prefix: str = "") -> int:
+        """How many visible keys (not deleted, not expired) start with ``prefix``; ``len(kv)`` is
+        ``kv.count()``. Cost: one COUNT query per shard, O(keys counted) (no counter is kept),
+        so it is a scan of the key index, cheaper than :meth:`keys` but not free."""
+        return self._values.count(prefix)
+
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` is visible (``key in kv``); the value is not read or decoded."""
+        return self._values.contains(key)
+
+    def clear(self) -> None:
+        """Delete every visible key, cluster-wide: each becomes a tombstone that replicates like
+        :meth:`delete`. Not atomic: keys are listed, then deleted one by one, so a key written
+        meanwhile may stay. (Once ``consistent_prefixes`` exist, SPEC 13, their keys are skipped
+        here: only their own operations change them; that is one check in
+        ``ekv._values.Values.clear``.)"""
+        self._values.clear()
+
+    # -- the mapping protocol ----------------------------------------------------------------
+    # update/setdefault/pop/popitem override MutableMapping's with the value layer's (the same
+    # semantics), so AsyncEKV gets them generated too.
+
+    def update(self, other: Any = (), /, **kwds: Any) -> None:
+        """Put each item of ``other`` (a mapping, or ``(key, value)`` pairs) and of ``kwds``, as
+        ``dict.update``: one :meth:`put` per item, in order (not one transaction)."""
+        self._values.update(other, kwds)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``kv[key]`` if ``key`` is visible, else put ``default`` and return it (two steps, not
+        atomic: a concurrent writer may put ``key`` in between)."""
+        return self._values.setdefault(key, default)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        """Delete ``key`` and return its value, as ``dict.pop``; without a default, KeyError if
+        ``key`` is not visible."""
+        return self._values.pop(key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        """Delete and return the ``(key, value)`` of the smallest visible key; KeyError if the
+        store is empty."""
+        return self._values.popitem()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values.getitem(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._values.put(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._values.delitem(key)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False  # as dict: a key that cannot be stored is not in the store
+        return self._values.contains(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._values.iter_keys("")
+
+    def __len__(self) -> int:
+        return self._values.count("")
+
+    def __eq__(self, other: object) -> bool:
+        # Identity first (cheap, and true for a closed store too); else dict equality.
+        return self is other or super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # a mutable mapping, as dict
 
     def iter(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         """Lazily yield ``(key, value)`` pairs under ``prefix`` in ascending key order.

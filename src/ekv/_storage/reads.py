@@ -269,6 +269,22 @@ class StoreReads:
         """Every visible key under ``prefix`` (validated), ascending."""
         return [row[0] for row in self._range_all(prefix, False)]
 
+    def count(self, prefix: str) -> int:
+        """How many visible keys (not deleted, not expired) are under ``prefix`` (validated):
+        one COUNT query per shard, each O(keys under the prefix) in that shard."""
+        if self._closed:
+            raise self._closed_error()
+        upper = prefix_upper_bound(prefix)
+        now = self._now()
+        params: tuple[Any, ...] = (prefix, now) if upper is None else (prefix, upper, now)
+        sql = schema.COUNT_FROM if upper is None else schema.COUNT_RANGE
+        try:
+            return sum(cur.execute(sql, params).get for cur in self._cursors())
+        except apsw.Error as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            raise_storage_error(exc)
+
 
 def _fetch(cur: apsw.Cursor, sql: str, params: tuple[Any, ...]) -> list[Any]:
     return cur.execute(sql, params).fetchall()

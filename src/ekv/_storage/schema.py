@@ -322,6 +322,13 @@ LOG_RANGES = "SELECT origin, min(oseq), max(oseq), count(*) FROM log GROUP BY or
 
 _RANGE_CACHE: dict[tuple[bool, bool, bool], str] = {}
 
+_VISIBLE = "value IS NOT NULL AND (expires_at IS NULL OR expires_at > ?)"
+COUNT_FROM = f"SELECT count(*) FROM kv WHERE key >= ? AND {_VISIBLE}"
+"""Visible keys from a lower bound on (the whole shard for ``""``). Parameters: lower, now_ns.
+A scan of the primary key's range: O(keys counted); ``len(kv)`` and ``kv.count()`` use it."""
+COUNT_RANGE = f"SELECT count(*) FROM kv WHERE key >= ? AND key < ? AND {_VISIBLE}"
+"""Visible keys in ``[lower, upper)`` (a prefix). Parameters: lower, upper, now_ns."""
+
 
 def range_sql(*, with_values: bool, after: bool, bounded: bool) -> str:
     """The paged range query used by scan/keys/iter.

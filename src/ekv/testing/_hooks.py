@@ -51,7 +51,7 @@ def partition(*groups: list[EKV]) -> None:
     their connections and refuse each other. ``partition([a, b, c])`` (one group) heals."""
     all_nodes = [kv for group in groups for kv in group]
     for group in groups:
-        others = {node_of(kv).node_id for kv in all_nodes if kv not in group}
+        others = {node_of(kv).node_id for kv in all_nodes if not any(kv is member for member in group)}
         for kv in group:
             cut_off(kv, others)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import ekv
-from ekv.testing import FakeClock
+from ekv.testing import FakeClock, partition, wait_until
 
 try:
     from test import mapping_tests
@@ -204,3 +204,27 @@ def test_async_forms(data_dir: Path) -> None:
                 await kv.popitem()
 
     asyncio.run(main())
+
+
+def test_partition_tells_equal_stores_apart(open_kv: Callable[..., ekv.EKV], tmp_path: Path) -> None:
+    """Two replicas with the same items are ``==`` (dict equality); ekv.testing.partition must
+    still cut them apart (it compared by ``in``, i.e. by equality, before the mapping protocol)."""
+    fast = {
+        "listen": "127.0.0.1:0",
+        "shards": 2,
+        "heartbeat_interval": 0.1,
+        "heartbeat_timeout": 1.0,
+        "reconnect_max": 0.3,
+    }
+    a = open_kv("c", tmp_path / "a", **fast)
+    b = open_kv("c", tmp_path / "b", **fast)
+    b.connect(a.listen_address)  # type: ignore[arg-type]
+
+    def connected(kv: ekv.EKV) -> bool:
+        return any(m.get("connected") for m in kv.info()["members"].values())
+
+    wait_until(lambda: connected(a) and connected(b))
+    assert a == b  # both empty
+    partition([a], [b])
+    wait_until(lambda: not connected(a) and not connected(b), message="equal stores were not partitioned")
+    partition([a, b])

@@ -38,16 +38,6 @@ from ekv._model import Entry
 from ekv._storage.store import ShardedStore
 
 
-class _Sink:
-    active = False
-
-    def matches(self, key: str) -> bool:
-        return False
-
-    def publish(self, events: list[Any]) -> None:
-        pass
-
-
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
@@ -96,14 +86,24 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = Config.create("bench", Path(tmp) / "d", shards=1, log=False, durability=args.durability)
-        store = ShardedStore.open(config, HybridClock(SystemClock()), _Sink(), new_node_id="b" * 16)
+        store = ShardedStore.open(config, HybridClock(SystemClock()), new_node_id="b" * 16)
         stop = threading.Event()
         puts = [0] * args.writers
 
+        failed: list[BaseException] = []
+
         def writer(i: int) -> None:
+            try:
+                write_until_stopped(i)
+            except BaseException as exc:  # reported by main: a dead writer would measure no load
+                failed.append(exc)
+                raise
+
+        def write_until_stopped(i: int) -> None:
             n = 0
             while not stop.is_set():
-                store.put(f"local{i}-{n % 1000}", b"l" * 100)
+                key = f"local{i}-{n % 1000}"
+                store.write(key, key.encode(), b"l" * 100, None)
                 n += 1
                 puts[i] = n
 
@@ -128,6 +128,8 @@ def main() -> None:
             for thread in threads:
                 thread.join()
             store.close()
+    if failed:
+        raise SystemExit(f"a local writer thread failed, so the figures mean nothing: {failed[0]!r}")
     print(
         f"durability={args.durability} writers={args.writers} rate={args.rate}/s seconds={args.seconds}x{args.rounds}"
     )

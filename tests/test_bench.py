@@ -59,6 +59,21 @@ def test_a_wait_that_cannot_finish_is_an_error_not_a_hang(tmp_path: Path) -> Non
 # -- bench/compare.py -------------------------------------------------------------------------------
 
 
+def test_bench_apply_thread_runs_with_its_local_writers() -> None:
+    """bench_apply_thread.py on the smallest settings: it exits with an error when a local writer
+    thread dies (its writers once called a store method that had moved, and it printed figures
+    for no load at all)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_apply_thread.py"), "--seconds=0.2", "--rounds=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("inline", "offload"))]
+    assert len(rows) == 2 and all(int(row[-1]) > 0 for row in rows), proc.stdout
+
+
 def test_compare_exports_a_revision_that_imports_its_own_ekv(tmp_path: Path) -> None:
     """A revision is exported with git archive (the repository is left alone) and its runs import
     that revision's ekv, not the installed one."""

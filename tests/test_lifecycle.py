@@ -129,9 +129,9 @@ def test_a_forked_child_does_not_keep_the_parents_lock(tmp_path: Path, cluster: 
         pid = os.fork()
         if pid == 0:
             print(os.getpid(), flush=True)  # the fork hooks have run in the child
-            time.sleep(300)
+            time.sleep(300)  # parked until the test kills it; bounded, so a failed cleanup cannot leak it
             os._exit(0)
-        time.sleep(300)
+        time.sleep(300)  # parked until the test SIGKILLs it (the test polls, it never waits on this)
     """
     parent = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script), str(data), "1" if cluster else "0"],

@@ -28,16 +28,6 @@ HOSTS = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
 PORT = 7000
 
 
-class _NoEvents:
-    active = False
-
-    def matches(self, key: str) -> bool:
-        return False
-
-    def publish(self, events: list[Any]) -> None:
-        pass
-
-
 class _Member:
     """A real store and a real ClusterNode on one host of the in-memory network."""
 
@@ -54,7 +44,7 @@ class _Member:
             log=False,
             **options,
         )
-        self.store = Values(ShardedStore.open(config, HybridClock(config.clock), _NoEvents()))
+        self.store = Values(ShardedStore.open(config, HybridClock(config.clock)))
         self.cluster = ClusterNode(config, self.store.store, NodeLog("mem", False), network=net.host(host))
         self.cluster.start()
 
@@ -158,9 +148,7 @@ async def _virtual_run(root: Path, seed: int) -> tuple[float, int, list[list[flo
             clock=clock,
         )
         store = Values(
-            ShardedStore.open(
-                config, HybridClock(clock), _NoEvents(), new_node_id=f"{seed:08x}{i:08x}", incarnation=f"{i:08x}"
-            )
+            ShardedStore.open(config, HybridClock(clock), new_node_id=f"{seed:08x}{i:08x}", incarnation=f"{i:08x}")
         )
         cluster = ClusterNode(
             config, store.store, NodeLog("vt", False), network=net.host(host), rng=random.Random(rng.random())
@@ -241,12 +229,12 @@ async def _reidentified_run(root: Path) -> None:
         )
 
     hub_peer = [f"{HOSTS[0]}:{PORT}"]
-    ShardedStore.open(config("copy1", HOSTS[1], hub_peer), HybridClock(clock), _NoEvents()).close()
+    ShardedStore.open(config("copy1", HOSTS[1], hub_peer), HybridClock(clock)).close()
     shutil.copytree(root / "copy1", root / "copy2")  # a VM snapshot, a container image with baked data
     nodes: list[tuple[Values, ClusterNode]] = []
     for name, host, peers in (("hub", HOSTS[0], []), ("copy1", HOSTS[1], hub_peer), ("copy2", HOSTS[2], hub_peer)):
         cfg = config(name, host, peers)
-        store = Values(ShardedStore.open(cfg, HybridClock(clock), _NoEvents()))
+        store = Values(ShardedStore.open(cfg, HybridClock(clock)))
         cluster = ClusterNode(
             cfg, store.store, NodeLog("re", False), network=net.host(host), rng=random.Random(len(nodes))
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,16 +15,6 @@ from ekv._storage.replication import StoreReplicationPort
 from ekv._storage.store import ShardedStore
 from ekv._values import Values
 from ekv.testing import FakeClock
-
-
-class _Sink:
-    active = False
-
-    def matches(self, key: str) -> bool:
-        return False
-
-    def publish(self, events: list[Any]) -> None:
-        pass
 
 
 class Pair:
@@ -42,7 +31,7 @@ class Pair:
 
     def _store(self, path: Path, node_id: str) -> ShardedStore:
         config = Config.create("t", path, shards=1, log=False, clock=self.clock)
-        return ShardedStore.open(config, HybridClock(self.clock), _Sink(), new_node_id=node_id)
+        return ShardedStore.open(config, HybridClock(self.clock), new_node_id=node_id)
 
     def _rep(self, store: ShardedStore) -> Replicator:
         me = store.node_id

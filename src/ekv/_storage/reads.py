@@ -121,7 +121,8 @@ class StoreReads:
 
     def read_version(self, key: str, encoded: bytes) -> tuple[bytes, Version] | None:
         """``(value bytes, version)`` of a visible ``key``, else None (``encoded`` as in
-        :meth:`read`)."""
+        :meth:`read`). :meth:`read`'s body repeated rather than shared: a helper call would cost
+        every get about 0.1 us (a point read is 4-10 us)."""
         if self._closed:
             raise self._closed_error()
         self.reads += 1

@@ -50,6 +50,22 @@ class EventSink(Protocol):
     def publish(self, events: list[RawEvent]) -> None: ...
 
 
+class _NoEvents:
+    """The sink of a store nobody subscribes to (tools, the simulator, benchmarks)."""
+
+    active = False
+
+    def matches(self, key: str) -> bool:
+        return False
+
+    def publish(self, events: list[RawEvent]) -> None:
+        pass
+
+
+NO_EVENTS: EventSink = _NoEvents()
+"""Where a store without subscribers sends events: nowhere (``active`` is False)."""
+
+
 class Shard:
     """The writer side of one shard file. Create with :meth:`open`."""
 

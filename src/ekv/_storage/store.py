@@ -33,7 +33,7 @@ from ekv._storage.commit import Committer
 from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, check_codec, new_incarnation, new_node_id
 from ekv._storage.gc import EXPIRE_BATCH, PURGE_BATCH, GcReport, expire_batch, finish_gc, purge_batch
 from ekv._storage.reads import StoreReads
-from ekv._storage.shard import EventSink, Shard
+from ekv._storage.shard import NO_EVENTS, EventSink, Shard
 from ekv._storage.sqlite import check_sqlite_version, open_connection, raise_storage_error
 
 __all__ = ["GcReport", "ShardedStore"]
@@ -102,7 +102,7 @@ class ShardedStore(StoreReads):
         cls,
         config: Config,
         clock: HybridClock,
-        sink: EventSink,
+        sink: EventSink = NO_EVENTS,
         *,
         new_node_id: str | None = None,
         incarnation: str | None = None,

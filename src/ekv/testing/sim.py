@@ -110,16 +110,6 @@ class _SimStore(ShardedStore):
         return super().reidentify(node_id=node_id, incarnation=incarnation)
 
 
-class _NoEvents:
-    active = False
-
-    def matches(self, key: str) -> bool:
-        return False
-
-    def publish(self, events: list[Any]) -> None:
-        pass
-
-
 class _Link:
     """One direction of one connection through the lossy proxy: whole frames, each delayed; the
     replication ones also dropped, duplicated or reordered at random."""
@@ -287,7 +277,7 @@ class Simulation:
             compression_threshold=64,
         )
         store = _SimStore.open(
-            config, HybridClock(node.clock), _NoEvents(), new_node_id=new_node_id, incarnation=self._next_incarnation()
+            config, HybridClock(node.clock), new_node_id=new_node_id, incarnation=self._next_incarnation()
         )
         assert isinstance(store, _SimStore)
         store.new_identity = lambda name=node.name: self._new_identity(name)

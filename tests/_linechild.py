@@ -14,14 +14,14 @@ from pathlib import Path
 
 
 class LineChild:
-    def __init__(self, command: list[str], stderr_path: Path, *, deadline_s: float = 60.0) -> None:
+    def __init__(
+        self, command: list[str], stderr_path: Path, *, deadline_s: float = 60.0, stdin: int = subprocess.DEVNULL
+    ) -> None:
         self.stderr_path = stderr_path
         self.deadline_s = deadline_s
         """Generous: only reached when the child is stuck or dead."""
         self._stderr = open(stderr_path, "ab")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0
-        )
+        self.proc = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0)
         assert self.proc.stdout is not None
         self._fd = self.proc.stdout.fileno()
         self._buf = bytearray()
@@ -90,4 +90,6 @@ class LineChild:
         self.proc.wait(self.deadline_s)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         self._stderr.close()

@@ -109,8 +109,8 @@ def test_open_happens_on_first_use_and_errors_propagate(data_dir: Path, tmp_path
         await kv.put("a", 1)  # opens on first use
         with pytest.raises(ekv.InvalidArgumentType):
             await kv.put(1, 2)  # type: ignore[arg-type]
-        with pytest.raises(ekv.LockedError):
-            await ekv.AsyncEKV("a", data_dir, log=False).open()
+        with pytest.raises(ekv.ConfigError, match="shards=2"):
+            await ekv.AsyncEKV("a", data_dir, shards=2, log=False).open()
         await kv.close()
         await kv.close()
 

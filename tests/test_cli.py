@@ -89,11 +89,19 @@ def test_offline_reads_do_not_refresh_last_active_at(tmp_path: Path, capsys: pyt
     assert before == after  # reading changed nothing (a stale directory stays stale)
 
 
-def test_data_dir_owned_by_a_running_node_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_offline_commands_attach_to_a_running_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SPEC 12: the CLI's data-directory commands work while a service holds the directory."""
     with ekv.EKV("ekv", tmp_path, log=False) as kv:
         kv.put("k", 1)
-        code, _out, err = run(capsys, "get", "--data-dir", str(tmp_path), "k")
-        assert code == 2 and "--node" in err and "already open" in err  # (another process: its pid)
+        code, out, _err = run(capsys, "get", "--data-dir", str(tmp_path), "k")
+        assert code == 0 and out.strip() == "1"
+        code, _out, _err = run(capsys, "put", "--data-dir", str(tmp_path), "from-cli", "2")
+        assert code == 0 and kv.get("from-cli") == 2
+        code, out, _ = run(capsys, "info", "--data-dir", str(tmp_path), "--json")
+        info = json.loads(out)
+        assert code == 0 and info["running"] is True and info["node_process"]["pid"] == os.getpid()
+        code, out, _ = run(capsys, "info", "--data-dir", str(tmp_path))
+        assert f"node process pid {os.getpid()}" in out
 
 
 def test_info_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -117,9 +117,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("cluster", [False, True], ids=["single", "clustered"])
 def test_a_forked_child_does_not_keep_the_parents_lock(tmp_path: Path, cluster: bool) -> None:
-    """A child that outlives its SIGKILLed parent must not hold the data directory's lock (the
-    restarted service would get LockedError naming a dead pid), and while the parent lives the
-    lock must still hold: the child closes its inherited descriptor without unlocking it."""
+    """A child that outlives its SIGKILLed parent must not keep the parent's registration or
+    election alive (a restarted service would attach to a dead node process), and while the parent
+    lives they must still hold: the child closes its inherited descriptors without unlocking them."""
     data = tmp_path / "n"
     script = """
         import os, sys, time, ekv
@@ -142,14 +142,17 @@ def test_a_forked_child_does_not_keep_the_parents_lock(tmp_path: Path, cluster: 
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
-        with pytest.raises(ekv.LockedError) as locked:
-            ekv.EKV("t", data, shards=2, log=False)
-        assert locked.value.owner_pid == parent.pid
+        with ekv.EKV("t", data, shards=2, log=False) as kv:  # the parent is the node process: attach
+            processes = kv.info()["processes"]
+            assert processes["role"] == "attached" and processes["node_process"]["pid"] == parent.pid
+            assert [o["pid"] for o in processes["opens"]] == [parent.pid, os.getpid()]
         parent.send_signal(signal.SIGKILL)
         parent.wait(DEADLINE_S)
         assert _alive(child)
-        with ekv.EKV("t", data, shards=2, log=False) as kv:
+        with ekv.EKV("t", data, shards=2, log=False) as kv:  # the child keeps nothing of the parent's alive
             assert kv.get("k") == "v"
+            processes = kv.info()["processes"]
+            assert processes["role"] == "node" and [o["pid"] for o in processes["opens"]] == [os.getpid()]
         assert _alive(child)
     finally:
         if parent.poll() is None:
@@ -187,10 +190,10 @@ def test_listening_on_a_taken_port_leaves_an_existing_store_untouched(tmp_path: 
     with ekv.EKV("t", data, shards=2, log=False) as kv:
         kv.put("k", "v")
         node_id = kv.node_id
-    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    before = {p.relative_to(data): p.read_bytes() for p in data.rglob("*") if p.is_file()}
     with _taken_port() as taken, pytest.raises(ekv.ListenError):
         ekv.EKV("t", data, shards=2, listen=f"127.0.0.1:{taken.getsockname()[1]}", cookie="c", log=False)
-    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+    assert {p.relative_to(data): p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
     with ekv.EKV("t", data, shards=2, log=False) as kv:
         assert (kv.get("k"), kv.node_id) == ("v", node_id)
 

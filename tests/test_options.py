@@ -32,6 +32,7 @@ BAD: dict[str, list[Any]] = {
     "shards": [*COUNTS, 1025],
     "tombstone_ttl": DURATIONS,
     "gc_interval": DURATIONS,
+    "takeover_interval": DURATIONS,
     "log": ["debug", "INFO", 0, 0.0, 1, None, "", ["info"]],
     "durability": ["fsync", "", True, 1, None],
     "codec": ["msgpack", "", 1, True, object(), ekv.JsonCodec],

@@ -133,6 +133,8 @@ class Config:
     """Default bound, in events, of each subscription's queue."""
     allow_stale_startup: bool = False
     """Trust a data directory older than ``tombstone_ttl`` (whole-cluster restores)."""
+    takeover_interval_ns: int = NS_PER_S // 5
+    """How often an attached process checks whether the node process is gone (SPEC section 12)."""
     cluster: ClusterOptions | None = None
     """Replication options; None for a single embedded node."""
 
@@ -154,6 +156,7 @@ class Config:
         max_value_size: object = given["max_value_size"]
         subscriber_queue: object = given["subscriber_queue"]
         allow_stale_startup: object = given["allow_stale_startup"]
+        takeover_ns = _seconds(given["takeover_interval"], "takeover_interval")
         cluster = {key: value for key, value in options.items() if key in CLUSTER_OPTIONS}
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ConfigError(
@@ -208,6 +211,7 @@ class Config:
             max_value_size=max_value,
             subscriber_queue=queue,
             allow_stale_startup=allow_stale_startup,
+            takeover_interval_ns=takeover_ns,
             cluster=cluster_options,
         )
 
@@ -221,6 +225,7 @@ class Config:
             "log": self.log,
             "max_value_size": self.max_value_size,
             "subscriber_queue": self.subscriber_queue,
+            "takeover_interval": self.takeover_interval_ns / NS_PER_S,
         }
 
 

@@ -169,17 +169,21 @@ class ChecksumError(CorruptionError):
         self.key = key
 
 
-class ShardCountError(StorageError):
+class ShardCountError(StorageError, ConfigError):
     """``shards=`` differs from the shard count recorded in ``data_dir``. The shard count of a
-    data directory is fixed when it is created."""
+    data directory is fixed when it is created. Also a :class:`ConfigError`: a process attaching
+    to a data directory with options that conflict with it (SPEC section 12)."""
 
 
-class InstanceNameError(StorageError):
-    """``name=`` differs from the instance name recorded in ``data_dir``."""
+class InstanceNameError(StorageError, ConfigError):
+    """``name=`` differs from the instance name recorded in ``data_dir`` (also a
+    :class:`ConfigError`, like :class:`ShardCountError`)."""
 
 
 class LockedError(StorageError):
-    """``data_dir`` is already open in another process or another ``EKV`` object.
+    """``data_dir`` is held exclusively: by an ekv older than 0.3 (which allowed one open per
+    directory), or while stale files are being moved aside. Any number of ekv 0.3 opens share a
+    data directory (SPEC section 12).
 
     Attributes:
         owner_pid: the pid recorded by the owner, or ``None`` if it could not be read.

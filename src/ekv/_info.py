@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ekv._storage.procs import Election
 from ekv._storage.sqlite import sqlite_version
 from ekv._storage.store import ShardedStore
 from ekv._version import __version__
@@ -13,14 +14,17 @@ __all__ = ["format_info", "format_metrics", "offline_info"]
 
 
 def offline_info(store: ShardedStore) -> dict[str, Any]:
-    """What a closed data directory holds (read-only: nothing is written)."""
+    """What a data directory holds, read from its files (read-only: nothing is written), and
+    whether a node process has it open (``running``; the live figures are its ``info()``)."""
     shards = [store.shard_info(i) for i in range(store.config.shards)]
     last_active = [s["last_active_at_ns"] for s in shards if s["last_active_at_ns"] is not None]
+    holder = Election(store.config.data_dir).holder()
     return {
         "name": store.manifest.name,
         "node_id": store.node_id,
         "data_dir": str(store.config.data_dir),
-        "running": False,
+        "running": holder is not None,
+        "node_process": None if holder is None else {"pid": holder[0], "slot": holder[1]},
         "listen": None,
         "members": {},
         "ekv_version": __version__,
@@ -65,6 +69,10 @@ def format_info(info: dict[str, Any]) -> str:
     ]
     if info.get("running") is False:
         lines.append("state        not running (read from the data directory)")
+    elif info.get("node_process"):
+        lines.append(
+            f"state        running: node process pid {info['node_process']['pid']} (read from the data directory)"
+        )
     if info.get("stale_data_moved_to"):
         lines.append(f"stale data   moved to {info['stale_data_moved_to']}")
     quarantined = info.get("quarantined") or {}

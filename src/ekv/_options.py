@@ -52,6 +52,9 @@ class Options(TypedDict, total=False):
     """Default bound, in events, of a subscription's queue. Default 10,000."""
     allow_stale_startup: bool
     """Trust a data directory older than ``tombstone_ttl`` (whole-cluster restores). Default False."""
+    takeover_interval: Seconds
+    """How often a process attached to a data directory checks whether the node process is gone
+    (and takes over if so). Default 0.2 s."""
     listen: str | None
     """``"host:port"`` to accept members on (port 0 picks a free one); not loopback requires
     ``cookie``. Default None: no listener."""
@@ -113,6 +116,7 @@ DEFAULTS: dict[str, Any] = {
     "max_value_size": 256 * 1024 * 1024,
     "subscriber_queue": 10_000,
     "allow_stale_startup": False,
+    "takeover_interval": 0.2,
     "listen": None,
     "peers": (),
     "cookie": None,

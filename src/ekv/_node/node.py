@@ -32,8 +32,10 @@ from ekv._config import Config, check_overflow, check_positive_int
 from ekv._core.clock import HybridClock
 from ekv._core.durations import NS_PER_S, is_stale, tombstone_cutoff_ns
 from ekv._core.keys import check_prefix
-from ekv._errors import ClosedError, InvalidArgumentType
+from ekv._errors import ClosedError, InvalidArgumentType, LockedError
 from ekv._model import Event
+from ekv._node.bus import LocalSink
+from ekv._node.role import ProcessRole
 from ekv._node.subscriptions import (
     BaseSubscription,
     CallbackSubscription,
@@ -41,6 +43,7 @@ from ekv._node.subscriptions import (
     Registry,
     Subscription,
 )
+from ekv._storage.procs import Election
 from ekv._storage.sqlite import sqlite_version
 from ekv._storage.store import GcReport, ShardedStore
 from ekv._values import Values
@@ -113,6 +116,11 @@ class _Periodic:
             self._thread.join(30)
 
 
+def _node_process_alive(config: Config) -> bool:
+    """Whether another open of ``config.data_dir`` is its node process (this one will attach)."""
+    return config.data_dir.is_dir() and Election(config.data_dir).holder() is not None
+
+
 class Node:
     """One open ekv instance. Thread-safe."""
 
@@ -121,12 +129,14 @@ class Node:
         self.log = NodeLog(config.name, config.log)
         self.clock = HybridClock(config.clock)
         self.registry = Registry(config.codec.loads, self.log.child("ekv.subscriptions"))
+        self.sink = LocalSink(self.registry)
         self.dispatcher = Dispatcher(config.name)
         started = time.perf_counter()
         # Bind the listener first: a port in use must fail before the data directory is created
-        # or marked as opened (ekv.ListenError; nothing on disk changes).
+        # or marked as opened (ekv.ListenError; nothing on disk changes). Not when another
+        # process is the directory's node process: it listens, this one attaches.
         listener = None
-        if config.cluster is not None and config.cluster.listen is not None:
+        if config.cluster is not None and config.cluster.listen is not None and not _node_process_alive(config):
             from ekv._cluster.listener import ListenerHold
 
             listener = ListenerHold(config)
@@ -136,26 +146,39 @@ class Node:
             if listener is not None:
                 listener.release()  # the cluster serves on it now (or it failed): drop our hold
         self.log.info(
-            "opened %s (node %s, %d shards, durability=%s) in %.1f ms",
+            "opened %s (node %s, %d shards, durability=%s) in %.1f ms%s",
             config.data_dir,
             self.node_id,
             config.shards,
             config.durability,
             (time.perf_counter() - started) * 1e3,
+            "" if self.role.is_node else ", attached to the node process",
         )
-        self._gc_thread = _Periodic(self, "gc", config.gc_interval_ns / NS_PER_S, Node.run_gc)
-        self._checkpoint_thread = _Periodic(self, "checkpoint", 0.1, lambda node: node.store.checkpoint())
+        self._gc_thread: _Periodic | None = None
+        self._checkpoint_thread: _Periodic | None = None
+        self._takeover_thread: _Periodic | None = None
+        if self.role.is_node:
+            self._start_background()
+        else:
+            self._takeover_thread = _Periodic(
+                self, "takeover", config.takeover_interval_ns / NS_PER_S, Node._try_take_over
+            )
         _open_nodes.add(self)
 
+    def _start_background(self) -> None:
+        config = self.config
+        self._gc_thread = _Periodic(self, "gc", config.gc_interval_ns / NS_PER_S, Node.run_gc)
+        self._checkpoint_thread = _Periodic(self, "checkpoint", 0.1, lambda node: node.store.checkpoint())
+
     def _open(self, config: Config, listener: ListenerHold | None) -> None:
-        self.store = ShardedStore.open(config, self.clock, self.registry)
+        self.store = ShardedStore.open(config, self.clock, self.sink)
+        try:
+            self.role = ProcessRole(config, self.registry, self.sink, self.log)
+        except BaseException:
+            self.store.close()
+            raise
+        won = self.role.try_win(self.store)
         self.stale_moved_to: str | None = None
-        if config.cluster is not None and not self.store.created:
-            try:
-                self._check_stale()
-            except BaseException:
-                self.store.close()
-                raise
         self.values = Values(self.store)
         self.opened_at_ns = config.clock.now_ns()
         self._closed = False
@@ -170,16 +193,68 @@ class Node:
             "log_truncated": 0,
         }
         self.cluster: ClusterNode | None = None
-        if config.cluster is not None:
-            from ekv._cluster.cluster import ClusterNode
+        try:
+            if not won:
+                self.role.attach(self.store)
+                return
+            if config.cluster is not None and not self.store.created and self.store.alone():
+                self._check_stale()
+                self.values = Values(self.store)
+            server = self.role.serve()
+            if config.cluster is not None:
+                server.on_writes = self._start_cluster(listener).driver.on_local_writes
+        except BaseException:
+            self._stop_cluster()
+            self.role.close()
+            self.store.close()
+            raise
 
-            self.cluster = ClusterNode(config, self.store, self.log, listener)
-            self.cluster.node_info = self.info
-            try:
-                self.cluster.start()
-            except BaseException:
-                self.store.close()
-                raise
+    def _start_cluster(self, listener: ListenerHold | None) -> ClusterNode:
+        from ekv._cluster.cluster import ClusterNode
+
+        cluster = self.cluster = ClusterNode(self.config, self.store, self.log, listener)
+        cluster.node_info = self.info
+        cluster.start()
+        return cluster
+
+    def _stop_cluster(self) -> None:
+        cluster, self.cluster = self.cluster, None
+        if cluster is not None:
+            cluster.stop()
+
+    def _try_take_over(self) -> None:
+        """Run by an attached open every ``takeover_interval``: if the node process is gone
+        (exited, crashed, killed), become the node process: serve the bus, listen on the same
+        address, join the cluster, run GC and checkpoints. Else make sure the bus is connected."""
+        role = self.role
+        if self.closed:
+            return
+        if not role.try_win(self.store):
+            role.reconnect()
+            return
+        self.log.info("%s: the node process is gone; pid %d takes over", self.config.data_dir, os.getpid())
+        role.leave_bus(self.store)
+        listener = None
+        try:
+            server = role.serve()
+            options = self.config.cluster
+            if options is not None:
+                if options.listen is not None:
+                    from ekv._cluster.listener import ListenerHold
+
+                    listener = ListenerHold(self.config)
+                server.on_writes = self._start_cluster(listener).driver.on_local_writes
+        except Exception:
+            self.log.error("taking over as the node process failed; will retry", exc_info=True)
+            self._stop_cluster()
+            role.step_down(self.store)
+            return
+        finally:
+            if listener is not None:
+                listener.release()
+        self._start_background()
+        if self._takeover_thread is not None:
+            self._takeover_thread.stop()
 
     @property
     def node_id(self) -> str:
@@ -210,9 +285,19 @@ class Node:
             return
         old_id = self.store.node_id
         self.store.close()
-        moved = self.store.datadir.move_aside(config.shards, now)
+        try:
+            with self.store.datadir.exclusive():
+                moved = self.store.datadir.move_aside(config.shards, now)
+        except LockedError:
+            self.store = ShardedStore.open(config, self.clock, self.sink)
+            self.role.try_win(self.store)  # the election is still ours: record the new open in it
+            self.log.warning(
+                "data_dir %s is stale, but another process opened it meanwhile: left as it is", config.data_dir
+            )
+            return
         self.stale_moved_to = str(moved)
-        self.store = ShardedStore.open(config, self.clock, self.registry)
+        self.store = ShardedStore.open(config, self.clock, self.sink)
+        self.role.try_win(self.store)
         self.log.warning(
             "STALE DATA: data_dir %s was last active %s ago, longer than tombstone_ttl (%.0f s). Its files were "
             "moved to %s (nothing was deleted); node %s starts empty as new node %s and is rebuilt from its peers. "
@@ -363,6 +448,7 @@ class Node:
                 "dropped_events": self.registry.dropped,
             },
             "gc": dict(self.gc_stats),
+            "processes": self.role.info(self.store),
             "shards": shards,
         }
         if self.cluster is not None:
@@ -420,8 +506,9 @@ class Node:
                 return
             self._closed = True
         _open_nodes.discard(self)
-        self._gc_thread.stop()
-        self._checkpoint_thread.stop()
+        for thread in (self._takeover_thread, self._gc_thread, self._checkpoint_thread):
+            if thread is not None:
+                thread.stop()
         if self.cluster is not None:
             try:
                 self.cluster.stop()
@@ -431,4 +518,5 @@ class Node:
             self.registry.close_all()
             self.dispatcher.stop()
             self.store.close()
+        self.role.close()
         self.log.info("closed %s", self.config.data_dir)

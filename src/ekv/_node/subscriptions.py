@@ -58,6 +58,9 @@ class Registry:
         self.overflows = 0
         self.dropped = 0
         self.delivered = 0
+        self.on_change: Callable[[], None] | None = None
+        """Called after the set of patterns changed (the local bus tells the other processes
+        of the data directory what this one watches)."""
 
     # -- membership --------------------------------------------------------------------------
 
@@ -68,8 +71,11 @@ class Registry:
                 current = index.get(pattern, ())
                 if sub not in current:
                     index[pattern] = (*current, sub)
+            changed = index.keys() != self._index.keys()
             self._index = index
             self.active = bool(index)
+        if changed:
+            self._changed()
 
     def remove(self, sub: BaseSubscription, patterns: Iterable[str] | None = None) -> None:
         with self._lock:
@@ -82,8 +88,23 @@ class Registry:
                         index[pattern] = rest
                     else:
                         del index[pattern]
+            changed = index.keys() != self._index.keys()
             self._index = index
             self.active = bool(index)
+        if changed:
+            self._changed()
+
+    def _changed(self) -> None:
+        hook = self.on_change
+        if hook is not None:
+            try:
+                hook()
+            except Exception:
+                self.log.error("announcing subscription patterns failed", exc_info=True)
+
+    def patterns(self) -> frozenset[str]:
+        """The patterns subscribed to in this store."""
+        return frozenset(self._index)
 
     def subscriptions(self) -> list[BaseSubscription]:
         seen: dict[int, BaseSubscription] = {}

@@ -4,7 +4,9 @@ Layout::
 
     data_dir/
       ekv.json          manifest: format, instance name, shard count, node id, creation time, codec
-      LOCK              flock()ed while an EKV object has the directory open; holds the pid
+      LOCK              every open of the directory holds a shared flock() on it; an exclusive
+                        one (moving stale files aside; an ekv before 0.3) keeps the others out
+      NODE, procs/      which open is the node process, and which are attached (see procs.py)
       shard_000.db      one SQLite database per shard (+ -wal and -shm while open)
       ...
 
@@ -26,6 +28,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +42,7 @@ from ekv._errors import (
     ShardCountError,
 )
 
-__all__ = ["DataDir", "Manifest", "new_incarnation", "new_node_id"]
+__all__ = ["DataDir", "Manifest", "held", "new_incarnation", "new_node_id", "released"]
 
 MANIFEST_NAME = "ekv.json"
 LOCK_NAME = "LOCK"
@@ -70,6 +73,22 @@ def _after_fork_in_child() -> None:
     _held_fds.clear()
     _holders.clear()
     _FORK_GUARD = threading.Lock()  # taken by the forking thread in the parent
+
+
+def held(fd: int) -> None:
+    """Record a locked descriptor that a child made by ``fork()`` must close (never unlock).
+    Call with :func:`fork_guard` held, between opening the file and returning it."""
+    _held_fds.add(fd)
+
+
+def released(fd: int) -> None:
+    """Forget a descriptor recorded by :func:`held` (before closing it)."""
+    _held_fds.discard(fd)
+
+
+def fork_guard() -> threading.Lock:
+    """The lock that keeps ``fork()`` from landing between opening a lock file and :func:`held`."""
+    return _FORK_GUARD
 
 
 os.register_at_fork(
@@ -176,47 +195,65 @@ class DataDir:
         if not os.access(path, os.W_OK | os.X_OK):
             raise DataDirError(f"data_dir {str(path)!r} is not writable by this process")
 
-    def lock(self) -> None:
-        """Take the exclusive lock on the directory or raise :class:`LockedError`.
+    def attach(self) -> None:
+        """Take a shared lock on the directory, as every open does, or raise :class:`LockedError`.
 
-        ``flock`` locks belong to the open file, so a second ``EKV`` object in the same process
-        is refused just like another process; the kernel drops the lock if the process dies. A
-        child made by ``fork()`` does not keep it (see ``_after_fork_in_child``).
+        Any number of processes (and EKV objects in one process) may hold it at once (SPEC
+        section 12): which of them is the node process is decided by :mod:`ekv._storage.procs`.
+        The lock keeps out what needs the directory alone: moving stale files aside
+        (:meth:`exclusive`) and an ekv older than 0.3, which locks it exclusively. The kernel
+        drops it if the process dies; a child made by ``fork()`` does not keep it (see
+        ``_after_fork_in_child``).
         """
         with _FORK_GUARD:
-            self._lock()
+            self._lock_fd = self._flock(fcntl.LOCK_SH)
+            _held_fds.add(self._lock_fd)
+            _holders.add(self)
 
-    def _lock(self) -> None:
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the directory alone for the ``with`` block, or raise :class:`LockedError` if any
+        other open has it (the caller holds no lock on it itself)."""
+        with _FORK_GUARD:
+            fd = self._flock(fcntl.LOCK_EX)
+            _held_fds.add(fd)
+        try:
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            except OSError:
+                pass  # the pid is informational; holding the lock is what matters
+            yield
+        finally:
+            with _FORK_GUARD:
+                _held_fds.discard(fd)
+                os.close(fd)
+
+    def _flock(self, mode: int) -> int:
         lock_path = self.path / LOCK_NAME
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise DataDirError(f"cannot open lock file {str(lock_path)!r}: {exc.strerror or exc}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except OSError as exc:
             owner = _read_owner(fd)
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise DataDirError(f"cannot lock {str(lock_path)!r}: {exc.strerror or exc}") from exc
+            if mode == fcntl.LOCK_EX:
+                raise LockedError(f"data_dir {str(self.path)!r} is open in another process", owner_pid=None) from None
             pid, host = owner
             who = f"process {pid}" if pid is not None else "another process"
             if host:
                 who += f" on {host}"
-            if pid == os.getpid():
-                who = "another EKV object in this process"
             raise LockedError(
-                f"data_dir {str(self.path)!r} is already open by {who}; close it first or use a different data_dir",
+                f"data_dir {str(self.path)!r} is held exclusively by {who} (an ekv older than 0.3, or one "
+                "moving stale files aside); close it first or use a different data_dir",
                 owner_pid=pid,
             ) from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        except OSError:
-            pass  # the pid is informational; holding the lock is what matters
-        self._lock_fd = fd
-        _held_fds.add(fd)
-        _holders.add(self)
+        return fd
 
     def unlock(self) -> None:
         with _FORK_GUARD:
@@ -299,7 +336,9 @@ class DataDir:
                 f"but shards={shards} was given; the shard count of a data directory cannot change"
             )
         if manifest.name != name:
-            raise InstanceNameError(f"data_dir {str(self.path)!r} belongs to instance {manifest.name!r}, not {name!r}")
+            raise InstanceNameError(
+                f"data_dir {str(self.path)!r} belongs to instance {manifest.name!r}, but name={name!r} was given"
+            )
         if codec is not None:
             check_codec(self.path, manifest.codec, codec)
 

@@ -76,6 +76,7 @@ def purge_batch(cur: apsw.Cursor, cutoff_ns: int) -> int:
 def finish_gc(shard: Shard, cur: apsw.Cursor, now_ns: int, targets: Mapping[str, int] | None) -> int:
     with transaction(cur):
         shard.persist_floors(cur)
+        shard.retire_dead_writers(cur)
         truncated = truncate_log(cur, shard.origin, targets)
         cur.execute(schema.META_SET, ("last_active_at", now_ns))
     return truncated

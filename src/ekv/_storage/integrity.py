@@ -67,7 +67,7 @@ def upgrade_to_2(conn: apsw.Connection) -> int:
 
     conn.create_scalar_function("ekv_row_checksum", checksum, 6, deterministic=True)
     cur = conn.cursor()
-    with transaction(cur, immediate=True):
+    with transaction(cur):
         cur.execute(schema.UPGRADE_TO_2)
         rows = int(cur.execute(schema.COUNT_ROWS).get)
         cur.execute(schema.USER_VERSION_SET)

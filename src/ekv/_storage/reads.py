@@ -30,6 +30,7 @@ import apsw
 
 from ekv._config import Config
 from ekv._core.checksum import row_checksum
+from ekv._core.clock import HybridClock
 from ekv._core.keys import check_key, prefix_upper_bound, shard_of
 from ekv._errors import ClosedError
 from ekv._log import NodeLog
@@ -52,6 +53,9 @@ class StoreReads:
     log: NodeLog
     datadir: DataDir
     shards: list[Shard]
+    clock: HybridClock
+    """Observes the version of each row read: a write made after reading version V gets a version
+    above V even when V was written by another process whose clock is ahead (SPEC 12)."""
     reads: int
     """Reads served (approximate under threads: a metric, not an invariant)."""
     _count: int
@@ -117,6 +121,8 @@ class StoreReads:
             raise self._damaged(index, key)
         if expires_at is not None and expires_at <= self._now():
             return None
+        if ts > self.clock.last_ns:  # another process wrote it: order later writes after it
+            self.clock.observe(ts)
         return value  # type: ignore[no-any-return]
 
     def read_version(self, key: str, encoded: bytes) -> tuple[bytes, Version] | None:
@@ -142,6 +148,8 @@ class StoreReads:
             raise self._damaged(index, key)
         if expires_at is not None and expires_at <= self._now():
             return None
+        if ts > self.clock.last_ns:
+            self.clock.observe(ts)
         return value, Version(ts, origin)
 
     def _damaged(self, index: int, key: str) -> Exception:

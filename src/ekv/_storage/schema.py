@@ -197,11 +197,11 @@ path not run by :func:`ekv._storage.sqlite.transaction` (see there why)."""
 
 
 def begin_upsert_rows(rows: int) -> str:
-    """``BEGIN`` followed by :func:`upsert_rows`, as one SQL text: APSW
+    """``BEGIN IMMEDIATE`` followed by :func:`upsert_rows`, as one SQL text: APSW
     runs both statements in one ``execute`` (the bindings all go to the upsert)."""
     sql = _BEGIN_UPSERT.get(rows)
     if sql is None:
-        sql = _BEGIN_UPSERT[rows] = "BEGIN; " + upsert_rows(rows)
+        sql = _BEGIN_UPSERT[rows] = "BEGIN IMMEDIATE; " + upsert_rows(rows)
     return sql
 
 

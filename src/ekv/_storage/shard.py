@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import apsw
 
@@ -34,16 +34,30 @@ from ekv._storage.sqlite import (
     transaction,
 )
 
-__all__ = ["EventSink", "RawEvent", "Shard", "own_tail"]
+__all__ = ["WRITER", "EventSink", "RawEvent", "Shard", "Writers", "own_tail"]
 
 T = TypeVar("T")
+
+WRITER = "writer/"
+WRITER_END = "writer0"
+"""``meta`` rows ``writer/<origin>`` -> slot: the origins that may still write into the shard
+(see :mod:`ekv._storage.procs`); the keys from WRITER up to WRITER_END."""
+
+
+class Writers(NamedTuple):
+    """How a shard tells live writers from dead ones: this open's slot, and a liveness check of
+    another open's slot (:func:`ekv._storage.procs.slot_alive`)."""
+
+    slot: str
+    alive: Callable[[str], bool]
 
 
 class EventSink(Protocol):
     """Where a shard sends the events of committed writes (the subscription registry)."""
 
-    active: bool
-    """False when nobody subscribes: the write path then skips all event work."""
+    @property
+    def active(self) -> bool:
+        """False when nobody subscribes: the write path then skips all event work."""
 
     def matches(self, key: str) -> bool: ...
 
@@ -83,6 +97,7 @@ class Shard:
         oseq: int,
         last_active_at_ns: int | None,
         synchronous: str = "NORMAL",
+        writers: Writers | None = None,
     ) -> None:
         self.index = index
         self.path = path
@@ -107,6 +122,10 @@ class Shard:
         self._armed = False
         self._previous_origin = origin
         self._node_id = ""
+        self.writers = writers or Writers("", lambda slot: False)
+        self.last_out = True
+        """Set by the store before :meth:`close`: no other open of the data directory is alive,
+        so this close marks the shard cleanly shut down and truncates its WAL."""
         self.outbox: Callable[[int, list[Entry]], None] | None = None
         """Called with (shard index, entries) after each commit of local writes, in commit
         order; the cluster layer sets it to feed live replication."""
@@ -126,6 +145,7 @@ class Shard:
         committer: Committer,
         synchronous: str,
         log: NodeLog,
+        writers: Writers | None = None,
     ) -> Shard:
         """Open (or create) a shard file, verify it belongs to this store, load its counters.
 
@@ -166,6 +186,7 @@ class Shard:
             oseq=oseq,
             last_active_at_ns=last_active if isinstance(last_active, int) else None,
             synchronous=synchronous,
+            writers=writers,
         )
         shard.was_clean = was_clean or create
         shard.damaged = damaged
@@ -230,13 +251,16 @@ class Shard:
         fails with the storage error until it succeeds."""
         self.run_exclusive(lambda cur: self._arm(cur, now_ns))
 
-    def _arm(self, cur: apsw.Cursor, now_ns: int) -> None:
+    def _arm(self, cur: apsw.Cursor, now_ns: int, retire: str | None = None) -> None:
         previous, origin = self._previous_origin, self.origin
         with transaction(cur, synchronous="FULL"):
-            if previous != origin:
-                old_oseq = own_tail(cur, previous)[0]
-                if old_oseq:
-                    cur.execute(schema.VV_RAISE, (previous, old_oseq))
+            writers = self._writer_rows(cur)
+            if previous != origin and previous not in writers:
+                writers[previous] = ""  # written before shards recorded their writers: retired
+            for other, slot in writers.items():
+                if other != origin and (other == retire or not self.writers.alive(slot)):
+                    self._retire(cur, other)
+            cur.execute(schema.META_SET, (f"{WRITER}{origin}", self.writers.slot))
             cur.execute(schema.META_SET, ("origin", origin))
             cur.execute(schema.META_SET, ("node_id", self._node_id))
             cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
@@ -244,6 +268,30 @@ class Shard:
             cur.execute(schema.META_SET, ("clean_shutdown", 0))
         self._previous_origin = origin
         self._armed = True
+
+    @staticmethod
+    def _writer_rows(cur: apsw.Cursor) -> dict[str, str]:
+        """origin -> slot of every origin recorded as writing into this shard."""
+        rows: list[Any] = cur.execute(schema.META_RANGE, (WRITER, WRITER_END)).fetchall()
+        return {key[len(WRITER) :]: str(slot or "") for key, slot in rows}
+
+    @staticmethod
+    def _retire(cur: apsw.Cursor, origin: str) -> None:
+        """``origin`` writes here no more (its open closed, or its process died): its sequence
+        counter goes into the stored version vector, where every other origin's lives (it is
+        one more origin this node holds writes of, and members are asked for any tail of it
+        that a crash took back)."""
+        old_oseq = own_tail(cur, origin)[0]
+        if old_oseq:
+            cur.execute(schema.VV_RAISE, (origin, old_oseq))
+        cur.execute(schema.META_DELETE, (f"{WRITER}{origin}",))
+
+    def retire_dead_writers(self, cur: apsw.Cursor) -> None:
+        """Retire the origins of opens that died without closing (run by the node process's GC
+        pass, inside its transaction)."""
+        for other, slot in self._writer_rows(cur).items():
+            if other != self.origin and not self.writers.alive(slot):
+                self._retire(cur, other)
 
     def _arm_before(self, batch: Sequence[Op]) -> bool:
         """Arm the shard before a batch of writes or applies; on failure fail every op of the
@@ -268,7 +316,7 @@ class Shard:
             self._previous_origin = self.origin if self._armed else self._previous_origin
             self.origin, self._node_id, self._oseq = origin, node_id, 0
             try:
-                self._arm(cur, self.clock.wall.now_ns())
+                self._arm(cur, self.clock.wall.now_ns(), retire=old[0])
             except BaseException:
                 self.origin, self._node_id, self._oseq = old
                 raise
@@ -599,11 +647,17 @@ class Shard:
     def _close_now(self, cur: apsw.Cursor) -> None:
         self._closed = True
         try:
-            cur.execute(schema.META_SET, ("last_active_at", self.clock.wall.now_ns()))
-            cur.execute(schema.META_SET, ("clean_shutdown", 1))
-            cur.execute(schema.CHECKPOINT_TRUNCATE).fetchall()
+            with transaction(cur):
+                if self._armed:
+                    cur.execute(schema.META_SET, (f"oseq_floor/{self.origin}", self._oseq))
+                    self._retire(cur, self.origin)
+                cur.execute(schema.META_SET, ("last_active_at", self.clock.wall.now_ns()))
+                if self.last_out:
+                    cur.execute(schema.META_SET, ("clean_shutdown", 1))
+            if self.last_out:
+                cur.execute(schema.CHECKPOINT_TRUNCATE).fetchall()
         except apsw.Error as exc:
-            self.log.warning("final checkpoint of %s failed: %s", self.path, exc)
+            self.log.warning("closing %s cleanly failed: %s", self.path, exc)
         finally:
             self._conn.close()
         # Operations queued behind the close fail with ClosedError in run/commit.

@@ -32,8 +32,9 @@ from ekv._storage import schema, shardfile
 from ekv._storage.commit import Committer
 from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, check_codec, new_incarnation, new_node_id
 from ekv._storage.gc import EXPIRE_BATCH, PURGE_BATCH, GcReport, expire_batch, finish_gc, purge_batch
+from ekv._storage.procs import Slot, live_slots, opening, slot_alive
 from ekv._storage.reads import StoreReads
-from ekv._storage.shard import NO_EVENTS, EventSink, Shard
+from ekv._storage.shard import NO_EVENTS, EventSink, Shard, Writers
 from ekv._storage.sqlite import check_sqlite_version, open_connection, raise_storage_error
 
 __all__ = ["GcReport", "ShardedStore"]
@@ -94,6 +95,8 @@ class ShardedStore(StoreReads):
         """True if this open created the data directory's store."""
         self._released = False
         self._forked = False
+        self.slot: Slot | None = None
+        """This open's registration in the data directory (:mod:`ekv._storage.procs`)."""
 
     # -- opening and closing -----------------------------------------------------------------
 
@@ -121,42 +124,58 @@ class ShardedStore(StoreReads):
         check_sqlite_version()
         datadir = DataDir(config.data_dir)
         datadir.ensure_exists()
-        datadir.lock()
+        datadir.attach()
+        slot: Slot | None = None
         try:
-            manifest, create = shardfile.load_or_plan(datadir, config, new_node_id)
-            store = cls(config, datadir, manifest, clock)
-            store.created = create
-            store.origin = f"{manifest.node_id}~{incarnation or new_incarnation()}"
-            identity = _Identity(config.name, manifest, config.shards, store.origin)
-            try:
-                for index in range(config.shards):
-                    store.shards.append(
-                        Shard.open(
-                            index,
-                            str(datadir.shard_path(index)),
-                            create=create,
-                            identity=identity,
-                            clock=clock,
-                            sink=sink,
-                            committer=Committer(),
-                            synchronous=store._synchronous,
-                            log=store.log,
-                        )
-                    )
-                if create:
-                    datadir.write_manifest(manifest)
-                elif not all(shard.was_clean for shard in store.shards):
-                    store.log.info("%s was not shut down cleanly", config.data_dir)
-                store._arm_shards()
-            except BaseException:
-                for shard in store.shards:
-                    shard.abort()
-                raise
+            with opening(config.data_dir):
+                manifest, create = shardfile.load_or_plan(datadir, config, new_node_id)
+                store = cls(config, datadir, manifest, clock)
+                store.created = create
+                store.origin = f"{manifest.node_id}~{incarnation or new_incarnation()}"
+                slot = store.slot = Slot.register(config.data_dir, store.origin, "attached")
+                identity = _Identity(config.name, manifest, config.shards, store.origin)
+                writers = Writers(slot.id, lambda other: slot_alive(config.data_dir, other))
+                store._open_shards(identity, sink, create, writers)
         except BaseException:
+            if slot is not None:
+                slot.close()
             datadir.unlock()
             raise
         _open_stores.add(store)
         return store
+
+    def _open_shards(self, identity: _Identity, sink: EventSink, create: bool, writers: Writers) -> None:
+        config, datadir = self.config, self.datadir
+        try:
+            for index in range(config.shards):
+                self.shards.append(
+                    Shard.open(
+                        index,
+                        str(datadir.shard_path(index)),
+                        create=create,
+                        identity=identity,
+                        clock=self.clock,
+                        sink=sink,
+                        committer=Committer(),
+                        synchronous=self._synchronous,
+                        log=self.log,
+                        writers=writers,
+                    )
+                )
+            if create:
+                datadir.write_manifest(self.manifest)
+            elif not all(shard.was_clean for shard in self.shards) and self.alone():
+                self.log.info("%s was not shut down cleanly", config.data_dir)
+            self._arm_shards()
+        except BaseException:
+            for shard in self.shards:
+                shard.abort()
+            raise
+
+    def alone(self) -> bool:
+        """Whether this is the only live open of the data directory (in any process)."""
+        own = self.slot.id if self.slot is not None else ""
+        return all(info.slot == own for info in live_slots(self.config.data_dir))
 
     def _arm_shards(self) -> None:
         now = self.config.clock.now_ns()
@@ -211,7 +230,7 @@ class ShardedStore(StoreReads):
         if not path.is_dir():
             raise DataDirError(f"{str(path)!r} is not a directory")
         if lock:
-            datadir.lock()
+            datadir.attach()
         try:
             manifest = datadir.read_manifest()
             if manifest is None:
@@ -282,8 +301,12 @@ class ShardedStore(StoreReads):
                 self.log.verbose("closing a reader failed: %s", exc)
         # self.shards stays populated: a write racing with close finds a closed shard and raises
         # ClosedError from there.
+        last_out = self.alone() if self.shards else True
         for shard in self.shards:
+            shard.last_out = last_out
             shard.close()
+        if self.slot is not None:
+            self.slot.close()
         self.datadir.unlock()
         _open_stores.discard(self)
 

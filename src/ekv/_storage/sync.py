@@ -38,12 +38,14 @@ _KEY_OVERHEAD = 64  # a set entry and the str object around the key's characters
 
 def local_vv(cur: apsw.Cursor, origin: str) -> dict[str, int]:
     """The shard's version vector as seen by ``cur`` (inside a transaction for a snapshot): the
-    stored vector plus the sequence counter of ``origin`` (this open's origin) and of the origin
-    the shard records as its writing one (the same once the shard is armed; the previous one
-    while a full disk keeps it from arming), whose counters are not in the stored vector."""
+    stored vector plus the sequence counters of the origins still writing into the shard, which
+    are not in the stored vector: ``origin`` (this open's), the other opens of the data directory
+    (other processes: the shard's ``writer/`` rows) and the origin the shard records as its
+    writing one (the previous one while a full disk keeps it from arming)."""
     rows: list[Any] = cur.execute(schema.VV_ALL).fetchall()
     vv = {o: oseq for o, oseq in rows}
-    for own_origin in {origin, previous_origin(cur, origin)}:
+    writers: list[Any] = cur.execute(schema.META_RANGE, ("writer/", "writer0")).fetchall()
+    for own_origin in {origin, previous_origin(cur, origin), *(key[len("writer/") :] for key, _ in writers)}:
         own = own_tail(cur, own_origin)[0]
         if own:
             vv[own_origin] = max(own, vv.get(own_origin, 0))

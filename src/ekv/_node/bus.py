@@ -1,0 +1,494 @@
+"""The local bus: how the processes sharing one data directory tell each other about writes.
+
+Every process writes the shard files itself (SPEC section 12, see docs/architecture.md "Many
+processes, one data directory"); what the files cannot carry is news. The node process serves a
+Unix socket and every attached process keeps one connection to it:
+
+* attached -> node: ``WRITES``, the local writes of each commit (the node process replicates them
+  exactly as its own: into its outbox, out as live messages); ``EVENTS``, the events of each commit
+  that another process subscribed to (a delete's event carries the deleted value, which only the
+  writer read); ``PATTERNS``, what this process subscribes to, after each change.
+* node -> attached: ``EVENTS`` matching what it subscribed to, from every source (the node
+  process's own writes, other attached processes, replication, expiry); ``PATTERNS``, what every
+  other process subscribes to (so a writer only makes events someone watches) and whether the
+  node process replicates (whether to send ``WRITES`` at all).
+
+Frames are ``<length u32><kind u8><payload>``, values travel as the codec's bytes and are decoded
+only by subscribers, exactly like an event of the process's own writes; nothing is unpickled
+here. The socket is named by the data directory's hash, in a private per-user runtime directory
+(mode 0700: only that user reaches it; see :func:`bus_path`).
+
+Nothing here ever blocks a writer: a writer thread encodes its frame and queues it; the network
+loop thread ("ekv-net") writes it. Past :data:`SEND_LIMIT` bytes queued to one process, frames
+to it are dropped and counted: replication then catches up by anti-entropy (the writes are in
+the files), and the subscribers of that process miss those events (``info()`` counts them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ekv._core.keys import subscription_candidates
+from ekv._log import NodeLog
+from ekv._model import Entry, RawEvent, Version
+
+__all__ = ["BusClient", "BusServer", "bus_path"]
+
+WRITES, EVENTS, PATTERNS = 1, 2, 3
+_HEAD = struct.Struct("<IB")
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+_SHARD = struct.Struct("<HI")
+MAX_FRAME = 1 << 30
+SEND_LIMIT = 32 << 20
+_EVENT_TYPES = ("put", "delete", "expired")
+
+
+def bus_path(data_dir: Path) -> str:
+    """Where the node process of ``data_dir`` listens: a socket named by the directory's hash in
+    a private per-user runtime directory (``$XDG_RUNTIME_DIR``, else ``<tmp>/ekv-<uid>``, mode
+    0700). Not in the data directory itself: a copy of a live data directory (``cp -r``, a
+    backup tool) must not trip over a socket, and a Unix socket path is limited to about 100
+    bytes."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    private = Path(base) / f"ekv-{os.getuid()}"
+    private.mkdir(mode=0o700, exist_ok=True)
+    info = private.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{private} must be a directory of this user with mode 0700")
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:32]
+    return str(private / f"{digest}.sock")
+
+
+# -- encoding ----------------------------------------------------------------------------------
+
+
+def _str(out: list[bytes], text: str) -> None:
+    raw = text.encode()
+    out.append(_U32.pack(len(raw)))
+    out.append(raw)
+
+
+def _blob(out: list[bytes], blob: bytes | None) -> None:
+    if blob is None:
+        out.append(_I64.pack(-1))
+    else:
+        out.append(_I64.pack(len(blob)))
+        out.append(blob)
+
+
+def _frame(kind: int, out: list[bytes]) -> bytes:
+    payload = b"".join(out)
+    return _HEAD.pack(len(payload) + 1, kind) + payload
+
+
+def encode_writes(shard: int, entries: Sequence[Entry]) -> bytes:
+    out = [_SHARD.pack(shard, len(entries))]
+    for key, ts, origin, oseq, expires_at, value in entries:
+        _str(out, key)
+        _str(out, origin)
+        out.append(_I64.pack(ts))
+        out.append(_I64.pack(oseq))
+        out.append(_I64.pack(-1 if expires_at is None else expires_at))
+        _blob(out, value)
+    return _frame(WRITES, out)
+
+
+def encode_events(events: Sequence[RawEvent]) -> bytes:
+    out = [_U32.pack(len(events))]
+    for kind, key, blob, version in events:
+        out.append(bytes((_EVENT_TYPES.index(kind),)))
+        _str(out, key)
+        _blob(out, blob)
+        out.append(_I64.pack(version.timestamp_ns))
+        _str(out, version.origin)
+    return _frame(EVENTS, out)
+
+
+def encode_patterns(patterns: Iterable[str], replicate: bool) -> bytes:
+    listed = sorted(patterns)
+    out = [bytes((int(replicate),)), _U32.pack(len(listed))]
+    for pattern in listed:
+        _str(out, pattern)
+    return _frame(PATTERNS, out)
+
+
+class _Reader:
+    """Decodes one payload (a malformed one raises ValueError, struct.error or IndexError)."""
+
+    __slots__ = ("_at", "_data")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._at = 0
+
+    def u8(self) -> int:
+        value = self._data[self._at]
+        self._at += 1
+        return value
+
+    def u32(self) -> int:
+        (value,) = _U32.unpack_from(self._data, self._at)
+        self._at += 4
+        return int(value)
+
+    def i64(self) -> int:
+        (value,) = _I64.unpack_from(self._data, self._at)
+        self._at += 8
+        return int(value)
+
+    def str(self) -> str:
+        size = self.u32()
+        end = self._at + size
+        if end > len(self._data):
+            raise ValueError("truncated frame")
+        text = self._data[self._at : end].decode()
+        self._at = end
+        return text
+
+    def blob(self) -> bytes | None:
+        size = self.i64()
+        if size < 0:
+            return None
+        end = self._at + size
+        if end > len(self._data):
+            raise ValueError("truncated frame")
+        blob = self._data[self._at : end]
+        self._at = end
+        return blob
+
+
+def decode_writes(payload: bytes) -> tuple[int, list[Entry]]:
+    reader = _Reader(payload)
+    shard, count = _SHARD.unpack_from(payload, 0)
+    reader._at = _SHARD.size
+    entries = []
+    for _ in range(count):
+        key, origin, ts, oseq, expires_at = reader.str(), reader.str(), reader.i64(), reader.i64(), reader.i64()
+        entries.append(Entry(key, ts, origin, oseq, None if expires_at < 0 else expires_at, reader.blob()))
+    return int(shard), entries
+
+
+def decode_events(payload: bytes) -> list[RawEvent]:
+    reader = _Reader(payload)
+    events: list[RawEvent] = []
+    for _ in range(reader.u32()):
+        kind = _EVENT_TYPES[reader.u8()]
+        key, blob, ts, origin = reader.str(), reader.blob(), reader.i64(), reader.str()
+        events.append((kind, key, blob, Version(ts, origin)))
+    return events
+
+
+def decode_patterns(payload: bytes) -> tuple[frozenset[str], bool]:
+    reader = _Reader(payload)
+    replicate = bool(reader.u8())
+    return frozenset(reader.str() for _ in range(reader.u32())), replicate
+
+
+def matches(patterns: frozenset[str], key: str) -> bool:
+    """Whether a subscription to one of ``patterns`` sees ``key``."""
+    if not patterns:
+        return False
+    if "" in patterns:
+        return True
+    return any(candidate in patterns for candidate in subscription_candidates(key))
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readexactly(_HEAD.size)
+    length, kind = _HEAD.unpack(head)
+    if not 1 <= length <= MAX_FRAME:
+        raise ValueError(f"bad frame length {length}")
+    return kind, await reader.readexactly(length - 1)
+
+
+class _Conn:
+    """One connection's sending side: frames queued from any thread, written by the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, log: NodeLog) -> None:
+        self.loop = loop
+        self.writer = writer
+        self.log = log
+        self.patterns: frozenset[str] = frozenset()
+        self.dropped = 0
+        self._queue: list[bytes] = []
+        self._scheduled = False
+
+    def send(self, frame: bytes) -> None:
+        """Queue ``frame`` (any thread); one wake-up of the loop per burst of frames."""
+        self._queue.append(frame)
+        if not self._scheduled:
+            self._scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the process is closing
+                self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        if not queue or self.writer.is_closing():
+            return
+        if self.writer.transport.get_write_buffer_size() > SEND_LIMIT:
+            self.dropped += len(queue)
+            if self.dropped == len(queue):
+                self.log.warning("a process of this data directory reads too slowly: dropping its events")
+            return
+        self.writer.write(b"".join(queue))
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.writer.close)
+
+
+class BusServer:
+    """The node process's end: accepts the attached processes of its data directory."""
+
+    def __init__(
+        self,
+        path: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        local_patterns: Callable[[], frozenset[str]],
+        publish: Callable[[list[RawEvent]], None],
+        log: NodeLog,
+    ) -> None:
+        self.path = path
+        self.loop = loop
+        self.log = log
+        self._local_patterns = local_patterns
+        self._publish = publish
+        self.on_writes: Callable[[int, list[Entry]], None] | None = None
+        """Where the attached processes' writes go (the cluster's outbox); None: not replicating."""
+        self._peers: list[_Conn] = []
+        self._remote: frozenset[str] = frozenset()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # a dead node process's: this process holds the election
+        old = os.umask(0o077)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, self.path)
+        finally:
+            os.umask(old)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        for peer in list(self._peers):
+            peer.writer.close()
+
+    @property
+    def processes(self) -> int:
+        return len(self._peers)
+
+    # -- the node process's own events (any thread) ---------------------------------------------
+
+    @property
+    def remote_active(self) -> bool:
+        return bool(self._remote)
+
+    def remote_matches(self, key: str) -> bool:
+        return matches(self._remote, key)
+
+    def publish(self, events: list[RawEvent]) -> None:
+        """Send the node process's events to the processes that watch their keys."""
+        if self._remote:
+            self.loop.call_soon_threadsafe(self._relay, events, None)
+
+    def writes(self, shard: int, entries: list[Entry]) -> None:
+        """The node process's own writes need no bus (its shards feed the outbox directly)."""
+
+    def patterns_changed(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._announce)
+
+    # -- on the loop ---------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _Conn(self.loop, writer, self.log)
+        self._peers.append(peer)
+        self._announce()
+        try:
+            while True:
+                kind, payload = await _read_frame(reader)
+                if kind == WRITES:
+                    on_writes = self.on_writes
+                    if on_writes is not None:
+                        on_writes(*decode_writes(payload))
+                elif kind == EVENTS:
+                    events = decode_events(payload)
+                    self._publish(events)
+                    self._relay(events, peer)
+                elif kind == PATTERNS:
+                    peer.patterns = decode_patterns(payload)[0]
+                    self._announce()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the process closed or died
+        except Exception:
+            self.log.error("a process of this data directory sent a bad frame; disconnected", exc_info=True)
+        finally:
+            self._peers.remove(peer)
+            writer.close()
+            self._announce()
+
+    def _relay(self, events: list[RawEvent], source: _Conn | None) -> None:
+        for peer in self._peers:
+            if peer is source or not peer.patterns:
+                continue
+            wanted = [event for event in events if matches(peer.patterns, event[1])]
+            if wanted:
+                peer.send(encode_events(wanted))
+
+    def _announce(self) -> None:
+        """Tell each process what the others watch; recompute what the node process relays."""
+        local = self._local_patterns()
+        replicate = self.on_writes is not None
+        remote: set[str] = set()
+        for peer in self._peers:
+            remote |= peer.patterns
+        self._remote = frozenset(remote)
+        for peer in self._peers:
+            others = set(local)
+            for other in self._peers:
+                if other is not peer:
+                    others |= other.patterns
+            peer.send(encode_patterns(others, replicate))
+
+
+class BusClient:
+    """An attached process's end: one connection to the node process, reopened after a takeover."""
+
+    def __init__(
+        self,
+        path: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        local_patterns: Callable[[], frozenset[str]],
+        publish: Callable[[list[RawEvent]], None],
+        log: NodeLog,
+    ) -> None:
+        self.path = path
+        self.loop = loop
+        self.log = log
+        self._local_patterns = local_patterns
+        self._publish = publish
+        self._conn: _Conn | None = None
+        self._remote: frozenset[str] = frozenset()
+        self._replicate = False
+        self._connecting = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def connect(self) -> None:
+        """Connect if not connected (any thread; returns at once)."""
+        if self._conn is None and not self._connecting:
+            self._connecting = True
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._start)
+
+    def _start(self) -> None:
+        self._task = self.loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.path)
+        except OSError:
+            self._connecting = False
+            return  # no node process yet (a takeover in progress): the takeover tick retries
+        conn = _Conn(self.loop, writer, self.log)
+        self._conn, self._connecting = conn, False
+        conn.send(encode_patterns(self._local_patterns(), False))
+        try:
+            while True:
+                kind, payload = await _read_frame(reader)
+                if kind == EVENTS:
+                    self._publish(decode_events(payload))
+                elif kind == PATTERNS:
+                    self._remote, self._replicate = decode_patterns(payload)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            self.log.error("the node process sent a bad frame; reconnecting", exc_info=True)
+        finally:
+            self._conn = None
+            self._remote, self._replicate = frozenset(), False
+            writer.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(task.cancel)
+
+    # -- from writer threads ---------------------------------------------------------------------
+
+    @property
+    def remote_active(self) -> bool:
+        return bool(self._remote)
+
+    def remote_matches(self, key: str) -> bool:
+        return matches(self._remote, key)
+
+    def publish(self, events: list[RawEvent]) -> None:
+        conn = self._conn
+        if conn is None or not self._remote:
+            return
+        wanted = [event for event in events if matches(self._remote, event[1])]
+        if wanted:
+            conn.send(encode_events(wanted))
+
+    def writes(self, shard: int, entries: list[Entry]) -> None:
+        conn = self._conn
+        if conn is not None and self._replicate:
+            conn.send(encode_writes(shard, entries))
+
+    def patterns_changed(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.send(encode_patterns(self._local_patterns(), False))
+
+
+Bus = BusServer | BusClient
+
+
+class LocalSink:
+    """The shards' event sink in a process that shares its data directory: this process's
+    subscriptions, and the other processes' through the bus."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+        self.bus: Bus | None = None
+
+    @property
+    def active(self) -> bool:
+        bus = self.bus
+        return bool(self.registry.active) or (bus is not None and bus.remote_active)
+
+    def matches(self, key: str) -> bool:
+        if self.registry.matches(key):
+            return True
+        bus = self.bus
+        return bus is not None and bus.remote_matches(key)
+
+    def publish(self, events: list[RawEvent]) -> None:
+        self.registry.publish(events)
+        bus = self.bus
+        if bus is not None:
+            bus.publish(events)

@@ -1,0 +1,379 @@
+"""Many processes, one data directory (SPEC section 12): real processes opening one directory,
+writing at once, killed with SIGKILL, taking over from a dead node process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+import ekv
+from _linechild import LineChild
+from ekv.testing import wait_until
+
+DEADLINE_S = 60.0
+
+# A writer process: opens the directory, writes, prints one line per acknowledged write.
+#   argv: data_dir, tag, count, hot_every, clock_ahead_s, linger
+WRITER = textwrap.dedent(
+    """
+    import sys, time, ekv
+    data, tag = sys.argv[1], sys.argv[2]
+    count, hot_every, ahead, linger = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "1"
+
+    class Ahead:
+        def now_ns(self):
+            return time.time_ns() + int(ahead * 1e9)
+
+    kv = ekv.EKV("p", data, shards=4, log=False, clock=Ahead() if ahead else None)
+    print("ready", kv.info()["processes"]["role"], flush=True)
+    for i in range(count):
+        key = f"{tag}/{i}"
+        version = kv.put(key, i)
+        print("ack", key, version.timestamp_ns, version.origin, flush=True)
+        if hot_every and i % hot_every == 0:
+            version = kv.put("hot", f"{tag}-{i}")
+            print("hot", f"{tag}-{i}", version.timestamp_ns, version.origin, flush=True)
+    print("done", flush=True)
+    if linger:
+        sys.stdin.readline()
+    kv.close()
+    """
+)
+
+
+def _writer(tmp_path: Path, data: Path, tag: str, count: int, *, hot_every: int = 0, ahead: float = 0.0) -> LineChild:
+    script = tmp_path / "writer.py"
+    if not script.exists():
+        script.write_text(WRITER)
+    command = [sys.executable, str(script), str(data), tag, str(count), str(hot_every), str(ahead), "0"]
+    return LineChild(command, tmp_path / f"{tag}.stderr", deadline_s=DEADLINE_S)
+
+
+def _lines(child: LineChild) -> list[list[str]]:
+    lines = []
+    deadline = time.monotonic() + DEADLINE_S
+    while (line := child.readline(deadline)) is not None:
+        lines.append(line.split())
+    return lines
+
+
+def _open(data: Path, **options: Any) -> ekv.EKV:
+    return ekv.EKV("p", data, shards=4, log=False, **options)
+
+
+def test_processes_write_one_directory_at_once(tmp_path: Path) -> None:
+    """Four processes write their own keys and one shared key at once, while this process holds
+    the directory open as the node process: every acknowledged write is there, visible here as
+    soon as it was acknowledged, and the shared key holds the write with the highest version."""
+    data = tmp_path / "data"
+    with _open(data) as kv:
+        assert kv.info()["processes"]["role"] == "node"
+        children = [_writer(tmp_path, data, f"w{n}", 150, hot_every=5) for n in range(4)]
+        acked: dict[str, int] = {}
+        hot: list[tuple[int, str, str]] = []
+        try:
+            for child in children:
+                for fields in _lines(child):
+                    if fields[0] == "ready":
+                        assert fields[1] == "attached"
+                    elif fields[0] == "ack":
+                        acked[fields[1]] = int(fields[1].split("/")[1])
+                        assert kv.get(fields[1]) == acked[fields[1]]  # read-your-writes across processes
+                    elif fields[0] == "hot":
+                        hot.append((int(fields[2]), fields[3], fields[1]))
+                assert child.proc.wait(DEADLINE_S) == 0
+        finally:
+            for child in children:
+                child.close()
+        assert len(acked) == 600
+        assert kv.scan("w") == acked
+        assert kv.get("hot") == max(hot)[2]
+        assert kv.lookup("hot")[1] == ekv.Version(max(hot)[0], max(hot)[1])  # type: ignore[index]
+        origins = {origin for _, origin, _ in hot}
+        assert len(origins) == 4 and kv.info()["origin"] not in origins  # one origin per open
+
+
+def test_sigkill_of_every_process_mid_write_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with _open(data):
+        pass
+    children = [_writer(tmp_path, data, f"k{n}", 100_000) for n in range(3)]
+    acked: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        for child in children:
+            while len([k for k in acked if k.startswith(child.proc.args[3])]) < 200:  # type: ignore[index]
+                line = child.readline(deadline)
+                assert line is not None, child.diagnostics()
+                fields = line.split()
+                if fields[0] == "ack":
+                    acked[fields[1]] = int(fields[1].split("/")[1])
+        for child in children:
+            child.proc.send_signal(signal.SIGKILL)
+        for child in children:
+            child.proc.wait(DEADLINE_S)
+            for fields in _lines(child):  # what each printed before it died
+                if fields[0] == "ack":
+                    acked[fields[1]] = int(fields[1].split("/")[1])
+    finally:
+        for child in children:
+            child.close()
+    with _open(data) as kv:
+        stored = kv.scan("k")
+        assert {key: stored.get(key) for key in acked} == acked
+
+
+def test_hybrid_clock_order_across_processes_with_a_clock_ahead(tmp_path: Path) -> None:
+    """A write made after a process read version V, or after V was written to the same key by a
+    process whose clock is a second ahead, gets a version above V (SPEC 3 across processes)."""
+    data = tmp_path / "data"
+    with _open(data) as kv:
+        kv.put("warm", 0)
+        child = _writer(tmp_path, data, "ahead", 2, ahead=1.0)
+        try:
+            versions = {f[1]: ekv.Version(int(f[2]), f[3]) for f in _lines(child) if f[0] == "ack"}
+            assert child.proc.wait(DEADLINE_S) == 0
+        finally:
+            child.close()
+        assert versions["ahead/0"].timestamp_ns > time.time_ns() + 500_000_000  # its clock was ahead
+        # the same key: this write comes later, so it must win although this clock is behind
+        mine = kv.put("ahead/0", "later")
+        assert mine > versions["ahead/0"] and kv.get("ahead/0") == "later"
+    with _open(data) as kv:  # a fresh open: only its read of ahead/1 tells it about the clock ahead
+        assert kv.get("ahead/1") == 1
+        assert kv.put("other", "after the read") > versions["ahead/1"]
+
+
+def _meta(data: Path, index: int) -> dict[str, Any]:
+    conn = apsw.Connection(str(data / f"shard_{index:03d}.db"), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    finally:
+        conn.close()
+
+
+def _vv(data: Path, index: int) -> dict[str, int]:
+    conn = apsw.Connection(str(data / f"shard_{index:03d}.db"), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return dict(conn.execute("SELECT origin, oseq FROM vv").fetchall())
+    finally:
+        conn.close()
+
+
+def test_a_killed_process_origin_is_retired_into_the_version_vector(tmp_path: Path) -> None:
+    """A process that dies without closing leaves its origin registered as a writer; the node
+    process's GC pass retires it (its counter moves into the stored vector), and a clean close
+    retires the closing open's own origin."""
+    data = tmp_path / "data"
+    with _open(data) as kv:
+        child = _writer(tmp_path, data, "gone", 40)
+        try:
+            acks = [f for f in _lines(child) if f[0] == "ack"]
+            assert child.proc.wait(DEADLINE_S) == 0  # exits through close(): retired at once
+        finally:
+            child.close()
+        dead = acks[0][3]
+        assert not any(key == f"writer/{dead}" for i in range(4) for key in _meta(data, i))
+        assert sum(_vv(data, i).get(dead, 0) for i in range(4)) == 40
+        # now one that is SIGKILLed: registered until the GC pass finds it dead
+        child = _writer(tmp_path, data, "killed", 1_000_000)
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            killed = ""
+            while not killed:
+                line = child.readline(deadline)
+                assert line is not None, child.diagnostics()
+                if line.startswith("ack"):
+                    killed = line.split()[3]
+            child.proc.send_signal(signal.SIGKILL)
+            child.proc.wait(DEADLINE_S)
+            last = {f[1]: f for f in _lines(child) if f[0] == "ack"}
+        finally:
+            child.close()
+        assert any(f"writer/{killed}" in _meta(data, i) for i in range(4))
+        kv._node.run_gc()  # type: ignore[union-attr]
+        assert not any(f"writer/{killed}" in _meta(data, i) for i in range(4))
+        assert all(f"writer/{kv.info()['origin']}" in _meta(data, i) for i in range(4))
+        assert sum(_vv(data, i).get(killed, 0) for i in range(4)) >= len(last)
+
+
+def test_an_attached_process_takes_over_when_the_node_process_is_killed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    script = textwrap.dedent(
+        """
+        import sys, ekv
+        kv = ekv.EKV("p", sys.argv[1], shards=4, log=False)
+        kv.put("from-node", 1)
+        print("ready", kv.info()["processes"]["role"], flush=True)
+        sys.stdin.readline()
+        """
+    )
+    node = subprocess.Popen(
+        [sys.executable, "-c", script, str(data)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert node.stdout is not None
+        assert node.stdout.readline().split() == ["ready", "node"]
+        with _open(data, takeover_interval=0.05) as kv:
+            assert kv.info()["processes"]["role"] == "attached"
+            assert kv.get("from-node") == 1
+            node.send_signal(signal.SIGKILL)
+            node.wait(DEADLINE_S)
+            started = time.monotonic()
+            wait_until(lambda: kv.info()["processes"]["role"] == "node", DEADLINE_S)
+            assert time.monotonic() - started < DEADLINE_S
+            kv.put("after", 2)
+            assert kv.info()["processes"]["opens"][0]["pid"] == os.getpid()
+            assert kv._node.run_gc() is not None  # type: ignore[union-attr]
+    finally:
+        if node.poll() is None:
+            node.kill()
+        node.wait(DEADLINE_S)
+        for stream in (node.stdin, node.stdout):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.parametrize("option", ["shards", "codec", "name"])
+def test_conflicting_options_at_attach_are_config_errors_naming_the_option(tmp_path: Path, option: str) -> None:
+    data = tmp_path / "data"
+    with _open(data) as kv:
+        kv.put("a", 1)
+        given: dict[str, Any] = {"shards": 2} if option == "shards" else {"codec": "json"} if option == "codec" else {}
+        with pytest.raises(ekv.ConfigError, match=f"{option}="):
+            ekv.EKV("other" if option == "name" else "p", data, **({"shards": 4, "log": False} | given))
+        assert kv.get("a") == 1 and kv.info()["processes"]["opens"][0]["this"]
+        assert len(kv.info()["processes"]["opens"]) == 1
+
+
+# -- the local bus: events and replication across the processes of one data directory ---------------
+
+
+class KvChild:
+    """A process holding the store open, driven line by line (tests/_kvchild.py)."""
+
+    def __init__(self, tmp_path: Path, data: Path, name: str, **options: Any) -> None:
+        options = {"shards": 4, "log": False} | options
+        command = [sys.executable, str(Path(__file__).parent / "_kvchild.py"), str(data), json.dumps(options)]
+        self.child = LineChild(command, tmp_path / f"{name}.stderr", deadline_s=DEADLINE_S, stdin=subprocess.PIPE)
+        self.events: list[tuple[str, ...]] = []
+        self.role = self._answer()[1]
+
+    def _answer(self) -> list[str]:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            line = self.child.readline(deadline)
+            assert line is not None, self.child.diagnostics()
+            fields = line.split()
+            if fields[0] == "event":
+                self.events.append(tuple(fields[1:]))
+            else:
+                return fields
+
+    def ask(self, command: str) -> list[str]:
+        stdin = self.child.proc.stdin
+        assert stdin is not None
+        stdin.write((command + "\n").encode())
+        stdin.flush()
+        return self._answer()
+
+    def poll_events(self) -> list[tuple[str, ...]]:
+        self.child._fill(0.05)
+        while (line := self.child._pop_line()) is not None:
+            fields = line.split()
+            if fields[0] == "event":
+                self.events.append(tuple(fields[1:]))
+        return self.events
+
+    def close(self) -> None:
+        self.child.close()
+
+
+def _until(condition: Any, poke: Any) -> None:
+    """Poke (write a fresh key) until ``condition`` holds: a subscription made in one process is
+    announced to the others over the bus asynchronously (a few milliseconds)."""
+    deadline = time.monotonic() + DEADLINE_S
+    n = 0
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        poke(n)
+        n += 1
+        end = time.monotonic() + 0.2
+        while time.monotonic() < end and not condition():
+            time.sleep(0.005)
+
+
+def test_subscriptions_see_the_writes_of_every_process(tmp_path: Path) -> None:
+    """Events cross processes: a subscriber in an attached process sees the node process's
+    writes, another attached process's writes (relayed by the node process), deletes with the
+    deleted value, and expiry; a subscriber in the node process sees an attached process's writes."""
+    data = tmp_path / "data"
+    with _open(data) as kv:
+        watcher = KvChild(tmp_path, data, "watcher")
+        writer = KvChild(tmp_path, data, "writer")
+        try:
+            assert (watcher.role, writer.role) == ("attached", "attached")
+            assert watcher.ask("sub room/") == ["ok"]
+            _until(lambda: bool(watcher.poll_events()), lambda n: kv.put(f"room/n{n}", "x"))
+            kv.put("room/a", "from-node")
+            kv.put("other", "not watched")
+            writer_seen = lambda: any(e[1].startswith("room/w") for e in watcher.poll_events())  # noqa: E731
+            _until(writer_seen, lambda n: writer.ask(f"put room/w{n} from-writer"))
+            writer.ask("del room/a")
+            kv.put("room/exp", "short", ttl=0.05)
+            wait_until(lambda: kv.get("room/exp") is None, DEADLINE_S)
+            kv._node.run_gc()  # type: ignore[union-attr]
+            wait_until(lambda: ("expired", "room/exp", "short") in watcher.poll_events(), DEADLINE_S)
+            events = watcher.poll_events()
+            assert ("put", "room/a", "from-node") in events
+            assert ("delete", "room/a", "from-node") in events
+            assert not any(e[1] == "other" for e in events)
+            # and the other way: the node process subscribes to an attached process's writes
+            got: list[ekv.Event] = []
+            kv.subscribe("mine/", callback=got.extend)
+            _until(lambda: bool(got), lambda n: writer.ask(f"put mine/{n} v"))
+            writer.ask("del mine/0")
+            wait_until(
+                lambda: any(e.type == "delete" and e.key == "mine/0" and e.value == "v" for e in got), DEADLINE_S
+            )
+        finally:
+            watcher.close()
+            writer.close()
+
+
+def test_attached_writes_replicate_and_a_takeover_keeps_the_cluster(tmp_path: Path) -> None:
+    """An attached process's writes reach a remote member through the node process; when the node
+    process is SIGKILLed, the attached process takes over on the same address, the member
+    reconnects, and what was written before, during and after the takeover is all there."""
+    from ekv.testing.proxy import free_ports
+
+    (port,) = free_ports(1)
+    with ekv.EKV("p", tmp_path / "remote", shards=4, log=False, listen="127.0.0.1:0", cookie="c") as remote:
+        options = {"listen": f"127.0.0.1:{port}", "peers": [remote.listen_address], "cookie": "c"}
+        node = KvChild(tmp_path, tmp_path / "local", "node", **options)
+        try:
+            assert node.role == "node"
+            with _open(tmp_path / "local", takeover_interval=0.05, **options) as kv:
+                assert kv.info()["processes"]["role"] == "attached"
+                kv.put("a/before", 1)
+                node.ask("put n/1 x")
+                wait_until(lambda: remote.get("a/before") == 1 and remote.get("n/1") == "x", DEADLINE_S)
+                node.child.kill()
+                kv.put("a/during", 2)
+                wait_until(lambda: kv.listen_address == f"127.0.0.1:{port}", DEADLINE_S)  # it took over
+                assert kv.info()["processes"]["role"] == "node"
+                kv.put("a/after", 3)
+                wait_until(lambda: (remote.get("a/during"), remote.get("a/after")) == (2, 3), DEADLINE_S)
+                wait_until(lambda: any(m.get("connected") for m in remote.info()["members"].values()), DEADLINE_S)
+        finally:
+            node.close()

@@ -25,10 +25,27 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return len(os.sched_getaffinity(0)) + 2
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest tests first (stable otherwise), so that in a parallel run (``--dist
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        help="also run the soak tier: the tests marked soak (more seeds, examples and minutes of the "
+        "randomised tests; docs/reliability.md)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without ``--soak``, leave out the tests marked ``soak``: more repetitions of code paths
+    the default run already covers, which would push CI past its time budget.
+
+    Then the longest tests first (stable otherwise), so that in a parallel run (``--dist
     loadgroup``: one test at a time, in this order) they start at once on separate workers
     instead of one ending the run late."""
+    if not config.getoption("soak"):
+        soak = [item for item in items if item.get_closest_marker("soak") is not None]
+        if soak:
+            config.hook.pytest_deselected(items=soak)
+            items[:] = [item for item in items if item.get_closest_marker("soak") is None]
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 

@@ -21,8 +21,10 @@ import pytest
 from ekv.testing._internal.chaos import KINDS, RunOptions, run, schedule
 from ekv.testing._internal.chaos.net import namespaces_available
 
-LOCAL_SECONDS = 120.0
-NETNS_SECONDS = 120.0
+# One minute each in the default run: the schedules of seeds 11 and 12 hold every fault kind
+# several times within it (test_a_one_minute_run_draws_every_fault); the 2-minute runs are the
+# soak tier's (--soak), longer ones the harness's command line (docs/reliability.md).
+RUN_SECONDS = [60.0, pytest.param(120.0, marks=pytest.mark.soak)]
 
 
 # -- the schedule (pure) -------------------------------------------------------------------------
@@ -43,6 +45,15 @@ def test_a_schedule_uses_every_fault_and_stays_within_the_run(seed: int) -> None
     assert {"partition", "heal", "kill", "restart", "pause", "resume", "skew", "loss"} <= actions
     shapes = {e.args["shape"] for e in events if e.action == "partition"}
     assert shapes == {"halves", "isolate", "bridge", "three-way", "flapping"}
+
+
+@pytest.mark.parametrize(("seed", "nodes"), [(11, 3), (12, 5)])
+def test_a_one_minute_run_draws_every_fault(seed: int, nodes: int) -> None:
+    """The real runs below last one minute in the default run: their seeds still schedule every
+    fault kind within it, and partitions of several shapes."""
+    events = schedule(seed, nodes, 60.0)
+    assert {"partition", "heal", "kill", "restart", "pause", "resume", "skew", "loss"} <= {e.action for e in events}
+    assert len({e.args["shape"] for e in events if e.action == "partition"}) >= 4
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -160,10 +171,11 @@ def _check(result_dir: Path, valid: bool, converged: bool) -> None:
 
 
 @pytest.mark.long
-def test_loopback_chaos_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("seconds", RUN_SECONDS)
+def test_loopback_chaos_run(tmp_path: Path, seconds: float) -> None:
     """Three nodes on 127.0.0.1 with partitions (the loopback fault proxy), kills, pauses and
     skew."""
-    result = run(RunOptions(nodes=3, duration=LOCAL_SECONDS, seed=11, net="local", out=tmp_path, rate=15))
+    result = run(RunOptions(nodes=3, duration=seconds, seed=11, net="local", out=tmp_path, rate=15))
     print(result.summary())
     _check(Path(result.out), result.valid, result.converged)
     assert result.ops["put"]["ok"] > 100 and result.ops["get"]["ok"] > 100
@@ -173,12 +185,13 @@ def test_loopback_chaos_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.long
+@pytest.mark.parametrize("seconds", RUN_SECONDS)
 @pytest.mark.skipif(namespaces_available() is not None, reason=str(namespaces_available()))
-def test_namespace_chaos_run(tmp_path: Path) -> None:
+def test_namespace_chaos_run(tmp_path: Path, seconds: float) -> None:
     """Five nodes in network namespaces: partitions by routes, loss by iptables, kills, pauses,
     skew. The kernel drops the packets; ekv is not told. The fifth node starts from a byte copy
     of the first one's data directory (a duplicate node id, resolved while the faults run)."""
-    result = run(RunOptions(nodes=5, duration=NETNS_SECONDS, seed=12, net="netns", out=tmp_path, rate=10, clone=True))
+    result = run(RunOptions(nodes=5, duration=seconds, seed=12, net="netns", out=tmp_path, rate=10, clone=True))
     print(result.summary())
     _check(Path(result.out), result.valid, result.converged)
     assert result.net == "netns"

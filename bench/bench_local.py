@@ -10,8 +10,9 @@ Rows:
   unpickle) and one ekv write needs (the LWW upsert, whose change-log row is inserted by a trigger
   in the same transaction; the value is pickled outside the timed region, so the floor is pure
   SQL), with ekv's settings (WAL, synchronous=NORMAL, checkpoints out of the commit path);
-* ekv: get, put of new keys, put overwriting, delete, put from 8 threads, prefix scan/keys of
-  1,000 keys, RSS while iterating a large store;
+* ekv: get, put of new keys, put overwriting, delete, put_many (100 new keys a call; the ratio
+  to single puts of new keys is printed), put from 8 threads, prefix scan/keys of 1,000 keys,
+  RSS while iterating a large store;
 * peers: diskcache ``Cache``, ``sqlitedict`` (autocommit, so a write is durable when it returns),
   and Redis through redis-py on loopback (an in-memory server started here; skipped with a note if
   ``redis-server`` is missing and cannot be installed with apt-get).
@@ -66,6 +67,10 @@ ELIXIR = {
 }
 
 VALUE = {"name": "Alice", "role": "admin", "n": 0}
+
+
+PUT_MANY_BATCH = 100
+"""Items per ``put_many`` call in the put_many row."""
 
 
 def settle() -> None:
@@ -300,6 +305,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         rep_write("ekv_delete", ekv_store, delete)
 
+        # put_many: the same new keys in batches of PUT_MANY_BATCH (each shard's part of a batch
+        # is one transaction); ops/s counts keys, latencies are per put_many call.
+        def put_many(kv: ekv.EKV, keys: list[str]) -> dict[str, float]:
+            batches = [{k: VALUE for k in keys[i : i + PUT_MANY_BATCH]} for i in range(0, len(keys), PUT_MANY_BATCH)]
+            m = measure(kv.put_many, batches)
+            m["ops_s"] *= len(keys) / len(batches)
+            return m
+
+        rep_write(f"ekv_put_many_{PUT_MANY_BATCH}", ekv_store, put_many)
+
         # Threads: 1 vs 8 writer threads, interleaved repetition by repetition so both see the
         # same machine state. The raw APSW pair (8 shard files, one lock each, keys routed by
         # crc32 like ekv) shows the ceiling the GIL leaves for this pattern on this machine.
@@ -531,10 +546,24 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         ELIXIR["put_overwrite"]["ops_s"],
     )
     row("**ekv delete**", "ekv_delete", "floor_apsw_write", "diskcache_set", ELIXIR["delete"]["ops_s"])
+    row(
+        f"**ekv put_many, {PUT_MANY_BATCH} new keys a call** (per key)",
+        f"ekv_put_many_{PUT_MANY_BATCH}",
+        "floor_apsw_write",
+        "diskcache_set",
+        None,
+    )
     row("diskcache set", "diskcache_set", "floor_apsw_write", None, None)
     row("sqlitedict set (autocommit)", "sqlitedict_set", "floor_apsw_write", "diskcache_set", None)
     row("Redis set (redis-py, loopback)", "redis_set", "floor_apsw_write", "diskcache_set", None)
     lines.append("")
+    many = f"ekv_put_many_{PUT_MANY_BATCH}"
+    if many in r and "ekv_put_new" in r:
+        lines.append(
+            f"ekv put_many ({PUT_MANY_BATCH} new keys a call): {r[many]['ops_s']:,.0f} keys/s vs "
+            f"{r['ekv_put_new']['ops_s']:,.0f} single puts/s of new keys in the same run: "
+            f"{r[many]['ops_s'] / r['ekv_put_new']['ops_s']:.1f}x"
+        )
     if "ekv_put_8_threads" in r:
         one = r["ekv_put_1_threads"]["ops_s"]
         eight = r["ekv_put_8_threads"]["ops_s"]

@@ -62,6 +62,55 @@ class Values:
             )
         return store.write(key, encoded, blob, expires_at)
 
+    def put_many(self, mapping: Any, ttl: object = None) -> dict[str, Version]:
+        """Store every item of ``mapping`` (a mapping, or ``(key, value)`` pairs: the last of a
+        repeated key counts, as in ``dict()``); return ``key -> version`` once durable. Every key
+        and value is checked and encoded first, so bad input raises before anything is written;
+        then each shard's part commits as one transaction (:meth:`ShardedStore.write_many`)."""
+        store = self.store
+        if store._closed or store._readonly:
+            raise store._closed_error()
+        pairs = mapping.items() if isinstance(mapping, Mapping) else mapping
+        expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
+        dumps, limit = self._dumps, self._max_value
+        items: dict[str, tuple[str, bytes, bytes | None, int | None]] = {}
+        for key, value in pairs:
+            encoded = check_key(key)
+            try:
+                blob = dumps(value)
+            except Exception as exc:
+                raise EncodeError(f"cannot encode the value for key {key!r:.80}: {type(exc).__name__}: {exc}") from exc
+            if type(blob) is not bytes:
+                blob = _coerce_blob(blob, key)
+            if len(blob) > limit:
+                raise ValueTooLargeError(
+                    f"the encoded value for key {key!r:.80} is {len(blob)} bytes; "
+                    f"the maximum (max_value_size) is {limit}"
+                )
+            items[key] = (key, encoded, blob, expires_at)
+        return store.write_many(list(items.values()))
+
+    def delete_many(self, keys: Any) -> dict[str, Version]:
+        """Write a tombstone for each of ``keys`` (an iterable of keys; repeats count once), each
+        shard's part in one transaction; return ``key -> version``. Every key is checked first."""
+        store = self.store
+        if store._closed or store._readonly:
+            raise store._closed_error()
+        if isinstance(keys, str):
+            raise InvalidArgumentType("delete_many takes an iterable of keys, not a str")
+        items = {key: (key, check_key(key), None, None) for key in keys}
+        return store.write_many(list(items.values()))
+
+    def touch(self, key: str, ttl: object) -> bool:
+        """Give a visible ``key`` a new expiry (``ttl`` seconds from now; None: never), keeping its
+        value, as a new version; False (nothing written) if ``key`` is not visible."""
+        store = self.store
+        if store._closed or store._readonly:
+            raise store._closed_error()
+        encoded = check_key(key)
+        expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
+        return store.touch(key, encoded, expires_at) is not None
+
     def delete(self, key: str) -> Version:
         """Write a tombstone for ``key`` (also when it is absent); return its version."""
         store = self.store
@@ -83,6 +132,40 @@ class Values:
             return self._loads(blob)
         except Exception as exc:
             raise _decode_error(key, exc) from exc
+
+    def get_many(self, keys: Any) -> dict[str, Any]:
+        """``key -> value`` for the visible ones of ``keys`` (an iterable of keys), in the order
+        given; one query per shard (:meth:`StoreReads.read_many`). Every key is checked first."""
+        store = self.store
+        if store._closed:
+            raise store._closed_error()
+        if isinstance(keys, str):
+            raise InvalidArgumentType("get_many takes an iterable of keys, not a str")
+        checked = {key: check_key(key) for key in keys}
+        found = store.read_many(list(checked.items()))
+        loads = self._loads
+        result: dict[str, Any] = {}
+        for key in checked:
+            blob = found.get(key)
+            if blob is not None:
+                try:
+                    result[key] = loads(blob)
+                except Exception as exc:
+                    raise _decode_error(key, exc) from exc
+        return result
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds until a visible ``key`` expires, or None if it never does; :class:`KeyError`
+        if it is absent, deleted or expired."""
+        store = self.store
+        if store._closed:
+            raise store._closed_error()
+        check_key(key)
+        entry = store.entry(key)
+        now = self._now()
+        if entry is None or entry.value is None or (entry.expires_at_ns is not None and entry.expires_at_ns <= now):
+            raise KeyError(key)
+        return None if entry.expires_at_ns is None else (entry.expires_at_ns - now) / 1e9
 
     def getitem(self, key: str) -> Any:
         """The value of ``key``; :class:`KeyError` if it is absent, deleted or expired (``kv[key]``)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any, TypeVar, Unpack
 
 from ekv._config import Config, OverflowPolicy, check_positive_int
 from ekv._errors import ClosedError
+from ekv._memo import Memo
 from ekv._model import Version
 from ekv._node.node import Node
 from ekv._node.subscriptions import AsyncSubscription
@@ -31,6 +32,7 @@ from ekv._options import DEFAULTS, AsyncOptions, Seconds
 __all__ = ["AsyncEKV"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 _ITER_CHUNK = 256
 MAX_WORKERS = 256
@@ -163,10 +165,37 @@ class AsyncEKV:
         node = await self._ensure()
         return await self._call(node.values.delete, key)
 
+    async def put_many(
+        self, mapping: Mapping[str, Any] | Iterable[tuple[str, Any]], ttl: Seconds | None = None
+    ) -> dict[str, Version]:
+        """See :meth:`ekv.EKV.put_many`."""
+        node = await self._ensure()
+        return await self._call(node.values.put_many, mapping, ttl)
+
+    async def delete_many(self, keys: Iterable[str]) -> dict[str, Version]:
+        """See :meth:`ekv.EKV.delete_many`."""
+        node = await self._ensure()
+        return await self._call(node.values.delete_many, keys)
+
+    async def touch(self, key: str, ttl: Seconds | None) -> bool:
+        """See :meth:`ekv.EKV.touch`."""
+        node = await self._ensure()
+        return await self._call(node.values.touch, key, ttl)
+
     async def get(self, key: str, default: Any = None) -> Any:
         """See :meth:`ekv.EKV.get`."""
         node = await self._ensure()
         return await self._call(node.values.get, key, default)
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """See :meth:`ekv.EKV.get_many`."""
+        node = await self._ensure()
+        return await self._call(node.values.get_many, keys)
+
+    async def ttl(self, key: str) -> float | None:
+        """See :meth:`ekv.EKV.ttl`."""
+        node = await self._ensure()
+        return await self._call(node.values.ttl, key)
 
     async def lookup(self, key: str) -> tuple[Any, Version] | None:
         """See :meth:`ekv.EKV.lookup`."""
@@ -254,6 +283,34 @@ class AsyncEKV:
         return await self._call(node.metrics)
 
     # -- end of the generated methods ------------------------------------------------------------
+
+    def memoize(self, ttl: Seconds | None = None, prefix: str = "memo/") -> Callable[[F], F]:
+        """A decorator that caches an ``async def`` function's results in this store, as
+        :meth:`ekv.EKV.memoize` (same keys, so both facades share a cache); the store calls are
+        awaited, in the thread pool, and ``f.invalidate(...)``/``f.invalidate_all()`` are
+        coroutines. A plain function raises :class:`TypeError` (its store calls could not be
+        awaited): decorate it with ``EKV.memoize``."""
+
+        async def lookup(key: str) -> tuple[Any, Version] | None:
+            node = await self._ensure()
+            return await self._call(node.values.lookup, key)
+
+        async def put(key: str, value: Any, ttl: Seconds | None) -> Version:
+            node = await self._ensure()
+            return await self._call(node.values.put, key, value, ttl)
+
+        async def delete(key: str) -> Version:
+            node = await self._ensure()
+            return await self._call(node.values.delete, key)
+
+        async def delete_prefix(base: str) -> int:
+            node = await self._ensure()
+            values = node.values
+            return await self._call(lambda: len(values.delete_many(values.keys(base))))
+
+        return Memo(
+            lookup=lookup, put=put, delete=delete, delete_prefix=delete_prefix, is_async=True, ttl=ttl, prefix=prefix
+        )
 
     async def iter(self, prefix: str = "") -> AsyncIterator[tuple[str, Any]]:
         """Lazily yield ``(key, value)`` under ``prefix`` in ascending order (``async for``);

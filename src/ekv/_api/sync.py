@@ -13,18 +13,21 @@ stale). So a new operation is written once, here, with its signature and docstri
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from os import PathLike
 from pathlib import Path
-from typing import Any, Unpack, overload
+from typing import Any, TypeVar, Unpack, overload
 
 from ekv._config import Config, OverflowPolicy
+from ekv._memo import Memo
 from ekv._model import Event, Version
 from ekv._node.node import Node
 from ekv._node.subscriptions import CallbackSubscription, Subscription
 from ekv._options import Options, Seconds
 
 __all__ = ["EKV"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class EKV(MutableMapping[str, Any]):
@@ -121,11 +124,62 @@ class EKV(MutableMapping[str, Any]):
         return the tombstone's version. Deleting an absent key also writes a tombstone."""
         return self._values.delete(key)
 
+    def put_many(
+        self, mapping: Mapping[str, Any] | Iterable[tuple[str, Any]], ttl: Seconds | None = None
+    ) -> dict[str, Version]:
+        """Store every item of ``mapping`` (or of ``(key, value)`` pairs; a repeated key counts
+        once, its last value) and return ``key -> version`` once durable.
+
+        Each shard's part is written in one transaction (all of it or none of it, every key
+        LWW-checked on its own, one event batch, replicated like single puts), which makes a
+        batch several times faster than one :meth:`put` per item. Every key and value is
+        checked and encoded before anything is written, so bad input (a bad key, a value that
+        does not encode or is too large) raises and writes nothing. Across shards the batch is
+        not atomic: if a shard's transaction fails (a full disk), the shards written before it
+        stay written and the error is raised. ``ttl`` applies to every item.
+
+        Raises: as :meth:`put`.
+        """
+        return self._values.put_many(mapping, ttl)
+
+    def delete_many(self, keys: Iterable[str]) -> dict[str, Version]:
+        """Delete each of ``keys`` (a tombstone each, as :meth:`delete`; absent keys too) and
+        return ``key -> version``; each shard's part in one transaction, as :meth:`put_many`.
+        Every key is checked before anything is written."""
+        return self._values.delete_many(keys)
+
+    def touch(self, key: str, ttl: Seconds | None) -> bool:
+        """Give a visible ``key`` a new expiry, ``ttl`` from now (None: it never expires), keeping
+        its value; True if it was touched, False (nothing written) if ``key`` is absent, deleted
+        or expired.
+
+        The touch is a new version of the key holding the value read, and that read and the
+        rewrite are one transaction on the shard's writer: a put of the same key on this node
+        (any thread or process) either comes before it, and its value is the one kept, or after
+        it, and wins. It replicates like a put; across nodes it is a put of the value it read
+        (last writer wins against a concurrent put made elsewhere, as any put would)."""
+        return self._values.touch(key, ttl)
+
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` if absent, deleted or expired."""
         return self._values.get(key, default)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """``key -> value`` for those of ``keys`` that are visible (absent, deleted and expired
+        ones are left out), in the order given. Each shard is read once (one query, for all of
+        its keys), checksums verified as by :meth:`get`."""
+        return self._values.get_many(keys)
+
+    def ttl(self, key: str) -> float | None:
+        """The seconds left before a visible ``key`` expires, or None if it has no expiry.
+
+        Raises:
+            KeyError: ``key`` is absent, deleted or expired (as ``kv[key]``), so "no expiry" and
+                "no key" are told apart.
+        """
+        return self._values.ttl(key)
 
     def lookup(self, key: str) -> tuple[Any, Version] | None:
         """``(value, version)`` for a visible key, else ``None``."""
@@ -230,6 +284,45 @@ class EKV(MutableMapping[str, Any]):
     def iter_keys(self, prefix: str = "") -> Iterator[str]:
         """Lazily yield the keys under ``prefix`` in ascending order."""
         return self._values.iter_keys(prefix)
+
+    # -- memoize -----------------------------------------------------------------------------
+
+    def memoize(self, ttl: Seconds | None = None, prefix: str = "memo/") -> Callable[[F], F]:
+        """A decorator that caches a function's results in this store, for ``ttl`` (None: until
+        invalidated), shared by every process and node of the store::
+
+            @kv.memoize(ttl=60)
+            def price(item: str, qty: int = 1) -> float: ...
+
+            price("apple")                  # computed and stored
+            price("apple")                  # read from the store
+            price.invalidate("apple")       # forget one call (the same arguments, the same way)
+            price.invalidate_all()          # forget every call: delete the function's keys
+            price.key("apple")              # its key: "memo/shop.price/('apple',)"
+
+        Plain and ``async def`` functions both work (for an ``async def``, the store calls of
+        this synchronous facade run on the event loop's thread: use :meth:`ekv.AsyncEKV.memoize`
+        to keep them off it). The key is ``prefix`` + the function's module and qualified name +
+        ``/`` + its arguments: ``repr`` of arguments of simple built-in types (None, bool, int,
+        float, complex, str, bytes and tuples/lists of them), else a SHA-256 of their pickle,
+        so other arguments must pickle, and pickle equally when equal (see
+        ``ekv._memo.args_key``). A result of ``None`` is cached too. Results must be encodable by
+        the store's codec; exceptions are not cached; callers that miss at once each compute.
+        """
+        values = self._values
+
+        def delete_prefix(base: str) -> int:
+            return len(values.delete_many(values.keys(base)))
+
+        return Memo(
+            lookup=values.lookup,
+            put=values.put,
+            delete=values.delete,
+            delete_prefix=delete_prefix,
+            is_async=False,
+            ttl=ttl,
+            prefix=prefix,
+        )
 
     # -- subscriptions -----------------------------------------------------------------------
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from zlib import crc32
 
@@ -151,6 +152,35 @@ class StoreReads:
         if ts > self.clock.last_ns:
             self.clock.observe(ts)
         return value, Version(ts, origin)
+
+    def read_many(self, keys: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
+        """The stored values of the visible ones of ``keys`` (``(key, encoded)`` pairs, validated
+        as for :meth:`read`), as ``key -> bytes``: one query per shard (the shard's keys passed as
+        one JSON array), each row's checksum verified as in :meth:`read`."""
+        if self._closed:
+            raise self._closed_error()
+        parts: dict[int, list[str]] = {}
+        for key, encoded in keys:
+            parts.setdefault(crc32(encoded) % self._count, []).append(key)
+        found: dict[str, bytes] = {}
+        now = self._now()
+        try:
+            cursors = self._cursors()
+            for index, part in parts.items():
+                self.reads += len(part)
+                for key, value, expires_at, ts, origin, oseq, crc in cursors[index].execute(
+                    schema.GET_MANY, (json.dumps(part, ensure_ascii=False),)
+                ):
+                    if value is None or (expires_at is not None and expires_at <= now):
+                        continue
+                    if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+                        raise self._damaged(index, key)
+                    found[key] = value
+        except apsw.Error as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            raise_storage_error(exc)
+        return found
 
     def _damaged(self, index: int, key: str) -> Exception:
         """The error for a read that found ``key``'s row damaged; records the damage (through

@@ -219,6 +219,9 @@ def stored_versions(cur: Any, keys: set[str]) -> dict[str, tuple[int, str]]:
 
 # Reads that serve a value fetch everything its checksum covers.
 GET = "SELECT value, expires_at, ts, origin, oseq, crc FROM kv WHERE key = ?"
+GET_MANY = "SELECT key, value, expires_at, ts, origin, oseq, crc FROM kv WHERE key IN (SELECT value FROM json_each(?))"
+""":data:`GET` for many keys at once, given as one JSON array: one statement (an index search per
+key) whatever their number, with no limit on bound parameters."""
 ROW_COLUMNS = "key, ts, origin, oseq, expires_at, value, crc"
 ROW = f"SELECT {ROW_COLUMNS} FROM kv WHERE key = ?"
 DAMAGED_ADD = (

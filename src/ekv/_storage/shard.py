@@ -22,7 +22,7 @@ from ekv._model import Entry, RawEvent, Version
 from ekv._storage import schema, shardfile
 from ekv._storage.apply import apply_entries
 from ekv._storage.commit import Apply, Committer, Exclusive, Op, Write
-from ekv._storage.integrity import DamagedVersion, load_damaged, row_ok, visible_value
+from ekv._storage.integrity import DamagedVersion, damaged_error, load_damaged, row_ok, visible_value
 from ekv._storage.schema import kv_row
 from ekv._storage.shardfile import own_tail
 from ekv._storage.sqlite import (
@@ -50,6 +50,12 @@ class Writers(NamedTuple):
 
     slot: str
     alive: Callable[[str], bool]
+
+
+MAX_ROWS = 256
+"""Rows per multi-row upsert statement (8 parameters each), as many as a group commit gathers; a
+longer run of writes (a :meth:`Shard.write_many` batch) is written in several statements of one
+transaction."""
 
 
 class EventSink(Protocol):
@@ -210,6 +216,72 @@ class Shard:
         version = op.version
         assert version is not None
         return version
+
+    def write_many(self, items: Sequence[tuple[str, bytes | None, int | None]]) -> list[Version]:
+        """Write local puts and deletes ``(key, blob or None, expires_at)`` of this shard as one
+        transaction (``put_many``/``delete_many``): all of them commit, or none (the error is
+        raised); return their versions, in order.
+
+        The batch runs as an exclusive job, so no queued write interleaves with it, through the
+        same code as a group commit (:meth:`commit`): each row is LWW-checked on its own (and
+        overtakes a stored version that is ahead of the clock), damaged rows are replaced, and
+        after the commit the writes go to replication and the events to subscribers as one
+        batch, exactly as for a group of single writes."""
+        writes = [Write(self, key, blob, expires_at) for key, blob, expires_at in items]
+        if writes:
+            self.run_exclusive(lambda cur: self._commit_writes(writes))
+        versions = []
+        for op in writes:
+            if op.error is not None:
+                raise op.error
+            assert op.version is not None
+            versions.append(op.version)
+        return versions
+
+    def _commit_writes(self, writes: list[Write]) -> None:
+        batch: list[Op] = list(writes)
+        if len(batch) <= MAX_ROWS:
+            self.commit(batch)  # one statement, as a group commit would run it
+        elif self._armed or self._arm_before(batch):
+            self._commit_group(batch, False)  # an explicit transaction, MAX_ROWS rows per statement
+
+    def touch(self, key: str, expires_at: int | None, now_ns: int) -> Version | None:
+        """Write ``key``'s stored value again with a new expiry, as a new local version; return
+        it, or None if the key is not visible (absent, deleted or expired at ``now_ns``).
+
+        The stored row is read and rewritten in one ``BEGIN IMMEDIATE`` transaction on the writer,
+        inside an exclusive job: no other write (of this process, through the group commit, or of
+        another process, through SQLite's write lock) can come between the read and the rewrite,
+        so a concurrent put is either read and kept, or commits after the touch and wins over it.
+        Raises :class:`~ekv.ChecksumError` if the stored row is damaged (nothing is written)."""
+        op = Write(self, key, None, expires_at)
+        found = self.run_exclusive(lambda cur: self._touch(cur, op, now_ns))
+        if op.error is not None:
+            raise op.error
+        if found == "damaged":
+            raise damaged_error(key, self.path)
+        return op.version if found == "touched" else None
+
+    def _touch(self, cur: apsw.Cursor, op: Write, now_ns: int) -> str:
+        if not self._armed and not self._arm_before([op]):
+            return "failed"
+        events: list[RawEvent] | None = [] if self.sink.active else None
+        saved_oseq = self._oseq
+        self._cleared = []
+        try:
+            with transaction(cur):
+                row = cur.execute(schema.ROW, (op.key,)).get
+                if row is None or row[5] is None or (row[4] is not None and row[4] <= now_ns):
+                    return "absent"
+                if op.key in self.damaged or not row_ok(row):
+                    return "damaged"
+                op.blob = row[5]
+                self._write_local(cur, [op], events, False)
+        except BaseException as exc:
+            self._roll_back([op], exc, saved_oseq)
+            return "failed"
+        self._committed([op], [], events)
+        return "touched"
 
     def apply(self, entries: Sequence[Entry], vv: Mapping[str, int] | None = None) -> list[Entry]:
         """Apply versions made elsewhere through the one LWW path; return those that won, in the
@@ -513,6 +585,10 @@ class Shard:
         for op in batch:
             if type(op) is Write:
                 run.append(op)
+                if len(run) == MAX_ROWS:  # a batch (write_many) may be longer than one statement holds
+                    self._write_local(cur, run, events, False)
+                    writes += run
+                    run = []
                 continue
             if run:
                 self._write_local(cur, run, events, False)

@@ -319,6 +319,29 @@ class ShardedStore(StoreReads):
             raise self._closed_error()
         return self.shards[crc32(encoded) % self._count].write(key, blob, expires_at)
 
+    def write_many(self, items: Sequence[tuple[str, bytes, bytes | None, int | None]]) -> dict[str, Version]:
+        """Write ``(key, encoded, blob or None, expires_at)`` items (validated, distinct keys),
+        each shard's part as one transaction (:meth:`Shard.write_many`); return each key's
+        version, in the order of ``items``. Shards are written one after the other: if one fails,
+        its part is not written, the parts already committed stay, and the error is raised."""
+        if self._closed or self._readonly:
+            raise self._closed_error()
+        parts: dict[int, list[tuple[str, bytes | None, int | None]]] = {}
+        for key, encoded, blob, expires_at in items:
+            parts.setdefault(crc32(encoded) % self._count, []).append((key, blob, expires_at))
+        versions: dict[str, Version] = {}
+        for index in sorted(parts):
+            part = parts[index]
+            for (key, _, _), version in zip(part, self.shards[index].write_many(part), strict=True):
+                versions[key] = version
+        return {item[0]: versions[item[0]] for item in items}  # in the order given
+
+    def touch(self, key: str, encoded: bytes, expires_at: int | None) -> Version | None:
+        """Give a visible ``key`` a new expiry (see :meth:`Shard.touch`); None if it is not visible."""
+        if self._closed or self._readonly:
+            raise self._closed_error()
+        return self.shards[crc32(encoded) % self._count].touch(key, expires_at, self._now())
+
     def apply(self, entries: Sequence[Entry]) -> list[Entry]:
         """Apply versions made elsewhere; return those that won (see :meth:`Shard.apply`)."""
         if self._closed:

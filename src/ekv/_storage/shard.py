@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import apsw
 
@@ -25,6 +25,7 @@ from ekv._storage.commit import Apply, Committer, Exclusive, Op, Write
 from ekv._storage.integrity import DamagedVersion, damaged_error, load_damaged, row_ok, visible_value
 from ekv._storage.schema import kv_row
 from ekv._storage.shardfile import own_tail
+from ekv._storage.sink import NO_EVENTS, EventSink
 from ekv._storage.sqlite import (
     enable_wal,
     open_connection,
@@ -33,57 +34,16 @@ from ekv._storage.sqlite import (
     storage_error,
     transaction,
 )
+from ekv._storage.writers import Writers, register, retire_dead, retire_origin
 
-__all__ = ["WRITER", "EventSink", "RawEvent", "Shard", "Writers", "own_tail"]
+__all__ = ["NO_EVENTS", "EventSink", "RawEvent", "Shard", "Writers", "own_tail"]
 
 T = TypeVar("T")
-
-WRITER = "writer/"
-WRITER_END = "writer0"
-"""``meta`` rows ``writer/<origin>`` -> slot: the origins that may still write into the shard
-(see :mod:`ekv._storage.procs`); the keys from WRITER up to WRITER_END."""
-
-
-class Writers(NamedTuple):
-    """How a shard tells live writers from dead ones: this open's slot, and a liveness check of
-    another open's slot (:func:`ekv._storage.procs.slot_alive`)."""
-
-    slot: str
-    alive: Callable[[str], bool]
-
 
 MAX_ROWS = 256
 """Rows per multi-row upsert statement (8 parameters each), as many as a group commit gathers; a
 longer run of writes (a :meth:`Shard.write_many` batch) is written in several statements of one
 transaction."""
-
-
-class EventSink(Protocol):
-    """Where a shard sends the events of committed writes (the subscription registry)."""
-
-    @property
-    def active(self) -> bool:
-        """False when nobody subscribes: the write path then skips all event work."""
-
-    def matches(self, key: str) -> bool: ...
-
-    def publish(self, events: list[RawEvent]) -> None: ...
-
-
-class _NoEvents:
-    """The sink of a store nobody subscribes to (tools, the simulator, benchmarks)."""
-
-    active = False
-
-    def matches(self, key: str) -> bool:
-        return False
-
-    def publish(self, events: list[RawEvent]) -> None:
-        pass
-
-
-NO_EVENTS: EventSink = _NoEvents()
-"""Where a store without subscribers sends events: nowhere (``active`` is False)."""
 
 
 class Shard:
@@ -326,13 +286,8 @@ class Shard:
     def _arm(self, cur: apsw.Cursor, now_ns: int, retire: str | None = None) -> None:
         previous, origin = self._previous_origin, self.origin
         with transaction(cur, synchronous="FULL"):
-            writers = self._writer_rows(cur)
-            if previous != origin and previous not in writers:
-                writers[previous] = ""  # written before shards recorded their writers: retired
-            for other, slot in writers.items():
-                if other != origin and (other == retire or not self.writers.alive(slot)):
-                    self._retire(cur, other)
-            cur.execute(schema.META_SET, (f"{WRITER}{origin}", self.writers.slot))
+            retire_dead(cur, origin, self.writers.alive, previous=previous, retire=retire)
+            register(cur, origin, self.writers.slot)
             cur.execute(schema.META_SET, ("origin", origin))
             cur.execute(schema.META_SET, ("node_id", self._node_id))
             cur.execute(schema.META_SET, ("hlc_floor", self.clock.last_ns))
@@ -341,29 +296,10 @@ class Shard:
         self._previous_origin = origin
         self._armed = True
 
-    @staticmethod
-    def _writer_rows(cur: apsw.Cursor) -> dict[str, str]:
-        """origin -> slot of every origin recorded as writing into this shard."""
-        rows: list[Any] = cur.execute(schema.META_RANGE, (WRITER, WRITER_END)).fetchall()
-        return {key[len(WRITER) :]: str(slot or "") for key, slot in rows}
-
-    @staticmethod
-    def _retire(cur: apsw.Cursor, origin: str) -> None:
-        """``origin`` writes here no more (its open closed, or its process died): its sequence
-        counter goes into the stored version vector, where every other origin's lives (it is
-        one more origin this node holds writes of, and members are asked for any tail of it
-        that a crash took back)."""
-        old_oseq = own_tail(cur, origin)[0]
-        if old_oseq:
-            cur.execute(schema.VV_RAISE, (origin, old_oseq))
-        cur.execute(schema.META_DELETE, (f"{WRITER}{origin}",))
-
     def retire_dead_writers(self, cur: apsw.Cursor) -> None:
         """Retire the origins of opens that died without closing (run by the node process's GC
         pass, inside its transaction)."""
-        for other, slot in self._writer_rows(cur).items():
-            if other != self.origin and not self.writers.alive(slot):
-                self._retire(cur, other)
+        retire_dead(cur, self.origin, self.writers.alive)
 
     def _arm_before(self, batch: Sequence[Op]) -> bool:
         """Arm the shard before a batch of writes or applies; on failure fail every op of the
@@ -726,7 +662,7 @@ class Shard:
             with transaction(cur):
                 if self._armed:
                     cur.execute(schema.META_SET, (f"oseq_floor/{self.origin}", self._oseq))
-                    self._retire(cur, self.origin)
+                    retire_origin(cur, self.origin)
                 cur.execute(schema.META_SET, ("last_active_at", self.clock.wall.now_ns()))
                 if self.last_out:
                     cur.execute(schema.META_SET, ("clean_shutdown", 1))

@@ -34,8 +34,9 @@ from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, check_codec, 
 from ekv._storage.gc import EXPIRE_BATCH, PURGE_BATCH, GcReport, expire_batch, finish_gc, purge_batch
 from ekv._storage.procs import Slot, live_slots, opening, slot_alive
 from ekv._storage.reads import StoreReads
-from ekv._storage.shard import NO_EVENTS, EventSink, Shard, Writers
+from ekv._storage.shard import NO_EVENTS, EventSink, Shard
 from ekv._storage.sqlite import check_sqlite_version, open_connection, raise_storage_error
+from ekv._storage.writers import Writers
 
 __all__ = ["GcReport", "ShardedStore"]
 

@@ -26,6 +26,7 @@ from ekv._storage import schema
 from ekv._storage.integrity import row_ok
 from ekv._storage.shardfile import own_tail, previous_origin
 from ekv._storage.sqlite import begin_snapshot, open_connection, roll_back
+from ekv._storage.writers import writer_rows
 
 __all__ = ["SyncSnapshot", "load_markers", "load_peer_reports", "local_vv", "set_marker", "truncate_log"]
 
@@ -44,8 +45,7 @@ def local_vv(cur: apsw.Cursor, origin: str) -> dict[str, int]:
     writing one (the previous one while a full disk keeps it from arming)."""
     rows: list[Any] = cur.execute(schema.VV_ALL).fetchall()
     vv = {o: oseq for o, oseq in rows}
-    writers: list[Any] = cur.execute(schema.META_RANGE, ("writer/", "writer0")).fetchall()
-    for own_origin in {origin, previous_origin(cur, origin), *(key[len("writer/") :] for key, _ in writers)}:
+    for own_origin in {origin, previous_origin(cur, origin), *writer_rows(cur)}:
         own = own_tail(cur, own_origin)[0]
         if own:
             vv[own_origin] = max(own, vv.get(own_origin, 0))

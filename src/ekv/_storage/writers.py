@@ -1,0 +1,67 @@
+"""Which origins write into a shard: the opens of its data directory (SPEC section 12).
+
+Every open writes under its own origin. A shard records each origin that may still write into it
+(``meta`` rows ``writer/<origin>`` -> the open's slot, :mod:`ekv._storage.procs`). The counter of
+a live writer is its tail in the change log (:func:`ekv._storage.shardfile.own_tail`); when an
+origin stops writing (its open closed, or its process died) it is *retired*: its counter moves
+into the stored version vector, where every other origin's lives, and its row goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import apsw
+
+from ekv._storage import schema
+from ekv._storage.shardfile import own_tail
+
+__all__ = ["WRITER", "Writers", "register", "retire_dead", "retire_origin", "writer_rows"]
+
+WRITER = "writer/"
+_WRITER_END = "writer0"  # the first key after every "writer/..." key
+
+
+class Writers(NamedTuple):
+    """How a shard tells live writers from dead ones: this open's slot, and a liveness check of
+    another open's slot (:func:`ekv._storage.procs.slot_alive`)."""
+
+    slot: str
+    alive: Callable[[str], bool]
+
+
+def writer_rows(cur: apsw.Cursor) -> dict[str, str]:
+    """origin -> slot of every origin recorded as writing into the shard."""
+    rows: list[Any] = cur.execute(schema.META_RANGE, (WRITER, _WRITER_END)).fetchall()
+    return {key[len(WRITER) :]: str(slot or "") for key, slot in rows}
+
+
+def register(cur: apsw.Cursor, origin: str, slot: str) -> None:
+    """Record ``origin`` (of the open holding ``slot``) as writing into the shard."""
+    cur.execute(schema.META_SET, (f"{WRITER}{origin}", slot))
+
+
+def retire_origin(cur: apsw.Cursor, origin: str) -> None:
+    """``origin`` writes here no more: its sequence counter goes into the stored version vector
+    (it is one more origin this node holds writes of, and members are asked for any tail of it
+    that a crash took back), and its writer row goes."""
+    old_oseq = own_tail(cur, origin)[0]
+    if old_oseq:
+        cur.execute(schema.VV_RAISE, (origin, old_oseq))
+    cur.execute(schema.META_DELETE, (f"{WRITER}{origin}",))
+
+
+def retire_dead(
+    cur: apsw.Cursor, own: str, alive: Callable[[str], bool], *, previous: str = "", retire: str | None = None
+) -> None:
+    """Retire every writer but ``own`` whose open is dead, and ``retire`` (an origin this open
+    wrote under before it re-identified). ``previous``, the origin the shard records as its last
+    writing one, counts as a writer even without a row (shards written before writers were
+    recorded)."""
+    rows = writer_rows(cur)
+    if previous and previous != own and previous not in rows:
+        rows[previous] = ""
+    for origin, slot in rows.items():
+        if origin != own and (origin == retire or not alive(slot)):
+            retire_origin(cur, origin)

@@ -377,3 +377,126 @@ def test_attached_writes_replicate_and_a_takeover_keeps_the_cluster(tmp_path: Pa
                 wait_until(lambda: any(m.get("connected") for m in remote.info()["members"].values()), DEADLINE_S)
         finally:
             node.close()
+
+
+# -- fork ----------------------------------------------------------------------------------------------
+
+FORKER = textwrap.dedent(
+    """
+    import asyncio, json, os, signal, sys, time, ekv
+    data, options = sys.argv[1], json.loads(sys.argv[2])
+    kv = ekv.EKV("p", data, shards=4, log=False, **options)
+    akv = ekv.AsyncEKV("p", data, shards=4, log=False)
+    asyncio.run(akv.put("async-parent", 0))  # the async store is open (and its pool started) before fork
+    kv.put("parent", 1)
+    children = []
+    for i in range(3):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                kv.put(f"child/{i}", os.getpid())  # the same objects, used in the child: no code change
+                assert kv.get("parent") == 1
+                role = kv.info()["processes"]["role"]
+                async def main():
+                    await akv.put(f"achild/{i}", i)
+                    return await akv.get("async-parent")
+                assert asyncio.run(main()) == 0
+                print("child", i, role, flush=True)
+                kv.close()
+            finally:
+                os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    print("scan", json.dumps(kv.scan("")), flush=True)
+    sys.stdin.readline()  # the test says when (a remote member got the children's writes)
+    asyncio.run(akv.close())
+    kv.close()
+    """
+)
+
+
+@pytest.mark.parametrize("clustered", [False, True], ids=["single", "clustered"])
+def test_a_store_opened_before_fork_works_in_the_children(tmp_path: Path, clustered: bool) -> None:
+    """gunicorn --preload: a store (EKV and AsyncEKV) opened before fork() works in every child
+    without code changes: each attaches to the parent, the node process; with a cluster, the
+    children's writes reach a remote member through the parent."""
+    script = tmp_path / "forker.py"
+    script.write_text(FORKER)
+    remote = (
+        ekv.EKV("p", tmp_path / "remote", shards=4, log=False, listen="127.0.0.1:0", cookie="c") if clustered else None
+    )
+    try:
+        options: dict[str, Any] = {}
+        if remote is not None:
+            options = {"listen": "127.0.0.1:0", "peers": [remote.listen_address], "cookie": "c"}
+        parent = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "data"), json.dumps(options)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert parent.stdout is not None and parent.stdin is not None
+            lines = []
+            while not (lines and lines[-1].startswith("scan")):
+                line = parent.stdout.readline()
+                assert line, "the parent died"
+                lines.append(line.strip())
+            assert sorted(line for line in lines if line.startswith("child")) == [
+                f"child {i} attached" for i in range(3)
+            ]
+            final = json.loads(lines[-1][5:])
+            expected = {f"{p}/{i}" for p in ("child", "achild") for i in range(3)}
+            assert {k for k in final if k.startswith(("child/", "achild/"))} == expected
+            if remote is not None:
+                children_there = lambda: all(remote.get(f"child/{i}") is not None for i in range(3))  # noqa: E731
+                wait_until(children_there, DEADLINE_S)
+            parent.stdin.write("\n")
+            parent.stdin.flush()
+            assert parent.wait(DEADLINE_S) == 0
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+            parent.wait(DEADLINE_S)
+            for stream in (parent.stdin, parent.stdout):
+                if stream is not None:
+                    stream.close()
+    finally:
+        if remote is not None:
+            remote.close()
+
+
+def test_a_forked_child_whose_parent_died_becomes_the_node_process(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    script = textwrap.dedent(
+        """
+        import os, sys, time, ekv
+        kv = ekv.EKV("p", sys.argv[1], shards=4, log=False)
+        kv.put("parent", 1)
+        parent = os.getpid()
+        if os.fork() == 0:
+            deadline = time.monotonic() + 120
+            while os.getppid() == parent and time.monotonic() < deadline:  # until the parent is dead
+                time.sleep(0.01)
+            kv.put("child", 2)
+            print(kv.info()["processes"]["role"], kv.get("parent"), flush=True)
+            kv.close()
+            os._exit(0)
+        print("parent", os.getpid(), flush=True)
+        time.sleep(300)  # SIGKILLed by the test
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script, str(data)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline().split()[0] == "parent"
+    finally:
+        parent.kill()
+        parent.wait(DEADLINE_S)
+    assert parent.stdout is not None  # the child still writes to it
+    line = parent.stdout.readline()
+    parent.stdout.close()
+    assert line.split() == ["node", "1"], line
+    with _open(data) as kv:
+        assert kv.get("child") == 2

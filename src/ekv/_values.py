@@ -46,7 +46,7 @@ class Values:
         """Store ``value`` under ``key``; return the write's version once it is durable."""
         store = self.store
         if store._closed or store._readonly:
-            raise store._closed_error()
+            store._unusable()
         encoded = check_key(key)
         expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
         try:
@@ -69,7 +69,7 @@ class Values:
         then each shard's part commits as one transaction (:meth:`ShardedStore.write_many`)."""
         store = self.store
         if store._closed or store._readonly:
-            raise store._closed_error()
+            store._unusable()
         pairs = mapping.items() if isinstance(mapping, Mapping) else mapping
         expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
         dumps, limit = self._dumps, self._max_value
@@ -95,7 +95,7 @@ class Values:
         shard's part in one transaction; return ``key -> version``. Every key is checked first."""
         store = self.store
         if store._closed or store._readonly:
-            raise store._closed_error()
+            store._unusable()
         if isinstance(keys, str):
             raise InvalidArgumentType("delete_many takes an iterable of keys, not a str")
         items = {key: (key, check_key(key), None, None) for key in keys}
@@ -106,7 +106,7 @@ class Values:
         value, as a new version; False (nothing written) if ``key`` is not visible."""
         store = self.store
         if store._closed or store._readonly:
-            raise store._closed_error()
+            store._unusable()
         encoded = check_key(key)
         expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
         return store.touch(key, encoded, expires_at) is not None
@@ -115,7 +115,7 @@ class Values:
         """Write a tombstone for ``key`` (also when it is absent); return its version."""
         store = self.store
         if store._closed or store._readonly:
-            raise store._closed_error()
+            store._unusable()
         return store.write(key, check_key(key), None, None)
 
     # -- reads -------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ class Values:
         """The value of ``key``, or ``default`` if it is absent, deleted or expired."""
         store = self.store
         if store._closed:
-            raise store._closed_error()
+            store._unusable()
         blob = store.read(key, check_key(key))
         if blob is None:
             return default
@@ -138,7 +138,7 @@ class Values:
         given; one query per shard (:meth:`StoreReads.read_many`). Every key is checked first."""
         store = self.store
         if store._closed:
-            raise store._closed_error()
+            store._unusable()
         if isinstance(keys, str):
             raise InvalidArgumentType("get_many takes an iterable of keys, not a str")
         checked = {key: check_key(key) for key in keys}
@@ -159,7 +159,7 @@ class Values:
         if it is absent, deleted or expired."""
         store = self.store
         if store._closed:
-            raise store._closed_error()
+            store._unusable()
         check_key(key)
         entry = store.entry(key)
         now = self._now()
@@ -178,7 +178,7 @@ class Values:
         """Whether ``key`` is visible (present, not deleted, not expired); the value is not decoded."""
         store = self.store
         if store._closed:
-            raise store._closed_error()
+            store._unusable()
         return store.read(key, check_key(key)) is not None
 
     def delitem(self, key: str) -> Version:
@@ -250,7 +250,7 @@ class Values:
         """``(value, version)`` of a visible key, else ``None``."""
         store = self.store
         if store._closed:
-            raise store._closed_error()
+            store._unusable()
         found = store.read_version(key, check_key(key))
         if found is None:
             return None

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
@@ -37,6 +39,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 _ITER_CHUNK = 256
 MAX_WORKERS = 256
 """Upper bound of ``workers``: SQLite serialises the writes of a shard, so more threads only wait."""
+
+
+_stores: weakref.WeakSet[AsyncEKV] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The thread pool's threads do not exist in a child made by fork() (and it would not start
+    # new ones: it counts them idle). A store opened in the parent reopens on its first use in
+    # the child (Node._revive_in_child) through a new pool.
+    for kv in list(_stores):
+        kv._executor = ThreadPoolExecutor(max_workers=kv._pool_size, thread_name_prefix=f"ekv-{kv.name}")
+        if kv._opening is not None and not kv._opening.done():
+            kv._opening = None  # an open in flight in the parent: open again in the child
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class AsyncEKV:
@@ -63,9 +81,11 @@ class AsyncEKV:
         pool_size = check_positive_int(options.pop("workers", DEFAULTS["workers"]), "workers", maximum=MAX_WORKERS)
         self._config = Config.create(name, data_dir, **options)
         self._node: Node | None = None
+        self._pool_size = pool_size
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix=f"ekv-{name}")
         self._opening: asyncio.Future[Node] | None = None
         self._closed = False
+        _stores.add(self)
 
     @property
     def name(self) -> str:
@@ -101,7 +121,9 @@ class AsyncEKV:
         node = self._node
         if node is not None:
             if node.closed:
-                raise ClosedError("the store is closed")
+                if not node._inherited:
+                    raise ClosedError("the store is closed")
+                await self._call(node.check_open)  # opened before fork(): reopen it in this child
             return node
         if self._closed:
             raise ClosedError("the store is closed")

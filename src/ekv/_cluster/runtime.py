@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import errno
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Coroutine
@@ -224,6 +225,24 @@ async def route_connection(
 
 
 _RUNTIME = Runtime()
+
+
+def _after_fork_in_child() -> None:
+    # The loop thread does not exist in a child made by fork(): start afresh (a node reopened
+    # there starts a new one). The parent's listening sockets are closed in the child, so a child
+    # that outlives its parent never keeps the port.
+    global _RUNTIME
+    old, _RUNTIME = _RUNTIME, Runtime()
+    for listener in old._listeners.values():
+        server = listener.server
+        for sock in server.sockets if server is not None else ():
+            with contextlib.suppress(OSError):
+                os.close(sock.fileno())
+    old._listeners = {}
+    old._loop = old._thread = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def runtime() -> Runtime:

@@ -32,6 +32,8 @@ import hashlib
 import os
 import struct
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -388,10 +390,25 @@ class BusClient:
         self._replicate = False
         self._connecting = False
         self._task: asyncio.Task[None] | None = None
+        self._ready = threading.Event()
+        """Set once connected and told what the others watch and whether to send writes."""
 
     @property
     def connected(self) -> bool:
         return self._conn is not None
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Connect and wait until the node process has answered (or ``timeout_s`` passed): an
+        open that attaches waits for this, so its first writes already reach the node process
+        (writes made while no node process listens reach the members by anti-entropy only)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.connect()
+            self._ready.wait(min(remaining, 0.02))
+        return True
 
     def connect(self) -> None:
         """Connect if not connected (any thread; returns at once)."""
@@ -419,11 +436,13 @@ class BusClient:
                     self._publish(decode_events(payload))
                 elif kind == PATTERNS:
                     self._remote, self._replicate = decode_patterns(payload)
+                    self._ready.set()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
             self.log.error("the node process sent a bad frame; reconnecting", exc_info=True)
         finally:
+            self._ready.clear()
             self._conn = None
             self._remote, self._replicate = frozenset(), False
             writer.close()

@@ -75,9 +75,17 @@ def _close_open_nodes() -> None:
             node.log.error("closing %s at interpreter exit failed", node.config.data_dir, exc_info=True)
 
 
+def _after_fork_in_child() -> None:
+    # A child made by fork() inherits the parent's nodes but owns none of them: its exit must not
+    # close them. Each is reopened in the child on its first use there (Node._revive_in_child).
+    for node in list(_open_nodes):
+        node._inherited = True
+        node._revive_lock = threading.Lock()  # the parent's may have been held by another thread
+    _open_nodes.clear()
+
+
 atexit.register(_close_open_nodes)
-# A child made by fork() inherits the parent's nodes but owns none of them: its exit must not close them.
-os.register_at_fork(after_in_child=_open_nodes.clear)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Periodic:
@@ -124,6 +132,10 @@ def _node_process_alive(config: Config) -> bool:
 class Node:
     """One open ekv instance. Thread-safe."""
 
+    cluster: ClusterNode | None
+    role: ProcessRole
+    _closed: bool
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.log = NodeLog(config.name, config.log)
@@ -154,16 +166,56 @@ class Node:
             (time.perf_counter() - started) * 1e3,
             "" if self.role.is_node else ", attached to the node process",
         )
+        self._inherited = False
+        self._revive_lock = threading.Lock()
+        self.store.revive = self._revive_in_child
+        self._start_threads()
+        _open_nodes.add(self)
+
+    def _start_threads(self) -> None:
+        """GC and checkpoints in the node process; the takeover check in an attached one."""
         self._gc_thread: _Periodic | None = None
         self._checkpoint_thread: _Periodic | None = None
         self._takeover_thread: _Periodic | None = None
         if self.role.is_node:
             self._start_background()
         else:
-            self._takeover_thread = _Periodic(
-                self, "takeover", config.takeover_interval_ns / NS_PER_S, Node._try_take_over
-            )
-        _open_nodes.add(self)
+            interval = self.config.takeover_interval_ns / NS_PER_S
+            self._takeover_thread = _Periodic(self, "takeover", interval, Node._try_take_over)
+
+    def _revive_in_child(self) -> None:
+        """Reopen, in a child made by ``fork()``, a node its parent had open (gunicorn
+        ``--preload``, multiprocessing with fork): on the first use in the child, called by the
+        store (``ShardedStore._unusable``). The same objects carry on with new connections, a new
+        origin, new threads and a new role (the child attaches while the parent lives);
+        subscriptions made in the parent stay in the parent."""
+        with self._revive_lock:
+            if not self._inherited or self._closed:
+                return
+            config = self.config
+            self.clock = HybridClock(config.clock, self.clock.last_ns)
+            self.registry = Registry(config.codec.loads, self.log.child("ekv.subscriptions"))
+            self.sink = LocalSink(self.registry)
+            self.dispatcher = Dispatcher(config.name)
+            self.cluster = None
+            self._close_lock = threading.Lock()
+            self._gc_lock = threading.Lock()
+            self.store.reopen_in_child(self.clock, self.sink)
+            self.role = ProcessRole(config, self.registry, self.sink, self.log)
+            listener = None
+            try:
+                if config.cluster is not None and config.cluster.listen is not None and not _node_process_alive(config):
+                    from ekv._cluster.listener import ListenerHold
+
+                    listener = ListenerHold(config)
+                self._take_role(listener, check_stale=False)
+            finally:
+                if listener is not None:
+                    listener.release()
+            self._inherited = False
+            self._start_threads()
+            _open_nodes.add(self)
+            self.log.info("reopened %s in the child process %d after fork()", config.data_dir, os.getpid())
 
     def _start_background(self) -> None:
         config = self.config
@@ -192,12 +244,19 @@ class Node:
             "purged": 0,
             "log_truncated": 0,
         }
-        self.cluster: ClusterNode | None = None
+        self.cluster = None
+        self._take_role(listener, won=won)
+
+    def _take_role(self, listener: ListenerHold | None, *, won: bool | None = None, check_stale: bool = True) -> None:
+        """Attach, or (having won the election) serve the bus and start the cluster."""
+        config = self.config
+        if won is None:
+            won = self.role.try_win(self.store)
         try:
             if not won:
                 self.role.attach(self.store)
                 return
-            if config.cluster is not None and not self.store.created and self.store.alone():
+            if check_stale and config.cluster is not None and not self.store.created and self.store.alone():
                 self._check_stale()
                 self.values = Values(self.store)
             server = self.role.serve()
@@ -316,6 +375,9 @@ class Node:
 
     def check_open(self) -> None:
         if self.closed:
+            if self._inherited:
+                self.store._unusable()  # reopens it in a forked child, or raises
+                return
             raise ClosedError("the store is closed")
 
     # -- subscriptions -----------------------------------------------------------------------

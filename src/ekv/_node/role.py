@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ProcessRole"]
 
+_ATTACH_WAIT_S = 2.0
+
 
 class ProcessRole:
     """The election, the bus end and the takeover state of one open."""
@@ -70,7 +72,8 @@ class ProcessRole:
         self._use(client)
         for shard in store.shards:
             shard.outbox = client.writes
-        client.connect()
+        if not client.wait_ready(_ATTACH_WAIT_S):
+            self.log.warning("the node process of %s does not answer on its bus yet", self.config.data_dir)
 
     def _use(self, bus: BusServer | BusClient) -> None:
         self.bus = self.sink.bus = bus

@@ -33,6 +33,7 @@ import os
 import secrets
 import socket
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +66,16 @@ class SlotInfo:
     started_ns: int
 
 
+_holders: weakref.WeakSet[Slot | Election] = weakref.WeakSet()
+
+
 def _forget_own_slots_in_child() -> None:
-    # A child made by fork() holds none of its parent's slots (their descriptors are closed by
-    # datadir's fork hook): they are alive only as long as the parent is.
+    # A child made by fork() holds none of its parent's slots or elections (their descriptors are
+    # closed by datadir's fork hook): they are alive only as long as the parent is.
     _own_slots.clear()
+    for holder in list(_holders):
+        holder._fd = None
+    _holders.clear()
 
 
 os.register_at_fork(after_in_child=_forget_own_slots_in_child)
@@ -155,9 +162,10 @@ class Slot:
                 raise DataDirError(f"cannot create {str(path)!r}: {exc.strerror or exc}") from exc
             fcntl.flock(fd, fcntl.LOCK_EX)  # new and unique: nobody else can hold it
             held(fd)
+            registered = cls(path, slot, fd)
+            _own_slots[slot] = registered
+            _holders.add(registered)
         _write(fd, f"{os.getpid()} {origin} {socket.gethostname()} {role} {time.time_ns()}\n")
-        registered = cls(path, slot, fd)
-        _own_slots[slot] = registered
         return registered
 
     def set_origin(self, origin: str, role: str) -> None:
@@ -259,6 +267,7 @@ class Election:
                 return False
             held(fd)
             self._fd = fd
+            _holders.add(self)
         _write(fd, f"{os.getpid()} {slot} {origin} {socket.gethostname()}\n")
         return True
 

@@ -69,6 +69,21 @@ class StoreReads:
     _readonly: bool
     _forked: bool
 
+    revive: Callable[[], None] | None = None
+    """Set by the node: reopens a store inherited through ``fork()`` in place (see
+    :meth:`_unusable`)."""
+
+    def _unusable(self) -> None:
+        """Called when the store is closed (or read-only, for a write): a store inherited through
+        ``fork()`` (gunicorn ``--preload``) is reopened in place, in the child, on its first use
+        there, and the call goes on; otherwise raise :class:`~ekv.ClosedError`."""
+        revive = self.revive
+        if self._forked and revive is not None:
+            revive()
+            if not self._closed:
+                return
+        raise self._closed_error()
+
     def _closed_error(self) -> ClosedError:
         if self._readonly and not self._closed:
             return ClosedError("this store was opened read-only")
@@ -86,7 +101,7 @@ class StoreReads:
 
     def _open_readers(self) -> list[apsw.Cursor]:
         if self._closed:
-            raise self._closed_error()
+            self._unusable()
         cursors = []
         with self._readers_lock:
             for index in range(self._count):
@@ -104,7 +119,7 @@ class StoreReads:
         """The stored value (bytes) of a visible ``key``, else None. ``encoded`` is the key's
         UTF-8 form, already validated (:func:`ekv._core.keys.check_key`, by the value layer)."""
         if self._closed:
-            raise self._closed_error()
+            self._unusable()
         self.reads += 1  # approximate under threads (not locked): a metric, not an invariant
         index = crc32(encoded) % self._count
         try:
@@ -131,7 +146,7 @@ class StoreReads:
         :meth:`read`). :meth:`read`'s body repeated rather than shared: a helper call would cost
         every get about 0.1 us (a point read is 4-10 us)."""
         if self._closed:
-            raise self._closed_error()
+            self._unusable()
         self.reads += 1
         index = crc32(encoded) % self._count
         try:
@@ -158,7 +173,7 @@ class StoreReads:
         as for :meth:`read`), as ``key -> bytes``: one query per shard (the shard's keys passed as
         one JSON array), each row's checksum verified as in :meth:`read`."""
         if self._closed:
-            raise self._closed_error()
+            self._unusable()
         parts: dict[int, list[str]] = {}
         for key, encoded in keys:
             parts.setdefault(crc32(encoded) % self._count, []).append(key)
@@ -202,7 +217,7 @@ class StoreReads:
         """The stored entry of ``key`` including tombstones and expired puts (for tests,
         tools and replication)."""
         if self._closed:
-            raise self._closed_error()
+            self._unusable()
         index = shard_of(check_key(key), self._count)
         row = self._cursors()[index].execute(schema.ROW, (key,)).get
         return None if row is None else Entry(*self._checked(index, row)[:6])
@@ -261,7 +276,7 @@ class StoreReads:
         """Lazily yield ``(key, value bytes)`` for visible keys under ``prefix`` (validated by
         the value layer), ascending; memory stays bounded by one page per shard."""
         if self._closed:
-            raise self._closed_error()
+            self._unusable()
         upper = prefix_upper_bound(prefix)
         now = self._now()
         streams = [self._shard_rows(i, prefix, upper, now, True) for i in range(self._count)]
@@ -270,7 +285,7 @@ class StoreReads:
     def iter_keys(self, prefix: str) -> Iterator[str]:
         """Lazily yield visible keys under ``prefix`` (validated) in ascending order."""
         if self._closed:
-            raise self._closed_error()
+            self._unusable()
         upper = prefix_upper_bound(prefix)
         now = self._now()
         streams = [self._shard_rows(i, prefix, upper, now, False) for i in range(self._count)]
@@ -278,7 +293,7 @@ class StoreReads:
 
     def _range_all(self, prefix: str, with_values: bool) -> list[Any]:
         if self._closed:
-            raise self._closed_error()
+            self._unusable()
         upper = prefix_upper_bound(prefix)
         now = self._now()
         sql = schema.range_sql(with_values=with_values, after=False, bounded=upper is not None)
@@ -312,7 +327,7 @@ class StoreReads:
         """How many visible keys (not deleted, not expired) are under ``prefix`` (validated):
         one COUNT query per shard, each O(keys under the prefix) in that shard."""
         if self._closed:
-            raise self._closed_error()
+            self._unusable()
         upper = prefix_upper_bound(prefix)
         now = self._now()
         params: tuple[Any, ...] = (prefix, now) if upper is None else (prefix, upper, now)

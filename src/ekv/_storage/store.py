@@ -43,9 +43,15 @@ __all__ = ["GcReport", "ShardedStore"]
 _open_stores: weakref.WeakSet[ShardedStore] = weakref.WeakSet()
 
 
+_inherited: list[object] = []
+"""What a forked child inherited of its parent's stores (connections, shards): never used, never
+closed, never collected: closing an SQLite connection opened by another process could disturb
+that process's locks (SQLite's file locks are per process)."""
+
+
 def _after_fork_in_child() -> None:
-    # Connections, locks and threads do not survive fork(); a store inherited by a child
-    # process must not be used there (its parent still owns the files).
+    # Connections, locks and threads do not survive fork(): a store inherited by a child process
+    # is closed there, and reopened in place on its first use (ShardedStore.reopen_in_child).
     for store in list(_open_stores):
         store._forked = True
         store._closed = True
@@ -144,6 +150,21 @@ class ShardedStore(StoreReads):
             raise
         _open_stores.add(store)
         return store
+
+    def reopen_in_child(self, clock: HybridClock, sink: EventSink) -> None:
+        """Open the data directory again, in place, in a child made by ``fork()`` from a process
+        that had it open: a new open (new origin, slot, connections, group commits), the same
+        object, so that every reference to it stays valid. The parent's connections are kept,
+        unused (see ``_inherited``)."""
+        if not self._forked:
+            return
+        _inherited.append((self.shards, self._readers, self._checkpointers, self._tls, self.datadir, self.slot))
+        fresh = ShardedStore.open(self.config, clock, sink)
+        revive = self.revive
+        self.__dict__.update(fresh.__dict__)
+        self.revive = revive
+        _open_stores.discard(fresh)
+        _open_stores.add(self)
 
     def _open_shards(self, identity: _Identity, sink: EventSink, create: bool, writers: Writers) -> None:
         config, datadir = self.config, self.datadir
@@ -317,7 +338,7 @@ class ShardedStore(StoreReads):
         ``encoded`` is the key's UTF-8 form, already validated (:func:`ekv._core.keys.check_key`,
         by the value layer :mod:`ekv._values`, which also encodes the value)."""
         if self._closed or self._readonly:
-            raise self._closed_error()
+            self._unusable()
         return self.shards[crc32(encoded) % self._count].write(key, blob, expires_at)
 
     def write_many(self, items: Sequence[tuple[str, bytes, bytes | None, int | None]]) -> dict[str, Version]:
@@ -326,7 +347,7 @@ class ShardedStore(StoreReads):
         version, in the order of ``items``. Shards are written one after the other: if one fails,
         its part is not written, the parts already committed stay, and the error is raised."""
         if self._closed or self._readonly:
-            raise self._closed_error()
+            self._unusable()
         parts: dict[int, list[tuple[str, bytes | None, int | None]]] = {}
         for key, encoded, blob, expires_at in items:
             parts.setdefault(crc32(encoded) % self._count, []).append((key, blob, expires_at))
@@ -340,7 +361,7 @@ class ShardedStore(StoreReads):
     def touch(self, key: str, encoded: bytes, expires_at: int | None) -> Version | None:
         """Give a visible ``key`` a new expiry (see :meth:`Shard.touch`); None if it is not visible."""
         if self._closed or self._readonly:
-            raise self._closed_error()
+            self._unusable()
         return self.shards[crc32(encoded) % self._count].touch(key, expires_at, self._now())
 
     def apply(self, entries: Sequence[Entry]) -> list[Entry]:
@@ -430,7 +451,7 @@ class ShardedStore(StoreReads):
     def shard_info(self, index: int) -> dict[str, Any]:
         """Counts and change-log state of one shard, read through this thread's reader."""
         if self._closed:
-            raise self._closed_error()
+            self._unusable()
         cur = self._cursors()[index]
         try:
             now = self._now()

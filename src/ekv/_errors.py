@@ -181,8 +181,8 @@ class InstanceNameError(StorageError, ConfigError):
 
 
 class LockedError(StorageError):
-    """``data_dir`` is held exclusively: by an ekv older than 0.3 (which allowed one open per
-    directory), or while stale files are being moved aside. Any number of ekv 0.3 opens share a
+    """``data_dir`` is held exclusively: by an older ekv (which allowed one open per directory),
+    or while stale files are being moved aside. Any number of opens of this ekv share a
     data directory (SPEC section 12).
 
     Attributes:

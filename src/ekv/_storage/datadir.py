@@ -5,7 +5,8 @@ Layout::
     data_dir/
       ekv.json          manifest: format, instance name, shard count, node id, creation time, codec
       LOCK              every open of the directory holds a shared flock() on it; an exclusive
-                        one (moving stale files aside; an ekv before 0.3) keeps the others out
+                        one (moving stale files aside; an older ekv, one open per
+                        directory) keeps the others out
       NODE, procs/      which open is the node process, and which are attached (see procs.py)
       shard_000.db      one SQLite database per shard (+ -wal and -shm while open)
       ...
@@ -201,7 +202,7 @@ class DataDir:
         Any number of processes (and EKV objects in one process) may hold it at once (SPEC
         section 12): which of them is the node process is decided by :mod:`ekv._storage.procs`.
         The lock keeps out what needs the directory alone: moving stale files aside
-        (:meth:`exclusive`) and an ekv older than 0.3, which locks it exclusively. The kernel
+        (:meth:`exclusive`) and an older ekv (one open per directory), which locks it exclusively. The kernel
         drops it if the process dies; a child made by ``fork()`` does not keep it (see
         ``_after_fork_in_child``).
         """
@@ -249,7 +250,7 @@ class DataDir:
             if host:
                 who += f" on {host}"
             raise LockedError(
-                f"data_dir {str(self.path)!r} is held exclusively by {who} (an ekv older than 0.3, or one "
+                f"data_dir {str(self.path)!r} is held exclusively by {who} (an older ekv that allows one open per directory, or one "
                 "moving stale files aside); close it first or use a different data_dir",
                 owner_pid=pid,
             ) from None

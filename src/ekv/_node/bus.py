@@ -212,6 +212,16 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return kind, await reader.readexactly(length - 1)
 
 
+_CLOSE_WAIT_S = 1.0
+
+
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    """Close ``writer`` and wait until its socket is released."""
+    writer.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.wait_closed(), _CLOSE_WAIT_S)
+
+
 class _Conn:
     """One connection's sending side: frames queued from any thread, written by the loop."""
 
@@ -243,10 +253,6 @@ class _Conn:
                 self.log.warning("a process of this data directory reads too slowly: dropping its events")
             return
         self.writer.write(b"".join(queue))
-
-    def close(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.writer.close)
 
 
 class BusServer:
@@ -288,7 +294,10 @@ class BusServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
         for peer in list(self._peers):
-            peer.writer.close()
+            await _closed(peer.writer)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), _CLOSE_WAIT_S)
 
     @property
     def processes(self) -> int:
@@ -448,13 +457,24 @@ class BusClient:
             writer.close()
 
     def close(self) -> None:
+        """Close the connection and wait until it is closed (from any thread but the loop's:
+        a transport closed on a loop that then stops would never release its socket)."""
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._aclose(), self.loop)
+        except RuntimeError:
+            return  # the loop is gone (the interpreter is exiting)
+        with contextlib.suppress(Exception):
+            future.result(_CLOSE_WAIT_S * 2)
+
+    async def _aclose(self) -> None:
         conn, self._conn = self._conn, None
+        task, self._task = self._task, None
         if conn is not None:
-            conn.close()
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(task.cancel)
+            await _closed(conn.writer)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
     # -- from writer threads ---------------------------------------------------------------------
 

@@ -250,8 +250,8 @@ class DataDir:
             if host:
                 who += f" on {host}"
             raise LockedError(
-                f"data_dir {str(self.path)!r} is held exclusively by {who} (an older ekv that allows one open per directory, or one "
-                "moving stale files aside); close it first or use a different data_dir",
+                f"data_dir {str(self.path)!r} is held exclusively by {who} (an older ekv that allows one open per "
+                "directory, or one moving stale files aside); close it first or use a different data_dir",
                 owner_pid=pid,
             ) from None
         return fd

@@ -501,3 +501,23 @@ def test_a_forked_child_whose_parent_died_becomes_the_node_process(tmp_path: Pat
     assert line.split() == ["node", "1"], line
     with _open(data) as kv:
         assert kv.get("child") == 2
+
+
+def test_the_node_process_vector_covers_attached_writes(tmp_path: Path) -> None:
+    """The node process's replication vector advances with the writes attached processes report
+    over the bus (else each pull would tell members they are missing and get them sent back)."""
+    quiet = {"cookie": "c", "anti_entropy_interval": 3600}  # no pull brings them back meanwhile
+    remote = ekv.EKV("p", tmp_path / "remote", shards=4, log=False, listen="127.0.0.1:0", **quiet)
+    with remote, _open(tmp_path / "data", listen="127.0.0.1:0", peers=[remote.listen_address], **quiet) as kv:
+        connected = lambda: any(m.get("connected") for m in kv.info()["members"].values())  # noqa: E731
+        wait_until(connected, DEADLINE_S)
+        child = _writer(tmp_path, tmp_path / "data", "att", 30)
+        try:
+            acks = [f for f in _lines(child) if f[0] == "ack"]
+            assert child.proc.wait(DEADLINE_S) == 0
+        finally:
+            child.close()
+        origin = acks[0][3]
+        covered = lambda: sum(shard["vv"].get(origin, 0) for shard in kv.info()["shards"])  # noqa: E731
+        wait_until(lambda: covered() == 30, DEADLINE_S)
+        wait_until(lambda: len(remote.scan("att/")) == 30, DEADLINE_S)

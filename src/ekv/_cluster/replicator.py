@@ -367,9 +367,23 @@ class Replicator:
     # -- outbound ----------------------------------------------------------------------------
 
     def on_local_writes(self, shard: int, entries: list[Entry]) -> None:
-        """Send this node's newly committed writes of ``shard`` to every member."""
+        """Send this node's newly committed writes of ``shard`` to every member: its own, and
+        those of the other processes sharing its data directory (their own origins, reported by
+        the local bus in commit order), which this vector now covers too: otherwise every pull
+        would report them missing and members would send them back."""
         if not entries:
             return
+        own = self.origin
+        others: dict[str, list[int]] | None = None
+        for entry in entries:
+            if entry.origin != own:
+                if others is None:
+                    others = {}
+                others.setdefault(entry.origin, []).append(entry.oseq)
+        if others is not None:
+            vv = self.vv[shard]
+            for origin, oseqs in others.items():
+                vvmod.advance(vv, origin, oseqs)
         message = Live(shard, tuple(entries))
         for peer_id, state in self.peers.items():
             if not state.quarantined:

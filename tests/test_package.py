@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -137,3 +138,84 @@ def test_the_sdist_holds_the_docs_scripts_and_tests_and_they_run_from_it(tmp_pat
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+# -- the wheel ------------------------------------------------------------------------------------
+
+
+@pytest.mark.long
+@pytest.mark.packaging
+def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_quickstart(tmp_path: Path) -> None:
+    """``python -m build`` makes an sdist and, from it, a wheel; the wheel installs into a fresh
+    venv (no system site-packages: apsw comes from the package index, pip's cache keeps it fast)
+    and the quickstart runs there on the installed package, outside the source tree."""
+    if int(metadata.version("setuptools").split(".")[0]) < 77:
+        pytest.fail("setuptools>=77 is needed to build; install the test extras: pip install -e '.[test]'")
+    project = tmp_path / "project"
+    shutil.copytree(ROOT, project, ignore=NOT_SHIPPED)
+    dist = tmp_path / "dist"
+    # no build isolation: the test extra's setuptools builds (an isolated build env would
+    # download it again on every run)
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(project)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    version = ekv.__version__
+    wheel = dist / f"ekv-{version}-py3-none-any.whl"
+    assert {path.name for path in dist.iterdir()} == {wheel.name, f"ekv-{version}.tar.gz"}
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {"ekv/__init__.py", "ekv/py.typed", f"ekv-{version}.dist-info/entry_points.txt"} <= names
+    assert not any(name.startswith(("tests/", "docs/", "examples/")) for name in names), "the wheel holds the package"
+
+    venv = tmp_path / "venv"
+    # without pip of its own (ensurepip takes longer than the rest): this interpreter's pip
+    # installs into it (``pip --python``)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    # the outer run's PYTHONPATH (a checkout's src/) and pytest variables stay out of the venv
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME"} and not k.startswith("PYTEST_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"  # not the source tree: `import ekv` finds only the installed one
+    elsewhere.mkdir()
+    shutil.copy(ROOT / "examples" / "quickstart.py", elsewhere)
+    where = subprocess.run(
+        [str(python), "-c", "import ekv, apsw; print(ekv.__file__); print(apsw.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert where.returncode == 0, where.stderr
+    for path in where.stdout.split():
+        assert Path(path).is_relative_to(venv), f"imported from outside the venv: {path}"
+    done = subprocess.run(
+        [str(python), "quickstart.py"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"ekv {version}" in done.stdout and "after a restart" in done.stdout
+    cli = subprocess.run(
+        [str(venv / "bin" / "ekv"), "--version"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert cli.returncode == 0 and version in cli.stdout + cli.stderr, cli.stdout + cli.stderr

@@ -665,7 +665,9 @@ def test_a_100k_operation_history_checks_in_seconds() -> None:
     print(f"checked {verdict.counts['all']['attempted']} operations in {took:.2f} s")
     assert verdict.valid, verdict.to_json(max_per_check=2)
     assert verdict.counts["all"]["attempted"] == 100_000
-    assert took < 20
+    # A guard against a quadratic checker (it would take hours), not a speed measurement: about
+    # 10 s on an idle 2-vCPU machine, 22 s seen under heavy load; speed belongs to benchmarks.
+    assert took < 180
     history.final["n4"]["r1"] = [1, "n9", "nope"]  # the same run, broken, still in time
     started = time.perf_counter()
     broken = check(history)

@@ -67,6 +67,16 @@ def _lines(child: LineChild) -> list[list[str]]:
     return lines
 
 
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` if it still runs, wait for it, close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(DEADLINE_S)
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
+
+
 def _open(data: Path, **options: Any) -> ekv.EKV:
     return ekv.EKV("p", data, shards=4, log=False, **options)
 
@@ -237,12 +247,7 @@ def test_an_attached_process_takes_over_when_the_node_process_is_killed(tmp_path
             assert kv.info()["processes"]["opens"][0]["pid"] == os.getpid()
             assert kv._node.run_gc() is not None  # type: ignore[union-attr]
     finally:
-        if node.poll() is None:
-            node.kill()
-        node.wait(DEADLINE_S)
-        for stream in (node.stdin, node.stdout):
-            if stream is not None:
-                stream.close()
+        _reap(node)
 
 
 @pytest.mark.parametrize("option", ["shards", "codec", "name"])
@@ -457,12 +462,7 @@ def test_a_store_opened_before_fork_works_in_the_children(tmp_path: Path, cluste
             parent.stdin.flush()
             assert parent.wait(DEADLINE_S) == 0
         finally:
-            if parent.poll() is None:
-                parent.kill()
-            parent.wait(DEADLINE_S)
-            for stream in (parent.stdin, parent.stdout):
-                if stream is not None:
-                    stream.close()
+            _reap(parent)
     finally:
         if remote is not None:
             remote.close()

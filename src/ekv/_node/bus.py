@@ -255,8 +255,9 @@ class _Conn:
         self.writer.write(b"".join(queue))
 
 
-class BusServer:
-    """The node process's end: accepts the attached processes of its data directory."""
+class _End:
+    """What both ends of the bus share: where the socket is, this process's subscriptions, and
+    what the other processes watch (``_remote``)."""
 
     def __init__(
         self,
@@ -272,10 +273,26 @@ class BusServer:
         self.log = log
         self._local_patterns = local_patterns
         self._publish = publish
+        self._remote: frozenset[str] = frozenset()
+
+    @property
+    def remote_active(self) -> bool:
+        """Whether another process subscribes to anything (any thread)."""
+        return bool(self._remote)
+
+    def remote_matches(self, key: str) -> bool:
+        """Whether another process subscribes to ``key`` (any thread)."""
+        return matches(self._remote, key)
+
+
+class BusServer(_End):
+    """The node process's end: accepts the attached processes of its data directory."""
+
+    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, **ends: Any) -> None:
+        super().__init__(path, loop, **ends)
         self.on_writes: Callable[[int, list[Entry]], None] | None = None
         """Where the attached processes' writes go (the cluster's outbox); None: not replicating."""
         self._peers: list[_Conn] = []
-        self._remote: frozenset[str] = frozenset()
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -304,13 +321,6 @@ class BusServer:
         return len(self._peers)
 
     # -- the node process's own events (any thread) ---------------------------------------------
-
-    @property
-    def remote_active(self) -> bool:
-        return bool(self._remote)
-
-    def remote_matches(self, key: str) -> bool:
-        return matches(self._remote, key)
 
     def publish(self, events: list[RawEvent]) -> None:
         """Send the node process's events to the processes that watch their keys."""
@@ -377,25 +387,12 @@ class BusServer:
             peer.send(encode_patterns(others, replicate))
 
 
-class BusClient:
+class BusClient(_End):
     """An attached process's end: one connection to the node process, reopened after a takeover."""
 
-    def __init__(
-        self,
-        path: str,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        local_patterns: Callable[[], frozenset[str]],
-        publish: Callable[[list[RawEvent]], None],
-        log: NodeLog,
-    ) -> None:
-        self.path = path
-        self.loop = loop
-        self.log = log
-        self._local_patterns = local_patterns
-        self._publish = publish
+    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, **ends: Any) -> None:
+        super().__init__(path, loop, **ends)
         self._conn: _Conn | None = None
-        self._remote: frozenset[str] = frozenset()
         self._replicate = False
         self._connecting = False
         self._task: asyncio.Task[None] | None = None
@@ -477,13 +474,6 @@ class BusClient:
                 await task
 
     # -- from writer threads ---------------------------------------------------------------------
-
-    @property
-    def remote_active(self) -> bool:
-        return bool(self._remote)
-
-    def remote_matches(self, key: str) -> bool:
-        return matches(self._remote, key)
 
     def publish(self, events: list[RawEvent]) -> None:
         conn = self._conn

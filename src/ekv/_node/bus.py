@@ -42,7 +42,7 @@ from ekv._core.keys import subscription_candidates
 from ekv._log import NodeLog
 from ekv._model import Entry, RawEvent, Version
 
-__all__ = ["BusClient", "BusServer", "bus_path"]
+__all__ = ["BusClient", "BusServer", "LocalSink", "bus_path", "runtime_path"]
 
 WRITES, EVENTS, PATTERNS = 1, 2, 3
 _HEAD = struct.Struct("<IB")
@@ -55,11 +55,16 @@ _EVENT_TYPES = ("put", "delete", "expired")
 
 
 def bus_path(data_dir: Path) -> str:
-    """Where the node process of ``data_dir`` listens: a socket named by the directory's hash in
-    a private per-user runtime directory (``$XDG_RUNTIME_DIR``, else ``<tmp>/ekv-<uid>``, mode
-    0700). Not in the data directory itself: a copy of a live data directory (``cp -r``, a
-    backup tool) must not trip over a socket, and a Unix socket path is limited to about 100
-    bytes."""
+    """Where the node process of ``data_dir`` listens (see :func:`runtime_path`)."""
+    return str(runtime_path(data_dir, ".sock"))
+
+
+def runtime_path(data_dir: Path, suffix: str) -> Path:
+    """A file of ``data_dir``'s in a private per-user runtime directory (``$XDG_RUNTIME_DIR``,
+    else ``<tmp>/ekv-<uid>``, mode 0700), named by the directory's hash: the bus's socket and the
+    lock that serialises becoming a node process. Not in the data directory itself: a copy of a
+    live data directory (``cp -r``, a backup tool) must not trip over a socket, a Unix socket path
+    is limited to about 100 bytes, and the lock must exist before the data directory does."""
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     private = Path(base) / f"ekv-{os.getuid()}"
     private.mkdir(mode=0o700, exist_ok=True)
@@ -67,7 +72,7 @@ def bus_path(data_dir: Path) -> str:
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise PermissionError(f"{private} must be a directory of this user with mode 0700")
     digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:32]
-    return str(private / f"{digest}.sock")
+    return private / f"{digest}{suffix}"
 
 
 # -- encoding ----------------------------------------------------------------------------------

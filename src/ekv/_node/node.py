@@ -20,6 +20,7 @@ frozen and a close that needs one would wait for it in vain.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 import time
@@ -32,9 +33,9 @@ from ekv._config import Config, check_overflow, check_positive_int
 from ekv._core.clock import HybridClock
 from ekv._core.durations import NS_PER_S, is_stale, tombstone_cutoff_ns
 from ekv._core.keys import check_prefix
-from ekv._errors import ClosedError, InvalidArgumentType, LockedError
+from ekv._errors import ClosedError, InvalidArgumentType, ListenError, LockedError
 from ekv._model import Event
-from ekv._node.bus import LocalSink
+from ekv._node.bus import LocalSink, runtime_path
 from ekv._node.role import ProcessRole
 from ekv._node.subscriptions import (
     BaseSubscription,
@@ -43,7 +44,7 @@ from ekv._node.subscriptions import (
     Registry,
     Subscription,
 )
-from ekv._storage.procs import Election
+from ekv._storage.procs import Election, exclusive
 from ekv._storage.sqlite import sqlite_version
 from ekv._storage.store import GcReport, ShardedStore
 from ekv._values import Values
@@ -129,6 +130,26 @@ def _node_process_alive(config: Config) -> bool:
     return config.data_dir.is_dir() and Election(config.data_dir).holder() is not None
 
 
+def _becoming(config: Config) -> contextlib.AbstractContextManager[None]:
+    """Serialise, among the processes of this machine, the opens of one data directory from the
+    check "is there a node process?" to the election: two workers starting at once must not both
+    bind the ``listen`` address (the second would fail with ListenError). The lock lives in the
+    private runtime directory, so that it exists before the data directory does."""
+    return exclusive(runtime_path(config.data_dir, ".open"), f"opening data_dir {str(config.data_dir)!r}")
+
+
+def _bind_unless_attaching(config: Config) -> ListenerHold | None:
+    """Bind the listener first, when this open will probably be the node process: a port in use
+    must fail before the data directory is created or marked as opened (ekv.ListenError; nothing
+    on disk changes). Not when another process is the directory's node process: it listens,
+    this one attaches."""
+    if config.cluster is None or config.cluster.listen is None or _node_process_alive(config):
+        return None
+    from ekv._cluster.listener import ListenerHold
+
+    return ListenerHold(config)
+
+
 class Node:
     """One open ekv instance. Thread-safe."""
 
@@ -144,19 +165,13 @@ class Node:
         self.sink = LocalSink(self.registry)
         self.dispatcher = Dispatcher(config.name)
         started = time.perf_counter()
-        # Bind the listener first: a port in use must fail before the data directory is created
-        # or marked as opened (ekv.ListenError; nothing on disk changes). Not when another
-        # process is the directory's node process: it listens, this one attaches.
-        listener = None
-        if config.cluster is not None and config.cluster.listen is not None and not _node_process_alive(config):
-            from ekv._cluster.listener import ListenerHold
-
-            listener = ListenerHold(config)
-        try:
-            self._open(config, listener)
-        finally:
-            if listener is not None:
-                listener.release()  # the cluster serves on it now (or it failed): drop our hold
+        with _becoming(config):
+            listener = _bind_unless_attaching(config)
+            try:
+                self._open(config, listener)
+            finally:
+                if listener is not None:
+                    listener.release()  # the cluster serves on it now (or it failed): drop our hold
         self.log.info(
             "opened %s (node %s, %d shards, durability=%s) in %.1f ms%s",
             config.data_dir,
@@ -202,16 +217,13 @@ class Node:
             self._gc_lock = threading.Lock()
             self.store.reopen_in_child(self.clock, self.sink)
             self.role = ProcessRole(config, self.registry, self.sink, self.log)
-            listener = None
-            try:
-                if config.cluster is not None and config.cluster.listen is not None and not _node_process_alive(config):
-                    from ekv._cluster.listener import ListenerHold
-
-                    listener = ListenerHold(config)
-                self._take_role(listener, check_stale=False)
-            finally:
-                if listener is not None:
-                    listener.release()
+            with _becoming(config):
+                listener = _bind_unless_attaching(config)
+                try:
+                    self._take_role(listener, check_stale=False)
+                finally:
+                    if listener is not None:
+                        listener.release()
             self._inherited = False
             self._start_threads()
             _open_nodes.add(self)
@@ -252,7 +264,12 @@ class Node:
         config = self.config
         if won is None:
             won = self.role.try_win(self.store)
+        late: ListenerHold | None = None
         try:
+            if won and listener is None and config.cluster is not None and config.cluster.listen is not None:
+                # The node process died after this open found it alive: bind now, as a takeover does.
+                listener = late = self._bind_late()
+                won = listener is not None
             if not won:
                 self.role.attach(self.store)
                 return
@@ -267,6 +284,21 @@ class Node:
             self.role.close()
             self.store.close()
             raise
+        finally:
+            if late is not None:
+                late.release()
+
+    def _bind_late(self) -> ListenerHold | None:
+        """Bind ``listen`` after winning the election; if the address is still taken (the old node
+        process's socket not closed yet), resign and attach: the takeover check tries again."""
+        from ekv._cluster.listener import ListenerHold
+
+        try:
+            return ListenerHold(self.config)
+        except ListenError as exc:
+            self.log.warning("cannot become the node process yet (%s); attached until the address is free", exc)
+            self.role.election.resign()
+            return None
 
     def _start_cluster(self, listener: ListenerHold | None) -> ClusterNode:
         from ekv._cluster.cluster import ClusterNode

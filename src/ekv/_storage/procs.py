@@ -41,7 +41,7 @@ from pathlib import Path
 from ekv._errors import DataDirError, LockedError
 from ekv._storage.datadir import fork_guard, held, released
 
-__all__ = ["Election", "Slot", "SlotInfo", "live_slots", "opening", "slot_alive"]
+__all__ = ["Election", "Slot", "SlotInfo", "exclusive", "live_slots", "opening", "slot_alive"]
 
 NODE_NAME = "NODE"
 PROCS_DIR = "procs"
@@ -95,7 +95,15 @@ def opening(data_dir: Path) -> Iterator[None]:
     """Serialise opens of one data directory among processes: creating a store, arming its
     shards and retiring dead writers happen one open at a time (two processes starting at once
     on a new directory must not both create it). Held for milliseconds; waits up to a minute."""
-    path = _procs_dir(data_dir) / OPENING_NAME
+    with exclusive(_procs_dir(data_dir) / OPENING_NAME, f"opening data_dir {str(data_dir)!r}"):
+        yield
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block,
+    waiting up to :data:`OPENING_TIMEOUT_S` for another process that holds it (``what`` it is
+    for, in the error)."""
     with fork_guard():
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -108,9 +116,7 @@ def opening(data_dir: Path) -> Iterator[None]:
         while not _try_lock(fd):
             if time.monotonic() > deadline:
                 raise LockedError(
-                    f"another process has been opening data_dir {str(data_dir)!r} for {OPENING_TIMEOUT_S:.0f} s; "
-                    "is it stuck?",
-                    owner_pid=None,
+                    f"another process has been {what} for {OPENING_TIMEOUT_S:.0f} s; is it stuck?", owner_pid=None
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.05)

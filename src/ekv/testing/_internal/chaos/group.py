@@ -92,11 +92,13 @@ class NodeGroup:
         """Start every process of the group that is not running, all at once (a Python process
         takes seconds to start on a loaded machine); return their names."""
         missing = [j for j, proc in enumerate(self.procs) if not proc.running]
+        # Opens that find no node process all bind the listen address, and the losers fail
+        # instead of attaching (an ekv bug, tests/test_processes_simultaneous_open.py): so the
+        # first process alone, and no start while a takeover is under way.
         if missing and len(missing) == len(self.procs):
-            # the first alone: opens that find no node process all bind the listen address, and
-            # the losers fail instead of attaching (an ekv bug, see
-            # tests/test_processes_simultaneous_open.py)
             self._start_one(missing[0], timeout)
+        elif missing:
+            self.node_process(timeout)
         with ThreadPoolExecutor(max_workers=max(1, len(missing))) as pool:
             rest = [j for j in missing if not self.procs[j].running]
             for future in [pool.submit(self._start_one, j, timeout) for j in rest]:

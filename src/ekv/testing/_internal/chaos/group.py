@@ -169,10 +169,11 @@ class NodeGroup:
                 return None
             time.sleep(0.05)
 
-    def kill_process(self, which: int | str) -> tuple[str, str] | None:
+    def kill_process(self, which: int | str) -> tuple[str, str, int] | None:
         """SIGKILL one process: ``which`` is its index or ``"node"`` (the current node process).
-        Returns (its name, its role), or None if it was not running or no other process of the
-        group would stay alive to serve (a whole-node kill is the other action)."""
+        Returns (its name, its role, the ``monotonic_ns`` just before the kill), or None if it
+        was not running or no other process of the group would stay alive to serve (a whole-node
+        kill is the other action)."""
         node = self.node_process()
         index = node if which == "node" else int(which)
         if index is None or not self.procs[index].running:
@@ -180,8 +181,9 @@ class NodeGroup:
         if sum(1 for p in self.procs if p.running) < 2:
             return None
         proc = self.procs[index]
+        kill_time = time.monotonic_ns()
         proc.kill()
-        return proc.name, "node" if index == node else "attached"
+        return proc.name, "node" if index == node else "attached", kill_time
 
     def call(self, op: str, timeout: float = 60, **args: Any) -> dict[str, Any]:
         """A command for the node: cluster commands to the node process, the others to any

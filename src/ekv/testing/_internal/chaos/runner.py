@@ -400,15 +400,15 @@ class _Run:
         group = self.nodes[index]
         if not isinstance(group, NodeGroup) or not group.running or group.paused:
             return
-        kill_time = time.monotonic_ns()
         killed = group.kill_process(which)
         if killed is None:
             return
-        self.nemesis("proc-kill", {"node": group.name, "process": killed[0], "role": killed[1]})
+        name, role, kill_time = killed
+        self.nemesis("proc-kill", {"node": group.name, "process": name, "role": role})
         with contextlib.suppress(RuntimeError, TimeoutError, OSError):
             state = _state(group.call("dump", timeout=30)["entries"])
             self.records.append(
-                {"record": "restart", "node": group.name, "process": killed[0], "kill_time": kill_time, "state": state}
+                {"record": "restart", "node": group.name, "process": name, "kill_time": kill_time, "state": state}
             )
 
     def restart_processes(self, index: int) -> None:

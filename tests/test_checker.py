@@ -461,6 +461,27 @@ def test_a_node_reusing_a_timestamp_on_another_key() -> None:
     assert not by_check(verdict, "duplicate_versions")  # the origins differ
 
 
+
+def test_the_node_clock_is_per_process_when_operations_name_one() -> None:
+    """A node made of several processes (the chaos group mode): each process has its own hybrid
+    clock, so one process's timestamp may be below another's on another key; within one process
+    it may not."""
+    h = clean_history()
+    r = Recorder()
+    r.op(200, 5, "n2", "put", "t1", "p5-1", (5000, "b~1"))
+    r.op(210, 6, "n2", "put", "t2", "p6-1", (4000, "b~2"))  # another process of n2: its own clock
+    for op in r.history.operations:
+        op["proc"] = "n2p0" if op["process"] == 5 else "n2p1"
+    h.operations += r.history.operations
+    set_final(h, "t1", [5000, "b~1", "p5-1"])
+    set_final(h, "t2", [4000, "b~2", "p6-1"])
+    assert not by_check(check(h), "node_clock")
+    for op in h.operations[-2:]:
+        op["proc"] = "n2p0"  # the same process after all: its clock went back
+    (violation,) = by_check(check(h), "node_clock")
+    assert "n2p0 gave timestamp 4000" in violation.message
+
+
 # -- malformed histories --------------------------------------------------------------------------
 
 

@@ -70,6 +70,11 @@ class NodeProcess:
         self.address: str | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
         self.paused = False
+        self.module = "ekv.testing.node"
+        """The program the child runs (``python -m MODULE``), which speaks the protocol of
+        :mod:`ekv.testing.node`."""
+        self.args: list[str] = []
+        """Extra arguments of the child, after the node's own."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -78,7 +83,7 @@ class NodeProcess:
             *self.prefix,
             sys.executable,
             "-m",
-            "ekv.testing.node",
+            self.module,
             "--name",
             self.instance,
             "--data-dir",
@@ -90,6 +95,7 @@ class NodeProcess:
             cmd += ["--peer", peer]
         for key, value in self.options.items():
             cmd += ["--option", f"{key}={json.dumps(value)}"]
+        cmd += self.args
         self._lines = queue.Queue()
         stderr: Any = subprocess.PIPE
         if self.stderr_path is not None:

@@ -31,13 +31,14 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import ekv
 from ekv.testing._hooks import cut_off, node_of, run_gc
 
 
-def _handle(kv: ekv.EKV, command: dict[str, Any]) -> Any:
+def handle(kv: ekv.EKV, command: dict[str, Any]) -> Any:
     op = command["op"]
     if op == "put":
         version = kv.put(command["key"], command["value"], ttl=command.get("ttl"))
@@ -78,14 +79,19 @@ def _handle(kv: ekv.EKV, command: dict[str, Any]) -> Any:
     raise ValueError(f"unknown op {op!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(description: str | None = __doc__) -> argparse.ArgumentParser:
+    """The command line of a node process (extended by :mod:`ekv.testing._internal.chaos.member`)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--listen")
     parser.add_argument("--peer", action="append", default=[])
     parser.add_argument("--option", action="append", default=[], help="KEY=JSON, any EKV option")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def open_store(args: argparse.Namespace) -> ekv.EKV:
+    """Open the store the arguments describe and print the ready line."""
     level = os.environ.get("EKV_TESTING_LOG")
     if level:  # opt-in: a stderr pipe nobody reads must not fill up in ordinary tests
         logging.basicConfig(
@@ -98,9 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     options.setdefault("codec", "json")
     options.setdefault("log", False)
     kv = ekv.EKV(args.name, args.data_dir, listen=args.listen, peers=args.peer, **options)
+    sys.stdout.write(json.dumps({"ready": True, "node_id": kv.node_id, "listen": kv.listen_address}) + "\n")
+    sys.stdout.flush()
+    return kv
+
+
+def serve(kv: ekv.EKV, answer: Callable[[ekv.EKV, dict[str, Any]], Any] = handle) -> None:
+    """Answer commands on stdin until ``close`` (or the end of stdin), then close the store."""
     out = sys.stdout
-    out.write(json.dumps({"ready": True, "node_id": kv.node_id, "listen": kv.listen_address}) + "\n")
-    out.flush()
     try:
         for line in sys.stdin:
             if not line.strip():
@@ -109,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             if command.get("op") == "close":
                 break
             try:
-                reply = {"ok": True, **_handle(kv, command)}
+                reply = {"ok": True, **answer(kv, command)}
             except Exception as exc:
                 reply = {"ok": False, "error": str(exc), "type": type(exc).__name__}
             out.write(json.dumps(reply, default=str) + "\n")
@@ -118,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         kv.close()
     out.write(json.dumps({"ok": True, "closed": True}) + "\n")
     out.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    serve(open_store(parser().parse_args(argv)))
     return 0
 
 

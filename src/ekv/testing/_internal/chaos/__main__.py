@@ -1,6 +1,7 @@
 """``python -m ekv.testing._internal.chaos``: run one or more seeded chaos runs and print their verdicts.
 
     python -m ekv.testing._internal.chaos --nodes 5 --minutes 10 --seed 1 --seeds 10 --out chaos-out
+    python -m ekv.testing._internal.chaos --nodes 3 --processes 3 --seconds 45 --net local   # group mode
 
 Exit status: 0 if every run was valid (no violation, converged), 1 otherwise, 2 on bad usage.
 A run's files are in ``OUT/seed-N/`` (history.jsonl, verdict.json, timelines.txt, result.json,
@@ -38,7 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--net", choices=["auto", "netns", "local"], default="auto")
     parser.add_argument("--out", type=Path, default=Path("chaos-out"))
     parser.add_argument("--faults", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
-    parser.add_argument("--threads", type=int, default=3, help="client threads per node (default 3)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="processes per node, sharing its data directory (group mode above 1; default 1)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=3, help="client threads per node (per process in group mode; default 3)"
+    )
     parser.add_argument("--rate", type=float, default=20.0, help="operations/s per client thread (default 20)")
     parser.add_argument("--keys", type=int, default=30, help="size of the shared key space (default 30)")
     parser.add_argument("--quiet", action="store_true", help="do not print nemesis actions as they happen")
@@ -50,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
     unknown = sorted(set(kinds) - set(KINDS))
-    if unknown or args.nodes < 1 or args.seeds < 1:
-        parser.error(f"unknown faults {unknown}" if unknown else "--nodes and --seeds must be at least 1")
+    if unknown or args.nodes < 1 or args.seeds < 1 or args.processes < 1:
+        parser.error(f"unknown faults {unknown}" if unknown else "--nodes, --seeds and --processes must be at least 1")
     # SIGTERM ends a run like Ctrl-C: through the runner's clean-up (processes, namespaces)
     signal.signal(signal.SIGTERM, _interrupt)
     duration = args.seconds if args.seconds is not None else 60.0 * (args.minutes if args.minutes is not None else 1)
@@ -63,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
             net=args.net,
             clone=args.clone,
+            processes=args.processes,
             out=args.out,
             kinds=kinds,
             threads=args.threads,

@@ -13,7 +13,12 @@ overlap freely:
 * clocks: every node starts with a fixed wall-clock offset, and from time to time one node's
   clock jumps by ``bump_ms`` for a few seconds, then back;
 * loss (only where the network can do it): one node's outgoing packets are dropped with some
-  probability for a few seconds.
+  probability for a few seconds;
+* process kills (group mode, ``processes`` > 1: each node is a group of processes on one data
+  directory): one process of one group is SIGKILLed, half of the time the group's current node
+  process (``"process": "node"``, resolved when it happens), else a process chosen by index, and
+  restarted after a while. This stream has a random generator of its own, so a seed's other
+  faults are the same with or without it.
 
 Faults may still be in force at ``duration``: the runner's *final heal* then undoes them all at
 once (network healed, nodes restarted or resumed, clocks back at their base offsets), and the
@@ -39,7 +44,8 @@ class Event:
     action: str
     """``partition`` (``groups``: the components), ``heal``, ``kill``/``restart``,
     ``pause``/``resume`` (``node``), ``skew`` (``node``, ``offset_ms``: the new offset),
-    ``loss`` (``node``, ``percent``; 0 ends it)."""
+    ``loss`` (``node``, ``percent``; 0 ends it), ``proc-kill`` (``node``, ``process``: an index
+    or ``"node"``) / ``proc-restart`` (``node``: start its processes that are down)."""
     args: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -73,6 +79,7 @@ def schedule(
     skew_ms: float = 200.0,
     bump_ms: float = 500.0,
     quiet: float = 3.0,
+    processes: int = 1,
 ) -> list[Event]:
     """The faults of one run, sorted by time. The first ``quiet`` seconds are fault-free (the
     cluster forms); a fault still in force at ``duration`` has no undo event (the final heal)."""
@@ -139,5 +146,22 @@ def schedule(
                 events.append(Event(stop, "loss", {"node": node, "percent": 0}))
             t = stop + rng.uniform(3, 10)
 
+    if processes > 1 and "kill" in kinds:
+        events += _process_kills(random.Random(f"{seed}/processes"), ids, processes, quiet, end)
     events.sort()
+    return events
+
+
+def _process_kills(rng: random.Random, ids: list[int], processes: int, quiet: float, end: float) -> list[Event]:
+    """``proc-kill`` / ``proc-restart`` of one process of one group at a time (group mode)."""
+    events = []
+    t = quiet + rng.uniform(0, 2)
+    while t < end:
+        node = rng.choice(ids)
+        which: int | str = "node" if rng.random() < 0.5 else rng.randrange(processes)
+        stop = min(t + rng.uniform(0.5, 4), end)
+        events.append(Event(t, "proc-kill", {"node": node, "process": which}))
+        if stop < end:
+            events.append(Event(stop, "proc-restart", {"node": node}))
+        t = stop + rng.uniform(1, 4)
     return events

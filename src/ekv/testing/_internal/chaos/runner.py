@@ -22,6 +22,17 @@ What happens, in order (everything a run produces lands in ``out/seed-N/``):
 5. ``history.jsonl`` (the checker's format) is written, :func:`ekv.testing._internal.checker.check`
    judges it, and ``verdict.json``, ``timelines.txt`` and ``result.json`` are written.
 
+*Group mode* (``processes`` > 1): every node is a :class:`~.group.NodeGroup` of that many
+processes on one data directory, opened with the node's options (one node process, the others
+attached, SPEC section 12). The clients run inside each process (:mod:`.member`), calling its
+store directly, so attached processes' reads and writes are in the history too. The nemesis adds
+``proc-kill``: one process of a group SIGKILLed (half of the time the current node process,
+which an attached one then replaces) and restarted later. Its operations in flight never
+complete (``info``). The restart record of a process kill is the group's state dumped by a
+surviving process right after the kill: everything the group acknowledged before it must be in
+the files (a crash of one process loses no SQLite commit). ``kill`` and ``pause`` act on whole
+groups (the machine crashes or stalls), with the restart state read offline as above.
+
 *Availability* is the share of client operations that succeeded among those that did not
 overlap a window in which their node was killed or paused (SPEC: a live node serves local
 reads and writes whatever the network does).
@@ -44,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from ekv.testing._internal.chaos import skew
+from ekv.testing._internal.chaos.group import NodeGroup
 from ekv.testing._internal.chaos.nemesis import KINDS, Event, schedule
 from ekv.testing._internal.chaos.net import LocalNet, NamespaceNet, Network, namespaces_available
 from ekv.testing._internal.checker import History, Verdict, check
@@ -82,6 +94,8 @@ class RunOptions:
     """Extra environment of the node processes (e.g. test-only faults)."""
     progress: bool = False
     """Print what happens to stderr."""
+    processes: int = 1
+    """Processes per node (group mode when above 1): see the module docstring."""
     clone: bool = False
     """Start the last node from a byte copy of the first node's data directory (closed cleanly
     after one start): both run under one node id until the cluster finds the duplicate and one
@@ -106,6 +120,7 @@ class RunResult:
     nemesis: dict[str, int]
     samples: list[dict[str, Any]]
     out: str
+    processes: int = 1
     verdict: Verdict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,7 +133,9 @@ class RunResult:
         writes = {f: self.ops.get(f, {}) for f in ("put", "delete")}
         acked = sum(w.get("ok", 0) for w in writes.values())
         lines = [
-            f"seed {self.seed}: {self.nodes} nodes, {self.duration_s:g} s, net={self.net}: "
+            f"seed {self.seed}: {self.nodes} nodes"
+            + (f" x {self.processes} processes" if self.processes > 1 else "")
+            + f", {self.duration_s:g} s, net={self.net}: "
             + ("VALID" if self.valid else "INVALID"),
             f"  operations: {ops.get('attempted', 0)} attempted, {ops.get('ok', 0)} ok "
             f"({acked} acknowledged writes), {ops.get('fail', 0)} failed, {ops.get('info', 0)} unknown",
@@ -181,7 +198,7 @@ class _Run:
         self.nemesis_counts: dict[str, int] = defaultdict(int)
         self.cookie = secrets.token_hex(16)
         self.net = _pick_net(opts.net, self._index_of)
-        self.nodes: list[NodeProcess] = []
+        self.nodes: list[NodeProcess | NodeGroup] = []
         self.workers: list[Any] = []
         self.base_skew: dict[int, float] = {}
         self.t0 = 0
@@ -234,14 +251,17 @@ class _Run:
             skew_file = self.dir / f"skew-n{i}"
             skew.set_offset(skew_file, 0)
             advertise = self.net.advertise(i)
-            node = NodeProcess(
-                f"n{i}",
-                self.dir / f"n{i}",
-                instance=INSTANCE,
-                options=options if advertise is None else {**options, "advertise": advertise},
-                prefix=self.net.prefix(i),
-                env={"PYTHONPATH": pythonpath, skew.ENV: str(skew_file), "EKV_TESTING_LOG": "INFO", **opts.node_env},
-            )
+            kwargs: dict[str, Any] = {
+                "instance": INSTANCE,
+                "options": options if advertise is None else {**options, "advertise": advertise},
+                "prefix": self.net.prefix(i),
+                "env": {"PYTHONPATH": pythonpath, skew.ENV: str(skew_file), "EKV_TESTING_LOG": "INFO", **opts.node_env},
+            }
+            node: NodeProcess | NodeGroup
+            if opts.processes > 1:
+                node = NodeGroup(f"n{i}", self.dir / f"n{i}", opts.processes, **kwargs)
+            else:
+                node = NodeProcess(f"n{i}", self.dir / f"n{i}", **kwargs)
             node.listen = self.net.listen(i)
             node.peers = self.net.peers(i)
             node.stderr_path = self.dir / f"n{i}.log"
@@ -278,7 +298,12 @@ class _Run:
     def start_workers(self, until_ns: int) -> None:
         import subprocess
 
+        opts = self.opts
         for i, node in enumerate(self.nodes):
+            if isinstance(node, NodeGroup):
+                clients = {"threads": opts.threads, "keys": opts.keys, "seed": opts.seed, "rate": opts.rate}
+                node.start_clients(**clients, until_ns=until_ns)
+                continue
             cmd = [
                 *self.net.prefix(i),
                 sys.executable,
@@ -329,6 +354,10 @@ class _Run:
             self.kill(args["node"])
         elif event.action == "restart":
             self.restart(args["node"])
+        elif event.action == "proc-kill":
+            self.kill_process(args["node"], args["process"])
+        elif event.action == "proc-restart":
+            self.restart_processes(args["node"])
         elif event.action == "pause":
             node = self.nodes[args["node"]]
             if node.running and not node.paused:
@@ -365,6 +394,28 @@ class _Run:
         self.nemesis("kill", {"node": node.name})
         state = _offline_state(node.data_dir)
         self.records.append({"record": "restart", "node": node.name, "kill_time": kill_time, "state": state})
+
+    def kill_process(self, index: int, which: int | str) -> None:
+        """SIGKILL one process of a live group; its restart state is what a survivor reads."""
+        group = self.nodes[index]
+        if not isinstance(group, NodeGroup) or not group.running or group.paused:
+            return
+        killed = group.kill_process(which)
+        if killed is None:
+            return
+        name, role, kill_time = killed
+        self.nemesis("proc-kill", {"node": group.name, "process": name, "role": role})
+        with contextlib.suppress(RuntimeError, TimeoutError, OSError):
+            state = _state(group.call("dump", timeout=30)["entries"])
+            self.records.append(
+                {"record": "restart", "node": group.name, "process": name, "kill_time": kill_time, "state": state}
+            )
+
+    def restart_processes(self, index: int) -> None:
+        group = self.nodes[index]
+        if isinstance(group, NodeGroup) and group.running and not group.paused:
+            for name in group.start_missing():
+                self.nemesis("proc-restart", {"node": group.name, "process": name})
 
     def restart(self, index: int) -> None:
         node = self.nodes[index]
@@ -403,6 +454,7 @@ class _Run:
                 self.apply(Event(0, "resume", {"node": i}))
             if not self.nodes[i].running:
                 self.restart(i)
+            self.restart_processes(i)
         self.nemesis("final-heal", {})
         return time.monotonic_ns()
 
@@ -423,7 +475,13 @@ class _Run:
     def execute(self) -> RunResult:
         opts = self.opts
         events = schedule(
-            opts.seed, opts.nodes, opts.duration, kinds=opts.kinds, skew_ms=opts.skew_ms, bump_ms=opts.bump_ms
+            opts.seed,
+            opts.nodes,
+            opts.duration,
+            kinds=opts.kinds,
+            skew_ms=opts.skew_ms,
+            bump_ms=opts.bump_ms,
+            processes=opts.processes,
         )
         (self.dir / "schedule.json").write_text(
             json.dumps([{"at": e.at, "action": e.action, **e.args} for e in events], indent=1)
@@ -462,6 +520,7 @@ class _Run:
                     "record": "meta",
                     "seed": opts.seed,
                     "nodes": opts.nodes,
+                    "processes": opts.processes,
                     "duration_s": opts.duration,
                     "net": self.net.kind,
                     "converged_after_s": took,
@@ -490,7 +549,9 @@ class _Run:
         ops: list[dict[str, Any]] = []
         for path in sorted(self.dir.glob("ops-n*.jsonl")):
             with open(path) as f:
-                ops.extend(json.loads(line) for line in f if line.strip())
+                for line in f:
+                    with contextlib.suppress(json.JSONDecodeError):  # a line cut by a SIGKILL mid-write
+                        ops.append(json.loads(line))
         ops.sort(key=lambda r: r["time"])  # stable: a process's records keep their order
         return ops + self.records
 
@@ -527,7 +588,7 @@ class _Run:
                 shown[violation.check] += 1
                 if shown[violation.check] <= 5:
                     f.write("\n" + verdict.timeline(violation) + "\n")
-        availability, counted = self.availability([r for r in records if "process" in r])
+        availability, counted = self.availability([r for r in records if r.get("record", "op") == "op"])
         result = RunResult(
             seed=self.opts.seed,
             nodes=self.opts.nodes,
@@ -543,6 +604,7 @@ class _Run:
             nemesis=dict(self.nemesis_counts),
             samples=self.samples,
             out=str(self.dir),
+            processes=self.opts.processes,
             verdict=verdict,
         )
         (self.dir / "result.json").write_text(json.dumps(result.to_dict(), indent=1))

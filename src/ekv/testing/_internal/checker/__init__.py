@@ -34,6 +34,9 @@ One JSON object per line (``dump_jsonl`` writes it, ``load_jsonl`` reads it). Ea
 * ``process``: the client (an int or a string). A process runs one operation at a time: its
   invoke is followed by exactly one completion before its next invoke.
 * ``node``: the node the client sent the operation to (the same names as in the final states).
+* ``proc`` (optional): the process of that node that served the operation, when a node is a
+  group of processes on one data directory (the chaos harness's group mode); the node-clock
+  check is then per process (each has its own hybrid clock), every other check per node.
 * ``type``: ``invoke``, then ``ok`` (done), ``fail`` (*definitely* not applied, e.g. refused
   before anything was sent) or ``info`` (outcome unknown: a timeout, a dropped connection, the
   node died). An invoke without a completion counts as ``info``. A paused node answers queued
@@ -58,6 +61,9 @@ fields (an expiry time, say) are compared by the convergence check and otherwise
 **Restart states** (``"record": "restart"``), for the durability check: ``{"record": "restart",
 "node": "n2", "kill_time": T, "state": {...}}``, the node's local state dumped right after it was
 restarted following a kill at harness time ``T``, before it could sync with anyone.
+When only one process of a node made of several was killed, the state is the node's, dumped by a
+surviving process right after the kill (``"process"`` names the killed one): what the node
+acknowledged before must be there all the same.
 
 **Nemesis events** (``"record": "nemesis"``): ``{"time": T, "action": "partition", "detail": ...}``;
 used only to draw timelines.
@@ -130,7 +136,8 @@ Checks
 ``node_clock`` (P3)
     A node's timestamps strictly increase in real time: a write acknowledged by a node gets a
     higher timestamp than every write that node acknowledged before it was invoked, on any key
-    and across restarts (this is what caught EKV's same-node timestamp reuse).
+    and across restarts (this is what caught EKV's same-node timestamp reuse). With ``proc`` on
+    the operations: per process of the node instead.
 
 Not checked here: stable convergence of reads during the run (reads may be stale by design),
 availability (P13), resource bounds (P14), linearizability (LWW is not linearizable). For runs

@@ -118,12 +118,13 @@ def _causal_violation(ctx: Context, key: str, read: tuple[Version, Operation], w
 
 
 def check_node_clock(ctx: Context) -> list[Violation]:
-    """P3: a node's write timestamps strictly increase in real time, across keys and restarts."""
+    """P3: a node's write timestamps strictly increase in real time, across keys and restarts (per
+    process of the node when operations name one: each process has its own hybrid clock)."""
     by_node: dict[str, list[tuple[int, Operation]]] = defaultdict(list)
     for op in ctx.ops:
         if op.ok and op.is_write:
             assert op.version is not None
-            by_node[op.node].append((op.version.timestamp_ns, op))
+            by_node[op.node if op.proc is None else op.proc].append((op.version.timestamp_ns, op))
     out = []
     for node, writes in sorted(by_node.items()):
         done = sorted(writes, key=lambda item: item[1].end_time)

@@ -157,6 +157,8 @@ class Operation:
     error: JSON = None
     ttl: JSON = None
     """The put's ``ttl`` as recorded (``None``: no expiry)."""
+    proc: str | None = None
+    """The process of the node that served it, in histories of nodes made of several processes."""
 
     @property
     def ok(self) -> bool:
@@ -184,6 +186,7 @@ class Operation:
             "complete_time": self.complete_time,
             "error": self.error,
             "ttl": self.ttl,
+            **({} if self.proc is None else {"proc": self.proc}),
         }
 
 
@@ -285,6 +288,7 @@ def _make_operation(invoke: Mapping[str, JSON], done: Mapping[str, JSON] | None,
         complete_time=None if done is None else int(done["time"]),
         error=None if done is None else done.get("error"),
         ttl=invoke.get("ttl") if f == "put" else None,
+        proc=None if invoke.get("proc") is None else str(invoke["proc"]),
     )
 
 

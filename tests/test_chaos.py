@@ -234,9 +234,7 @@ def test_group_mode_chaos_run(tmp_path: Path) -> None:
     process among them: an attached one takes over and binds the node's address) besides the
     usual faults. Nothing acknowledged is lost, neither at the kills (the restart states) nor in
     the end, and the nodes converge."""
-    result = run(
-        RunOptions(nodes=3, processes=3, duration=40.0, seed=6, net="local", out=tmp_path, threads=2, rate=10)
-    )
+    result = run(RunOptions(nodes=3, processes=3, duration=40.0, seed=6, net="local", out=tmp_path, threads=2, rate=10))
     print(result.summary())
     out = Path(result.out)
     _check(out, result.valid, result.converged)

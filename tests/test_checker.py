@@ -461,7 +461,6 @@ def test_a_node_reusing_a_timestamp_on_another_key() -> None:
     assert not by_check(verdict, "duplicate_versions")  # the origins differ
 
 
-
 def test_the_node_clock_is_per_process_when_operations_name_one() -> None:
     """A node made of several processes (the chaos group mode): each process has its own hybrid
     clock, so one process's timestamp may be below another's on another key; within one process

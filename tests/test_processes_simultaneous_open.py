@@ -10,8 +10,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from _linechild import LineChild
 from ekv.testing.proxy import free_ports
 
@@ -68,11 +66,6 @@ def _round(tmp_path: Path, data: Path, port: int) -> list[str]:
             child.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ekv bug: opens that find no node process alive all bind the listen address before the "
-    "election (Node.__init__, ListenerHold); the losers of the bind get ListenError instead of attaching",
-)
 def test_processes_opening_a_clustered_directory_at_once_all_open(tmp_path: Path) -> None:
     """Four processes open a fresh directory with the same listen address at the same moment,
     three rounds: every one opens (one node process, the others attached), none gets an error."""

@@ -182,6 +182,7 @@ def test_bench_processes_runs_on_the_smallest_settings(tmp_path: Path) -> None:
     assert all(data[op][side]["n"] > 0 for op in ("get", "put") for side in ("node", "attached"))
     assert data["concurrent"]["aggregate_ops_s"] > 0 and data["concurrent"]["single_ops_s"] > 0
     assert set(data["events"]) == {
+        "floor: a message to another process (Unix socket)",
         "node -> node (same process)",
         "attached -> node",
         "node -> attached",

@@ -334,6 +334,7 @@ def bench_takeover(ctx: Any, data_dir: Path, options: dict[str, Any], node: Work
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="ekv-bench-procs-") as tmp:
         data_dir = Path(tmp) / "data"
@@ -366,6 +367,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             for worker in workers:
                 worker.close()
+    # The machine's load says how far to trust a run: these are 2-vCPU machines shared with other jobs.
+    results["load_average"] = {"before": load_before, "after": os.getloadavg()[0]}
     return results
 
 
@@ -379,7 +382,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"ekv, many processes on one data directory: --seconds {args.seconds} --rounds {args.rounds} "
         f"--events {args.events} --kills {args.kills} (pid {os.getpid()}, {os.cpu_count()} CPUs, "
-        f"Python {sys.version.split()[0]})",
+        f"Python {sys.version.split()[0]}; 1-minute load average {results['load_average']['before']:.1f} "
+        f"before, {results['load_average']['after']:.1f} after)",
         "",
         "| what | node process | attached process | ratio | target | verdict |",
         "|---|---:|---:|---:|---|---|",

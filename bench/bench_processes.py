@@ -14,7 +14,9 @@ the others attach (``kv.info()["processes"]["role"]``). Rows:
 2. ``put``: puts of new keys, the same way; target: attached within 2x of the node process;
 3. ``4 processes put``: the node process and 3 attached ones putting new keys at once (they start
    together at an agreed CLOCK_MONOTONIC instant), aggregate puts/s against the node process
-   putting alone, alternated; each process's own puts/s are printed too; target: aggregate >= 1x;
+   putting alone, alternated; each process's own puts/s are printed too; the floor is the same
+   for bare SQL (an upsert per transaction into one of 8 files, ekv's busy handler), which says
+   what the machine allows; target: aggregate >= 1x;
 4. ``event``: a put in one process seen by a subscriber (callback) in another: the writer stamps
    the value with ``time.monotonic_ns()`` just before ``put`` (CLOCK_MONOTONIC is one clock for
    every process of the machine), the subscriber subtracts it from its own clock in the callback.
@@ -97,6 +99,40 @@ def _keys(prefix: str) -> Any:
         i += 1
 
 
+RAW_FILES = 8
+"""Files of the raw SQLite floor of row 3: as many as ekv's default shards."""
+
+
+def _raw_writer(floor_dir: Path) -> Any:
+    """The floor of row 3: a put as bare SQL (``BEGIN IMMEDIATE``, one upsert, ``COMMIT``) into one
+    of 8 files picked by the key's hash, with ekv's settings and busy handler; no change log, no
+    checksum, no version bookkeeping, no bus."""
+    import pickle
+    import zlib
+
+    import apsw
+
+    from ekv._storage.sqlite import BusyHandler
+
+    cursors = []
+    for i in range(RAW_FILES):
+        db = apsw.Connection(str(floor_dir / f"{i}.sqlite3"))
+        db.set_busy_handler(BusyHandler())
+        db.execute("PRAGMA journal_mode=WAL").fetchall()
+        db.execute("PRAGMA synchronous=NORMAL").fetchall()
+        db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID")
+        cursors.append(db.cursor())
+    value = pickle.dumps(VALUE)
+
+    def put(key: str) -> None:
+        cur = cursors[zlib.crc32(key.encode()) % RAW_FILES]
+        cur.execute("BEGIN IMMEDIATE")
+        cur.execute("INSERT INTO kv VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        cur.execute("COMMIT")
+
+    return put
+
+
 def _worker(conn: Connection, data_dir: str, options: dict[str, Any]) -> None:
     """One process holding the store open, obeying the driver's commands on ``conn``."""
     import ekv
@@ -136,10 +172,19 @@ def _worker(conn: Connection, data_dir: str, options: dict[str, Any]) -> None:
             prefix, seconds, start_at = args
             if start_at:
                 time.sleep(max(0.0, (start_at - time.monotonic_ns()) / 1e9))
-            t0 = time.monotonic_ns()
+            t0, cpu0 = time.monotonic_ns(), time.process_time()
             lat = _timed(lambda key: kv.put(key, VALUE), _keys(prefix), seconds)
             elapsed = (time.monotonic_ns() - t0) / 1e9
-            conn.send({**_percentiles(lat), "wall_s": elapsed})
+            # CPU of every thread of the process, the node process's relaying of others' writes included
+            conn.send({**_percentiles(lat), "wall_s": elapsed, "cpu_s": time.process_time() - cpu0})
+        elif cmd == "raw_put":
+            floor_dir, prefix, seconds, start_at = args
+            put = _raw_writer(Path(floor_dir))
+            time.sleep(max(0.0, (start_at - time.monotonic_ns()) / 1e9))
+            t0, cpu0 = time.monotonic_ns(), time.process_time()
+            lat = _timed(put, _keys(prefix), seconds)
+            elapsed = (time.monotonic_ns() - t0) / 1e9
+            conn.send({**_percentiles(lat), "wall_s": elapsed, "cpu_s": time.process_time() - cpu0})
         elif cmd == "subscribe":
             kv.subscribe(args[0], callback=on_events)
             conn.send("ok")
@@ -240,23 +285,52 @@ def bench_get_put(node: Worker, attached: Worker, seconds: float, rounds: int) -
     }
 
 
-def bench_concurrent(workers: list[Worker], seconds: float, rounds: int) -> dict[str, Any]:
-    """Row 3: one process putting alone against all of them putting at once, alternated."""
+def bench_concurrent(workers: list[Worker], seconds: float, rounds: int, floor_dir: Path) -> dict[str, Any]:
+    """Row 3: one process putting alone against all of them putting at once, alternated; and the
+    same for the raw SQLite floor."""
     single: list[float] = []
     together: list[float] = []
     shares: list[list[float]] = []
+    raw_single: list[float] = []
+    raw_together: list[float] = []
+    cpu_single: list[float] = []  # CPU µs per put, summed over the processes
+    cpu_together: list[float] = []
+    cpu_shares: list[list[float]] = []
+    raw_cpu_single: list[float] = []
+    raw_cpu_together: list[float] = []
+    floor_dir.mkdir(exist_ok=True)
     for r in range(rounds):
+        start_at = time.monotonic_ns() + 100_000_000
+        alone = workers[0].ask("raw_put", str(floor_dir), f"alone/{r}/", seconds, start_at)
+        raw_single.append(alone["n"] / alone["wall_s"])
+        raw_cpu_single.append(alone["cpu_s"] / alone["n"] * 1e6)
+        start_at = time.monotonic_ns() + 200_000_000
+        for i, worker in enumerate(workers):
+            worker.send("raw_put", str(floor_dir), f"many/{r}/{i}/", seconds, start_at)
+        results = [worker.recv() for worker in workers]
+        raw_together.append(sum(x["n"] for x in results) / max(x["wall_s"] for x in results))
+        raw_cpu_together.append(sum(x["cpu_s"] for x in results) / sum(x["n"] for x in results) * 1e6)
         alone = workers[0].ask("put", f"alone/{r}/", seconds, 0)
         single.append(alone["n"] / alone["wall_s"])
+        cpu_single.append(alone["cpu_s"] / alone["n"] * 1e6)
         start_at = time.monotonic_ns() + 200_000_000
         for i, worker in enumerate(workers):
             worker.send("put", f"many/{r}/{i}/", seconds, start_at)
         results = [worker.recv() for worker in workers]
         together.append(sum(x["n"] for x in results) / max(x["wall_s"] for x in results))
         shares.append([x["n"] / x["wall_s"] for x in results])
+        cpu_shares.append([x["cpu_s"] / x["n"] * 1e6 for x in results])
+        cpu_together.append(sum(x["cpu_s"] for x in results) / sum(x["n"] for x in results) * 1e6)
     return {
         "processes": len(workers),
         "per_process_ops_s": [statistics.median(s[i] for s in shares) for i in range(len(workers))],
+        "per_process_cpu_us_per_put": [statistics.median(s[i] for s in cpu_shares) for i in range(len(workers))],
+        "cpu_us_per_put_single": statistics.median(cpu_single),
+        "cpu_us_per_put_aggregate": statistics.median(cpu_together),
+        "raw_cpu_us_per_put_single": statistics.median(raw_cpu_single),
+        "raw_cpu_us_per_put_aggregate": statistics.median(raw_cpu_together),
+        "raw_single_ops_s": statistics.median(raw_single),
+        "raw_aggregate_ops_s": statistics.median(raw_together),
         "single_ops_s": statistics.median(single),
         "aggregate_ops_s": statistics.median(together),
     }
@@ -349,7 +423,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"expected one node process and 3 attached ones, got roles {roles}")
             node, a1, a2, _ = workers
             results: dict[str, Any] = bench_get_put(node, a1, args.seconds, args.rounds)
-            results["concurrent"] = bench_concurrent(workers, args.seconds, args.rounds)
+            results["concurrent"] = bench_concurrent(workers, args.seconds, args.rounds, Path(tmp) / "floor")
             results["events"] = bench_events(
                 {
                     "node -> node (same process)": (node, node),
@@ -410,6 +484,17 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "| ... each process's puts/s (node process first) | "
         + " + ".join(f"{x:,.0f}" for x in conc["per_process_ops_s"])
         + " | | | | |",
+        "| ... each process's CPU µs per own put (node process first) | "
+        + " / ".join(f"{x:,.0f}" for x in conc["per_process_cpu_us_per_put"])
+        + " | | | | |",
+        f"| floor: raw SQLite puts, {conc['processes']} processes at once (8 files, ekv's busy handler) "
+        f"| {conc['raw_aggregate_ops_s']:,.0f} | 1 process alone: {conc['raw_single_ops_s']:,.0f} "
+        f"| {conc['raw_aggregate_ops_s'] / conc['raw_single_ops_s']:.2f}x | | |",
+        f"| CPU µs per put (all processes' threads): ekv / raw SQLite, {conc['processes']} at once "
+        f"| {conc['cpu_us_per_put_aggregate']:.0f} / {conc['raw_cpu_us_per_put_aggregate']:.0f} "
+        f"| 1 alone: {conc['cpu_us_per_put_single']:.0f} / {conc['raw_cpu_us_per_put_single']:.0f} "
+        f"| {conc['cpu_us_per_put_aggregate'] / conc['cpu_us_per_put_single']:.2f}x / "
+        f"{conc['raw_cpu_us_per_put_aggregate'] / conc['raw_cpu_us_per_put_single']:.2f}x | | |",
     ]
     base = ev.get("node -> node (same process)")
     for label, row in ev.items():

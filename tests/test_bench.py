@@ -154,3 +154,39 @@ def test_compare_runs_head_against_the_work_tree(tmp_path: Path) -> None:
     assert "diskcache" not in proc.stdout  # --no-peers
     runs = json.loads(out.read_text())["runs"]
     assert set(runs) == {"A", "B"} and all(len(v) == 1 for v in runs["A"].values())
+
+
+def test_bench_processes_runs_on_the_smallest_settings(tmp_path: Path) -> None:
+    """bench_processes.py end to end with real processes on one data directory (one node process,
+    three attached, one SIGKILL and takeover): every row of issue 11's targets is measured and
+    printed, so the script cannot rot unnoticed. The figures themselves are not checked (noise)."""
+    out = tmp_path / "procs.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_processes.py"),
+            "--seconds=0.1",
+            "--rounds=1",
+            "--events=20",
+            "--kills=1",
+            f"--json={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for row in ("| get p50", "| put ops/s", "4 processes put at once", "event attached -> attached", "takeover"):
+        assert row in proc.stdout, proc.stdout
+    data = json.loads(out.read_text())
+    assert all(data[op][side]["n"] > 0 for op in ("get", "put") for side in ("node", "attached"))
+    assert data["concurrent"]["aggregate_ops_s"] > 0 and data["concurrent"]["single_ops_s"] > 0
+    assert set(data["events"]) == {
+        "floor: a message to another process (Unix socket)",
+        "node -> node (same process)",
+        "attached -> node",
+        "node -> attached",
+        "attached -> attached",
+    }
+    assert all(row["n"] > 0 for row in data["events"].values())
+    assert data["takeover"]["kills"] == 1 and 0 < data["takeover"]["to_node_max_ms"] < 60_000

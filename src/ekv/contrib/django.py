@@ -243,22 +243,20 @@ class EKVCache(BaseCache):  # type: ignore[misc]  # Django ships no type informa
             return True
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
-        """Give ``key`` a new timeout; False if it is absent.
-
-        TODO(SPEC 14 touch): the store has no touch yet, so this reads the value and writes it
-        again with the new ttl. A write to ``key`` by another process or machine between the two
-        is overwritten with the old value (within this process the lock prevents it). Use the
-        store's ``touch(key, ttl)`` once it exists.
-        """
+        """Give ``key`` a new timeout; False if it is absent. The store's ``touch``: the value is
+        read and written again with the new expiry in one transaction, so a concurrent write of
+        the key, from any thread or process of this machine, is never lost (across machines the
+        touch is a write like any other: last writer wins). A timeout of 0 deletes the key."""
         key = self.make_and_validate_key(key, version=version)
         shared = self._get_shared()
         ttl = self._ttl(timeout)
-        with shared.lock:
-            found = shared.kv.lookup(key)
-            if found is None:
-                return False
-            self._put(shared.kv, key, found[0], ttl)
-            return True
+        if ttl is False:
+            with shared.lock:
+                if not shared.kv.contains(key):
+                    return False
+                shared.kv.delete(key)
+                return True
+        return shared.kv.touch(key, ttl)
 
     def delete(self, key: Any, version: int | None = None) -> bool:
         """Delete ``key``; True if it was visible. The tombstone is written either way, so a

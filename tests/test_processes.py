@@ -218,7 +218,10 @@ def test_a_killed_process_origin_is_retired_into_the_version_vector(tmp_path: Pa
         assert sum(_vv(data, i).get(killed, 0) for i in range(4)) >= len(last)
 
 
-def test_an_attached_process_takes_over_when_the_node_process_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("interval", [0.05, 3600.0], ids=["periodic-check", "waiter-only"])
+def test_an_attached_process_takes_over_when_the_node_process_is_killed(tmp_path: Path, interval: float) -> None:
+    """With a check every hour, only the election waiter (a thread blocked on the lock) can take
+    over in time."""
     data = tmp_path / "data"
     script = textwrap.dedent(
         """
@@ -235,7 +238,7 @@ def test_an_attached_process_takes_over_when_the_node_process_is_killed(tmp_path
     try:
         assert node.stdout is not None
         assert node.stdout.readline().split() == ["ready", "node"]
-        with _open(data, takeover_interval=0.05) as kv:
+        with _open(data, takeover_interval=interval, gc_interval=7200) as kv:
             assert kv.info()["processes"]["role"] == "attached"
             assert kv.get("from-node") == 1
             node.send_signal(signal.SIGKILL)

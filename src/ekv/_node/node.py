@@ -130,6 +130,26 @@ def _node_process_alive(config: Config) -> bool:
     return config.data_dir.is_dir() and Election(config.data_dir).holder() is not None
 
 
+def _wait_for_election(ref: weakref.ref[Node], election: Election) -> None:
+    """An attached open's election waiter (its own thread): blocks until the node process's lock
+    is free, takes it, and takes over at once (the ``takeover_interval`` check is the fallback).
+    Holds only a weak reference to the node; a node closed meanwhile lets the lock go."""
+    try:
+        fd = election.wait_for_it()
+    except Exception:
+        return  # the periodic check still runs
+    node = ref()
+    if node is None or node.closed or node.role.election is not election:
+        Election.drop(fd)
+        return
+    slot = node.store.slot
+    election.adopt(fd, slot.id if slot is not None else "", node.store.origin)
+    try:
+        node._try_take_over()
+    except Exception:
+        node.log.error("taking over as the node process failed; will retry", exc_info=True)
+
+
 def _becoming(config: Config) -> contextlib.AbstractContextManager[None]:
     """Serialise, among the processes of this machine, the opens of one data directory from the
     check "is there a node process?" to the election: two workers starting at once must not both
@@ -183,6 +203,7 @@ class Node:
         )
         self._inherited = False
         self._revive_lock = threading.Lock()
+        self._takeover_lock = threading.Lock()
         self.store.revive = self._revive_in_child
         self._start_threads()
         _open_nodes.add(self)
@@ -197,6 +218,13 @@ class Node:
         else:
             interval = self.config.takeover_interval_ns / NS_PER_S
             self._takeover_thread = _Periodic(self, "takeover", interval, Node._try_take_over)
+            waiter = threading.Thread(
+                target=_wait_for_election,
+                args=(weakref.ref(self), self.role.election),
+                name=f"ekv-election-{self.config.name}",
+                daemon=True,
+            )
+            waiter.start()
 
     def _revive_in_child(self) -> None:
         """Reopen, in a child made by ``fork()``, a node its parent had open (gunicorn
@@ -215,6 +243,7 @@ class Node:
             self.cluster = None
             self._close_lock = threading.Lock()
             self._gc_lock = threading.Lock()
+            self._takeover_lock = threading.Lock()
             self.store.reopen_in_child(self.clock, self.sink)
             self.role = ProcessRole(config, self.registry, self.sink, self.log)
             with _becoming(config):
@@ -317,9 +346,13 @@ class Node:
         """Run by an attached open every ``takeover_interval``: if the node process is gone
         (exited, crashed, killed), become the node process: serve the bus, listen on the same
         address, join the cluster, run GC and checkpoints. Else make sure the bus is connected."""
+        with self._takeover_lock:  # the election waiter and the periodic check may both get here
+            if self.closed or self._gc_thread is not None:
+                return
+            self._take_over()
+
+    def _take_over(self) -> None:
         role = self.role
-        if self.closed:
-            return
         if not role.try_win(self.store):
             role.reconnect()
             return

@@ -277,6 +277,38 @@ class Election:
         _write(fd, f"{os.getpid()} {slot} {origin} {socket.gethostname()}\n")
         return True
 
+    def wait_for_it(self) -> int:
+        """Block until the lock is free and take it, on a new descriptor that is not yet this
+        election's (:meth:`adopt` or :meth:`drop` it). Run on a thread of its own: an attached
+        open takes over the moment the kernel frees the lock of a dead node process, without
+        waiting for its next ``takeover_interval`` check."""
+        with fork_guard():
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise DataDirError(f"cannot open {str(self.path)!r}: {exc.strerror or exc}") from exc
+            held(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def adopt(self, fd: int, slot: str, origin: str) -> None:
+        """Make a descriptor locked by :meth:`wait_for_it` this election's: this open won."""
+        with fork_guard():
+            if self._fd is not None:  # won meanwhile through try_win (impossible, but harmless)
+                released(fd)
+                os.close(fd)
+                return
+            self._fd = fd
+            _holders.add(self)
+        _write(fd, f"{os.getpid()} {slot} {origin} {socket.gethostname()}\n")
+
+    @staticmethod
+    def drop(fd: int) -> None:
+        """Let go of a descriptor locked by :meth:`wait_for_it` (its open is gone)."""
+        with fork_guard():
+            released(fd)
+            os.close(fd)
+
     def holder(self) -> tuple[int, str] | None:
         """(pid, slot) of the node process as it recorded itself, if it is alive."""
         try:

@@ -26,6 +26,15 @@ def bench_module(name: str) -> ModuleType:
     return module
 
 
+def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/<script>`` with ``args`` and fail, showing its stderr, unless it exits 0."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def test_full_sync_subscribes_before_the_new_node_connects(tmp_path: Path) -> None:
     """The new node dials the source only when told to, after it has subscribed: a full sync can
     no longer begin, and partly end, before the subscription that counts its keys exists."""
@@ -63,13 +72,7 @@ def test_bench_apply_thread_runs_with_its_local_writers() -> None:
     """bench_apply_thread.py on the smallest settings: it exits with an error when a local writer
     thread dies (its writers once called a store method that had moved, and it printed figures
     for no load at all)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_apply_thread.py"), "--seconds=0.2", "--rounds=1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_script("bench_apply_thread.py", "--seconds=0.2", "--rounds=1")
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("inline", "offload"))]
     assert len(rows) == 2 and all(int(row[-1]) > 0 for row in rows), proc.stdout
 
@@ -134,21 +137,15 @@ def test_compare_runs_head_against_the_work_tree(tmp_path: Path) -> None:
     before each of its ~15 measured repetitions, and seeds 10,000 keys for the scan rows,
     whatever --ops says; hence the long mark."""
     out = tmp_path / "runs.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "compare.py"),
-            "HEAD",
-            "--rounds=1",
-            "--benches=local",
-            "--local-args=--ops 20 --reps 1 --iterate 0 --no-peers",
-            f"--json={out}",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_script(
+        "compare.py",
+        "HEAD",
+        "--rounds=1",
+        "--benches=local",
+        "--local-args=--ops 20 --reps 1 --iterate 0 --no-peers",
+        f"--json={out}",
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr
     assert "| figure | A median | B median | B/A | verdict |" in proc.stdout
     assert "| local.ekv_put_new.ops_s |" in proc.stdout and "| local.ekv_get.p50_us |" in proc.stdout
     assert "diskcache" not in proc.stdout  # --no-peers
@@ -161,21 +158,7 @@ def test_bench_processes_runs_on_the_smallest_settings(tmp_path: Path) -> None:
     three attached, one SIGKILL and takeover): every row of issue 11's targets is measured and
     printed, so the script cannot rot unnoticed. The figures themselves are not checked (noise)."""
     out = tmp_path / "procs.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "bench_processes.py"),
-            "--seconds=0.1",
-            "--rounds=1",
-            "--events=20",
-            "--kills=1",
-            f"--json={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_script("bench_processes.py", "--seconds=0.1", "--rounds=1", "--events=20", "--kills=1", f"--json={out}")
     for row in ("| get p50", "| put ops/s", "4 processes put at once", "event attached -> attached", "takeover"):
         assert row in proc.stdout, proc.stdout
     data = json.loads(out.read_text())

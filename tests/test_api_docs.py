@@ -3,15 +3,13 @@ with them: a changed docstring or signature without a regenerated file fails her
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import ekv
 import ekv.testing
+from _generated import assert_up_to_date, load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gen_api_docs.py"
@@ -19,20 +17,11 @@ API = ROOT / "docs" / "api.md"
 
 
 def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_api_docs", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_api_md_is_up_to_date() -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, (
-        "docs/api.md is out of date: run python3 scripts/gen_api_docs.py\n" + result.stdout + result.stderr
-    )
+    assert_up_to_date(SCRIPT, "docs/api.md")
 
 
 def test_check_fails_on_a_stale_file(tmp_path: Path) -> None:

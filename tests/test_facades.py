@@ -3,14 +3,12 @@ operation is written once: a changed or new EKV method without a regenerated aio
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import ekv
+from _generated import assert_up_to_date, load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gen_facades.py"
@@ -22,20 +20,11 @@ facades (AsyncEKV's decorates ``async def`` functions and awaits the store in th
 
 
 def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_facades", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_aio_py_is_up_to_date() -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, (
-        "src/ekv/_api/aio.py is out of date: run python3 scripts/gen_facades.py\n" + result.stdout + result.stderr
-    )
+    assert_up_to_date(SCRIPT, "src/ekv/_api/aio.py")
 
 
 def test_a_new_sync_method_appears_in_the_async_facade() -> None:

@@ -46,31 +46,28 @@ class HybridClock:
     records a timestamp seen on an applied remote write so the next ``tick()`` exceeds it.
     """
 
-    __slots__ = ("_last", "_lock", "_wall", "wall")
+    __slots__ = ("_lock", "_wall", "last_ns", "wall")
 
     def __init__(self, wall: WallClock, floor_ns: int = 0) -> None:
         self.wall = wall
         self._wall = wall.now_ns
-        self._last = floor_ns
+        self.last_ns = floor_ns
+        """The highest timestamp issued or observed so far. Read it freely; only :meth:`tick` and
+        :meth:`observe` change it (a plain attribute: every point read compares against it)."""
         self._lock = threading.Lock()
-
-    @property
-    def last_ns(self) -> int:
-        """The highest timestamp issued or observed so far."""
-        return self._last
 
     def tick(self) -> int:
         """A new timestamp, strictly greater than every earlier one issued or observed."""
         with self._lock:
             now = self._wall()
-            last = self._last + 1
+            last = self.last_ns + 1
             if now > last:
                 last = now
-            self._last = last
+            self.last_ns = last
             return last
 
     def observe(self, timestamp_ns: int) -> None:
         """Record a timestamp seen on an applied write (local history or a peer)."""
         with self._lock:
-            if timestamp_ns > self._last:
-                self._last = timestamp_ns
+            if timestamp_ns > self.last_ns:
+                self.last_ns = timestamp_ns

@@ -279,6 +279,14 @@ class _End:
         self._local_patterns = local_patterns
         self._publish = publish
         self._remote: frozenset[str] = frozenset()
+        self.on_remote_change: Callable[[], None] | None = None
+        """Called after what the other processes watch changed (the sink recomputes ``active``)."""
+
+    def _set_remote(self, patterns: frozenset[str]) -> None:
+        self._remote = patterns
+        hook = self.on_remote_change
+        if hook is not None:
+            hook()
 
     @property
     def remote_active(self) -> bool:
@@ -383,7 +391,7 @@ class BusServer(_End):
         remote: set[str] = set()
         for peer in self._peers:
             remote |= peer.patterns
-        self._remote = frozenset(remote)
+        self._set_remote(frozenset(remote))
         for peer in self._peers:
             others = set(local)
             for other in self._peers:
@@ -446,7 +454,8 @@ class BusClient(_End):
                 if kind == EVENTS:
                     self._publish(decode_events(payload))
                 elif kind == PATTERNS:
-                    self._remote, self._replicate = decode_patterns(payload)
+                    remote, self._replicate = decode_patterns(payload)
+                    self._set_remote(remote)
                     self._ready.set()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
@@ -455,7 +464,8 @@ class BusClient(_End):
         finally:
             self._ready.clear()
             self._conn = None
-            self._remote, self._replicate = frozenset(), False
+            self._replicate = False
+            self._set_remote(frozenset())
             writer.close()
 
     def close(self) -> None:
@@ -504,25 +514,48 @@ Bus = BusServer | BusClient
 
 class LocalSink:
     """The shards' event sink in a process that shares its data directory: this process's
-    subscriptions, and the other processes' through the bus."""
+    subscriptions, and the other processes' through the bus.
+
+    ``active`` is read on every commit, so it is a plain attribute, recomputed when this
+    process's patterns or the other processes' change (not a property: two calls per write)."""
 
     def __init__(self, registry: Any) -> None:
         self.registry = registry
-        self.bus: Bus | None = None
+        self._bus: Bus | None = None
+        self.active = False
+        registry.on_change = self._registry_changed
 
     @property
-    def active(self) -> bool:
-        bus = self.bus
-        return bool(self.registry.active) or (bus is not None and bus.remote_active)
+    def bus(self) -> Bus | None:
+        return self._bus
+
+    @bus.setter
+    def bus(self, bus: Bus | None) -> None:
+        old, self._bus = self._bus, bus
+        if old is not None:
+            old.on_remote_change = None
+        if bus is not None:
+            bus.on_remote_change = self.refresh
+        self.refresh()
+
+    def refresh(self) -> None:
+        bus = self._bus
+        self.active = bool(self.registry.active) or (bus is not None and bus.remote_active)
+
+    def _registry_changed(self) -> None:
+        self.refresh()
+        bus = self._bus
+        if bus is not None:
+            bus.patterns_changed()
 
     def matches(self, key: str) -> bool:
         if self.registry.matches(key):
             return True
-        bus = self.bus
+        bus = self._bus
         return bus is not None and bus.remote_matches(key)
 
     def publish(self, events: list[RawEvent]) -> None:
         self.registry.publish(events)
-        bus = self.bus
+        bus = self._bus
         if bus is not None:
             bus.publish(events)

@@ -77,7 +77,6 @@ class ProcessRole:
 
     def _use(self, bus: BusServer | BusClient) -> None:
         self.bus = self.sink.bus = bus
-        self.registry.on_change = bus.patterns_changed
 
     def reconnect(self) -> None:
         """An attached open's takeover tick: reconnect to a new node process if disconnected."""
@@ -93,7 +92,6 @@ class ProcessRole:
                 shard.outbox = None
             bus.close()
         self.bus = self.sink.bus = None
-        self.registry.on_change = None
 
     def step_down(self, store: ShardedStore) -> None:
         """A takeover failed half-way (the listen address is still taken, say): stop serving,
@@ -112,7 +110,6 @@ class ProcessRole:
         self._closed = True
         bus, self.bus = self.bus, None
         self.sink.bus = None
-        self.registry.on_change = None
         try:
             if isinstance(bus, BusServer) and self._runtime.running:
                 self._runtime.run(bus.stop(), timeout=30)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -81,6 +84,40 @@ def check_sqlite_version(version: str | None = None) -> None:
         )
 
 
+_connections: weakref.WeakSet[apsw.Connection] = weakref.WeakSet()
+_inherited: list[apsw.Connection] = []
+_inherited_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # SQLite keeps per-file lock state for the whole process (which locks it holds on each shard
+    # file and its -shm). A child made by fork() inherits that state but not the locks: a
+    # connection the child then opens to the same file would share the state, believe it holds
+    # locks it does not, and another process could reset the WAL index under its writes (seen:
+    # an acknowledged write of the child lost). So the parent's connections are held here (so that
+    # collecting them cannot close them with a checkpoint) and closed, without one, before the
+    # child opens its first connection.
+    global _connections
+    _inherited.extend(_connections)
+    _connections = weakref.WeakSet()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _close_inherited() -> None:
+    """Close, in a child made by fork(), the connections its parent had open (see
+    ``_after_fork_in_child``): without checkpointing or removing the WAL, which stay the parent's
+    and the other processes' business. The kernel has given the child none of the parent's locks,
+    so closing releases nothing of theirs; it drops SQLite's copied lock state."""
+    with _inherited_lock:
+        while _inherited:
+            conn = _inherited.pop()
+            with contextlib.suppress(apsw.Error):
+                conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+                conn.close(True)
+
+
 def open_connection(path: str, *, create: bool, synchronous: str, reader: bool = False) -> apsw.Connection:
     """Open a connection to one shard file with ekv's pragmas.
 
@@ -88,6 +125,8 @@ def open_connection(path: str, *, create: bool, synchronous: str, reader: bool =
     cannot slip through a reader connection. ``synchronous`` is ``NORMAL`` (a process crash loses
     nothing, a power cut may lose the last commits) or ``FULL`` (fsync on every commit).
     """
+    if _inherited:
+        _close_inherited()
     flags = apsw.SQLITE_OPEN_READWRITE
     if create:
         flags |= apsw.SQLITE_OPEN_CREATE
@@ -105,6 +144,7 @@ def open_connection(path: str, *, create: bool, synchronous: str, reader: bool =
             conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
     except apsw.Error as exc:
         raise_storage_error(exc, path, action="open")
+    _connections.add(conn)
     return conn
 
 

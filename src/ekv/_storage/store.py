@@ -43,12 +43,6 @@ __all__ = ["GcReport", "ShardedStore"]
 _open_stores: weakref.WeakSet[ShardedStore] = weakref.WeakSet()
 
 
-_inherited: list[object] = []
-"""What a forked child inherited of its parent's stores (connections, shards): never used, never
-closed, never collected: closing an SQLite connection opened by another process could disturb
-that process's locks (SQLite's file locks are per process)."""
-
-
 def _after_fork_in_child() -> None:
     # Connections, locks and threads do not survive fork(): a store inherited by a child process
     # is closed there, and reopened in place on its first use (ShardedStore.reopen_in_child).
@@ -154,11 +148,10 @@ class ShardedStore(StoreReads):
     def reopen_in_child(self, clock: HybridClock, sink: EventSink) -> None:
         """Open the data directory again, in place, in a child made by ``fork()`` from a process
         that had it open: a new open (new origin, slot, connections, group commits), the same
-        object, so that every reference to it stays valid. The parent's connections are kept,
-        unused (see ``_inherited``)."""
+        object, so that every reference to it stays valid. The parent's connections are closed
+        first, without a checkpoint (``ekv._storage.sqlite._close_inherited``)."""
         if not self._forked:
             return
-        _inherited.append((self.shards, self._readers, self._checkpointers, self._tls, self.datadir, self.slot))
         fresh = ShardedStore.open(self.config, clock, sink)
         revive = self.revive
         self.__dict__.update(fresh.__dict__)

@@ -189,10 +189,10 @@ def _fault_wallclock() -> None:
     def tick(self: HybridClock) -> int:
         with self._lock:
             now = self._wall()
-            last = self._last + 1
+            last = self.last_ns + 1
             if now > last:
                 last = now
-            self._last = last
+            self.last_ns = last
         issued.ts = last
         return last
 

@@ -129,7 +129,7 @@ def test_batched_writes_overtake_a_stored_future_version(kv: ekv.EKV) -> None:
     future = time.time_ns() + 3600 * 10**9
     store.apply([Entry(key, future, "peer", 1, None, b"\x80\x05K\x01.")])
     # Pretend this node restarted: its clock has not seen the future version.
-    node_of(kv).clock._last = 0
+    node_of(kv).clock.last_ns = 0
     results = run_queued(kv, [lambda: kv.put(other, 1), lambda: kv.put(key, "mine"), lambda: kv.put(key, "last")])
     assert results[1].timestamp_ns > future and results[2] > results[1]
     assert kv.get(key) == "last"

@@ -333,3 +333,8 @@ def test_command_line(tmp_path: Path) -> None:
         codes.append(result.returncode)
     assert codes == [0, 1], result.stderr
     assert "not_linearizable" in result.stdout
+
+
+def test_a_search_over_budget_is_reported_not_passed() -> None:
+    records = generate(3, 50, processes=4)
+    assert [v.kind for v in check_linearizable(records, max_steps=3)] == ["search_budget"]

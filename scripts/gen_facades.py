@@ -84,6 +84,8 @@ def generate(source: str) -> str:
             continue  # private, or overloaded (subscribe): written by hand on each side
         if method.returns is not None and ast.unparse(method.returns).startswith("Iterator"):
             continue  # an iterator becomes an async iterator: written by hand on each side
+        if method.returns is not None and ast.unparse(method.returns) == "Lock":
+            continue  # a lock becomes an async context manager: written by hand on each side
         found = _forwarded(method)
         if found is None:
             continue

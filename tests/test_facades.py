@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gen_facades.py"
 
 
-DECORATORS = {"memoize"}
+DECORATORS = {"memoize", "lock"}  # they return a decorator or an (async) context manager, not a coroutine
 """Methods that return a decorator, applied when a function is defined: plain methods on both
 facades (AsyncEKV's decorates ``async def`` functions and awaits the store in them)."""
 

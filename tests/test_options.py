@@ -40,6 +40,10 @@ BAD: dict[str, list[Any]] = {
     "max_value_size": [*COUNTS, 10**12],
     "subscriber_queue": COUNTS,
     "allow_stale_startup": [1, 0, "yes", None, NAN],
+    "consistent_prefixes": ["c/", 1, [""], [1], ["a\x00b"], None],
+    "cluster_size": [True, 0, -1, 2.5, "3", 65, 3],  # 3: more than one voter needs a cluster
+    "role": ["leader", "", None, 1, "observer"],  # an observer needs a cluster
+    "consistent_timeout": DURATIONS,
     # cluster options (the others need listen=, peers= or discovery= to mean anything)
     "listen": [1, True, "noport", "127.0.0.1:99999", "127.0.0.1:-1", "127.0.0.1:x", "::1:80", ""],
     "peers": [1, True, ["noport"], [1], [None], {"a:1"}, ["127.0.0.1:70000"]],

@@ -135,8 +135,24 @@ class Config:
     """Trust a data directory older than ``tombstone_ttl`` (whole-cluster restores)."""
     takeover_interval_ns: int = NS_PER_S // 5
     """How often an attached process checks whether the node process is gone (SPEC section 12)."""
+    consistent_prefixes: tuple[str, ...] = ()
+    """Keys under these prefixes are linearizable-only (SPEC 13)."""
+    cluster_size: int | None = None
+    """Voters of linearizable operations; None: 1 without a cluster, unset with one."""
+    role: str = "voter"
+    """``"voter"`` or ``"observer"``."""
+    consistent_timeout_ns: int = 5 * NS_PER_S
+    """Default timeout of a linearizable operation."""
     cluster: ClusterOptions | None = None
     """Replication options; None for a single embedded node."""
+
+    @property
+    def voters(self) -> int | None:
+        """The number of voters in effect: ``cluster_size``, or 1 for a node without a cluster
+        (None: a cluster that did not set it, which refuses linearizable operations)."""
+        if self.cluster_size is None and self.cluster is None:
+            return 1
+        return self.cluster_size
 
     @classmethod
     def create(cls, name: object, data_dir: object, **options: Any) -> Config:
@@ -198,6 +214,7 @@ class Config:
         if not isinstance(allow_stale_startup, bool):
             raise ConfigError(f"allow_stale_startup must be a bool, got {allow_stale_startup!r}")
         cluster_options = _cluster_options(cluster, ttl_ns=ttl_ns, max_value=max_value)
+        prefixes, cluster_size, role = _consistency(given, clustered=cluster_options is not None)
         return cls(
             name=name,
             data_dir=path,
@@ -212,6 +229,10 @@ class Config:
             subscriber_queue=queue,
             allow_stale_startup=allow_stale_startup,
             takeover_interval_ns=takeover_ns,
+            consistent_prefixes=prefixes,
+            cluster_size=cluster_size,
+            role=role,
+            consistent_timeout_ns=_seconds(given["consistent_timeout"], "consistent_timeout"),
             cluster=cluster_options,
         )
 
@@ -226,7 +247,34 @@ class Config:
             "max_value_size": self.max_value_size,
             "subscriber_queue": self.subscriber_queue,
             "takeover_interval": self.takeover_interval_ns / NS_PER_S,
+            "consistent_prefixes": list(self.consistent_prefixes),
+            "cluster_size": self.cluster_size,
+            "role": self.role,
+            "consistent_timeout": self.consistent_timeout_ns / NS_PER_S,
         }
+
+
+def _consistency(given: dict[str, Any], *, clustered: bool) -> tuple[tuple[str, ...], int | None, str]:
+    """``consistent_prefixes``, ``cluster_size`` and ``role``, checked against each other."""
+    prefixes = given["consistent_prefixes"]
+    if isinstance(prefixes, str) or not isinstance(prefixes, (list, tuple, set, frozenset)):
+        raise ConfigError(f"consistent_prefixes must be a list of key prefixes, not {type(prefixes).__name__}")
+    checked = []
+    for prefix in prefixes:
+        if not isinstance(prefix, str) or not prefix or "\x00" in prefix:
+            raise ConfigError(f"consistent_prefixes entries must be non-empty str prefixes, got {prefix!r:.80}")
+        checked.append(prefix)
+    size = given["cluster_size"]
+    if size is not None:
+        size = check_positive_int(size, "cluster_size", maximum=64)
+        if size > 1 and not clustered:
+            raise ConfigError(f"cluster_size={size} needs a cluster: give listen=, peers= or discovery= as well")
+    role = given["role"]
+    if role not in ("voter", "observer"):
+        raise ConfigError(f"role must be 'voter' or 'observer', got {role!r}")
+    if role == "observer" and not clustered:
+        raise ConfigError("role='observer' needs a cluster: give listen=, peers= or discovery= as well")
+    return tuple(sorted(set(checked))), size, role
 
 
 CLUSTER_DEFAULTS: dict[str, Any] = {key: DEFAULTS[key] for key in CLUSTER_OPTIONS}

@@ -8,7 +8,9 @@ catches them all. Errors caused by bad arguments also derive from the built-in `
     ├── InvalidArgument (ValueError)        bad key, ttl, prefix, option value ...
     │   ├── ConfigError                     an option given to EKV(...) is invalid (or another codec)
     │   │   └── UnknownOptionError (TypeError)  an option EKV(...) does not have (a misspelling)
-    │   └── ValueTooLargeError              encoded value above the documented maximum
+    │   ├── ValueTooLargeError              encoded value above the documented maximum
+    │   └── ConsistentKeyError              a plain write to a consistent key, or a linearizable
+    │                                       operation on a key that is not one
     ├── InvalidArgumentType (TypeError,     an argument of the wrong type
     │                        ValueError)
     ├── CodecError
@@ -28,6 +30,11 @@ catches them all. Errors caused by bad arguments also derive from the built-in `
     │   ├── LockedError                     another process (or EKV object) has data_dir open
     │   ├── SQLiteVersionError              the SQLite library has a known corruption bug
     │   └── StaleDataError                  reserved (stale data is moved aside, not raised)
+    ├── ConsistencyError                    a linearizable operation did not succeed (SPEC 13)
+    │   ├── ConflictError                   its condition did not hold: definitely not applied
+    │   ├── NoQuorumError                   too few voters in time: definitely not applied
+    │   ├── UnconfirmedError                may or may not have been applied
+    │   └── LockError                       a lock was not acquired in time, or was lost
     ├── ClusterError                        the cluster layer
     │   ├── ListenError (OSError)           the listen address cannot be bound (in use, not local)
     │   ├── ProtocolError                   a peer sent bytes that are not valid ekv protocol
@@ -47,6 +54,9 @@ __all__ = [
     "ClusterError",
     "CodecError",
     "ConfigError",
+    "ConflictError",
+    "ConsistencyError",
+    "ConsistentKeyError",
     "CorruptionError",
     "DataDirError",
     "DecodeError",
@@ -58,7 +68,9 @@ __all__ = [
     "InvalidArgument",
     "InvalidArgumentType",
     "ListenError",
+    "LockError",
     "LockedError",
+    "NoQuorumError",
     "ProtocolError",
     "SQLiteVersionError",
     "ShardCountError",
@@ -67,6 +79,7 @@ __all__ = [
     "SubscriptionClosed",
     "SubscriptionOverflow",
     "Timeout",
+    "UnconfirmedError",
     "UnknownOptionError",
     "ValueTooLargeError",
 ]
@@ -203,6 +216,45 @@ class StaleDataError(StorageError):
     """Reserved for stale data directories. ekv does not raise it today: a clustered data
     directory last active longer ago than ``tombstone_ttl`` is moved aside and rebuilt instead
     (see the operators guide), because refusing to start helps nobody at 3 a.m."""
+
+
+class ConsistentKeyError(InvalidArgument):
+    """Raised before anything is written: a plain ``put``/``delete`` (or batch, ``touch``, mapping
+    write) on a key under ``consistent_prefixes``, which only linearizable operations may
+    write; or a linearizable operation on a key that is not under them. No key is ever
+    written both ways (SPEC 13)."""
+
+
+class ConsistencyError(Error):
+    """Base class of the outcomes of a linearizable operation other than success."""
+
+
+class ConflictError(ConsistencyError):
+    """The operation's condition did not hold (``if_absent``, ``if_version``, a lock held by
+    another): it was definitely not applied.
+
+    Attributes:
+        current: the key's current ``(value, Version)`` as the operation found it, or None if
+            the key is absent (never written, deleted or expired).
+    """
+
+    def __init__(self, message: str, current: tuple[object, object] | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class NoQuorumError(ConsistencyError):
+    """Not enough voters answered within the operation's ``timeout``: definitely not applied."""
+
+
+class UnconfirmedError(ConsistencyError):
+    """The operation may or may not have been applied (its accept went out and the answers did
+    not come back in time). A later consistent read (``get(key, consistent=True)``) tells."""
+
+
+class LockError(ConsistencyError):
+    """A lock was not acquired within ``timeout``, or a renewal found it held by another (the
+    ``ttl`` ran out first)."""
 
 
 class ClusterError(Error):

@@ -55,6 +55,17 @@ class Options(TypedDict, total=False):
     takeover_interval: Seconds
     """How often a process attached to a data directory checks whether the node process is gone
     (and takes over if so). Default 0.2 s."""
+    consistent_prefixes: Sequence[str]
+    """Key prefixes whose keys are linearizable-only (``if_absent``, ``if_version``,
+    ``consistent``, ``update``, ``lock``); identical on every member. Default (): none."""
+    cluster_size: int | None
+    """The number of voters of linearizable operations (quorum ``cluster_size // 2 + 1``).
+    Default None: 1 for a node without peers; a clustered node must set it to use them."""
+    role: Literal["voter", "observer"]
+    """``"observer"``: stores, replicates and reads, but does not vote; sends linearizable
+    operations to a voter. Default ``"voter"``."""
+    consistent_timeout: Seconds
+    """Default ``timeout`` of a linearizable operation. Default 5 s."""
     listen: str | None
     """``"host:port"`` to accept members on (port 0 picks a free one); not loopback requires
     ``cookie``. Default None: no listener."""
@@ -117,6 +128,10 @@ DEFAULTS: dict[str, Any] = {
     "subscriber_queue": 10_000,
     "allow_stale_startup": False,
     "takeover_interval": 0.2,
+    "consistent_prefixes": (),
+    "cluster_size": None,
+    "role": "voter",
+    "consistent_timeout": 5.0,
     "listen": None,
     "peers": (),
     "cookie": None,

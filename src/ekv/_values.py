@@ -16,13 +16,16 @@ codec called inline rather than through a helper.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ekv._core.durations import duration_ns
 from ekv._core.keys import check_key, check_prefix
-from ekv._errors import DecodeError, EncodeError, InvalidArgumentType, ValueTooLargeError
+from ekv._errors import ConsistentKeyError, DecodeError, EncodeError, InvalidArgumentType, ValueTooLargeError
 from ekv._model import Version
 from ekv._storage.store import ShardedStore
+
+if TYPE_CHECKING:
+    from ekv._linear import Linear, Lock
 
 __all__ = ["Values"]
 
@@ -30,7 +33,7 @@ __all__ = ["Values"]
 class Values:
     """Keys, ttls and values of one :class:`ShardedStore`, checked and encoded; thread-safe."""
 
-    __slots__ = ("_dumps", "_loads", "_max_value", "_now", "store")
+    __slots__ = ("_dumps", "_loads", "_max_value", "_now", "_prefixes", "linear", "store")
 
     def __init__(self, store: ShardedStore) -> None:
         config = store.config
@@ -39,15 +42,62 @@ class Values:
         self._loads = config.codec.loads
         self._max_value = config.max_value_size
         self._now = config.clock.now_ns
+        self._prefixes = config.consistent_prefixes
+        self.linear: Linear | None = None
+        """The linearizable operations (SPEC 13), set by the node; None on a read-only store."""
+
+    def _linear(self) -> Linear:
+        linear = self.linear
+        if linear is None:
+            self.store._unusable()
+            raise AssertionError("a writable store has its linearizable operations")
+        return linear
+
+    def _plain(self, key: str) -> None:
+        """Refuse a plain write of a consistent key (called only when prefixes are declared)."""
+        if key.startswith(self._prefixes):
+            raise ConsistentKeyError(
+                f"key {key!r:.80} is under consistent_prefixes: write it with if_absent=, if_version=, "
+                "consistent=True, update() or lock() (plain writes would break its linearizability)"
+            )
+
+    def encode(self, key: str, value: Any) -> bytes:
+        """``value`` as the codec's bytes, checked against ``max_value_size``."""
+        try:
+            blob = self._dumps(value)
+        except Exception as exc:
+            raise EncodeError(f"cannot encode the value for key {key!r:.80}: {type(exc).__name__}: {exc}") from exc
+        if type(blob) is not bytes:
+            blob = _coerce_blob(blob, key)
+        if len(blob) > self._max_value:
+            raise ValueTooLargeError(
+                f"the encoded value for key {key!r:.80} is {len(blob)} bytes; "
+                f"the maximum (max_value_size) is {self._max_value}"
+            )
+        return blob
 
     # -- writes ------------------------------------------------------------------------------
 
-    def put(self, key: str, value: Any, ttl: object = None) -> Version:
-        """Store ``value`` under ``key``; return the write's version once it is durable."""
+    def put(
+        self,
+        key: str,
+        value: Any,
+        ttl: object = None,
+        if_absent: bool = False,
+        if_version: object = None,
+        consistent: bool = False,
+        timeout: object = None,
+    ) -> Version:
+        """Store ``value`` under ``key``; return the write's version once it is durable. With
+        ``if_absent``, ``if_version`` or ``consistent``: a linearizable write (:mod:`ekv._linear`)."""
         store = self.store
         if store._closed or store._readonly:
             store._unusable()
+        if if_absent or if_version is not None or consistent:
+            return self._linear().put(key, value, ttl, if_absent, if_version, consistent, timeout)
         encoded = check_key(key)
+        if self._prefixes:
+            self._plain(key)
         expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
         try:
             blob = self._dumps(value)
@@ -76,6 +126,8 @@ class Values:
         items: dict[str, tuple[str, bytes, bytes | None, int | None]] = {}
         for key, value in pairs:
             encoded = check_key(key)
+            if self._prefixes:
+                self._plain(key)
             try:
                 blob = dumps(value)
             except Exception as exc:
@@ -99,6 +151,9 @@ class Values:
         if isinstance(keys, str):
             raise InvalidArgumentType("delete_many takes an iterable of keys, not a str")
         items = {key: (key, check_key(key), None, None) for key in keys}
+        if self._prefixes:
+            for key in items:
+                self._plain(key)
         return store.write_many(list(items.values()))
 
     def touch(self, key: str, ttl: object) -> bool:
@@ -108,23 +163,45 @@ class Values:
         if store._closed or store._readonly:
             store._unusable()
         encoded = check_key(key)
+        if self._prefixes:
+            self._plain(key)
         expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
         return store.touch(key, encoded, expires_at) is not None
 
-    def delete(self, key: str) -> Version:
-        """Write a tombstone for ``key`` (also when it is absent); return its version."""
+    def delete(self, key: str, if_version: object = None, consistent: bool = False, timeout: object = None) -> Version:
+        """Write a tombstone for ``key`` (also when it is absent); return its version. With
+        ``if_version`` or ``consistent``: a linearizable delete (:mod:`ekv._linear`)."""
         store = self.store
         if store._closed or store._readonly:
             store._unusable()
-        return store.write(key, check_key(key), None, None)
+        if if_version is not None or consistent:
+            return self._linear().delete(key, if_version, consistent, timeout)
+        encoded = check_key(key)
+        if self._prefixes:
+            self._plain(key)
+        return store.write(key, encoded, None, None)
+
+    def update_key(
+        self, key: str, fn: Any, ttl: object = None, retries: int = 100, timeout: object = None
+    ) -> tuple[Any, Version]:
+        """Linearizable read-modify-write of one key (``update(key, fn)``, :meth:`Linear.update`)."""
+        return self._linear().update(key, fn, ttl, retries, timeout)
+
+    def lock(self, key: str, ttl: object = 30, timeout: object = None) -> Lock:
+        """Acquire a lock (:meth:`Linear.lock`)."""
+        return self._linear().lock(key, ttl, timeout)
 
     # -- reads -------------------------------------------------------------------------------
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value of ``key``, or ``default`` if it is absent, deleted or expired."""
+    def get(self, key: str, default: Any = None, consistent: bool = False, timeout: object = None) -> Any:
+        """The value of ``key``, or ``default`` if it is absent, deleted or expired. With
+        ``consistent``: a linearizable read (:meth:`Linear.lookup`)."""
         store = self.store
         if store._closed:
             store._unusable()
+        if consistent:
+            found = self._linear().lookup(key, timeout)
+            return default if found is None else found[0]
         blob = store.read(key, check_key(key))
         if blob is None:
             return default
@@ -189,9 +266,16 @@ class Values:
             raise KeyError(key)
         return self.delete(key)
 
-    def update(self, other: Any, kwds: dict[str, Any]) -> None:
+    def update(self, other: Any, fn: Any, kwds: dict[str, Any]) -> Any:
         """``dict.update``: put each item of ``other`` (a mapping, an object with ``keys()``, or
-        ``(key, value)`` pairs), then of ``kwds``; one put per item, in order."""
+        ``(key, value)`` pairs), then of ``kwds``; one put per item, in order. With a key and a
+        function: the linearizable ``update(key, fn)`` (:meth:`update_key`)."""
+        if isinstance(other, str):
+            if fn is None:
+                raise InvalidArgumentType(f"update({other!r:.80}) needs a function: update(key, fn)")
+            return self.update_key(other, fn, **kwds)
+        if fn is not None:
+            raise InvalidArgumentType("update(mapping) takes one positional argument; update(key, fn) takes a str key")
         if isinstance(other, Mapping):
             for key in other:
                 self.put(key, other[key])
@@ -203,6 +287,7 @@ class Values:
                 self.put(key, value)
         for key, value in kwds.items():
             self.put(key, value)
+        return None
 
     def setdefault(self, key: str, default: Any) -> Any:
         """``dict.setdefault``: the value of a visible ``key``, else put ``default`` and return it."""
@@ -229,6 +314,8 @@ class Values:
         """Delete the smallest visible key and return ``(key, value)``; :class:`KeyError` if
         there is none."""
         for key in self.store.iter_keys(""):
+            if self._prefixes and key.startswith(self._prefixes):
+                continue  # only its linearizable operations may delete it
             value = self.get(key, _MISSING)
             if value is not _MISSING:  # else deleted or expired since it was listed
                 self.delete(key)
@@ -238,19 +325,23 @@ class Values:
     def clear(self) -> int:
         """Delete every visible key (a tombstone each, which replicates like any delete); return
         how many. Keys are read first, then deleted one by one: a key written meanwhile may stay.
-        Keys of ``consistent_prefixes`` (SPEC 13, not yet implemented) will be skipped here, by
-        one check in the loop, since only their own operations may change them."""
+        Keys of ``consistent_prefixes`` are left alone: only their own operations change them."""
         deleted = 0
+        prefixes = self._prefixes
         for key in self.store.keys(""):
+            if prefixes and key.startswith(prefixes):
+                continue
             self.delete(key)
             deleted += 1
         return deleted
 
-    def lookup(self, key: str) -> tuple[Any, Version] | None:
-        """``(value, version)`` of a visible key, else ``None``."""
+    def lookup(self, key: str, consistent: bool = False, timeout: object = None) -> tuple[Any, Version] | None:
+        """``(value, version)`` of a visible key, else ``None`` (``consistent``: linearizable)."""
         store = self.store
         if store._closed:
             store._unusable()
+        if consistent:
+            return self._linear().lookup(key, timeout)
         found = store.read_version(key, check_key(key))
         if found is None:
             return None

@@ -17,14 +17,15 @@ import itertools
 import os
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar, Unpack
 
 from ekv._config import Config, OverflowPolicy, check_positive_int
-from ekv._errors import ClosedError
+from ekv._errors import ClosedError, LockError
+from ekv._linear import Lock
 from ekv._memo import Memo
 from ekv._model import Version
 from ekv._node.node import Node
@@ -177,15 +178,27 @@ class AsyncEKV:
 
     # -- generated from EKV by scripts/gen_facades.py: do not edit by hand ---------------------
 
-    async def put(self, key: str, value: Any, ttl: Seconds | None = None) -> Version:
+    async def put(
+        self,
+        key: str,
+        value: Any,
+        ttl: Seconds | None = None,
+        *,
+        if_absent: bool = False,
+        if_version: Version | None = None,
+        consistent: bool = False,
+        timeout: Seconds | None = None,
+    ) -> Version:
         """See :meth:`ekv.EKV.put`."""
         node = await self._ensure()
-        return await self._call(node.values.put, key, value, ttl)
+        return await self._call(node.values.put, key, value, ttl, if_absent, if_version, consistent, timeout)
 
-    async def delete(self, key: str) -> Version:
+    async def delete(
+        self, key: str, *, if_version: Version | None = None, consistent: bool = False, timeout: Seconds | None = None
+    ) -> Version:
         """See :meth:`ekv.EKV.delete`."""
         node = await self._ensure()
-        return await self._call(node.values.delete, key)
+        return await self._call(node.values.delete, key, if_version, consistent, timeout)
 
     async def put_many(
         self, mapping: Mapping[str, Any] | Iterable[tuple[str, Any]], ttl: Seconds | None = None
@@ -204,10 +217,17 @@ class AsyncEKV:
         node = await self._ensure()
         return await self._call(node.values.touch, key, ttl)
 
-    async def get(self, key: str, default: Any = None) -> Any:
+    async def get(
+        self,
+        key: str,
+        default: Any = None,
+        *,
+        consistent: bool = False,
+        timeout: Seconds | None = None,
+    ) -> Any:
         """See :meth:`ekv.EKV.get`."""
         node = await self._ensure()
-        return await self._call(node.values.get, key, default)
+        return await self._call(node.values.get, key, default, consistent, timeout)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """See :meth:`ekv.EKV.get_many`."""
@@ -219,10 +239,12 @@ class AsyncEKV:
         node = await self._ensure()
         return await self._call(node.values.ttl, key)
 
-    async def lookup(self, key: str) -> tuple[Any, Version] | None:
+    async def lookup(
+        self, key: str, *, consistent: bool = False, timeout: Seconds | None = None
+    ) -> tuple[Any, Version] | None:
         """See :meth:`ekv.EKV.lookup`."""
         node = await self._ensure()
-        return await self._call(node.values.lookup, key)
+        return await self._call(node.values.lookup, key, consistent, timeout)
 
     async def scan(self, prefix: str = "") -> dict[str, Any]:
         """See :meth:`ekv.EKV.scan`."""
@@ -259,10 +281,10 @@ class AsyncEKV:
         node = await self._ensure()
         await self._call(node.values.clear)
 
-    async def update(self, other: Any = (), /, **kwds: Any) -> None:
+    async def update(self, other: Any = (), fn: Callable[[Any], Any] | None = None, /, **kwds: Any) -> Any:
         """See :meth:`ekv.EKV.update`."""
         node = await self._ensure()
-        await self._call(node.values.update, other, kwds)
+        return await self._call(node.values.update, other, fn, kwds)
 
     async def setdefault(self, key: str, default: Any = None) -> Any:
         """See :meth:`ekv.EKV.setdefault`."""
@@ -334,6 +356,11 @@ class AsyncEKV:
             lookup=lookup, put=put, delete=delete, delete_prefix=delete_prefix, is_async=True, ttl=ttl, prefix=prefix
         )
 
+    def lock(self, key: str, ttl: Seconds = 30, timeout: Seconds | None = None) -> AsyncLock:
+        """See :meth:`ekv.EKV.lock`: ``async with kv.lock(key, ttl=30) as lock:`` (or ``lock =
+        await kv.lock(...)``); acquiring, renewing and releasing run in the thread pool."""
+        return AsyncLock(self, key, ttl, timeout)
+
     async def iter(self, prefix: str = "") -> AsyncIterator[tuple[str, Any]]:
         """Lazily yield ``(key, value)`` under ``prefix`` in ascending order (``async for``);
         pages are read in the thread pool."""
@@ -386,3 +413,48 @@ class AsyncEKV:
         """See :attr:`ekv.EKV.listen_address` (available once open)."""
         node = self._node
         return None if node is None or node.cluster is None else node.cluster.listen_address
+
+
+class AsyncLock:
+    """:class:`ekv.EKV.lock`'s lock for asyncio: acquired by ``await`` or ``async with``."""
+
+    def __init__(self, kv: AsyncEKV, key: str, ttl: Seconds, timeout: Seconds | None) -> None:
+        self._kv = kv
+        self._args = (key, ttl, timeout)
+        self._lock: Lock | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncLock]:
+        return self._acquire().__await__()
+
+    async def _acquire(self) -> AsyncLock:
+        if self._lock is None:
+            node = await self._kv._ensure()
+            self._lock = await self._kv._call(node.values.lock, *self._args)
+        return self
+
+    @property
+    def _held(self) -> Lock:
+        if self._lock is None:
+            raise LockError(f"lock {self._args[0]!r:.80} is not acquired yet: await it or use async with")
+        return self._lock
+
+    @property
+    def token(self) -> int:
+        """The fencing token (see :meth:`ekv.EKV.lock`)."""
+        return self._held.token
+
+    @property
+    def version(self) -> Version:
+        return self._held.version
+
+    async def renew(self, ttl: Seconds | None = None) -> None:
+        await self._kv._call(self._held.renew, ttl)
+
+    async def release(self) -> bool:
+        return await self._kv._call(self._held.release)
+
+    async def __aenter__(self) -> AsyncLock:
+        return await self._acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()

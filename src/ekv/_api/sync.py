@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar, Unpack, overload
 
 from ekv._config import Config, OverflowPolicy
+from ekv._linear import Lock
 from ekv._memo import Memo
 from ekv._model import Event, Version
 from ekv._node.node import Node
@@ -104,11 +105,29 @@ class EKV(MutableMapping[str, Any]):
 
     # -- writes ------------------------------------------------------------------------------
 
-    def put(self, key: str, value: Any, ttl: Seconds | None = None) -> Version:
+    def put(
+        self,
+        key: str,
+        value: Any,
+        ttl: Seconds | None = None,
+        *,
+        if_absent: bool = False,
+        if_version: Version | None = None,
+        consistent: bool = False,
+        timeout: Seconds | None = None,
+    ) -> Version:
         """Store ``value`` under ``key`` and return the write's version once it is durable.
 
         ``ttl`` (seconds or timedelta) makes the key expire: it becomes invisible at once when
         the time is up and is turned into a tombstone by the next GC pass.
+
+        Linearizable writes (keys under ``consistent_prefixes`` only, SPEC 13; one of):
+        ``if_absent=True`` writes only if the key has no live value; ``if_version=V`` only if
+        its current version is ``V`` (from :meth:`lookup`, a write, or a conflict's
+        ``current``); ``consistent=True`` unconditionally. ``timeout`` bounds them (default
+        the ``consistent_timeout`` option). They raise :class:`~ekv.ConflictError` (not applied;
+        ``current`` is the key's ``(value, Version)`` or None), :class:`~ekv.NoQuorumError` (not
+        applied) or :class:`~ekv.UnconfirmedError` (may have been applied).
 
         Raises:
             TypeError (ekv.InvalidArgumentType): key not a str, ttl of the wrong type.
@@ -116,13 +135,18 @@ class EKV(MutableMapping[str, Any]):
             ekv.EncodeError: the codec cannot encode ``value``.
             ekv.ValueTooLargeError: the encoded value exceeds ``max_value_size``.
             ekv.DiskFullError / ekv.StorageError: the write was not applied.
+            ekv.ConsistentKeyError: a plain put of a key under ``consistent_prefixes``, or a
+                linearizable one of a key that is not.
         """
-        return self._values.put(key, value, ttl)
+        return self._values.put(key, value, ttl, if_absent, if_version, consistent, timeout)
 
-    def delete(self, key: str) -> Version:
+    def delete(
+        self, key: str, *, if_version: Version | None = None, consistent: bool = False, timeout: Seconds | None = None
+    ) -> Version:
         """Delete ``key`` (a tombstone that replicates and wins by version, like a put) and
-        return the tombstone's version. Deleting an absent key also writes a tombstone."""
-        return self._values.delete(key)
+        return the tombstone's version. Deleting an absent key also writes a tombstone.
+        ``if_version`` / ``consistent``: a linearizable delete, as for :meth:`put`."""
+        return self._values.delete(key, if_version, consistent, timeout)
 
     def put_many(
         self, mapping: Mapping[str, Any] | Iterable[tuple[str, Any]], ttl: Seconds | None = None
@@ -162,9 +186,18 @@ class EKV(MutableMapping[str, Any]):
 
     # -- reads -------------------------------------------------------------------------------
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value of ``key``, or ``default`` if absent, deleted or expired."""
-        return self._values.get(key, default)
+    def get(
+        self,
+        key: str,
+        default: Any = None,
+        *,
+        consistent: bool = False,
+        timeout: Seconds | None = None,
+    ) -> Any:
+        """The value of ``key``, or ``default`` if absent, deleted or expired. ``consistent=True``
+        (keys under ``consistent_prefixes``): a linearizable read, which sees every linearizable
+        write that completed before it (a plain read may be stale)."""
+        return self._values.get(key, default, consistent, timeout)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``key -> value`` for those of ``keys`` that are visible (absent, deleted and expired
@@ -181,9 +214,12 @@ class EKV(MutableMapping[str, Any]):
         """
         return self._values.ttl(key)
 
-    def lookup(self, key: str) -> tuple[Any, Version] | None:
-        """``(value, version)`` for a visible key, else ``None``."""
-        return self._values.lookup(key)
+    def lookup(
+        self, key: str, *, consistent: bool = False, timeout: Seconds | None = None
+    ) -> tuple[Any, Version] | None:
+        """``(value, version)`` for a visible key, else ``None``; the version feeds ``if_version``.
+        ``consistent=True``: a linearizable read, as for :meth:`get`."""
+        return self._values.lookup(key, consistent, timeout)
 
     def scan(self, prefix: str = "") -> dict[str, Any]:
         """Every visible key starting with ``prefix`` and its value, as a dict in ascending key
@@ -218,19 +254,40 @@ class EKV(MutableMapping[str, Any]):
     def clear(self) -> None:
         """Delete every visible key, cluster-wide: each becomes a tombstone that replicates like
         :meth:`delete`. Not atomic: keys are listed, then deleted one by one, so a key written
-        meanwhile may stay. (Once ``consistent_prefixes`` exist, SPEC 13, their keys are skipped
-        here: only their own operations change them; that is one check in
-        ``ekv._values.Values.clear``.)"""
+        meanwhile may stay. Keys under ``consistent_prefixes`` are left alone: only their own
+        linearizable operations change them."""
         self._values.clear()
 
     # -- the mapping protocol ----------------------------------------------------------------
     # update/setdefault/pop/popitem override MutableMapping's with the value layer's (the same
     # semantics), so AsyncEKV gets them generated too.
 
-    def update(self, other: Any = (), /, **kwds: Any) -> None:
-        """Put each item of ``other`` (a mapping, or ``(key, value)`` pairs) and of ``kwds``, as
-        ``dict.update``: one :meth:`put` per item, in order (not one transaction)."""
-        self._values.update(other, kwds)
+    def update(self, other: Any = (), fn: Callable[[Any], Any] | None = None, /, **kwds: Any) -> Any:
+        """Two forms.
+
+        ``kv.update(mapping_or_pairs, **kwds)``: put each item of ``other`` (a mapping, or
+        ``(key, value)`` pairs) and of ``kwds``, as ``dict.update``: one :meth:`put` per item, in
+        order (not one transaction). Returns None.
+
+        ``kv.update(key, fn, ttl=None, retries=100, timeout=None)`` (a key under
+        ``consistent_prefixes``): a linearizable read-modify-write: ``fn(current value or None)``
+        is written under ``if_version``; on a conflict ``fn`` runs again on the value that won,
+        up to ``retries`` times. Returns ``(new value, Version)``; raises
+        :class:`~ekv.ConflictError` when the retries run out. ``fn`` runs in the calling process
+        and may run more than once: keep it free of side effects."""
+        return self._values.update(other, fn, kwds)
+
+    def lock(self, key: str, ttl: Seconds = 30, timeout: Seconds | None = None) -> Lock:
+        """Acquire the lock ``key`` (under ``consistent_prefixes``) for ``ttl`` seconds, waiting
+        up to ``timeout`` (default the ``consistent_timeout`` option); use it as a context
+        manager, which releases it::
+
+            with kv.lock("lock/job-42", ttl=30) as lock:
+                lock.token    # fencing token: an int, strictly increasing per key
+                lock.renew()  # another ttl from now
+
+        Raises :class:`~ekv.LockError` if it is not acquired in time (held by another)."""
+        return self._values.lock(key, ttl, timeout)
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         """``kv[key]`` if ``key`` is visible, else put ``default`` and return it (two steps, not

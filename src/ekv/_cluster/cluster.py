@@ -6,6 +6,7 @@ methods; the parts are:
 * :class:`~ekv._cluster.members.MemberSet`: members, dialing and backoff, discovery, gossip, the
   sessions and duplicate identities;
 * :class:`~ekv._cluster.driver.Driver`: the replicator, the outbox of local writes, ticks;
+* :class:`~ekv._cluster.consensus.Consensus`: linearizable operations among the voters;
 * :mod:`ekv._cluster.clients`: command-line clients served on the cluster port;
 * :mod:`ekv._cluster.report`: ``info()`` and the metrics;
 * a :class:`~ekv._cluster.network.Network` through which every connection goes (the real one,
@@ -22,6 +23,7 @@ from typing import Any
 
 from ekv._cluster import report, wire
 from ekv._cluster.clients import serve_client
+from ekv._cluster.consensus import Consensus
 from ekv._cluster.driver import Driver
 from ekv._cluster.listener import ListenerHold
 from ekv._cluster.members import MemberSet
@@ -34,7 +36,9 @@ from ekv._cluster.session import Session
 from ekv._config import ClusterOptions, Config
 from ekv._core.addresses import format_address, parse_address
 from ekv._core.durations import NS_PER_S
+from ekv._core.paxos import Op, Outcome
 from ekv._log import instance_logging
+from ekv._storage.acceptor import Acceptor
 from ekv._storage.replication import StoreReplicationPort
 from ekv._storage.store import ShardedStore
 
@@ -84,6 +88,19 @@ class ClusterNode:
         rng = random.Random() if rng is None else rng
         self.driver = Driver(StoreReplicationPort(store), self.settings, options, log, self._wall, {}, rng)
         self.members = MemberSet(config, store, log, self.driver, self.network, self._spawn, self._serve_client, rng)
+        self.consensus = Consensus(
+            Acceptor(store),
+            cluster_size=config.cluster_size,
+            role=config.role,
+            sessions=self.members.sessions,
+            node_id=lambda: self.members.node_id,
+            origin=lambda: store.origin,
+            tick=store.clock.tick,
+            wall=self._wall,
+            log=log,
+            rng=rng,
+        )
+        self.members.consensus = self.consensus
         self.clients: set[Session] = set()
         self.node_info: Any = None
         """Set by the node: returns its info() (for client commands)."""
@@ -240,6 +257,11 @@ class ClusterNode:
             return fn(*args)
 
         return self._runtime.run(run(), timeout=30)
+
+    def propose(self, op: Op, timeout_ns: int) -> Outcome:
+        """Run a linearizable operation among the voters (:mod:`ekv._cluster.consensus`); blocks
+        the calling thread (never the loop thread) until it ends or ``timeout_ns`` is up."""
+        return self._runtime.run(self.consensus.run(op, timeout_ns), timeout=timeout_ns / NS_PER_S + 5)
 
     def info(self) -> dict[str, Any]:
         return dict(self.call(report.cluster_info, self))

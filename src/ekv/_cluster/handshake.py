@@ -115,6 +115,16 @@ def check_peer_hello(mine: Hello, theirs: Hello) -> tuple[int, frozenset[str]]:
         raise Refused(str(exc)) from None
     if not client and theirs.shards != mine.shards:
         raise Refused(f"peer {theirs.node_id} has {theirs.shards} shards, we have {mine.shards}; they cannot replicate")
+    if not client and theirs.consistent_prefixes != mine.consistent_prefixes:
+        raise Refused(
+            f"peer {theirs.node_id} declares consistent_prefixes {list(theirs.consistent_prefixes)!r}, we declare "
+            f"{list(mine.consistent_prefixes)!r}; every member must declare the same list"
+        )
+    if not client and theirs.cluster_size != mine.cluster_size and mine.consistent_prefixes:
+        raise Refused(
+            f"peer {theirs.node_id} has cluster_size={theirs.cluster_size}, we have {mine.cluster_size}; every "
+            "member must count the same voters"
+        )
     if not client and theirs.codec is not None and mine.codec is not None and theirs.codec != mine.codec:
         raise Refused(
             f"peer {theirs.node_id} uses codec {theirs.codec!r}, we use {mine.codec!r}; neither could read "

@@ -25,7 +25,7 @@ from typing import Any
 
 from ekv._cluster import auth, identity, report, wire
 from ekv._cluster.driver import Driver
-from ekv._cluster.messages import PROTOCOL_VERSION, Bye, Duplicate, Hello, Members, Message
+from ekv._cluster.messages import PAXOS, PROTOCOL_VERSION, Bye, Duplicate, Hello, Members, Message
 from ekv._cluster.network import Network
 from ekv._cluster.session import (
     HandshakeParams,
@@ -90,6 +90,9 @@ class MemberSet:
         """remote host -> the last handshake this node refused from it (for info())"""
         self._warn_limit = report.RateLimit()
         self._skew_logged: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
+        self.consensus: Any = None
+        """The cluster's :class:`~ekv._cluster.consensus.Consensus` (set by ClusterNode): it gets the
+        linearizable-operation messages and may refuse a voter too many."""
 
     def add_address(self, address: str, source: str) -> None:
         """Dial ``address`` from now on (unless it is known already, or is this node)."""
@@ -219,6 +222,9 @@ class MemberSet:
             wall_ns=self._wall(),
             origin=self.store.origin,
             codec=codec_name(self.config.codec),
+            consistent_prefixes=self.config.consistent_prefixes,
+            cluster_size=self.config.cluster_size,
+            role=self.config.role,
         )
         return HandshakeParams(hello, options.cookie, options.connect_timeout_ns / NS_PER_S * 2, options.max_frame_size)
 
@@ -266,6 +272,11 @@ class MemberSet:
             return False
         if peer == self.node_id:  # another origin under our node id: a copy of our data directory
             self._copy_of_us(session)
+            return False
+        refusal = None if self.consensus is None else self.consensus.refuses(session)
+        if refusal is not None:
+            self.log.error("refused member %s: %s", peer, refusal)
+            session.close(refusal)
             return False
         existing = self.sessions.get(peer)
         if existing is not None and not existing.closed:
@@ -398,6 +409,10 @@ class MemberSet:
             return
         if isinstance(message, Bye):
             self.log.warning("member %s: %s", session.peer_id, message.reason)
+            return
+        if isinstance(message, PAXOS):
+            if self.consensus is not None:
+                self.consensus.on_message(session, message)
             return
         if isinstance(message, Duplicate):
             self._warn_duplicate(

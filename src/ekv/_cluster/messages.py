@@ -23,10 +23,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ekv._core.paxos import Ballot, Op, Record
+from ekv._core.paxos import Promise as PaxosPromise
 from ekv._model import Entry
 
 __all__ = [
+    "PAXOS",
     "PROTOCOL_VERSION",
+    "Accept",
+    "Accepted",
     "Auth",
     "Bye",
     "Duplicate",
@@ -34,8 +39,12 @@ __all__ = [
     "Live",
     "Members",
     "Message",
+    "Outcome",
     "Ping",
     "Pong",
+    "Prepare",
+    "Promise",
+    "Propose",
     "Reject",
     "Reply",
     "Request",
@@ -71,6 +80,12 @@ class Hello:
     """The name of the codec this node's values are encoded with; members must agree. ``None``
     (also what an absent field decodes to: older ekv versions do not send it) is not checked.
     Not part of the Auth transcript, which older versions compute without it."""
+    consistent_prefixes: tuple[str, ...] = ()
+    """SPEC 13: the keys that are linearizable-only; members must agree exactly."""
+    cluster_size: int | None = None
+    """SPEC 13: the number of voters; members must agree (None: not set)."""
+    role: str = "voter"
+    """``"voter"`` or ``"observer"`` (stores and replicates, does not vote)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +197,64 @@ class Reply:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """CASPaxos phase 1 for ``key`` (see :mod:`ekv._core.paxos`); answered by a Promise."""
+
+    request: int
+    key: str
+    ballot: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """A voter's answer to a Prepare: ``promise`` is :class:`ekv._core.paxos.Promise`."""
+
+    request: int
+    promise: PaxosPromise
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """CASPaxos phase 2: accept ``record`` (None: "absent") under ``ballot``."""
+
+    request: int
+    key: str
+    ballot: Ballot
+    record: Record | None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A voter's answer to an Accept; refused (``ok`` False): ``promised`` is what it promised."""
+
+    request: int
+    ok: bool
+    promised: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Propose:
+    """An observer asks a voter to run a linearizable operation for it; answered by Outcome."""
+
+    request: int
+    op: Op
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a Propose ended: ``kind`` is committed, read, conflict, unconfirmed or no_quorum;
+    ``record`` the state (committed, read, conflict)."""
+
+    request: int
+    kind: str
+    record: Record | None
+
+
+PAXOS = (Prepare, Promise, Accept, Accepted, Propose, Outcome)
+"""The messages of linearizable operations (:mod:`ekv._cluster.consensus`)."""
+
 Message = (
     Hello
     | Auth
@@ -197,4 +270,10 @@ Message = (
     | Live
     | Request
     | Reply
+    | Prepare
+    | Promise
+    | Accept
+    | Accepted
+    | Propose
+    | Outcome
 )

@@ -18,6 +18,7 @@ Layout (all integers big-endian)::
     frame      = length:u32  type:u8  body          length = 1 + len(body), 1 .. max_frame_size
     control    = UTF-8 JSON object (Hello, Auth, Reject, Bye, Ping, Pong, Members, SyncRequest,
                  SyncDone); bytes fields are lowercase hex
+    Prepare, Promise, Accept, Accepted, Propose, Outcome: see wire_paxos.py
     Live       = shard:u16               entries
     SyncChunk  = shard:u16  sync_id:u64  seq:u64  entries
     entries    = n_origins:u16  (len:u8 origin)*  n_entries:u32  entry*
@@ -47,7 +48,9 @@ import zlib
 from collections.abc import Callable
 from typing import Any, Final
 
+from ekv._cluster import wire_paxos
 from ekv._cluster.messages import (
+    PAXOS,
     Auth,
     Bye,
     Duplicate,
@@ -75,18 +78,21 @@ __all__ = [
     "HEADER_SIZE",
     "IDENTITY_FEATURE",
     "MAX_ORIGIN_BYTES",
+    "PAXOS_FEATURE",
     "FrameDecoder",
     "decode",
     "encode",
     "negotiate",
 ]
 
-FEATURES: Final[tuple[str, ...]] = ("zlib", "identity")
+FEATURES: Final[tuple[str, ...]] = ("zlib", "identity", "paxos")
 CLIENT_FEATURE: Final = "client"
 """Offered by a client (not a member): its session carries Request/Reply, never replication."""
 IDENTITY_FEATURE: Final = "identity"
 """Hello carries the sender's origin (covered by the cookie proof) and a member may be told it
 duplicates another's node id (the Duplicate message)."""
+PAXOS_FEATURE: Final = "paxos"
+"""The member takes part in linearizable operations (the messages of :mod:`wire_paxos`)."""
 """The optional features this implementation supports; a feature is used on a connection only if
 both Hellos list it."""
 
@@ -151,6 +157,8 @@ def encode(message: Message, *, compress_threshold: int | None = None) -> bytes:
     try:
         if isinstance(message, Live | SyncChunk):
             code, body = _encode_data(message, compress_threshold)
+        elif isinstance(message, PAXOS):
+            code, body = wire_paxos.encode(message)
         else:
             code, body = _encode_control(message)
     except (struct.error, TypeError, AttributeError, UnicodeEncodeError, OverflowError, ValueError) as exc:
@@ -319,6 +327,8 @@ def _decode_frame(frame: bytes, cap: int) -> Message:
     try:
         if code in (_LIVE, _SYNC_CHUNK):
             return _decode_data(code, frame, cap - len(frame))
+        if code in wire_paxos.CODES:
+            return wire_paxos.decode(code, frame, 1)
         if code not in _SCHEMAS:
             raise ProtocolError(f"unknown message type {code}")
         return _from_fields(code, _parse_json(frame))
@@ -559,6 +569,9 @@ _SCHEMAS: Final[dict[int, tuple[Callable[..., Message], tuple[tuple[str, _Check]
             ("wall_ns", _I64),
             ("origin", _text(MAX_ORIGIN_BYTES, empty=True)),
             ("codec", _optional(_NAME)),
+            ("consistent_prefixes", _tuple(_text(MAX_KEY_BYTES), 0, 1024)),
+            ("cluster_size", _optional(_int(1, 64))),
+            ("role", _choice("voter", "observer")),
         ),
     ),
     _AUTH: (Auth, (("mac", _hex(1, 64)),)),
@@ -592,7 +605,9 @@ _CODES: Final[dict[object, int]] = {cls: code for code, (cls, _) in _SCHEMAS.ite
 _LENIENT: Final = frozenset({_HELLO})
 """Messages whose unknown fields are ignored: Hello is read before any version is agreed, so a
 newer version may add fields to it that this one must skip. The others are strict."""
-_ADDED: Final[dict[int, dict[str, Any]]] = {_HELLO: {"origin": "", "codec": None}}
+_ADDED: Final[dict[int, dict[str, Any]]] = {
+    _HELLO: {"origin": "", "codec": None, "consistent_prefixes": (), "cluster_size": None, "role": "voter"}
+}
 """Fields added to a lenient message after the first release, with the value an older peer's
 message (which lacks them) stands for."""
 

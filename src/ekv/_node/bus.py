@@ -8,6 +8,9 @@ Unix socket and every attached process keeps one connection to it:
   exactly as its own: into its outbox, out as live messages); ``EVENTS``, the events of each commit
   that another process subscribed to (a delete's event carries the deleted value, which only the
   writer read); ``PATTERNS``, what this process subscribes to, after each change.
+* attached -> node -> attached: ``PROPOSE`` / ``OUTCOME``, a linearizable operation the node
+  process runs among the voters for an attached process (SPEC 13; the payloads are the cluster's
+  ``Propose`` and ``Outcome`` bodies, :mod:`ekv._cluster.wire_paxos`).
 * node -> attached: ``EVENTS`` matching what it subscribed to, from every source (the node
   process's own writes, other attached processes, replication, expiry); ``PATTERNS``, what every
   other process subscribes to (so a writer only makes events someone watches) and whether the
@@ -27,24 +30,30 @@ the files), and the subscribers of that process miss those events (``info()`` co
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
+import itertools
 import os
 import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ekv._cluster import wire_paxos
+from ekv._cluster.messages import Outcome, Propose
 from ekv._core.keys import subscription_candidates
+from ekv._core.paxos import NoQuorum, Op, Unconfirmed
+from ekv._core.paxos import Outcome as Result
 from ekv._log import NodeLog
 from ekv._model import Entry, RawEvent, Version
 
 __all__ = ["BusClient", "BusServer", "LocalSink", "bus_path", "runtime_path"]
 
-WRITES, EVENTS, PATTERNS = 1, 2, 3
+WRITES, EVENTS, PATTERNS, PROPOSE, OUTCOME = 1, 2, 3, 4, 5
 _HEAD = struct.Struct("<IB")
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
@@ -305,6 +314,8 @@ class BusServer(_End):
         super().__init__(path, loop, **ends)
         self.on_writes: Callable[[int, list[Entry]], None] | None = None
         """Where the attached processes' writes go (the cluster's outbox); None: not replicating."""
+        self.on_propose: Callable[[Op, int], Awaitable[Result]] | None = None
+        """Runs an attached process's linearizable operation (the cluster's consensus)."""
         self._peers: list[_Conn] = []
         self._server: asyncio.AbstractServer | None = None
 
@@ -367,6 +378,10 @@ class BusServer(_End):
                 elif kind == PATTERNS:
                     peer.patterns = decode_patterns(payload)[0]
                     self._announce()
+                elif kind == PROPOSE:
+                    message = wire_paxos.decode(wire_paxos.PROPOSE, payload, 0)
+                    assert isinstance(message, Propose)
+                    self.loop.create_task(self._propose(peer, message))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the process closed or died
         except Exception:
@@ -375,6 +390,11 @@ class BusServer(_End):
             self._peers.remove(peer)
             writer.close()
             self._announce()
+
+    async def _propose(self, peer: _Conn, message: Propose) -> None:
+        on_propose = self.on_propose
+        result: Result = NoQuorum() if on_propose is None else await on_propose(message.op, message.timeout_ms * 10**6)
+        peer.send(_frame(OUTCOME, [wire_paxos.encode(wire_paxos.outcome_message(message.request, result))[1]]))
 
     def _relay(self, events: list[RawEvent], source: _Conn | None) -> None:
         for peer in self._peers:
@@ -409,6 +429,8 @@ class BusClient(_End):
         self._replicate = False
         self._connecting = False
         self._task: asyncio.Task[None] | None = None
+        self._proposals: dict[int, concurrent.futures.Future[Result]] = {}
+        self._requests = itertools.count(1)
         self._ready = threading.Event()
         """Set once connected and told what the others watch and whether to send writes."""
 
@@ -457,11 +479,21 @@ class BusClient(_End):
                     remote, self._replicate = decode_patterns(payload)
                     self._set_remote(remote)
                     self._ready.set()
+                elif kind == OUTCOME:
+                    answer = wire_paxos.decode(wire_paxos.OUTCOME, payload, 0)
+                    assert isinstance(answer, Outcome)
+                    future = self._proposals.pop(answer.request, None)
+                    if future is not None and not future.done():
+                        future.set_result(wire_paxos.result_of(answer))
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
             self.log.error("the node process sent a bad frame; reconnecting", exc_info=True)
         finally:
+            for future in self._proposals.values():  # the node process is gone: outcome unknown
+                if not future.done():
+                    future.set_result(Unconfirmed())
+            self._proposals.clear()
             self._ready.clear()
             self._conn = None
             self._replicate = False
@@ -487,6 +519,28 @@ class BusClient(_End):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+
+    def propose(self, op: Op, timeout_ns: int) -> Result:
+        """Have the node process run ``op`` among the voters (a user thread; blocks). Waits for
+        the bus (a takeover) within the timeout: NoQuorum if it never answers, Unconfirmed if
+        the connection is lost with the operation sent."""
+        deadline = time.monotonic() + timeout_ns / 1e9
+        if not self.wait_ready(max(deadline - time.monotonic(), 0)):
+            return NoQuorum()
+        conn = self._conn
+        if conn is None:
+            return NoQuorum()
+        request = next(self._requests)
+        future: concurrent.futures.Future[Result] = concurrent.futures.Future()
+        self._proposals[request] = future
+        timeout_ms = max(int((deadline - time.monotonic()) * 1000), 1)
+        conn.send(_frame(PROPOSE, [wire_paxos.encode(Propose(request, op, timeout_ms))[1]]))
+        try:
+            return future.result(timeout_ms / 1000 + 5)
+        except concurrent.futures.TimeoutError:
+            return Unconfirmed()
+        finally:
+            self._proposals.pop(request, None)
 
     # -- from writer threads ---------------------------------------------------------------------
 

@@ -34,8 +34,10 @@ from ekv._core.clock import HybridClock
 from ekv._core.durations import NS_PER_S, is_stale, tombstone_cutoff_ns
 from ekv._core.keys import check_prefix
 from ekv._errors import ClosedError, InvalidArgumentType, ListenError, LockedError
+from ekv._linear import Linear
 from ekv._model import Event
-from ekv._node.bus import LocalSink, runtime_path
+from ekv._node.bus import BusServer, LocalSink, runtime_path
+from ekv._node.consensus import Consensus
 from ekv._node.role import ProcessRole
 from ekv._node.subscriptions import (
     BaseSubscription,
@@ -44,6 +46,7 @@ from ekv._node.subscriptions import (
     Registry,
     Subscription,
 )
+from ekv._storage.acceptor import Acceptor
 from ekv._storage.procs import Election, exclusive
 from ekv._storage.sqlite import sqlite_version
 from ekv._storage.store import GcReport, ShardedStore
@@ -272,7 +275,7 @@ class Node:
             raise
         won = self.role.try_win(self.store)
         self.stale_moved_to: str | None = None
-        self.values = Values(self.store)
+        self._make_values()
         self.opened_at_ns = config.clock.now_ns()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -287,6 +290,13 @@ class Node:
         }
         self.cluster = None
         self._take_role(listener, won=won)
+
+    def _make_values(self) -> None:
+        """The value layer, with the linearizable operations (SPEC 13) of this open."""
+        config = self.config
+        self.values = Values(self.store)
+        engine = Consensus(self) if config.voters is not None else None
+        self.values.linear = Linear(self.values, engine, config.consistent_prefixes, config.consistent_timeout_ns)
 
     def _take_role(self, listener: ListenerHold | None, *, won: bool | None = None, check_stale: bool = True) -> None:
         """Attach, or (having won the election) serve the bus and start the cluster."""
@@ -304,7 +314,7 @@ class Node:
                 return
             if check_stale and config.cluster is not None and not self.store.created and self.store.alone():
                 self._check_stale()
-                self.values = Values(self.store)
+                self._make_values()
             server = self.role.serve()
             if config.cluster is not None:
                 server.on_writes = self._start_cluster(listener).driver.on_local_writes
@@ -335,6 +345,8 @@ class Node:
         cluster = self.cluster = ClusterNode(self.config, self.store, self.log, listener)
         cluster.node_info = self.info
         cluster.start()
+        if isinstance(self.role.bus, BusServer):
+            self.role.bus.on_propose = cluster.consensus.run  # attached processes' linearizable operations
         return cluster
 
     def _stop_cluster(self) -> None:
@@ -510,6 +522,7 @@ class Node:
                 total.expired += report.expired
                 total.purged += report.purged
                 total.log_truncated += report.log_truncated
+                total.acceptors += report.acceptors
                 self.log.verbose(
                     "gc shard %d: expired %d, purged %d, log truncated %d",
                     index,
@@ -576,6 +589,7 @@ class Node:
             },
             "gc": dict(self.gc_stats),
             "processes": self.role.info(self.store),
+            "consensus": self._consensus_info(),
             "shards": shards,
         }
         if self.cluster is not None:
@@ -598,6 +612,25 @@ class Node:
                     if member.get("connected")
                 }
         return result
+
+    def _consensus_info(self) -> dict[str, Any]:
+        """Linearizable operations (SPEC 13): voters, quorum, acceptor rows and what this node's
+        proposer did (the cluster's counters, in the node process)."""
+        config = self.config
+        rows, ballot = Acceptor(self.store).counts()
+        voters = config.voters
+        info: dict[str, Any] = {
+            "consistent_prefixes": list(config.consistent_prefixes),
+            "role": config.role,
+            "cluster_size": voters,
+            "quorum": None if voters is None else voters // 2 + 1,
+            "acceptor_rows": rows,
+            "highest_promised_ballot": ballot,
+        }
+        if self.cluster is not None:
+            info.update(self.cluster.call(self.cluster.consensus.info))
+            info["cluster_size"] = voters
+        return info
 
     # -- metrics -----------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from ekv._errors import ClosedError
 from ekv._model import Entry, Version
 
-__all__ = ["Apply", "CommitTarget", "Committer", "Exclusive", "Op", "Write"]
+__all__ = ["Apply", "CommitTarget", "Committer", "Exclusive", "LocalWrite", "Op", "Write"]
 
 _MAX_BATCH = 256
 _MAX_ROUNDS = 8
@@ -66,9 +66,11 @@ class Op:
 
 
 class Write(Op):
-    """A local put (``blob`` set) or delete (``blob`` None)."""
+    """A local put (``blob`` set) or delete (``blob`` None). ``ts`` 0: the clock gives the
+    version's timestamp; else this one (a chosen record of a consistent key, see
+    :mod:`ekv._storage.acceptor`)."""
 
-    __slots__ = ("blob", "expires_at", "key", "oseq", "version")
+    __slots__ = ("blob", "expires_at", "key", "oseq", "ts", "version")
 
     def __init__(self, shard: CommitTarget, key: str, blob: bytes | None, expires_at: int | None) -> None:
         # Fields set inline rather than through super().__init__: this runs on every write.
@@ -79,8 +81,12 @@ class Write(Op):
         self.key = key
         self.blob = blob
         self.expires_at = expires_at
-        self.oseq = 0
+        self.oseq = self.ts = 0
         self.version: Version | None = None
+
+
+LocalWrite = Callable[[str, "bytes | None", "int | None", int], Version]
+"""``write(key, blob, expires_at, ts) -> Version``: a local write inside ``Shard.transact``."""
 
 
 class Apply(Op):

@@ -41,6 +41,8 @@ class GcReport:
     expired: int = 0
     purged: int = 0
     log_truncated: int = 0
+    acceptors: int = 0
+    """Acceptor rows of keys deleted long ago, dropped (:func:`ekv._storage.acceptor.collect`)."""
 
 
 def expire_batch(shard: Shard, cur: apsw.Cursor, now_ns: int) -> tuple[list[RawEvent], int]:

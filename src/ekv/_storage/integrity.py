@@ -70,6 +70,6 @@ def upgrade_to_2(conn: apsw.Connection) -> int:
     with transaction(cur):
         cur.execute(schema.UPGRADE_TO_2)
         rows = int(cur.execute(schema.COUNT_ROWS).get)
-        cur.execute(schema.USER_VERSION_SET)
-        cur.execute(schema.META_SET, ("schema_version", schema.SCHEMA_VERSION))
+        cur.execute(schema.USER_VERSION_2)
+        cur.execute(schema.META_SET, ("schema_version", 2))
     return rows

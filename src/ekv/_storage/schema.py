@@ -29,6 +29,12 @@ Tables
     Rows whose checksum failed (bit rot), by key, with the version that was damaged: reads of
     the key fail until a peer sends that version again (sync asks for it) or a newer write
     replaces it.
+``paxos``
+    The acceptor state of consistent keys (SPEC 13, :mod:`ekv._core.paxos`): per key, the
+    highest ballot promised, and the ballot and record last accepted (``has_record`` 0: the
+    accepted state is "absent"). Accepted records are never read as values: a chosen record
+    reaches ``kv`` as an ordinary version. ``crc`` covers the row. GC drops the rows of keys
+    deleted long ago after raising the ``meta`` row ``paxos_floor`` above their ballots.
 ``meta``
     Identity and bookkeeping: shard index and count, node id, instance name, schema version,
     ``last_active_at``, and the floors of the local sequence counter and clock that survive
@@ -60,10 +66,29 @@ __all__ = [
 ]
 
 APPLICATION_ID = 0x454B5631  # "EKV1"
-SCHEMA_VERSION = 2
-"""1: first release. 2: ``kv.crc`` and the ``damaged`` table (upgraded in place at open)."""
+SCHEMA_VERSION = 3
+"""1: first release. 2: ``kv.crc`` and the ``damaged`` table. 3: the ``paxos`` table. Older
+shards are upgraded in place at a writable open."""
 
-DDL = """
+PAXOS_DDL = """
+CREATE TABLE IF NOT EXISTS paxos (
+    key         TEXT    NOT NULL PRIMARY KEY,
+    promised    INTEGER NOT NULL,
+    promised_by TEXT    NOT NULL,
+    accepted    INTEGER NOT NULL,
+    accepted_by TEXT    NOT NULL,
+    has_record  INTEGER NOT NULL,
+    ts          INTEGER,
+    origin      TEXT,
+    expires_at  INTEGER,
+    value       BLOB,
+    lineage     BLOB,
+    crc         INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+DDL = (
+    """
 CREATE TABLE kv (
     key         TEXT    NOT NULL PRIMARY KEY,
     ts          INTEGER NOT NULL,
@@ -121,6 +146,8 @@ CREATE TABLE meta (
     value
 ) WITHOUT ROWID;
 """
+    + PAXOS_DDL
+)
 
 # The one LWW rule, in SQL: replace the stored row only if the incoming version is higher.
 UPSERT = """
@@ -243,7 +270,19 @@ CREATE TABLE damaged (
     found_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+USER_VERSION_2 = "PRAGMA user_version = 2"
 VERSION_OF = "SELECT ts, origin FROM kv WHERE key = ?"
+
+# The acceptor (ekv._storage.acceptor).
+PAXOS_COLUMNS = "promised, promised_by, accepted, accepted_by, has_record, ts, origin, expires_at, value, lineage, crc"
+PAXOS_GET = f"SELECT {PAXOS_COLUMNS} FROM paxos WHERE key = ?"
+PAXOS_PUT = f"INSERT OR REPLACE INTO paxos (key, {PAXOS_COLUMNS}) VALUES ({', '.join(['?'] * 12)})"
+PAXOS_DELETE = "DELETE FROM paxos WHERE key = ?"
+PAXOS_COUNT = "SELECT count(*), coalesce(max(promised), 0) FROM paxos"
+PAXOS_GC_BATCH = (
+    f"SELECT key, {PAXOS_COLUMNS} FROM paxos WHERE has_record = 0 OR value IS NULL "
+    "OR (expires_at IS NOT NULL AND expires_at < ?) LIMIT ?"
+)
 # A damaged row is deleted before its replacement is written (its version cannot be trusted).
 DELETE_ROW = "DELETE FROM kv WHERE key = ?"
 ALL_ROWS = f"SELECT {ROW_COLUMNS} FROM kv"

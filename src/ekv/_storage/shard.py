@@ -21,7 +21,7 @@ from ekv._log import NodeLog
 from ekv._model import Entry, RawEvent, Version
 from ekv._storage import schema, shardfile
 from ekv._storage.apply import apply_entries
-from ekv._storage.commit import Apply, Committer, Exclusive, Op, Write
+from ekv._storage.commit import Apply, Committer, Exclusive, LocalWrite, Op, Write
 from ekv._storage.integrity import DamagedVersion, damaged_error, load_damaged, row_ok, visible_value
 from ekv._storage.schema import kv_row
 from ekv._storage.shardfile import own_tail
@@ -36,7 +36,7 @@ from ekv._storage.sqlite import (
 )
 from ekv._storage.writers import Writers, register, retire_dead, retire_origin
 
-__all__ = ["NO_EVENTS", "EventSink", "RawEvent", "Shard", "Writers", "own_tail"]
+__all__ = ["NO_EVENTS", "EventSink", "LocalWrite", "RawEvent", "Shard", "Writers", "own_tail"]
 
 T = TypeVar("T")
 
@@ -114,10 +114,8 @@ class Shard:
         writers: Writers | None = None,
     ) -> Shard:
         """Open (or create) a shard file, verify it belongs to this store, load its counters.
-
         Raises :class:`~ekv.CorruptionError` naming the file if it is not an ekv shard, belongs
-        to another data directory or shard, or was written by a newer schema.
-        """
+        to another data directory or shard, or was written by a newer schema."""
         conn = open_connection(path, create=create, synchronous=synchronous)
         try:
             cur = conn.cursor()
@@ -209,39 +207,57 @@ class Shard:
         """Write ``key``'s stored value again with a new expiry, as a new local version; return
         it, or None if the key is not visible (absent, deleted or expired at ``now_ns``).
 
-        The stored row is read and rewritten in one ``BEGIN IMMEDIATE`` transaction on the writer,
-        inside an exclusive job: no other write (of this process, through the group commit, or of
-        another process, through SQLite's write lock) can come between the read and the rewrite,
-        so a concurrent put is either read and kept, or commits after the touch and wins over it.
-        Raises :class:`~ekv.ChecksumError` if the stored row is damaged (nothing is written)."""
-        op = Write(self, key, None, expires_at)
-        found = self.run_exclusive(lambda cur: self._touch(cur, op, now_ns))
-        if op.error is not None:
-            raise op.error
-        if found == "damaged":
-            raise damaged_error(key, self.path)
-        return op.version if found == "touched" else None
+        Read and rewritten in one :meth:`transact`: a concurrent put is read and kept, or commits
+        after and wins. Raises :class:`~ekv.ChecksumError` for a damaged row (nothing written)."""
 
-    def _touch(self, cur: apsw.Cursor, op: Write, now_ns: int) -> str:
-        if not self._armed and not self._arm_before([op]):
-            return "failed"
-        events: list[RawEvent] | None = [] if self.sink.active else None
-        saved_oseq = self._oseq
-        self._cleared = []
-        try:
-            with transaction(cur):
-                row = cur.execute(schema.ROW, (op.key,)).get
-                if row is None or row[5] is None or (row[4] is not None and row[4] <= now_ns):
-                    return "absent"
-                if op.key in self.damaged or not row_ok(row):
-                    return "damaged"
-                op.blob = row[5]
+        def body(cur: apsw.Cursor, write: LocalWrite) -> Version | None:
+            row = cur.execute(schema.ROW, (key,)).get
+            if row is None or row[5] is None or (row[4] is not None and row[4] <= now_ns):
+                return None
+            if key in self.damaged or not row_ok(row):
+                raise damaged_error(key, self.path)
+            return write(key, row[5], expires_at, 0)
+
+        return self.transact(body)
+
+    def transact(self, body: Callable[[apsw.Cursor, LocalWrite], T]) -> T:
+        """Run ``body(cursor, write)`` in one ``BEGIN IMMEDIATE`` transaction on the writer, alone
+        (an exclusive job): a read-then-write no other write comes between, of this process
+        or another (SQLite's write lock): touch, a single voter's and an acceptor's steps.
+
+        ``write(key, blob, expires_at, ts)`` writes a local put (``blob`` None: delete) through
+        :meth:`_write_local` and returns its version; ``ts`` 0: the clock's next timestamp, else
+        that one (a chosen record: :mod:`ekv._storage.acceptor`). After the commit the writes
+        replicate and their events go out; if anything raises, nothing is stored."""
+
+        def job(cur: apsw.Cursor) -> T:
+            if not self._armed:
+                self._arm(cur, self.clock.wall.now_ns())
+            events: list[RawEvent] | None = [] if self.sink.active else None
+            saved_oseq = self._oseq
+            cleared = self._cleared = []
+            writes: list[Write] = []
+
+            def write(key: str, blob: bytes | None, expires_at: int | None, ts: int) -> Version:
+                op = Write(self, key, blob, expires_at)
+                op.ts = ts
                 self._write_local(cur, [op], events, False)
-        except BaseException as exc:
-            self._roll_back([op], exc, saved_oseq)
-            return "failed"
-        self._committed([op], [], events)
-        return "touched"
+                writes.append(op)
+                assert op.version is not None
+                return op.version
+
+            try:
+                with transaction(cur):
+                    result = body(cur, write)
+                    for key in cleared:  # damaged rows the writes replaced
+                        cur.execute(schema.DAMAGED_CLEAR, (key,))
+            except BaseException as exc:
+                self._roll_back(writes, exc, saved_oseq)
+                raise
+            self._committed(writes, cleared, events)
+            return result
+
+        return self.run_exclusive(job)
 
     def apply(self, entries: Sequence[Entry], vv: Mapping[str, int] | None = None) -> list[Entry]:
         """Apply versions made elsewhere through the one LWW path; return those that won, in the
@@ -468,7 +484,7 @@ class Shard:
                     prev = latest[key] if key in latest else visible_value(cur, key, damaged, self.clock.wall.now_ns)
                 wanted.append((op, prev))
                 latest[key] = blob
-            ts = tick()
+            ts = op.ts or tick()
             oseq += 1
             op.oseq = oseq
             op.version = Version(ts, origin)
@@ -633,13 +649,9 @@ class Shard:
     def note_damaged(self, found: Mapping[str, DamagedVersion]) -> None:
         """Record damage already written to the ``damaged`` table (on the writer)."""
         self.damaged.update(found)
+        message = "DAMAGED VALUE: the stored version of key %r in %s failed its checksum; it will not be served"
         for key in found:
-            self.log.error(
-                "DAMAGED VALUE: the stored version of key %r in %s failed its checksum; it will not "
-                "be served and is being fetched again from members",
-                key,
-                self.path,
-            )
+            self.log.error(message + " and is being fetched again from members", key, self.path)
 
     def forget_damaged(self, keys: Sequence[str]) -> None:
         """Drop keys from the damaged list (their rows verify again, e.g. repaired with the best
@@ -654,7 +666,7 @@ class Shard:
 
     def row_verifies(self, key: str) -> bool:
         """Whether ``key``'s stored row (if any) matches its checksum, read on the writer."""
-        return bool(self.run_exclusive(lambda cur: (row := cur.execute(schema.ROW, (key,)).get) is None or row_ok(row)))
+        return bool(self.run_exclusive(lambda cur: (r := cur.execute(schema.ROW, (key,)).get) is None or row_ok(r)))
 
     def _close_now(self, cur: apsw.Cursor) -> None:
         self._closed = True

@@ -51,7 +51,14 @@ def upgrade(conn: apsw.Connection, path: str, log: NodeLog) -> None:
     version = conn.execute(schema.USER_VERSION_GET).get
     if version == 1:
         rows = upgrade_to_2(conn)
-        log.info("upgraded %s to schema %d (%d rows checksummed)", path, schema.SCHEMA_VERSION, rows)
+        log.info("upgraded %s to schema 2 (%d rows checksummed)", path, rows)
+    if version < 3:
+        cur = conn.cursor()
+        with transaction(cur):
+            cur.execute(schema.PAXOS_DDL)
+            cur.execute(schema.USER_VERSION_SET)
+            cur.execute(schema.META_SET, ("schema_version", schema.SCHEMA_VERSION))
+        log.info("upgraded %s to schema %d (the acceptor table)", path, schema.SCHEMA_VERSION)
 
 
 def is_empty(cur: apsw.Cursor) -> bool:

@@ -29,6 +29,7 @@ from ekv._errors import CorruptionError, DataDirError, DiskFullError
 from ekv._log import NodeLog
 from ekv._model import Entry, Version
 from ekv._storage import schema, shardfile
+from ekv._storage.acceptor import collect
 from ekv._storage.commit import Committer
 from ekv._storage.datadir import MANIFEST_NAME, DataDir, Manifest, check_codec, new_incarnation, new_node_id
 from ekv._storage.gc import EXPIRE_BATCH, PURGE_BATCH, GcReport, expire_batch, finish_gc, purge_batch
@@ -387,8 +388,8 @@ class ShardedStore(StoreReads):
         self, index: int, *, now_ns: int, cutoff_ns: int, log_targets: Mapping[str, int] | None = None
     ) -> GcReport:
         """One GC pass over one shard: expire TTL entries (events), purge tombstones that died
-        before ``cutoff_ns``, truncate the change log up to ``log_targets`` (per origin; None
-        truncates everything), refresh ``last_active_at``."""
+        before ``cutoff_ns``, drop the acceptor rows of keys gone since, truncate the change log
+        up to ``log_targets`` (per origin; None truncates everything), refresh ``last_active_at``."""
         shard = self.shards[index]
         report = GcReport()
         while True:
@@ -402,6 +403,11 @@ class ShardedStore(StoreReads):
             purged = shard.run_exclusive(lambda cur: purge_batch(cur, cutoff_ns))
             report.purged += purged
             if purged < PURGE_BATCH:
+                break
+        while True:
+            dropped = shard.transact(lambda cur, _: collect(cur, cutoff_ns, now_ns, PURGE_BATCH, shard.path))
+            report.acceptors += dropped
+            if dropped < PURGE_BATCH:
                 break
         report.log_truncated = shard.run_exclusive(lambda cur: finish_gc(shard, cur, now_ns, log_targets))
         return report

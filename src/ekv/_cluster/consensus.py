@@ -1,0 +1,313 @@
+"""Linearizable operations among the voters (SPEC 13): this node as proposer, acceptor and, for
+observers, the forwarding of operations to a voter. Runs on the network loop thread.
+
+The rules are :mod:`ekv._core.paxos`; this module only carries them out: it numbers requests,
+sends Prepare and Accept to the connected voters (those whose Hello says ``role="voter"`` and
+that speak the ``"paxos"`` feature) and feeds their answers to the operation's
+:class:`~ekv._core.paxos.Round`, with this node's own acceptor answering first, durably, through
+the :class:`AcceptorPort` (the store's :class:`ekv._storage.acceptor.Acceptor`). A chosen record
+is committed into this node's store as an ordinary local version, so it replicates, fires events
+and obeys TTL like any other write; the other voters need no commit message.
+
+Acceptor steps are SQLite transactions run on the loop thread, as remote applies are (see
+docs/architecture.md, "Which thread runs remote applies"): one short transaction per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ekv._cluster.messages import Accept, Accepted, Message, Outcome, Prepare, Promise, Propose
+from ekv._cluster.session import Session
+from ekv._cluster.wire import PAXOS_FEATURE
+from ekv._cluster.wire_paxos import outcome_message, result_of
+from ekv._core.durations import NS_PER_S
+from ekv._core.paxos import (
+    Ballot,
+    Committed,
+    Conflict,
+    Lost,
+    NoQuorum,
+    Op,
+    Read,
+    Record,
+    Round,
+    SendAccept,
+    Unconfirmed,
+    quorum_of,
+)
+from ekv._core.paxos import Outcome as Result
+from ekv._core.paxos import Promise as PaxosPromise
+from ekv._model import Version
+
+__all__ = ["AcceptorPort", "Consensus"]
+
+
+class AcceptorPort(Protocol):
+    """This node's acceptor and commit (the store's, or a test's in memory)."""
+
+    def prepare(self, key: str, ballot: Ballot) -> PaxosPromise: ...
+
+    def accept(self, key: str, ballot: Ballot, record: Record | None) -> tuple[bool, Ballot]: ...
+
+    def commit_chosen(self, key: str, record: Record) -> Version | None: ...
+
+
+class _Pending:
+    __slots__ = ("future", "key", "round")
+
+    def __init__(self, rnd: Round, key: str, future: asyncio.Future[Any]) -> None:
+        self.round = rnd
+        self.key = key
+        self.future = future
+
+
+class Consensus:
+    """Proposer, acceptor service and observer forwarding of one cluster node (loop thread)."""
+
+    def __init__(
+        self,
+        acceptor: AcceptorPort,
+        *,
+        cluster_size: int | None,
+        role: str,
+        sessions: dict[str, Session],
+        node_id: Callable[[], str],
+        origin: Callable[[], str],
+        tick: Callable[[], int],
+        wall: Callable[[], int],
+        log: Any,
+        rng: random.Random,
+    ) -> None:
+        self.acceptor = acceptor
+        self.cluster_size = cluster_size
+        self.voter = role == "voter"
+        self.sessions = sessions
+        self._node_id = node_id
+        self._origin = origin
+        self._tick = tick
+        self._wall = wall
+        self.log = log
+        self._rng = rng
+        self._requests = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._forwarded: dict[int, asyncio.Future[Outcome]] = {}
+        self._keys: dict[str, list[Any]] = {}
+        """key -> [lock, waiters]: this node's operations on a key run one after the other."""
+        self.stats: dict[str, int] = {"committed": 0, "read": 0, "conflict": 0, "unconfirmed": 0, "no_quorum": 0}
+        self.stats.update(rounds=0, lost=0, prepared=0, accepted=0, refused=0)
+        self.recent: list[tuple[int, str, str]] = []
+        """The last outcomes: (wall ns, key, kind), for info()."""
+
+    # -- who votes ----------------------------------------------------------------------------------
+
+    def voter_sessions(self) -> list[Session]:
+        return [
+            s
+            for s in self.sessions.values()
+            if not s.closed and s.hello.role == "voter" and PAXOS_FEATURE in s.features
+        ]
+
+    def refuses(self, session: Session) -> str | None:
+        """Why a new member must be refused: a voter that makes more distinct voters than
+        ``cluster_size`` (None: admit it)."""
+        size = self.cluster_size
+        if size is None or session.hello.role != "voter":
+            return None
+        voters = {s.peer_id for s in self.voter_sessions()} | {session.peer_id}
+        if self.voter:
+            voters.add(self._node_id())
+        if len(voters) > size:
+            return (
+                f"voter {session.peer_id} would make {len(voters)} distinct voters, more than cluster_size={size}; "
+                "replace a voter with the documented procedure (docs/operators.md) or start it as an observer"
+            )
+        return None
+
+    # -- proposing ----------------------------------------------------------------------------------
+
+    async def run(self, op: Op, timeout_ns: int) -> Result:
+        """Run ``op`` to its outcome within ``timeout_ns``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ns / NS_PER_S
+        if not self.voter:
+            result = await self._forward(op, deadline)
+        else:
+            # One round per key at a time from this node: its own proposals would only refuse
+            # each other's ballots (and turn each other's accepts into unconfirmed outcomes).
+            queue = self._keys.get(op.key)
+            if queue is None:
+                queue = self._keys[op.key] = [asyncio.Lock(), 0]
+            queue[1] += 1
+            try:
+                async with queue[0]:
+                    result = await self._run_rounds(op, deadline) if loop.time() < deadline else NoQuorum()
+            finally:
+                queue[1] -= 1
+                if not queue[1]:
+                    del self._keys[op.key]
+        self._count(op.key, result)
+        return result
+
+    async def _run_rounds(self, op: Op, deadline: float) -> Result:
+        loop = asyncio.get_running_loop()
+        size = self.cluster_size
+        assert size is not None
+        attempts: list[Record] = []
+        above = 0
+        lost = 0
+        while True:
+            ballot = Ballot(max(self._tick(), above + 1), self._origin())
+            now = self._wall()
+            rnd = Round(op, ballot, quorum_of(size), size, now, self._origin(), ballot.counter, attempts)
+            action = await self._round(rnd, deadline)
+            if isinstance(action, Lost):
+                above = max(above, action.above)
+                lost += 1
+                self.stats["lost"] += 1
+                # Duelling proposers fall out of step; but one whose accept went out looks again at
+                # once, before the key moves on past what its record's lineage can tell.
+                cap = 0.001 if attempts else min(0.05, 0.001 * 2**lost)
+                pause = self._rng.uniform(0, cap)
+                if loop.time() + pause >= deadline:
+                    return Unconfirmed() if attempts else NoQuorum()
+                await asyncio.sleep(pause)
+                continue
+            if action is None:
+                return Unconfirmed() if attempts else NoQuorum()
+            return self._finish(op.key, action)
+
+    def _finish(self, key: str, result: Result) -> Result:
+        record = getattr(result, "record", None)
+        if isinstance(result, Committed) and result.latest is not None:
+            record = result.latest
+        chosen_here = isinstance(result, Committed) or (isinstance(result, Read | Conflict) and result.commit)
+        if record is not None and chosen_here:
+            try:
+                self.acceptor.commit_chosen(key, record)
+            except Exception:  # chosen all the same: the next operation on the key commits it
+                self.log.error("committing the chosen record of %r failed", key, exc_info=True)
+        return result
+
+    async def _round(self, rnd: Round, deadline: float) -> Result | Lost | None:
+        loop = asyncio.get_running_loop()
+        request = next(self._requests)
+        future: asyncio.Future[Any] = loop.create_future()
+        pending = self._pending[request] = _Pending(rnd, rnd.op.key, future)
+        self.stats["rounds"] += 1
+        try:
+            self._step(request, pending, rnd.on_promise(self._node_id(), self.acceptor.prepare(rnd.op.key, rnd.ballot)))
+            if not future.done():
+                self._broadcast(Prepare(request, rnd.op.key, rnd.ballot))
+            try:
+                return await asyncio.wait_for(future, max(deadline - loop.time(), 0))
+            except TimeoutError:
+                return None
+        finally:
+            del self._pending[request]
+
+    def _step(self, request: int, pending: _Pending, action: Any) -> None:
+        """Carry out what the round decided."""
+        while isinstance(action, SendAccept):
+            rnd = pending.round
+            ok, promised = self.acceptor.accept(pending.key, rnd.ballot, action.record)
+            self._broadcast(Accept(request, pending.key, rnd.ballot, action.record))
+            action = rnd.on_accepted(self._node_id(), ok, promised)
+        if action is not None and not pending.future.done():
+            pending.future.set_result(action)
+
+    def _broadcast(self, message: Message) -> None:
+        for session in self.voter_sessions():
+            session.send(message)
+
+    # -- forwarding (observers) ----------------------------------------------------------------------
+
+    async def _forward(self, op: Op, deadline: float) -> Result:
+        """An observer hands ``op`` to a voter and commits what was chosen here too, so that its
+        own reads see it at once."""
+        loop = asyncio.get_running_loop()
+        while not self.voter_sessions():
+            if loop.time() >= deadline:
+                return NoQuorum()
+            await asyncio.sleep(0.05)
+        session = self._rng.choice(self.voter_sessions())
+        request = next(self._requests)
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._forwarded[request] = future
+        timeout_ms = max(int((deadline - loop.time()) * 1000), 1)
+        session.send(Propose(request, op, timeout_ms))
+        try:
+            answer = await asyncio.wait_for(future, max(deadline - loop.time(), 0) + 1.0)
+        except TimeoutError:
+            return Unconfirmed()
+        finally:
+            self._forwarded.pop(request, None)
+        return self._finish(op.key, result_of(answer))
+
+    # -- messages ------------------------------------------------------------------------------------
+
+    def on_message(self, session: Session, message: Message) -> None:
+        """A linearizable-operation message from a member (loop thread)."""
+        peer = session.peer_id
+        if isinstance(message, Promise | Accepted):
+            pending = self._pending.get(message.request)
+            if pending is None or session.hello.role != "voter":
+                return  # a late answer, or a stranger's
+            rnd = pending.round
+            if isinstance(message, Promise):
+                action = rnd.on_promise(peer, message.promise)
+            else:
+                action = rnd.on_accepted(peer, message.ok, message.promised)
+            self._step(message.request, pending, action)
+        elif isinstance(message, Prepare | Accept):
+            if self.voter:
+                self._answer(session, message)
+        elif isinstance(message, Propose):
+            if self.voter:
+                asyncio.get_running_loop().create_task(self._serve(session, message))
+        elif isinstance(message, Outcome):
+            future = self._forwarded.get(message.request)
+            if future is not None and not future.done():
+                future.set_result(message)
+
+    def _answer(self, session: Session, message: Prepare | Accept) -> None:
+        try:
+            if isinstance(message, Prepare):
+                promise = self.acceptor.prepare(message.key, message.ballot)
+                self.stats["prepared" if promise.ok else "refused"] += 1
+                session.send(Promise(message.request, promise))
+            else:
+                ok, promised = self.acceptor.accept(message.key, message.ballot, message.record)
+                self.stats["accepted" if ok else "refused"] += 1
+                session.send(Accepted(message.request, ok, promised))
+        except Exception:  # no answer: to the proposer this voter is down for the key
+            self.log.error("the acceptor step for %r failed", message.key, exc_info=True)
+
+    async def _serve(self, session: Session, message: Propose) -> None:
+        result = await self.run(message.op, message.timeout_ms * 1_000_000)
+        if not session.closed:
+            session.send(outcome_message(message.request, result))
+
+    def _count(self, key: str, result: Result) -> None:
+        kind = outcome_message(0, result).kind
+        self.stats[kind] += 1
+        self.recent.append((self._wall(), key, kind))
+        del self.recent[:-20]
+
+    def info(self) -> dict[str, Any]:
+        """The consensus part of ``info()``: voters, quorum, counters, recent outcomes."""
+        voters = sorted({s.peer_id for s in self.voter_sessions()} | ({self._node_id()} if self.voter else set()))
+        size = self.cluster_size
+        return {
+            "role": "voter" if self.voter else "observer",
+            "cluster_size": size,
+            "quorum": None if size is None else quorum_of(size),
+            "voters_connected": voters,
+            "has_quorum": size is not None and len(voters) >= quorum_of(size),
+            "operations": dict(self.stats),
+            "recent": [{"at_ns": at, "key": key, "outcome": kind} for at, key, kind in self.recent],
+        }

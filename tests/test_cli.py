@@ -234,7 +234,8 @@ def test_a_client_cannot_partition_a_node(tmp_path: Path, node: ekv.EKV) -> None
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = _parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(commands) == {"demo", "serve", "put", "get", "delete", "scan", "keys", "info", "backup", "check"}
+    expected = {"demo", "serve", "put", "get", "delete", "scan", "keys", "info", "backup", "check", "replace-voter"}
+    assert set(commands) == expected
     for command in commands:
         assert main([command, "--help"]) == 0
         assert "usage: ekv " + command in capsys.readouterr().out

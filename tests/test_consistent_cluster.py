@@ -179,3 +179,73 @@ def test_an_attached_process_forwards_through_its_node_process(make: Callable[..
         assert node_process.info()["processes"]["role"] == "node"
     finally:
         node_process.close()
+
+
+@pytest.mark.parametrize("procedure", [True, False], ids=["replaced", "negative-control-no-procedure"])
+def test_replacing_a_voter_keeps_every_chosen_value(make: Callable[..., ekv.EKV], procedure: bool) -> None:
+    """A value chosen by a and c while b was cut off; c is lost for good and an empty voter y takes
+    its place. Without the procedure, the quorum {b, y} reads b's older accepted value (y has no
+    acceptor state): the hazard the CASPaxos paper describes. With it, the value survives."""
+    a, b, c = mesh(make, 3)
+    a.put("c/k", 1, if_absent=True)
+    partition([a, c], [b])
+    wait_until(lambda: not connected(b, 1), message="the partition did not take effect")
+    a.put("c/k", 2, consistent=True)  # chosen by a and c
+    gone = c.node_id
+    c.close()
+    partition([a, b])
+    wait_until(lambda: connected(a, 1) and connected(b, 1), message="a and b did not reconnect")
+    if procedure:
+        assert a.replace_voter(gone) == {"retired": gone, "keys_reread": 1}
+        assert (
+            gone in b.info()["consensus"]["retired_voters"]
+            or wait_until(
+                lambda: gone in b.info()["consensus"]["retired_voters"], message="b did not learn of the retired voter"
+            )
+            is None
+        )
+    y = make(cluster_size=3, peers=[a.listen_address, b.listen_address])
+    wait_until(lambda: connected(y, 2), timeout=30, message="the new voter did not join")
+    partition([a], [b, y])
+    wait_until(lambda: not connected(a, 1), message="the partition did not take effect")
+    assert b.get("c/k", consistent=True) == (2 if procedure else 1)
+    if procedure:
+        partition([a, b, y])
+        back = ekv.EKV(
+            "c", c.data_dir, **{**FAST, **C, "listen": "127.0.0.1:0", "cluster_size": 3, "peers": [a.listen_address]}
+        )
+        try:
+            wait_until(
+                lambda: any("replaced as a voter" in str(r) for r in a.info()["refused"].values()),
+                timeout=30,
+                message="the retired voter was not refused",
+            )
+            assert not connected(back, 1)
+        finally:
+            back.close()
+
+
+def test_replace_voter_refuses_a_connected_voter_and_itself(make: Callable[..., ekv.EKV]) -> None:
+    a, b = mesh(make, 2)
+    with pytest.raises(ekv.InvalidArgument, match="connected"):
+        a.replace_voter(b.node_id)
+    with pytest.raises(ekv.InvalidArgument, match="itself"):
+        a.replace_voter(a.node_id)
+
+
+def test_replace_voter_from_the_command_line(make: Callable[..., ekv.EKV]) -> None:
+    a, b, c = mesh(make, 3)
+    a.put("c/k", 1, if_absent=True)
+    a.put("c/j", 1, if_absent=True)
+    gone = c.node_id
+    c.close()
+    wait_until(lambda: not connected(a, 2), message="a still sees c")
+    done = subprocess.run(
+        [sys.executable, "-m", "ekv", "replace-voter", gone, "--node", a.listen_address or ""],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"voter {gone} retired; 2 consistent keys re-read" in done.stdout
+    assert gone in a.info()["consensus"]["retired_voters"]

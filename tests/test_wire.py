@@ -276,7 +276,7 @@ def test_a_declared_size_allocates_nothing_until_the_bytes_arrive() -> None:
 
 def test_zero_length_frame_and_unknown_types_are_rejected() -> None:
     rejected(b"\x00\x00\x00\x00", match="limit")
-    for code in (0, 13, 15, 24, 200, 255):
+    for code in (0, 14, 15, 24, 200, 255):
         rejected(frame(code, b"{}"), match="unknown message type")
 
 

@@ -156,6 +156,16 @@ def _add_data_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the info() dict as JSON")
     p.set_defaults(run=_cmd_info)
 
+    p = sub.add_parser(
+        "replace-voter",
+        help="retire a stopped voter for good and re-read every consistent key through the other voters, "
+        "so that a new (empty) voter may take its place (docs/operators.md)",
+    )
+    p.add_argument("node_id", help="the node id of the voter being replaced (it must be stopped)")
+    p.add_argument("--node", metavar="HOST:PORT", required=True, help="a live voter of the cluster")
+    p.add_argument("--cookie-file", type=Path, help="file holding the cookie (default: $EKV_COOKIE)")
+    p.set_defaults(run=_cmd_replace_voter)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 absent key, 2 error, 64 usage)."""
@@ -384,6 +394,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _with_target(args, lambda store: show(offline_info(store)), lambda client: show(client.call("info")))
+
+
+def _cmd_replace_voter(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        report = client.call("replace_voter", node_id=args.node_id)
+    finally:
+        client.close()
+    print(
+        f"voter {report['retired']} retired; {report['keys_reread']} consistent keys re-read through the other "
+        "voters: the new voter may start now"
+    )
+    return EXIT_OK
 
 
 def _cmd_backup(args: argparse.Namespace) -> int:

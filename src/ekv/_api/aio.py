@@ -316,6 +316,11 @@ class AsyncEKV:
         node = await self._ensure()
         return await self._call(node.clear_quarantine, node_id)
 
+    async def replace_voter(self, node_id: str, timeout: Seconds | None = None) -> dict[str, Any]:
+        """See :meth:`ekv.EKV.replace_voter`."""
+        node = await self._ensure()
+        return await self._call(node.replace_voter, node_id, timeout)
+
     async def info(self) -> dict[str, Any]:
         """See :meth:`ekv.EKV.info`."""
         node = await self._ensure()

@@ -450,6 +450,21 @@ class EKV(MutableMapping[str, Any]):
         during the partition may come back). Returns False if it was not quarantined."""
         return self._node_checked.clear_quarantine(node_id)
 
+    def replace_voter(self, node_id: str, timeout: Seconds | None = None) -> dict[str, Any]:
+        """Replace a voter that is gone for good (its machine lost, say) with a new one: run this
+        on a live voter with the old one stopped; then start the new voter on an empty data
+        directory with the same ``cluster_size``. It retires ``node_id`` (every member refuses it
+        from now on) and re-reads every consistent key through a quorum of the remaining voters,
+        so no quorum that includes the empty newcomer can miss a chosen value (SPEC 13; the
+        procedure: docs/operators.md). Returns ``{"retired": node_id, "keys_reread": n}``.
+
+        Raises:
+            ekv.ConfigError: not a clustered node process, or not a voter with ``cluster_size``.
+            ekv.InvalidArgument: ``node_id`` is this node, or is still connected.
+            ekv.NoQuorumError: some keys could not be re-read; run it again once a quorum is up.
+        """
+        return self._node_checked.replace_voter(node_id, timeout)
+
     # -- operations --------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from ekv._cluster.messages import Hello, Message, Reply, Request
 from ekv._cluster.session import Session
 from ekv._cluster.wire import FrameDecoder
+from ekv._config import Config
 from ekv._storage.store import ShardedStore
 from ekv._values import Values
 
@@ -26,8 +27,11 @@ class ClientHost(Protocol):
     which imports this module to serve clients: a protocol rather than an import back)."""
 
     store: ShardedStore
+    config: Config
     node_info: Callable[[], dict[str, Any]] | None
     clients: set[Session]
+
+    def replace_voter(self, node_id: str, timeout_ns: int) -> dict[str, Any]: ...
 
     def make_session(
         self,
@@ -65,6 +69,8 @@ def client_op(cluster: ClientHost, op: str, args: dict[str, Any]) -> Any:
         if cluster.node_info is None:
             raise RuntimeError("info is not available")
         return cluster.node_info()
+    if op == "replace_voter":
+        return cluster.replace_voter(str(args["node_id"]), cluster.config.consistent_timeout_ns)
     raise ValueError(f"unknown command {op!r}")
 
 

@@ -36,7 +36,8 @@ from ekv._cluster.session import Session
 from ekv._config import ClusterOptions, Config
 from ekv._core.addresses import format_address, parse_address
 from ekv._core.durations import NS_PER_S
-from ekv._core.paxos import Op, Outcome
+from ekv._core.paxos import REFRESH, Op, Outcome, Read
+from ekv._errors import ConfigError, InvalidArgument, NoQuorumError
 from ekv._log import instance_logging
 from ekv._storage.acceptor import Acceptor
 from ekv._storage.replication import StoreReplicationPort
@@ -262,6 +263,35 @@ class ClusterNode:
         """Run a linearizable operation among the voters (:mod:`ekv._cluster.consensus`); blocks
         the calling thread (never the loop thread) until it ends or ``timeout_ns`` is up."""
         return self._runtime.run(self.consensus.run(op, timeout_ns), timeout=timeout_ns / NS_PER_S + 5)
+
+    def replace_voter(self, node_id: str, timeout_ns: int) -> dict[str, Any]:
+        """The voter-replacement procedure (docs/operators.md), run on a live voter while the
+        voter ``node_id`` is stopped for good: retire it (this node and, through their Hellos,
+        every member refuse it from now on), then re-read every consistent key through a quorum of
+        the remaining voters, accepting its latest chosen record again under a new ballot, so
+        every quorum that includes the new, empty voter still includes a voter that holds it.
+        Then the new voter may start. Raises NoQuorumError if some key could not be re-read (run
+        it again once a quorum is up)."""
+        consensus = self.consensus
+        if not consensus.voter or consensus.cluster_size is None:
+            raise ConfigError("replace a voter from a voter with cluster_size set")
+        if node_id == self.node_id:
+            raise InvalidArgument("a voter cannot replace itself: run this on another voter")
+        if self.call(lambda: any(s.peer_id == node_id for s in consensus.voter_sessions())):
+            raise InvalidArgument(f"voter {node_id} is connected: stop it for good first, then replace it")
+        self.call(consensus.retire, node_id)
+        failed = []
+        keys = Acceptor(self.store).consistent_keys(self.config.consistent_prefixes)
+        for key in keys:
+            if not isinstance(self.propose(Op(key, REFRESH, None, None), timeout_ns), Read):
+                failed.append(key)
+        if failed:
+            raise NoQuorumError(
+                f"{len(failed)} of {len(keys)} consistent keys could not be re-read (no quorum of the remaining "
+                f"voters), e.g. {failed[0]!r:.80}: run the replacement again once a quorum is up"
+            )
+        self.log.warning("voter %s replaced: %d consistent keys re-read; the new voter may start", node_id, len(keys))
+        return {"retired": node_id, "keys_reread": len(keys)}
 
     def info(self) -> dict[str, Any]:
         return dict(self.call(report.cluster_info, self))

@@ -21,7 +21,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ekv._cluster.messages import Accept, Accepted, Message, Outcome, Prepare, Promise, Propose
+from ekv._cluster.messages import Accept, Accepted, Message, Outcome, Prepare, Promise, Propose, Retired
 from ekv._cluster.session import Session
 from ekv._cluster.wire import PAXOS_FEATURE
 from ekv._cluster.wire_paxos import outcome_message, result_of
@@ -55,6 +55,10 @@ class AcceptorPort(Protocol):
     def accept(self, key: str, ballot: Ballot, record: Record | None) -> tuple[bool, Ballot]: ...
 
     def commit_chosen(self, key: str, record: Record) -> Version | None: ...
+
+    def retired_voters(self) -> set[str]: ...
+
+    def retire_voter(self, node_id: str, at_ns: int) -> None: ...
 
 
 class _Pending:
@@ -102,6 +106,8 @@ class Consensus:
         self.stats.update(rounds=0, lost=0, prepared=0, accepted=0, refused=0)
         self.recent: list[tuple[int, str, str]] = []
         """The last outcomes: (wall ns, key, kind), for info()."""
+        self.retired: set[str] = acceptor.retired_voters()
+        """Voters replaced with the documented procedure: refused for good (and told to members)."""
 
     # -- who votes ----------------------------------------------------------------------------------
 
@@ -113,8 +119,10 @@ class Consensus:
         ]
 
     def refuses(self, session: Session) -> str | None:
-        """Why a new member must be refused: a voter that makes more distinct voters than
-        ``cluster_size`` (None: admit it)."""
+        """Why a new member must be refused: a replaced voter, or a voter that makes more
+        distinct voters than ``cluster_size`` (None: admit it)."""
+        if session.peer_id in self.retired:
+            return f"node {session.peer_id} was replaced as a voter (ekv replace-voter); it may not rejoin"
         size = self.cluster_size
         if size is None or session.hello.role != "voter":
             return None
@@ -127,6 +135,24 @@ class Consensus:
                 "replace a voter with the documented procedure (docs/operators.md) or start it as an observer"
             )
         return None
+
+    def learn_retired(self, node_ids: tuple[str, ...]) -> None:
+        """A member told us of replaced voters: remember them too (durably), refuse them."""
+        for node_id in node_ids:
+            if node_id not in self.retired and node_id != self._node_id():
+                self.retire(node_id)
+
+    def retire(self, node_id: str) -> None:
+        """Refuse ``node_id`` as a member from now on, durably, and drop its session (loop thread)."""
+        self.acceptor.retire_voter(node_id, self._wall())
+        self.retired.add(node_id)
+        session = self.sessions.get(node_id)
+        if session is not None:
+            session.close(f"node {node_id} was replaced as a voter")
+        for other in list(self.sessions.values()):
+            if PAXOS_FEATURE in other.features and not other.closed:
+                other.send(Retired(tuple(sorted(self.retired))))
+        self.log.warning("voter %s is retired: it will be refused from now on", node_id)
 
     # -- proposing ----------------------------------------------------------------------------------
 
@@ -273,6 +299,8 @@ class Consensus:
             future = self._forwarded.get(message.request)
             if future is not None and not future.done():
                 future.set_result(message)
+        elif isinstance(message, Retired):
+            self.learn_retired(message.node_ids)
 
     def _answer(self, session: Session, message: Prepare | Accept) -> None:
         try:
@@ -308,6 +336,7 @@ class Consensus:
             "quorum": None if size is None else quorum_of(size),
             "voters_connected": voters,
             "has_quorum": size is not None and len(voters) >= quorum_of(size),
+            "retired_voters": sorted(self.retired),
             "operations": dict(self.stats),
             "recent": [{"at_ns": at, "key": key, "outcome": kind} for at, key, kind in self.recent],
         }

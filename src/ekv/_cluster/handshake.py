@@ -115,6 +115,12 @@ def check_peer_hello(mine: Hello, theirs: Hello) -> tuple[int, frozenset[str]]:
         raise Refused(str(exc)) from None
     if not client and theirs.shards != mine.shards:
         raise Refused(f"peer {theirs.node_id} has {theirs.shards} shards, we have {mine.shards}; they cannot replicate")
+    if not client and (theirs.node_id in mine.retired or mine.node_id in theirs.retired):
+        gone = theirs.node_id if theirs.node_id in mine.retired else mine.node_id
+        raise Refused(
+            f"node {gone} was replaced as a voter (ekv replace-voter); it may not rejoin under that id: "
+            "start it on an empty data directory (a new node id), or as an observer on a new one"
+        )
     if not client and theirs.consistent_prefixes != mine.consistent_prefixes:
         raise Refused(
             f"peer {theirs.node_id} declares consistent_prefixes {list(theirs.consistent_prefixes)!r}, we declare "

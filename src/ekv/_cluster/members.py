@@ -225,6 +225,7 @@ class MemberSet:
             consistent_prefixes=self.config.consistent_prefixes,
             cluster_size=self.config.cluster_size,
             role=self.config.role,
+            retired=() if self.consensus is None else tuple(sorted(self.consensus.retired)),
         )
         return HandshakeParams(hello, options.cookie, options.connect_timeout_ns / NS_PER_S * 2, options.max_frame_size)
 
@@ -273,6 +274,8 @@ class MemberSet:
         if peer == self.node_id:  # another origin under our node id: a copy of our data directory
             self._copy_of_us(session)
             return False
+        if self.consensus is not None:
+            self.consensus.learn_retired(session.hello.retired)
         refusal = None if self.consensus is None else self.consensus.refuses(session)
         if refusal is not None:
             self.log.error("refused member %s: %s", peer, refusal)

@@ -46,6 +46,7 @@ __all__ = [
     "Promise",
     "Propose",
     "Reject",
+    "Retired",
     "Reply",
     "Request",
     "SyncChunk",
@@ -86,6 +87,8 @@ class Hello:
     """SPEC 13: the number of voters; members must agree (None: not set)."""
     role: str = "voter"
     """``"voter"`` or ``"observer"`` (stores and replicates, does not vote)."""
+    retired: tuple[str, ...] = ()
+    """SPEC 13: node ids of voters replaced with the documented procedure; members refuse them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +255,15 @@ class Outcome:
     record: Record | None
 
 
-PAXOS = (Prepare, Promise, Accept, Accepted, Propose, Outcome)
+@dataclass(frozen=True, slots=True)
+class Retired:
+    """Voters replaced with the documented procedure (the sender just retired one): members
+    remember them and refuse them from now on. Only sent where ``"paxos"`` was negotiated."""
+
+    node_ids: tuple[str, ...]
+
+
+PAXOS = (Prepare, Promise, Accept, Accepted, Propose, Outcome, Retired)
 """The messages of linearizable operations (:mod:`ekv._cluster.consensus`)."""
 
 Message = (
@@ -276,4 +287,5 @@ Message = (
     | Accepted
     | Propose
     | Outcome
+    | Retired
 )

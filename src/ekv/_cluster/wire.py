@@ -17,7 +17,7 @@ Layout (all integers big-endian)::
 
     frame      = length:u32  type:u8  body          length = 1 + len(body), 1 .. max_frame_size
     control    = UTF-8 JSON object (Hello, Auth, Reject, Bye, Ping, Pong, Members, SyncRequest,
-                 SyncDone); bytes fields are lowercase hex
+                 SyncDone, Retired); bytes fields are lowercase hex
     Prepare, Promise, Accept, Accepted, Propose, Outcome: see wire_paxos.py
     Live       = shard:u16               entries
     SyncChunk  = shard:u16  sync_id:u64  seq:u64  entries
@@ -63,6 +63,7 @@ from ekv._cluster.messages import (
     Reject,
     Reply,
     Request,
+    Retired,
     SyncChunk,
     SyncDone,
     SyncRequest,
@@ -124,6 +125,7 @@ _MALFORMED = (ValueError, TypeError, KeyError, IndexError, struct.error, zlib.er
 _HELLO, _AUTH, _REJECT, _BYE, _PING, _PONG, _MEMBERS, _SYNC_REQUEST, _SYNC_DONE, _REQUEST, _REPLY, _DUPLICATE = range(
     1, 13
 )
+_RETIRED = 13
 _LIVE, _SYNC_CHUNK = 16, 17
 
 
@@ -157,7 +159,7 @@ def encode(message: Message, *, compress_threshold: int | None = None) -> bytes:
     try:
         if isinstance(message, Live | SyncChunk):
             code, body = _encode_data(message, compress_threshold)
-        elif isinstance(message, PAXOS):
+        elif isinstance(message, PAXOS) and not isinstance(message, Retired):
             code, body = wire_paxos.encode(message)
         else:
             code, body = _encode_control(message)
@@ -572,6 +574,7 @@ _SCHEMAS: Final[dict[int, tuple[Callable[..., Message], tuple[tuple[str, _Check]
             ("consistent_prefixes", _tuple(_text(MAX_KEY_BYTES), 0, 1024)),
             ("cluster_size", _optional(_int(1, 64))),
             ("role", _choice("voter", "observer")),
+            ("retired", _tuple(_ORIGIN, 0, 1024)),
         ),
     ),
     _AUTH: (Auth, (("mac", _hex(1, 64)),)),
@@ -594,6 +597,7 @@ _SCHEMAS: Final[dict[int, tuple[Callable[..., Message], tuple[tuple[str, _Check]
         ),
     ),
     _REQUEST: (Request, (("request_id", _U64), ("op", _text(64)), ("args", _text(None, empty=True)))),
+    _RETIRED: (Retired, (("node_ids", _tuple(_ORIGIN, 0, 1024)),)),
     _REPLY: (
         Reply,
         (("request_id", _U64), ("ok", _bool), ("result", _text(None, empty=True)), ("error", _REASON)),
@@ -606,7 +610,14 @@ _LENIENT: Final = frozenset({_HELLO})
 """Messages whose unknown fields are ignored: Hello is read before any version is agreed, so a
 newer version may add fields to it that this one must skip. The others are strict."""
 _ADDED: Final[dict[int, dict[str, Any]]] = {
-    _HELLO: {"origin": "", "codec": None, "consistent_prefixes": (), "cluster_size": None, "role": "voter"}
+    _HELLO: {
+        "origin": "",
+        "codec": None,
+        "consistent_prefixes": (),
+        "cluster_size": None,
+        "role": "voter",
+        "retired": (),
+    }
 }
 """Fields added to a lenient message after the first release, with the value an older peer's
 message (which lacks them) stands for."""

@@ -13,7 +13,7 @@ malformed. Layout (big-endian)::
     Outcome   = request:u64  kind:u8  record
     ballot    = counter:i64  len:u8  origin
     key       = len:u32  UTF-8
-    cond      = kind:u8 (0 any, 1 absent, 2 read, 3 version)  version:i64
+    cond      = kind:u8 (0 any, 1 absent, 2 read, 3 version, 4 refresh)  version:i64
     record    = flags:u8 (1 present, 2 value, 4 expires)  ts:i64  len:u8 origin  expires:i64
                 lineage_len:u16  lineage  value_len:u32  value
 """
@@ -29,6 +29,7 @@ from ekv._core.paxos import (
     ABSENT,
     ANY,
     READ,
+    REFRESH,
     Ballot,
     Committed,
     Conflict,
@@ -48,7 +49,7 @@ _PREPARE, _PROMISE, _ACCEPT, _ACCEPTED, _PROPOSE, _OUTCOME = range(18, 24)
 PROPOSE, OUTCOME = _PROPOSE, _OUTCOME
 """The codes of Propose and Outcome (the local bus carries their bodies too)."""
 CODES: Final = frozenset(range(18, 24))
-_TYPES: Final[dict[type, int]] = {
+_TYPES: Final[dict[type, int]] = {  # (Retired is a JSON control message, in wire.py)
     Prepare: _PREPARE,
     Promise: _PROMISE,
     Accept: _ACCEPT,
@@ -57,7 +58,7 @@ _TYPES: Final[dict[type, int]] = {
     Outcome: _OUTCOME,
 }
 _KINDS: Final = ("committed", "read", "conflict", "unconfirmed", "no_quorum")
-_CONDS: Final = (ANY, ABSENT, READ)
+_CONDS: Final = (ANY, ABSENT, READ, "version", REFRESH)
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -120,7 +121,7 @@ def encode(message: Prepare | Promise | Accept | Accepted | Propose | Outcome) -
     if isinstance(message, Propose):
         op = message.op
         cond = op.cond
-        kind, version = (_CONDS.index(cond), 0) if isinstance(cond, str) else (3, cond)
+        kind, version = (_CONDS.index(cond), 0) if isinstance(cond, str) and cond != "version" else (3, cond)
         new = Record(0, "", op.expires_at, op.value)
         body = _U32.pack(message.timeout_ms) + _key(op.key) + _U8.pack(kind) + _I64.pack(version) + _record(new)
         return code, head + body
@@ -212,7 +213,7 @@ def decode(code: int, frame: bytes, pos: int) -> Prepare | Promise | Accept | Ac
         timeout_ms = r.unpack(_U32)
         key = r.key()
         kind, version = r.unpack(_U8), r.unpack(_I64)
-        if kind > 3:
+        if kind >= len(_CONDS):
             raise ProtocolError(f"condition kind {kind}")
         new = r.record()
         if new is None:

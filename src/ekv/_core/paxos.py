@@ -51,6 +51,7 @@ __all__ = [
     "ANY",
     "LINEAGE",
     "READ",
+    "REFRESH",
     "ZERO",
     "Ballot",
     "Committed",
@@ -125,6 +126,9 @@ ABSENT = "absent"
 """Condition of ``if_absent=True``: no live value (never written, deleted or expired)."""
 READ = "read"
 """A linearizable read: nothing is written unless the state found must be made chosen first."""
+REFRESH = "refresh"
+"""A read that always accepts the state found again under its own ballot (voter replacement:
+every key's latest chosen record is then accepted by every voter of the quorum that ran it)."""
 
 
 class Op(NamedTuple):
@@ -152,7 +156,7 @@ def condition_holds(cond: str | int, current: Record | None, now_ns: int) -> boo
     live = current is not None and current.live(now_ns)
     if cond == ABSENT:
         return not live
-    if cond == READ:
+    if cond in (READ, REFRESH):
         return False
     return live and current is not None and current.ts == cond
 
@@ -308,7 +312,7 @@ class Round:
         if self.confirms is not None and record is not None:
             return Committed(self.confirms, record)
         if self.identity:
-            if self.op.cond == READ:
+            if self.op.cond in (READ, REFRESH):
                 return Read(record, True)
             return Conflict(record, True)
         assert record is not None
@@ -329,8 +333,8 @@ class Round:
         if self.attempts:
             return self._recovering(current)
         op = self.op
-        if op.cond == READ or not condition_holds(op.cond, current, self.now_ns):
-            if agreed:
+        if op.cond in (READ, REFRESH) or not condition_holds(op.cond, current, self.now_ns):
+            if agreed and op.cond != REFRESH:
                 # a quorum accepted this very ballot's record: it is chosen, nothing to write
                 self.phase = "done"
                 return Read(current, False) if op.cond == READ else Conflict(current, False)
@@ -363,7 +367,7 @@ class Round:
                 self.phase = "done"
                 return Unconfirmed()
         op = self.op
-        if op.cond != READ and condition_holds(op.cond, current, self.now_ns):
+        if condition_holds(op.cond, current, self.now_ns):
             return self._accept(next_record(op, current, self.ballot, self.origin, self.clock_ns), identity=False)
         return self._accept(current, identity=True)
 

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 from ekv._codec import codec_name
 from ekv._config import Config, check_overflow, check_positive_int
 from ekv._core.clock import HybridClock
-from ekv._core.durations import NS_PER_S, is_stale, tombstone_cutoff_ns
+from ekv._core.durations import NS_PER_S, duration_ns, is_stale, tombstone_cutoff_ns
 from ekv._core.keys import check_prefix
-from ekv._errors import ClosedError, InvalidArgumentType, ListenError, LockedError
+from ekv._errors import ClosedError, ConfigError, InvalidArgumentType, ListenError, LockedError
 from ekv._linear import Linear
 from ekv._model import Event
 from ekv._node.bus import BusServer, LocalSink, runtime_path
@@ -553,6 +553,16 @@ class Node:
     def clear_quarantine(self, node_id: str) -> bool:
         self.check_open()
         return self.cluster is not None and self.cluster.clear_quarantine(node_id)
+
+    def replace_voter(self, node_id: str, timeout: object = None) -> dict[str, Any]:
+        self.check_open()
+        if self.cluster is None:
+            raise ConfigError(
+                "replace_voter runs on a live voter of a cluster: call it in the node process (or use "
+                "ekv replace-voter NODE_ID --node HOST:PORT)"
+            )
+        timeout_ns = self.config.consistent_timeout_ns if timeout is None else duration_ns(timeout, "timeout")
+        return self.cluster.replace_voter(node_id, timeout_ns)
 
     # -- info --------------------------------------------------------------------------------
 

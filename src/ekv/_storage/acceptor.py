@@ -44,6 +44,7 @@ from ekv._model import Version
 from ekv._storage import schema
 from ekv._storage.commit import LocalWrite
 from ekv._storage.integrity import damaged_error, row_ok
+from ekv._storage.sync import load_markers, set_marker
 
 if TYPE_CHECKING:
     from ekv._storage.shard import Shard
@@ -62,6 +63,7 @@ class AcceptorRow(NamedTuple):
 
 
 _NONE = AcceptorRow(ZERO, ZERO, None, False)
+_RETIRED = "retired_voter/"
 
 
 def _crc(key: str, fields: tuple[Any, ...]) -> int:
@@ -229,6 +231,24 @@ class Acceptor:
     def commit_chosen(self, key: str, record: Record) -> Version | None:
         shard = self._shard(key)
         return shard.transact(lambda cur, write: write_chosen(cur, write, shard.clock, key, record))
+
+    def consistent_keys(self, prefixes: tuple[str, ...]) -> list[str]:
+        """Every key under ``prefixes`` this node has a row or an acceptor row for (tombstones
+        too): what a voter replacement re-reads."""
+        keys: set[str] = set()
+        for shard in self.store.shards:
+            rows: list[Any] = shard.run_exclusive(lambda cur: cur.execute(schema.KV_AND_PAXOS_KEYS).fetchall())
+            keys.update(key for (key,) in rows if key.startswith(prefixes))
+        return sorted(keys)
+
+    def retired_voters(self) -> set[str]:
+        """Node ids of voters replaced with the documented procedure (kept in shard 0)."""
+        shard = self.store.shards[0]
+        return set(shard.run_exclusive(lambda cur: load_markers(cur, _RETIRED)))
+
+    def retire_voter(self, node_id: str, at_ns: int) -> None:
+        shard = self.store.shards[0]
+        shard.run_exclusive(lambda cur: set_marker(cur, _RETIRED + node_id, at_ns))
 
     def counts(self) -> tuple[int, int]:
         """(acceptor rows, highest ballot counter promised) over every shard, for ``info()``."""

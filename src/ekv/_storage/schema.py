@@ -278,6 +278,7 @@ PAXOS_COLUMNS = "promised, promised_by, accepted, accepted_by, has_record, ts, o
 PAXOS_GET = f"SELECT {PAXOS_COLUMNS} FROM paxos WHERE key = ?"
 PAXOS_PUT = f"INSERT OR REPLACE INTO paxos (key, {PAXOS_COLUMNS}) VALUES ({', '.join(['?'] * 12)})"
 PAXOS_DELETE = "DELETE FROM paxos WHERE key = ?"
+KV_AND_PAXOS_KEYS = "SELECT key FROM kv UNION SELECT key FROM paxos"
 PAXOS_COUNT = "SELECT count(*), coalesce(max(promised), 0) FROM paxos"
 PAXOS_GC_BATCH = (
     f"SELECT key, {PAXOS_COLUMNS} FROM paxos WHERE has_record = 0 OR value IS NULL "

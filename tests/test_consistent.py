@@ -319,3 +319,35 @@ def test_increments_from_several_processes_on_one_directory_are_exact(data_dir: 
     assert all(r["errors"] == [] and r["unconfirmed"] == 0 for r in results), results
     with ekv.EKV("p", data_dir, **options) as kv:
         assert kv.get("c/n", consistent=True) == sum(r["ok"] for r in results) == 200
+
+
+def test_the_processes_of_a_directory_must_agree_on_the_consistent_settings(
+    data_dir: Path, open_kv: Callable[..., ekv.EKV]
+) -> None:
+    open_kv(**C)
+    for options, option in (
+        ({"consistent_prefixes": ["c/"]}, "consistent_prefixes"),
+        ({}, "consistent_prefixes"),
+    ):
+        with pytest.raises(ekv.ConfigError, match=option):
+            _open_in_child(data_dir, options)
+    assert _open_in_child(data_dir, dict(C)) == "ok"
+    with pytest.raises(ekv.ConfigError, match="cluster_size"):
+        _open_in_child(data_dir, {**C, "cluster_size": 3, "listen": "127.0.0.1:0"})
+
+
+def _open_in_child(data_dir: Path, options: dict[str, Any]) -> str:
+    code = (
+        "import ekv, json, sys\n"
+        "try:\n"
+        f"    ekv.EKV('test', {str(data_dir)!r}, shards=4, log=False, **json.loads(sys.argv[1])).close()\n"
+        "    print('ok')\n"
+        "except ekv.ConfigError as e:\n"
+        "    print('ConfigError', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(options)], capture_output=True, text=True, timeout=60)
+    line = out.stdout.strip()
+    if line.startswith("ConfigError"):
+        raise ekv.ConfigError(line)
+    assert line == "ok", out.stderr
+    return line

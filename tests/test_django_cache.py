@@ -317,3 +317,51 @@ def test_the_core_imports_without_django() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
     assert re.search(r"^django = \[", (ROOT / "pyproject.toml").read_text(), re.M)
+
+
+DJANGO_INCR_CHILD = """
+import json, sys
+from pathlib import Path
+import django
+from django.conf import settings
+settings.configure()
+from ekv.contrib.django import EKVCache
+location, options = sys.argv[1], json.loads(sys.argv[2])
+cache = EKVCache(location, {"OPTIONS": options})
+for _ in range(50):
+    cache.incr("counter/n")
+print(json.dumps(cache.add("counter/once", sys.argv[3])), flush=True)
+cache.close()
+"""
+
+
+def test_incr_and_add_under_consistent_prefixes_are_atomic_across_processes(tmp_path: Path) -> None:
+    """With the keys' prefix (Django's key, ``:1:`` by default, included) declared in
+    consistent_prefixes, incr is a linearizable update and add an if_absent put: processes
+    sharing the directory lose no increment, and exactly one add wins."""
+    options = {"shards": 2, "log": False, "KEEP_OPEN": False, "consistent_prefixes": [":1:counter/"]}
+    cache = EKVCache(tmp_path / "cache", {"OPTIONS": options})
+    try:
+        cache.set("counter/n", 0)
+        cache.set("plain", 1)
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", DJANGO_INCR_CHILD, str(tmp_path / "cache"), json.dumps(options), str(i)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(3)
+        ]
+        outputs = [child.communicate(timeout=120) for child in children]
+        assert all(child.returncode == 0 for child in children), outputs
+        assert sorted(json.loads(out) for out, _ in outputs) == [False, False, True]
+        assert cache.get("counter/n") == 150
+        with pytest.raises(ValueError, match="not found"):
+            cache.incr("counter/absent")
+        assert cache.touch("counter/n", timeout=30) and cache.get("counter/n") == 150
+        assert cache.delete("counter/once") and cache.get("counter/once") is None
+        cache.clear()  # leaves the consistent keys alone
+        assert cache.get("plain") is None and cache.get("counter/n") == 150
+    finally:
+        cache.close()

@@ -64,6 +64,9 @@ class SlotInfo:
     host: str
     role: str
     started_ns: int
+    consensus: str = ""
+    """The open's linearizable-operations settings (:func:`ekv._storage.store.consensus_token`);
+    empty in records written by an older ekv."""
 
 
 _holders: weakref.WeakSet[Slot | Election] = weakref.WeakSet()
@@ -150,13 +153,14 @@ def _write(fd: int, text: str) -> None:
 class Slot:
     """One open's registration in its data directory, held until :meth:`close`."""
 
-    def __init__(self, path: Path, slot: str, fd: int) -> None:
+    def __init__(self, path: Path, slot: str, fd: int, consensus: str = "") -> None:
         self.path = path
         self.id = slot
         self._fd: int | None = fd
+        self.consensus = consensus
 
     @classmethod
-    def register(cls, data_dir: Path, origin: str, role: str) -> Slot:
+    def register(cls, data_dir: Path, origin: str, role: str, consensus: str = "") -> Slot:
         """Create and lock a new slot file for an open writing under ``origin``."""
         directory = _procs_dir(data_dir)
         slot = secrets.token_hex(_SLOT_BYTES)
@@ -168,16 +172,17 @@ class Slot:
                 raise DataDirError(f"cannot create {str(path)!r}: {exc.strerror or exc}") from exc
             fcntl.flock(fd, fcntl.LOCK_EX)  # new and unique: nobody else can hold it
             held(fd)
-            registered = cls(path, slot, fd)
+            registered = cls(path, slot, fd, consensus)
             _own_slots[slot] = registered
             _holders.add(registered)
-        _write(fd, f"{os.getpid()} {origin} {socket.gethostname()} {role} {time.time_ns()}\n")
+        registered.set_origin(origin, role)
         return registered
 
     def set_origin(self, origin: str, role: str) -> None:
         """Record a new origin (the directory re-identified) or role (this open was elected)."""
         if self._fd is not None:
-            _write(self._fd, f"{os.getpid()} {origin} {socket.gethostname()} {role} {time.time_ns()}\n")
+            record = f"{os.getpid()} {origin} {socket.gethostname()} {role} {time.time_ns()} {self.consensus}"
+            _write(self._fd, record.rstrip() + "\n")
 
     def close(self) -> None:
         """Remove the slot. Idempotent."""
@@ -240,7 +245,8 @@ def _read_slot(data_dir: Path, name: str) -> SlotInfo | None:
     for _ in range(3):  # a record being replaced: read it again
         try:
             fields = (data_dir / PROCS_DIR / name).read_text().split()
-            return SlotInfo(name, int(fields[0]), fields[1], fields[2], fields[3], int(fields[4]))
+            consensus = fields[5] if len(fields) > 5 else ""
+            return SlotInfo(name, int(fields[0]), fields[1], fields[2], fields[3], int(fields[4]), consensus)
         except FileNotFoundError:
             return None  # closed meanwhile
         except (OSError, ValueError, IndexError, UnicodeDecodeError):

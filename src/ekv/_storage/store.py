@@ -10,6 +10,8 @@ class of :class:`ShardedStore`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import threading
 import weakref
@@ -25,7 +27,7 @@ from ekv._codec import BUILTIN_CODECS, Undecodable, codec_name
 from ekv._config import Config
 from ekv._core.clock import HybridClock
 from ekv._core.keys import check_key, shard_of
-from ekv._errors import CorruptionError, DataDirError, DiskFullError
+from ekv._errors import ConfigError, CorruptionError, DataDirError, DiskFullError
 from ekv._log import NodeLog
 from ekv._model import Entry, Version
 from ekv._storage import schema, shardfile
@@ -56,6 +58,37 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _MAX_FORMER_IDS = 16  # node ids a re-identified directory remembers
+
+
+def consensus_token(config: Config) -> str:
+    """The settings of linearizable operations (SPEC 13) as one word for this open's slot record:
+    ``cluster_size`` as given, ``role`` and a hash of ``consistent_prefixes``."""
+    prefixes = hashlib.sha256(json.dumps(sorted(config.consistent_prefixes)).encode()).hexdigest()[:16]
+    return f"{config.cluster_size or '-'}/{config.role}/{prefixes}"
+
+
+def _check_consensus(config: Config, token: str) -> None:
+    """Refuse to open with other linearizable-operation settings than the live opens' (a
+    ConfigError naming the option). The processes of a data directory are one voter: they must
+    declare the same ``consistent_prefixes`` (else one would write plainly what another writes
+    linearizably) and, when they declare any, the same ``cluster_size`` and ``role`` (else one
+    could run single-voter transactions on keys its node process agrees among several voters)."""
+    mine = token.split("/")
+    for info in live_slots(config.data_dir):
+        theirs = info.consensus.split("/")
+        if not info.consensus or len(theirs) != 3 or theirs == mine:
+            continue
+        if theirs[2] != mine[2]:
+            option = "consistent_prefixes"
+        elif not config.consistent_prefixes:
+            continue
+        else:
+            option = "cluster_size" if theirs[0] != mine[0] else "role"
+        raise ConfigError(
+            f"{option} differs from that of the process {info.pid} that has {str(config.data_dir)!r} open; "
+            "every process of a data directory must give the same consistent_prefixes and, with some, the same "
+            "cluster_size and role (the command line writes to such a directory through --node HOST:PORT)"
+        )
 
 
 class _Identity:
@@ -134,7 +167,9 @@ class ShardedStore(StoreReads):
                 store = cls(config, datadir, manifest, clock)
                 store.created = create
                 store.origin = f"{manifest.node_id}~{incarnation or new_incarnation()}"
-                slot = store.slot = Slot.register(config.data_dir, store.origin, "attached")
+                token = consensus_token(config)
+                _check_consensus(config, token)
+                slot = store.slot = Slot.register(config.data_dir, store.origin, "attached", token)
                 identity = _Identity(config.name, manifest, config.shards, store.origin)
                 writers = Writers(slot.id, lambda other: slot_alive(config.data_dir, other))
                 store._open_shards(identity, sink, create, writers)

@@ -44,7 +44,7 @@ from typing import Any
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
 from ekv._api.sync import EKV
-from ekv._errors import ConfigError, EncodeError
+from ekv._errors import ConfigError, ConflictError, EncodeError
 
 __all__ = ["DEFAULT_NAME", "EKVCache", "PickleEncodeError"]
 
@@ -208,12 +208,21 @@ class EKVCache(BaseCache):  # type: ignore[misc]  # Django ships no type informa
             return False
         return float(timeout)
 
+    @staticmethod
+    def _linear(kv: EKV, key: str) -> bool:
+        """Whether ``key`` (a Django key: KEY_PREFIX:VERSION:key) is under the store's
+        ``consistent_prefixes``: then every write of it is linearizable (SPEC 13)."""
+        prefixes = kv._config.consistent_prefixes
+        return bool(prefixes) and key.startswith(prefixes)
+
     def _put(self, kv: EKV, key: str, value: Any, ttl: float | bool | None) -> None:
+        linear = self._linear(kv, key)
         if ttl is False:
-            kv.delete(key)  # a tombstone: an older value of key, here or elsewhere, must not be served
+            # a tombstone: an older value of key, here or elsewhere, must not be served
+            kv.delete(key, consistent=linear)
             return
         try:
-            kv.put(key, value, ttl=ttl)
+            kv.put(key, value, ttl=ttl, consistent=linear)
         except EncodeError as exc:
             if isinstance(exc, pickle.PicklingError):
                 raise
@@ -230,11 +239,21 @@ class EKVCache(BaseCache):  # type: ignore[misc]  # Django ships no type informa
         self._put(self._get_shared().kv, key, value, self._ttl(timeout))
 
     def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
-        """Set ``key`` only if it is absent; True if it was set. Read-then-write: atomic within
-        this process, last-writer-wins across processes and machines (docs/django.md)."""
+        """Set ``key`` only if it is absent; True if it was set. Under ``consistent_prefixes``
+        a linearizable ``put(if_absent=True)``: exactly one of concurrent adds wins, across
+        processes and machines. Otherwise read-then-write: atomic within this process,
+        last-writer-wins across processes and machines (docs/django.md)."""
         key = self.make_and_validate_key(key, version=version)
         shared = self._get_shared()
         ttl = self._ttl(timeout)
+        if self._linear(shared.kv, key):
+            try:
+                shared.kv.put(key, value, ttl=None if ttl is False else ttl, if_absent=True)
+            except ConflictError:
+                return False
+            if ttl is False:  # "expire at once": it was absent, and stays so
+                shared.kv.delete(key, consistent=True)
+            return True
         with shared.lock:
             if shared.kv.contains(key):
                 return False
@@ -250,6 +269,18 @@ class EKVCache(BaseCache):  # type: ignore[misc]  # Django ships no type informa
         key = self.make_and_validate_key(key, version=version)
         shared = self._get_shared()
         ttl = self._ttl(timeout)
+        if self._linear(shared.kv, key):
+            found = shared.kv.lookup(key, consistent=True)
+            if found is None:
+                return False
+            try:
+                if ttl is False:
+                    shared.kv.delete(key, if_version=found[1])
+                else:
+                    shared.kv.put(key, found[0], ttl=ttl, if_version=found[1])
+            except ConflictError as exc:  # written meanwhile: that write is newer than the touch
+                return exc.current is not None
+            return True
         if ttl is False:
             with shared.lock:
                 if not shared.kv.contains(key):
@@ -264,7 +295,7 @@ class EKVCache(BaseCache):  # type: ignore[misc]  # Django ships no type informa
         key = self.make_and_validate_key(key, version=version)
         kv = self._get_shared().kv
         existed = kv.contains(key)
-        kv.delete(key)
+        kv.delete(key, consistent=self._linear(kv, key))
         return existed
 
     def has_key(self, key: Any, version: int | None = None) -> bool:
@@ -274,9 +305,20 @@ class EKVCache(BaseCache):  # type: ignore[misc]  # Django ships no type informa
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
         """Add ``delta`` to the value of ``key`` and return it; ValueError if ``key`` is absent.
         The new value gets the default TIMEOUT (as Django's base implementation, which the file
-        and database backends use). Not atomic across processes: see docs/django.md."""
+        and database backends use). Under ``consistent_prefixes`` a linearizable ``update``:
+        no increment is ever lost, across processes and machines. Otherwise atomic within this
+        process only: see docs/django.md."""
         key = self.make_and_validate_key(key, version=version)
         shared = self._get_shared()
+        if self._linear(shared.kv, key):
+            ttl = self._ttl(DEFAULT_TIMEOUT)
+
+            def add(value: Any) -> Any:
+                if value is None:
+                    raise ValueError(f"Key '{key}' not found")
+                return value + delta
+
+            return shared.kv.update(key, add, ttl=None if ttl is False else ttl)[0]
         with shared.lock:
             value = shared.kv.get(key, _MISSING)
             if value is _MISSING:
@@ -311,8 +353,10 @@ class EKVCache(BaseCache):  # type: ignore[misc]  # Django ships no type informa
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
         kv = self._get_shared().kv
         for key in keys:
-            kv.delete(self.make_and_validate_key(key, version=version))
+            key = self.make_and_validate_key(key, version=version)
+            kv.delete(key, consistent=self._linear(kv, key))
 
     def clear(self) -> None:
-        """Delete every key of the store, cluster-wide (every alias of LOCATION, every version)."""
+        """Delete every key of the store, cluster-wide (every alias of LOCATION, every version),
+        but those under ``consistent_prefixes``: only their own linearizable writes change them."""
         self._get_shared().kv.clear()

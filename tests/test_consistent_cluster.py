@@ -234,7 +234,7 @@ def test_replace_voter_refuses_a_connected_voter_and_itself(make: Callable[..., 
 
 
 def test_replace_voter_from_the_command_line(make: Callable[..., ekv.EKV]) -> None:
-    a, b, c = mesh(make, 3)
+    a, _b, c = mesh(make, 3)
     a.put("c/k", 1, if_absent=True)
     a.put("c/j", 1, if_absent=True)
     gone = c.node_id

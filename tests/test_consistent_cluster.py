@@ -60,6 +60,13 @@ def test_three_voters_agree_and_every_node_sees_the_result(make: Callable[..., e
     info = a.info()["consensus"]
     assert info["cluster_size"] == 3 and info["quorum"] == 2 and info["has_quorum"]
     assert len(info["voters_connected"]) == 3 and info["operations"]["committed"] >= 1
+    # repeated changes of a key from one node skip the prepare (one round trip)
+    before = b.info()["consensus"]["operations"]
+    for _ in range(5):
+        b.update("c/x", lambda v: v + "!")
+    after = b.info()["consensus"]["operations"]
+    assert after["rounds_one_trip"] - before["rounds_one_trip"] >= 4
+    assert a.get("c/x", consistent=True) == "three!!!!!"
 
 
 def test_concurrent_increments_from_every_node_end_at_the_successes(make: Callable[..., ekv.EKV]) -> None:

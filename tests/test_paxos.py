@@ -174,3 +174,20 @@ def test_malformed_messages_raise_protocol_errors_only() -> None:
                 body[rng.randrange(1, len(body))] = rng.randrange(256)
             with contextlib.suppress(ProtocolError):
                 wire.decode(len(body).to_bytes(4, "big") + bytes(body), max_frame_size=1 << 20)
+
+
+def test_the_one_round_trip_path() -> None:
+    from ekv._core.paxos import next_ballot
+
+    assert next_ballot(B1) == Ballot(11, "a") and next_ballot(B1) > B1
+    assert accept_granted(next_ballot(B1), 0, True, next_ballot(B1))  # what an accept promised
+    assert not prepare_granted(next_ballot(B1), 0, True, Ballot(11, "a"))  # nobody else gets it twice
+    r = rnd(Op("k", ANY, b"x", None), next_ballot(B1))
+    action = r.start_cached(R0)
+    assert isinstance(action, SendAccept) and action.record is not None and r.attempts == [action.record]
+    assert action.record.lineage[:12] == mark(R0.ts, R0.origin)
+    r.on_accepted("a", True, next_ballot(B1))
+    assert r.on_accepted("b", True, next_ballot(B1)) == Committed(action.record)
+    # a condition that fails on the cached (possibly stale) state, and reads: a full round instead
+    assert rnd(Op("k", ABSENT, b"x", None)).start_cached(R0) is None
+    assert rnd(Op("k", READ, None, None)).start_cached(R0) is None

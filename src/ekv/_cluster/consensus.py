@@ -38,6 +38,7 @@ from ekv._core.paxos import (
     Round,
     SendAccept,
     Unconfirmed,
+    next_ballot,
     quorum_of,
 )
 from ekv._core.paxos import Outcome as Result
@@ -45,6 +46,16 @@ from ekv._core.paxos import Promise as PaxosPromise
 from ekv._model import Version
 
 __all__ = ["AcceptorPort", "Consensus"]
+
+_CACHE_KEYS = 4096
+"""Keys whose one-round-trip state a node keeps (a few hundred bytes each)."""
+
+
+class _FullRound:
+    """The cached (one-round-trip) path does not apply: run a round with a prepare."""
+
+
+_FULL_ROUND = _FullRound()
 
 
 class AcceptorPort(Protocol):
@@ -102,8 +113,13 @@ class Consensus:
         self._forwarded: dict[int, asyncio.Future[Outcome]] = {}
         self._keys: dict[str, list[Any]] = {}
         """key -> [lock, waiters]: this node's operations on a key run one after the other."""
+        self._cache: dict[str, tuple[Ballot, Record | None]] = {}
+        """key -> (the ballot a quorum promised us, the state we had chosen): the one-round-trip
+        path of the key's next operation (insertion-ordered: the oldest go first)."""
+        self._reserved = 0
+        """The highest ballot counter promised to a cached entry: fresh ballots go above it."""
         self.stats: dict[str, int] = {"committed": 0, "read": 0, "conflict": 0, "unconfirmed": 0, "no_quorum": 0}
-        self.stats.update(rounds=0, lost=0, prepared=0, accepted=0, refused=0)
+        self.stats.update(rounds=0, rounds_one_trip=0, lost=0, prepared=0, accepted=0, refused=0)
         self.recent: list[tuple[int, str, str]] = []
         """The last outcomes: (wall ns, key, kind), for info()."""
         self.retired: set[str] = acceptor.retired_voters()
@@ -186,11 +202,24 @@ class Consensus:
         attempts: list[Record] = []
         above = 0
         lost = 0
+        cached = self._cache.pop(op.key, None)
         while True:
-            ballot = Ballot(max(self._tick(), above + 1), self._origin())
+            # Nothing is sent while fewer than a quorum of voters are connected: a plain NoQuorum
+            # then, rather than an accept that may linger (and an Unconfirmed).
+            while len(self.voter_sessions()) + 1 < quorum_of(size):
+                if loop.time() >= deadline:
+                    return Unconfirmed() if attempts else NoQuorum()
+                await asyncio.sleep(min(0.02, max(deadline - loop.time(), 0)))
+            if cached is not None:
+                ballot, current = cached
+            else:
+                ballot = Ballot(max(self._tick(), above + 1, self._reserved + 1), self._origin())
             now = self._wall()
-            rnd = Round(op, ballot, quorum_of(size), size, now, self._origin(), ballot.counter, attempts)
-            action = await self._round(rnd, deadline)
+            rnd = Round(op, ballot, quorum_of(size), size, now, self._origin(), max(ballot.counter, now), attempts)
+            action = await self._round(rnd, deadline, cached=None if cached is None else (current,))
+            cached = None
+            if isinstance(action, _FullRound):
+                continue
             if isinstance(action, Lost):
                 above = max(above, action.above)
                 lost += 1
@@ -205,6 +234,13 @@ class Consensus:
                 continue
             if action is None:
                 return Unconfirmed() if attempts else NoQuorum()
+            if isinstance(action, Committed | Read | Conflict) and (isinstance(action, Committed) or action.commit):
+                # accepted by a quorum under this ballot: the next change may skip its prepare
+                chosen = action.latest or action.record if isinstance(action, Committed) else action.record
+                self._cache[op.key] = (next_ballot(ballot), chosen)
+                self._reserved = max(self._reserved, ballot.counter + 1)
+                while len(self._cache) > _CACHE_KEYS:
+                    del self._cache[next(iter(self._cache))]
             return self._finish(op.key, action)
 
     def _finish(self, key: str, result: Result) -> Result:
@@ -219,16 +255,29 @@ class Consensus:
                 self.log.error("committing the chosen record of %r failed", key, exc_info=True)
         return result
 
-    async def _round(self, rnd: Round, deadline: float) -> Result | Lost | None:
+    async def _round(
+        self, rnd: Round, deadline: float, cached: tuple[Record | None] | None = None
+    ) -> Result | Lost | _FullRound | None:
+        """One round; ``cached``: this node's last chosen state of the key, whose accept already
+        promised this round's ballot (the one-round-trip path: no prepare). Returns the
+        outcome, Lost, None (out of time) or ``_FULL_ROUND`` (the cached path does not apply)."""
         loop = asyncio.get_running_loop()
         request = next(self._requests)
         future: asyncio.Future[Any] = loop.create_future()
         pending = self._pending[request] = _Pending(rnd, rnd.op.key, future)
-        self.stats["rounds"] += 1
         try:
-            self._step(request, pending, rnd.on_promise(self._node_id(), self.acceptor.prepare(rnd.op.key, rnd.ballot)))
-            if not future.done():
-                self._broadcast(Prepare(request, rnd.op.key, rnd.ballot))
+            if cached is not None:
+                action = rnd.start_cached(cached[0])
+                if action is None:
+                    return _FULL_ROUND
+                self.stats["rounds_one_trip"] += 1
+                self._step(request, pending, action)
+            else:
+                self.stats["rounds"] += 1
+                promise = self.acceptor.prepare(rnd.op.key, rnd.ballot)
+                self._step(request, pending, rnd.on_promise(self._node_id(), promise))
+                if not future.done():
+                    self._broadcast(Prepare(request, rnd.op.key, rnd.ballot))
             try:
                 return await asyncio.wait_for(future, max(deadline - loop.time(), 0))
             except TimeoutError:

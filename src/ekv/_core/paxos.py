@@ -69,6 +69,7 @@ __all__ = [
     "accept_granted",
     "condition_holds",
     "mark",
+    "next_ballot",
     "next_record",
     "prepare_granted",
     "quorum_of",
@@ -84,6 +85,14 @@ class Ballot(NamedTuple):
 
 ZERO = Ballot(0, "")
 """The ballot of nothing accepted (and of a committed row offered in place of an acceptor row)."""
+
+
+def next_ballot(ballot: Ballot) -> Ballot:
+    """The ballot a voter promises as it accepts ``ballot``: the same proposer's next one. A
+    proposer whose accept a quorum took thereby holds a quorum's promises for it, with its own
+    record as the highest accepted: phase 1 of its next round on the key is done (the paper's
+    one-round-trip optimisation), unless another proposer's prepare came in between."""
+    return Ballot(ballot.counter + 1, ballot.by)
 
 
 class Record(NamedTuple):
@@ -283,6 +292,17 @@ class Round:
     identity: bool = False
     confirms: Record | None = None
     """Set when this round re-accepts a state built on an attempt of ours: that attempt."""
+
+    def start_cached(self, current: Record | None) -> Action:
+        """The one-round-trip path: this proposer's last round on the key was accepted by a
+        quorum under the ballot before this round's (:func:`next_ballot`), so a quorum promised
+        this ballot with ``current`` as the highest accepted record; go straight to accept.
+        None when the condition does not hold on ``current`` (it may be stale: another proposer
+        may have written since; only a round with a prepare can report a conflict)."""
+        op = self.op
+        if op.cond in (READ, REFRESH) or not condition_holds(op.cond, current, self.now_ns):
+            return None
+        return self._accept(next_record(op, current, self.ballot, self.origin, self.clock_ns), identity=False)
 
     def on_promise(self, voter: str, promise: Promise) -> Action:
         """A voter answered the prepare (the first answer of each voter counts)."""

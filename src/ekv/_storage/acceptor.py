@@ -36,6 +36,7 @@ from ekv._core.paxos import (
     Record,
     accept_granted,
     condition_holds,
+    next_ballot,
     next_record,
     prepare_granted,
 )
@@ -128,12 +129,16 @@ def prepare(cur: apsw.Cursor, key: str, ballot: Ballot, damaged: Any, path: str)
 
 def accept(cur: apsw.Cursor, key: str, ballot: Ballot, record: Record | None, path: str) -> tuple[bool, Ballot]:
     """Accept ``record`` under ``ballot`` (durably) unless a higher ballot was promised. The
-    record stays invisible to reads: it reaches ``kv`` only once chosen (:func:`write_chosen`)."""
+    record stays invisible to reads: it reaches ``kv`` only once chosen (:func:`write_chosen`).
+
+    Accepting also promises the ballot right after it, :func:`~ekv._core.paxos.next_ballot`: the
+    proposer's next change of the key may then skip its prepare (the paper's one-round-trip
+    path), and a prepare by anyone else, with any higher ballot, revokes that."""
     row = load(cur, key, path)
     floor = _floor(cur)
     if not accept_granted(row.promised, floor, row.exists, ballot):
         return False, max(row.promised, Ballot(floor, ""))
-    _store(cur, key, ballot, ballot, record)
+    _store(cur, key, next_ballot(ballot), ballot, record)
     return True, ballot
 
 

@@ -173,3 +173,20 @@ def test_bench_processes_runs_on_the_smallest_settings(tmp_path: Path) -> None:
     }
     assert all(row["n"] > 0 for row in data["events"].values())
     assert data["takeover"]["kills"] == 1 and 0 < data["takeover"]["to_node_max_ms"] < 60_000
+
+
+def test_bench_consistent_runs_on_the_smallest_settings(tmp_path: Path) -> None:
+    """bench_consistent.py end to end with three voter processes on loopback: the baseline, every
+    linearizable row, the many-client throughput and the ratios are measured and printed, so the
+    script cannot rot unnoticed. The figures themselves are not checked (noise)."""
+    out = tmp_path / "consistent.json"
+    proc = run_script("bench_consistent.py", "--seconds=0.1", "--rounds=1", "--clients=3", f"--json={out}")
+    for row in ("| baseline: replication", "| consistent put |", "| update, one key", "| consistent get |"):
+        assert row in proc.stdout, proc.stdout
+    assert "consistent put p50 / replication p50:" in proc.stdout, proc.stdout
+    data = json.loads(out.read_text())
+    for row in ("replication", "plain_put", "consistent_put", "update_one_key", "consistent_get", "if_absent_put"):
+        assert data[row]["n"] > 0 and data[row]["errors"] == 0, (row, data[row])
+    assert all(data["throughput_n_clients"][k]["ops_s"] > 0 for k in ("cput", "update", "put"))
+    assert data["ratios"]["consistent_put_p50_over_replication_p50"] > 0
+    assert "elixir" not in data

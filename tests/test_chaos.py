@@ -15,10 +15,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ekv.testing._internal.chaos import KINDS, RunOptions, run, schedule
+from ekv.testing._internal.chaos import KINDS, RunOptions, RunResult, run, schedule
 from ekv.testing._internal.chaos.net import namespaces_available
 
 # One minute each in the default run: the schedules of seeds 11 and 12 hold every fault kind
@@ -251,12 +252,70 @@ def test_group_mode_chaos_run(tmp_path: Path) -> None:
     assert result.availability is not None and result.availability >= 0.95
 
 
+def _check_consistent(result: RunResult, min_ok: int) -> dict[str, Any]:
+    """A consistent run: valid (the plain checks and linearizability), and usable (every fault
+    window with a reachable majority completed consistent operations)."""
+    figures = result.consistent
+    assert figures is not None
+    out = Path(result.out)
+    details = json.loads((out / "linear.json").read_text())["details"]
+    assert figures["valid"], f"not linearizable: {figures['violations']}\n{json.dumps(details[:3], indent=1)[:6000]}"
+    _check(out, result.valid, result.converged)
+    assert figures["usable"], f"unusable run: {figures['empty_windows']}"
+    assert figures["ops"]["all"]["ok"] >= min_ok, figures["ops"]
+    return figures
+
+
+@pytest.mark.long
+def test_consistent_chaos_run(tmp_path: Path) -> None:
+    """Three voters with consistent keys on loopback, 35 s of partitions, kills (restarted on
+    the same directory) and pauses: consistent reads, if_absent / if_version / consistent puts
+    and deletes on four keys, and a lock, checked for linearizability besides the plain checks.
+    Seed 12's schedule has a partition, a kill and a pause of at least 3 s with a majority up
+    (windows that must complete consistent operations: a run without them proves nothing; on a
+    loaded machine a slow restart delays the later faults, so at least two such windows)."""
+    opts = RunOptions(nodes=3, duration=35.0, seed=12, net="local", out=tmp_path, rate=10, consistent=True)
+    result = run(RunOptions(**{**opts.__dict__, "kinds": ("partition", "kill", "pause")}))
+    print(result.summary())
+    figures = _check_consistent(result, min_ok=150)
+    assert figures["required_windows"] >= 2, figures["windows"]  # when the schedule runs on time: 4
+    assert all(result.nemesis.get(kind, 0) >= 1 for kind in ("partition", "kill", "pause")), result.nemesis
+    for f in ("cread", "cwrite", "acquire", "release"):
+        assert figures["ops"][f]["ok"] > 0, figures["ops"]
+    assert figures["ops"]["cwrite"]["fail"] > 0  # conflicts: the keys were contended
+
+
+@pytest.mark.long
+@pytest.mark.soak
+@pytest.mark.parametrize(
+    ("nodes", "seconds", "seed", "kinds", "powercut"),
+    [
+        (5, 120.0, 1, ("partition", "kill", "pause", "skew"), False),
+        (3, 90.0, 12, ("partition", "kill", "pause", "skew"), False),
+        (3, 60.0, 12, ("partition", "kill", "skew"), True),
+    ],
+    ids=["5-voters", "3-voters-skew", "3-voters-powercut"],
+)
+def test_longer_consistent_chaos_runs(
+    tmp_path: Path, nodes: int, seconds: float, seed: int, kinds: tuple[str, ...], powercut: bool
+) -> None:
+    """Longer consistent runs: five voters, clock skew, and power cuts (the nodes under the
+    power-cut VFS with durability="full": a kill loses what was not fsynced)."""
+    opts = RunOptions(nodes=nodes, duration=seconds, seed=seed, net="local", out=tmp_path, rate=8, kinds=kinds)
+    result = run(RunOptions(**{**opts.__dict__, "consistent": True, "powercut": powercut}))
+    print(result.summary())
+    figures = _check_consistent(result, min_ok=300)
+    assert figures["required_windows"] >= 2
+    if powercut:
+        assert result.nemesis.get("kill", 0) >= 2
+
+
 def test_the_command_line(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "ekv.testing._internal.chaos", "--help"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and "--seed" in done.stdout and "--minutes" in done.stdout
-    assert "--processes" in done.stdout
+    assert "--processes" in done.stdout and "--consistent" in done.stdout and "--powercut" in done.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "ekv.testing._internal.chaos", "--faults", "meteor"],
         capture_output=True,

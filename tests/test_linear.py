@@ -236,7 +236,8 @@ class Register:
         if rng.random() < 0.05:
             return "info", sent, {}  # never took effect
         live = self.value is not None
-        if (cond == "absent" and live) or (isinstance(cond, int) and cond != self.version):
+        # as ekv (condition_holds): if_version needs a live value at that version
+        if (cond == "absent" and live) or (isinstance(cond, int) and (not live or cond != self.version)):
             current = [self.value, self.version] if live else None
             self.known[p] = self.version if live else None
             return "fail", sent, {"error": "conflict", "current": current}
@@ -338,3 +339,15 @@ def test_command_line(tmp_path: Path) -> None:
 def test_a_search_over_budget_is_reported_not_passed() -> None:
     records = generate(3, 50, processes=4)
     assert [v.kind for v in check_linearizable(records, max_steps=3)] == ["search_budget"]
+
+
+def test_if_version_of_a_delete_conflicts_as_ekv_does() -> None:
+    """``if_version`` needs a live value at that version (ekv._core.paxos.condition_holds): a
+    write conditional on a delete's version finds the key absent and conflicts with current None
+    (seen in a consistent chaos run); succeeding there is the violation."""
+    deleted = op(1, "cwrite", 0, 10, value=None, cond="any", version=5)
+    refused = op(1, "cwrite", 20, 30, "fail", value="v1", cond=5, error="conflict", current=None)
+    first = op(1, "cwrite", -10, -5, value="v0", cond="any", version=3)
+    assert check_linearizable(history(first, deleted, refused)) == []
+    taken = op(1, "cwrite", 20, 30, value="v1", cond=5, version=7)
+    assert kinds(history(first, deleted, taken)) == ["not_linearizable"]

@@ -13,6 +13,11 @@ killed node's state read offline before it restarted) and judges it with
   :class:`ScenarioError`, so a broken scenario is a plain failure, never a silent "xfailed";
 * without the fault, the same scenario passes every check, so it is the fault the check catches.
 
+The consensus faults (``paxos_no_quorum``, ``paxos_forget_promise``) run a consistent chaos run
+(:mod:`ekv.testing._internal.chaos.consistent`) instead of a scripted scenario and assert the
+linearizability checker's report directly; their fault-free counterpart is the consistent run of
+tests/test_chaos.py.
+
 Nothing sleeps hoping for timing: every wait polls for its condition with a generous deadline.
 The only bounded waits are where a faulty run must show that something does *not* happen
 (convergence after a dropped message or a long partition): they last several anti-entropy
@@ -366,3 +371,31 @@ def test_long_partition_with_quarantine_and_rebuild_passes(tmp_path: Path) -> No
     assert any(event["action"] == "rebuild" for event in history.nemesis), "ekv did not quarantine the pair"
     verdict = judge(history, ALL_BUT_LOST_WRITES)
     assert verdict.valid, verdict.summary()
+
+
+# -- consensus faults: linearizability (consistent chaos runs) ------------------------------------------
+
+
+def consistent_run(root: Path, fault: str, seconds: float, kinds: tuple[str, ...]) -> dict[str, Any]:
+    """A consistent chaos run (:mod:`ekv.testing._internal.chaos.consistent`) of three voters on
+    loopback whose node processes apply ``fault``; returns its consistent figures."""
+    from ekv.testing._internal.chaos import RunOptions, run
+
+    opts = RunOptions(nodes=3, duration=seconds, seed=12, net="local", out=root, kinds=kinds, threads=1, rate=5)
+    opts.node_env = {faults.FAULTS_ENV: fault}  # applied by the chaos runner's start-up hook (chaos.skew)
+    result = run(RunOptions(**{**opts.__dict__, "consistent": True, "consistent_threads": 3}))
+    print(result.summary())
+    logs = "".join(p.read_text(errors="replace") for p in Path(result.out).glob("n*.log"))
+    assert logs.count(f"applied {fault}") >= 3, "the fault was not applied in every node process"
+    assert result.consistent is not None
+    return result.consistent
+
+
+@pytest.mark.long
+def test_paxos_quorum_of_one_is_caught_by_linearizability(tmp_path: Path) -> None:
+    """Rounds that decide on one acceptor's answer (``paxos_no_quorum``), 15 s of partitions:
+    the linearizability checker must report it. The same run without the fault is
+    tests/test_chaos.py::test_consistent_chaos_run (which also has kills and pauses)."""
+    figures = consistent_run(tmp_path, "paxos_no_quorum", 15.0, ("partition",))
+    assert not figures["valid"]
+    assert {"not_linearizable", "overlap"} & set(figures["violations"]), figures["violations"]

@@ -36,6 +36,12 @@ Faults (see each ``_fault_*`` function for the details):
     ``tombstone_ttl`` are not quarantined, and the stale-data check at start-up trusts any data
     directory. After a partition longer than ``tombstone_ttl`` the side that never saw a delete
     keeps (and serves) the deleted value: ``resurrection`` must catch it.
+``paxos_no_quorum``
+    Consensus rounds decide on one acceptor's answer instead of a majority's: the
+    linearizability checker must catch it in a consistent chaos run with partitions.
+``paxos_forget_promise``
+    The acceptor's promises are not stored, only kept in memory: after a ``kill -9`` the
+    restarted acceptor accepts ballots it had promised to refuse.
 
 The wall-clock skew replaces ``time.time_ns`` and ``time.time`` with the real clock plus a fixed
 offset (``time.monotonic*`` and sleeps are untouched), like a machine whose clock is set wrong.
@@ -347,10 +353,68 @@ def _fault_no_quarantine() -> None:
     node_module.is_stale = is_stale  # type: ignore[attr-defined]
 
 
+def _fault_paxos_no_quorum() -> None:
+    """Every consensus round needs one answer instead of a majority.
+
+    Breaks: ``quorum_of`` (as :mod:`ekv._cluster.consensus` uses it) returns 1, so a proposer
+    decides on its own acceptor's promise and accept alone (it answers first). A proposer on
+    each side of a partition (or merely two proposers racing) each read and write their own
+    acceptor's state: a consistent read misses a write acknowledged on the other side, two
+    ``if_absent`` puts both succeed, two clients hold the lock at once.
+
+    Caught by: :func:`~ekv.testing._internal.checker.linear.check_linearizable` in a consistent
+    chaos run (``RunOptions(consistent=True)``): ``not_linearizable``, ``overlap`` and kin.
+    """
+    from ekv._cluster import consensus
+
+    consensus.quorum_of = lambda cluster_size: 1  # type: ignore[attr-defined]
+
+
+def _fault_paxos_forget_promise() -> None:
+    """The acceptor keeps its promises in memory only, not in its SQLite row.
+
+    Breaks: ``prepare`` grants as before but does not store the promise; a dict of this process
+    remembers it (so a running acceptor behaves), and a ``kill -9`` forgets it. After the
+    restart the acceptor accepts a lower ballot it had promised not to, so two proposers can
+    both have their accepts chosen: a value chosen by one is overwritten by a proposer that had
+    read the state before it, without seeing it.
+
+    Caught by (with kills among the faults, and luck in the timing: soak only): the
+    linearizability checker (``not_linearizable``).
+    """
+    from ekv._core.paxos import ZERO, Ballot, Promise, prepare_granted
+    from ekv._storage import acceptor
+
+    promises: dict[tuple[str, str], Any] = {}
+    original_load = acceptor.load
+
+    def load(cur: Any, key: str, path: str) -> Any:
+        row = original_load(cur, key, path)
+        held = promises.get((path, key))
+        if held is not None and held > row.promised:
+            row = row._replace(promised=held)
+        return row
+
+    def prepare(cur: Any, key: str, ballot: Any, damaged: Any, path: str) -> Any:
+        row = load(cur, key, path)
+        floor = acceptor._floor(cur)
+        if not prepare_granted(row.promised, floor, row.exists, ballot):
+            return Promise(False, max(row.promised, Ballot(floor, "")))
+        promises[(path, key)] = ballot  # not durable: the fault
+        if row.accepted == ZERO:
+            return Promise(True, ballot, ZERO, acceptor.committed(cur, key, damaged, path))
+        return Promise(True, ballot, row.accepted, row.record)
+
+    acceptor.load = load
+    acceptor.prepare = prepare
+
+
 FAULTS: dict[str, Callable[[], None]] = {
     "wallclock": _fault_wallclock,
     "ack_before_commit": _fault_ack_before_commit,
     "drop_one_live": _fault_drop_one_live,
     "no_quarantine": _fault_no_quarantine,
+    "paxos_no_quorum": _fault_paxos_no_quorum,
+    "paxos_forget_promise": _fault_paxos_forget_promise,
 }
 """Every fault by name; the function applies it to the current process."""

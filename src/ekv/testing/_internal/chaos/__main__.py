@@ -3,7 +3,12 @@
     python -m ekv.testing._internal.chaos --nodes 5 --minutes 10 --seed 1 --seeds 10 --out chaos-out
     python -m ekv.testing._internal.chaos --nodes 3 --processes 3 --seconds 45 --net local   # group mode
 
-Exit status: 0 if every run was valid (no violation, converged), 1 otherwise, 2 on bad usage.
+    python -m ekv.testing._internal.chaos --nodes 3 --seconds 60 --consistent --net local   # + linearizable ops
+    python -m ekv.testing._internal.chaos --nodes 3 --seconds 60 --consistent --powercut --faults partition,kill
+
+Exit status: 0 if every run was valid (no violation, converged), 1 otherwise, 2 on bad usage,
+3 if every run was valid but a consistent run was unusable (a fault window with a reachable
+majority and no consistent operation completed in it: nothing was proven).
 A run's files are in ``OUT/seed-N/`` (history.jsonl, verdict.json, timelines.txt, result.json,
 node and client logs); ``OUT/summary.json`` lists every run's figures.
 """
@@ -56,6 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start the last node from a byte copy of the first node's data directory (a duplicate node id)",
     )
+    parser.add_argument(
+        "--consistent",
+        action="store_true",
+        help="voters of one cluster with consistent keys; clients add linearizable operations, checked too",
+    )
+    parser.add_argument(
+        "--consistent-threads", type=int, default=2, help="consistent client threads per node (default 2)"
+    )
+    parser.add_argument(
+        "--powercut",
+        action="store_true",
+        help='nodes under the power-cut VFS with durability="full": a kill is a power cut',
+    )
     args = parser.parse_args(argv)
     kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
     unknown = sorted(set(kinds) - set(KINDS))
@@ -72,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
             net=args.net,
             clone=args.clone,
+            consistent=args.consistent,
+            consistent_threads=args.consistent_threads,
+            powercut=args.powercut,
             processes=args.processes,
             out=args.out,
             kinds=kinds,
@@ -85,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result.to_dict())
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "summary.json").write_text(json.dumps(results, indent=1))
-    return 0 if all(r["valid"] for r in results) else 1
+    if not all(r["valid"] for r in results):
+        return 1
+    return 3 if any(r["consistent"] is not None and not r["consistent"]["usable"] for r in results) else 0
 
 
 if __name__ == "__main__":

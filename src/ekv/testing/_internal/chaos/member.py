@@ -9,7 +9,9 @@ is elected node process, the others attach) and answers :mod:`ekv.testing.node`'
 one of its own that starts the clients:
 
     {"op": "workload", "node": "n0", "proc": "n0p1", "life": 2, "out": PATH, "threads": 3,
-     "keys": 30, "seed": 7, "rate": 20, "until_ns": N}
+     "keys": 30, "seed": 7, "rate": 20, "until_ns": N,
+     "consistent": {"threads": 2, "rate": 10, "lock_ttl": S}}   # optional: consistent runs
+
 
 The clients are threads calling the store directly (an attached process serves its own reads
 and writes: that is the process model being tested), recording the history format of
@@ -18,7 +20,8 @@ raised: it may have been applied). When the nemesis SIGKILLs this process, the o
 flight never complete: the checker counts them as ``info``. Each record names the group as its
 ``node`` (what the durability, causal and session checks are about) and this process slot as
 ``proc`` (the node-clock check is per process: each process has its own hybrid clock). Process
-ids are ``proc.life.thread.generation``, unique across restarts of the slot.
+ids are ``proc.life.thread.generation``, unique across restarts of the slot. With ``consistent``
+(consistent runs), threads of :func:`.consistent.client` run linearizable operations as well.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 import ekv
 from ekv.testing import node as node_program
+from ekv.testing._internal.chaos import consistent
 from ekv.testing._internal.chaos.workload import _Recorder
 
 __all__ = ["main"]
@@ -82,6 +86,8 @@ def _answer(kv: ekv.EKV, command: dict[str, Any]) -> Any:
     recorder = _Recorder(open(spec["out"], "a"))  # noqa: SIM115 - open until the process ends
     for index in range(spec["threads"]):
         threading.Thread(target=_client, args=(kv, spec, index, recorder), daemon=True).start()
+    for index in range((spec.get("consistent") or {}).get("threads", 0)):
+        threading.Thread(target=consistent.client, args=(kv, spec, index, recorder), daemon=True).start()
     return {}
 
 

@@ -54,7 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ekv.testing._internal.chaos import skew
+from ekv.testing._internal import powercut
+from ekv.testing._internal.chaos import consistent, skew
 from ekv.testing._internal.chaos.group import NodeGroup
 from ekv.testing._internal.chaos.nemesis import KINDS, Event, schedule
 from ekv.testing._internal.chaos.net import LocalNet, NamespaceNet, Network, namespaces_available
@@ -100,6 +101,16 @@ class RunOptions:
     """Start the last node from a byte copy of the first node's data directory (closed cleanly
     after one start): both run under one node id until the cluster finds the duplicate and one
     of them takes a new id; its clients write to it from the start."""
+    consistent: bool = False
+    """Voters of one cluster (``cluster_size=nodes``) with consistent keys, and clients of
+    linearizable operations besides the plain ones (:mod:`.consistent`; implies processes that
+    run their clients inside, as in group mode)."""
+    consistent_threads: int = 2
+    """Consistent client threads per node process (consistent runs)."""
+    consistent_rate: float = 10.0
+    powercut: bool = False
+    """Nodes run under the power-cut VFS (:mod:`ekv.testing._internal.powercut`) with
+    ``durability="full"``: a kill loses what was not fsynced, as a power cut would."""
 
 
 @dataclass
@@ -121,6 +132,8 @@ class RunResult:
     samples: list[dict[str, Any]]
     out: str
     processes: int = 1
+    consistent: dict[str, Any] | None = None
+    """Consistent runs: :func:`.consistent.judge`'s figures (ops, violations, windows, usable)."""
     verdict: Verdict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +160,27 @@ class RunResult:
             "  nemesis: " + ", ".join(f"{k}={v}" for k, v in sorted(self.nemesis.items())),
             f"  output: {self.out}",
         ]
+        if self.consistent is not None:
+            lines[-1:-1] = _consistent_summary(self.consistent)
         return "\n".join(lines)
+
+
+def _consistent_summary(figures: dict[str, Any]) -> list[str]:
+    ops = figures["ops"].get("all", {})
+    empty = figures["empty_windows"]
+    return [
+        f"  consistent operations: {ops.get('attempted', 0)} attempted, {ops.get('ok', 0)} ok, "
+        f"{ops.get('fail', 0)} failed, {ops.get('info', 0)} unknown; linearizable: "
+        + ("yes" if figures["valid"] else "NO " + ", ".join(f"{k}={v}" for k, v in figures["violations"].items())),
+        f"  fault windows: {len(figures['windows'])}, {figures['required_windows']} required an ok consistent "
+        "operation: "
+        + (
+            "all had some"
+            if not empty
+            else "UNUSABLE RUN (not a violation): none in "
+            + ", ".join(f"{w['kind']} {w['from_s']}-{w['to_s']} s" for w in empty)
+        ),
+    ]
 
 
 def _pick_net(kind: str, index_of: Callable[[str], int | None]) -> Network:
@@ -192,6 +225,8 @@ class _Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in self.dir.glob("*.jsonl"):
             stale.unlink()
+        for i in range(opts.nodes):  # a previous run's data: every key must start absent
+            shutil.rmtree(self.dir / f"n{i}", ignore_errors=True)
         self.records: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
         self.down: dict[int, list[list[int]]] = defaultdict(list)  # node -> [[from, to], ...]
@@ -246,6 +281,11 @@ class _Run:
             "log": "info",
             **opts.node_options,
         }
+        if opts.consistent:
+            options.update(cluster_size=opts.nodes, consistent_prefixes=list(consistent.PREFIXES))
+        if opts.powercut:
+            options["durability"] = "full"
+        cut = powercut.node_prefix() if opts.powercut else []
         pythonpath = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)
         for i in range(opts.nodes):
             skew_file = self.dir / f"skew-n{i}"
@@ -254,11 +294,11 @@ class _Run:
             kwargs: dict[str, Any] = {
                 "instance": INSTANCE,
                 "options": options if advertise is None else {**options, "advertise": advertise},
-                "prefix": self.net.prefix(i),
+                "prefix": [*self.net.prefix(i), *cut],
                 "env": {"PYTHONPATH": pythonpath, skew.ENV: str(skew_file), "EKV_TESTING_LOG": "INFO", **opts.node_env},
             }
             node: NodeProcess | NodeGroup
-            if opts.processes > 1:
+            if opts.processes > 1 or opts.consistent:
                 node = NodeGroup(f"n{i}", self.dir / f"n{i}", opts.processes, **kwargs)
             else:
                 node = NodeProcess(f"n{i}", self.dir / f"n{i}", **kwargs)
@@ -301,7 +341,12 @@ class _Run:
         opts = self.opts
         for i, node in enumerate(self.nodes):
             if isinstance(node, NodeGroup):
-                clients = {"threads": opts.threads, "keys": opts.keys, "seed": opts.seed, "rate": opts.rate}
+                clients: dict[str, Any] = {"threads": opts.threads, "keys": opts.keys, "seed": opts.seed}
+                clients["rate"] = opts.rate
+                if opts.consistent:
+                    lock_ttl = opts.duration + 3600
+                    clients["consistent"] = {"threads": opts.consistent_threads, "rate": opts.consistent_rate}
+                    clients["consistent"]["lock_ttl"] = lock_ttl
                 node.start_clients(**clients, until_ns=until_ns)
                 continue
             cmd = [
@@ -391,6 +436,8 @@ class _Run:
         kill_time = time.monotonic_ns()
         self.down[index].append([kill_time, 0])
         node.kill()
+        if self.opts.powercut:  # what a reboot does: the shared-memory WAL index is gone
+            powercut.after_cut(node.data_dir)
         self.nemesis("kill", {"node": node.name})
         state = _offline_state(node.data_dir)
         self.records.append({"record": "restart", "node": node.name, "kill_time": kill_time, "state": state})
@@ -463,6 +510,8 @@ class _Run:
         states: dict[str, dict[str, list[Any]]] = {}
         while True:
             states = {node.name: _state(node.call("dump", timeout=30)["entries"]) for node in self.nodes}
+            if self.opts.consistent:  # see .consistent: those keys are judged by linearizability
+                states = {name: consistent.strip(state) for name, state in states.items()}
             first = next(iter(states.values()))
             if all(s == first for s in states.values()):
                 return True, (time.monotonic_ns() - healed_at) / NS, states
@@ -579,6 +628,12 @@ class _Run:
         with open(self.dir / "history.jsonl", "w") as f:
             for record in records:
                 f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        figures = None
+        if self.opts.consistent:
+            names = [node.name for node in self.nodes]
+            figures = consistent.judge(records, names, self.t0, self.t0 + int(self.opts.duration * NS))
+            (self.dir / "linear.json").write_text(json.dumps(figures, indent=1, default=str))
+            records = consistent.plain(records)
         verdict = check(History.from_records(records))
         (self.dir / "verdict.json").write_text(verdict.to_json(max_per_check=50))
         with open(self.dir / "timelines.txt", "w") as f:
@@ -596,7 +651,7 @@ class _Run:
             net=self.net.kind,
             ops=verdict.counts,
             violations=dict(verdict.violations_per_check),
-            valid=verdict.valid and converged,
+            valid=verdict.valid and converged and (figures is None or figures["valid"]),
             converged=converged,
             convergence_s=None if took is None else round(took, 3),
             availability=None if availability is None else round(availability, 5),
@@ -605,6 +660,7 @@ class _Run:
             samples=self.samples,
             out=str(self.dir),
             processes=self.opts.processes,
+            consistent=None if figures is None else {k: v for k, v in figures.items() if k != "details"},
             verdict=verdict,
         )
         (self.dir / "result.json").write_text(json.dumps(result.to_dict(), indent=1))

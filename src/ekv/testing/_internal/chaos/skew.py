@@ -6,6 +6,8 @@ read from the file named by ``EKV_SKEW_FILE`` (re-read at most every 50 ms, so t
 step a running node's clock). ``time.monotonic*`` and sleeps are untouched, exactly like a
 machine whose wall clock is set wrong or stepped by NTP. ekv reads the wall clock only through
 ``time.time_ns`` (:class:`ekv._core.clock.SystemClock`), so its hybrid clock sees the skew.
+The same hook applies the test-only faults named in ``EKV_FAULTS``
+(:mod:`ekv.testing._internal.faults`: only one ``sitecustomize`` is imported per process).
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ if _file:
 
     _time.time_ns = time_ns
     _time.time = time
+
+if _os.environ.get("EKV_FAULTS"):  # negative controls in chaos runs (ekv.testing._internal.faults)
+    try:
+        from ekv.testing._internal.faults import apply_from_env as _apply
+
+        _apply()
+    except BaseException as _exc:  # a fault that was asked for and not applied must not go unnoticed
+        import sys as _sys
+
+        _sys.stderr.write(f"ekv.testing._internal.faults: cannot apply the requested faults: {_exc!r}\\n")
+        _sys.stderr.flush()
+        _os._exit(3)
 """
 
 

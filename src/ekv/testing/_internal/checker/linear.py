@@ -20,7 +20,8 @@ are ignored, so one history can mix plain and consistent operations):
 * ``cread``: ok carries ``value`` (null when absent) and ``version`` (int ``timestamp_ns``, or
   null when absent).
 * ``cwrite``: invoke carries ``value`` (unique per write; null deletes) and ``cond``: ``"any"``,
-  ``"absent"`` (no live value) or an int (the current version must be that). ok carries the new
+  ``"absent"`` (no live value) or an int (the current version must be that, and the value live:
+  a condition on a delete's version conflicts, as in ekv). ok carries the new
   ``version``. fail carries ``error``: ``"conflict"`` with ``current`` (``[value, version]`` or
   null when absent: the state that made the condition false), or anything else (not applied).
 * ``acquire`` (invoke: ``ttl_s``; ok: ``token``) and ``release`` (invoke: ``token``).
@@ -232,6 +233,8 @@ def _cond_may_hold(state: State, cond: JSON) -> bool:
         return True
     if cond == "absent":
         return value is None
+    if value is None:  # if_version needs a live value at that version: a delete's version never holds
+        return False
     return ver == cond if exact else isinstance(cond, int) and cond > ver
 
 
@@ -241,7 +244,7 @@ def _cond_may_fail(state: State, cond: JSON) -> bool:
         return False
     if cond == "absent":
         return value is not None
-    return ver != cond or not exact
+    return value is None or ver != cond or not exact
 
 
 def _step(state: State, sop: _SOp) -> State | None:

@@ -21,6 +21,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ekv._cluster import wire
 from ekv._cluster.messages import Accept, Accepted, Message, Outcome, Prepare, Promise, Propose, Retired
 from ekv._cluster.session import Session
 from ekv._cluster.wire import PAXOS_FEATURE
@@ -113,6 +114,8 @@ class Consensus:
         self._forwarded: dict[int, asyncio.Future[Outcome]] = {}
         self._keys: dict[str, list[Any]] = {}
         """key -> [lock, waiters]: this node's operations on a key run one after the other."""
+        self._outgoing: dict[Session, list[bytes]] = {}
+        """Frames queued this turn of the loop, per session (:meth:`_send`)."""
         self._cache: dict[str, tuple[Ballot, Record | None]] = {}
         """key -> (the ballot a quorum promised us, the state we had chosen): the one-round-trip
         path of the key's next operation (insertion-ordered: the oldest go first)."""
@@ -274,10 +277,11 @@ class Consensus:
                 self._step(request, pending, action)
             else:
                 self.stats["rounds"] += 1
+                # the others first: their transactions run while this node's own does
+                self._broadcast(Prepare(request, rnd.op.key, rnd.ballot))
+                self._flush()
                 promise = self.acceptor.prepare(rnd.op.key, rnd.ballot)
                 self._step(request, pending, rnd.on_promise(self._node_id(), promise))
-                if not future.done():
-                    self._broadcast(Prepare(request, rnd.op.key, rnd.ballot))
             try:
                 return await asyncio.wait_for(future, max(deadline - loop.time(), 0))
             except TimeoutError:
@@ -289,15 +293,32 @@ class Consensus:
         """Carry out what the round decided."""
         while isinstance(action, SendAccept):
             rnd = pending.round
-            ok, promised = self.acceptor.accept(pending.key, rnd.ballot, action.record)
             self._broadcast(Accept(request, pending.key, rnd.ballot, action.record))
+            self._flush()  # out before this node's own accept: the transactions overlap
+            ok, promised = self.acceptor.accept(pending.key, rnd.ballot, action.record)
             action = rnd.on_accepted(self._node_id(), ok, promised)
         if action is not None and not pending.future.done():
             pending.future.set_result(action)
 
     def _broadcast(self, message: Message) -> None:
+        frame = wire.encode(message)  # once for every voter
         for session in self.voter_sessions():
-            session.send(message)
+            self._send(session, frame)
+
+    def _send(self, session: Session, frame: bytes) -> None:
+        """Queue ``frame`` for ``session``; every frame queued during one turn of the loop goes
+        out in one write per session (a burst of answers costs one system call, not one each)."""
+        queued = self._outgoing.get(session)
+        if queued is None:
+            queued = self._outgoing[session] = []
+            if len(self._outgoing) == 1:
+                asyncio.get_running_loop().call_soon(self._flush)
+        queued.append(frame)
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, {}
+        for session, frames in outgoing.items():
+            session.send_frame(frames[0] if len(frames) == 1 else b"".join(frames))
 
     # -- forwarding (observers) ----------------------------------------------------------------------
 
@@ -356,11 +377,11 @@ class Consensus:
             if isinstance(message, Prepare):
                 promise = self.acceptor.prepare(message.key, message.ballot)
                 self.stats["prepared" if promise.ok else "refused"] += 1
-                session.send(Promise(message.request, promise))
+                self._send(session, wire.encode(Promise(message.request, promise)))
             else:
                 ok, promised = self.acceptor.accept(message.key, message.ballot, message.record)
                 self.stats["accepted" if ok else "refused"] += 1
-                session.send(Accepted(message.request, ok, promised))
+                self._send(session, wire.encode(Accepted(message.request, ok, promised)))
         except Exception:  # no answer: to the proposer this voter is down for the key
             self.log.error("the acceptor step for %r failed", message.key, exc_info=True)
 

@@ -22,14 +22,21 @@ replicator all run as in production, over :mod:`ekv.testing.memnet` on a
   closes and reopens from its files under a new incarnation;
 * copied data directories (``clones=``): both copies run under one node id until the real
   membership finds the duplicate and one of them takes a new node id (named by the simulation).
+* linearizable operations (``consistent=True``, ``--consistent``): every node a voter, concurrent
+  clients of consistent reads, conditional and unconditional writes and deletes on a few keys
+  under ``c/`` (:mod:`ekv.testing._internal.simconsistent`); their frames are faults too, and
+  ``fault_scale`` multiplies the rate of partitions, cuts, heals and crashes.
 
 After the final heal and a quiet period, :meth:`Simulation.check` verifies convergence (every node
 holds byte-identical entries), that no acknowledged write is lost unless a higher version
-superseded it, and that no deleted key came back. A failure message names the seed; running
-``Simulation(seed=...)`` again replays it exactly (the only inputs outside the seed, handshake
-nonces from ``os.urandom`` and the monotonic clock of log rate limits, change no decision).
+superseded it, that no deleted key came back, and (``consistent=True``) that the history of
+the consistent operations is linearizable (:mod:`ekv.testing._internal.checker.linear`). A
+failure message names the seed; running ``Simulation(seed=...)`` again replays it exactly (the
+only inputs outside the seed, handshake nonces from ``os.urandom`` and the monotonic clock of log
+rate limits, change no decision).
 
     python -m ekv.testing.sim --seeds 100        # run seeds 0..99 and report
+    python -m ekv.testing.sim --consistent --seeds 200 --seconds 2 --fault-scale 5
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from ekv._log import NodeLog
 from ekv._model import Version
 from ekv._storage.store import ShardedStore
 from ekv._values import Values
+from ekv.testing._internal.simconsistent import PREFIX, ConsistentClients
 from ekv.testing.memnet import MemoryNetwork
 from ekv.testing.vtime import VirtualTimeLoop
 
@@ -67,6 +75,8 @@ _T = TypeVar("_T")
 _DATA = frozenset({8, 9, 16, 17})
 """The frame codes of replication messages (SyncRequest, SyncDone, Live, SyncChunk): the faults."""
 _ENTRIES = frozenset({16, 17})
+_PAXOS = frozenset(range(18, 24))
+"""The frame codes of the linearizable-operation messages (faults too, with ``consistent=True``)."""
 
 
 class SimClock:
@@ -133,14 +143,14 @@ class _Link:
             pos += 4 + size
             code = frame[4]
             copies = 1
-            if code in _DATA:
+            if code in s.faulty:
                 if s.rng.random() < s.drop:
                     copies = 0
                 elif s.rng.random() < s.duplicate:
                     copies = 2
             for _ in range(copies):
                 when = now + s.rng.randint(*s.delay_ms) / 1000
-                if code not in _DATA or s.rng.random() >= s.reorder:
+                if code not in s.faulty or s.rng.random() >= s.reorder:
                     when = max(when, self._last + 1e-6)  # in order, like TCP
                     self._last = when
                 out.append((when, frame))
@@ -178,6 +188,9 @@ class Simulation:
         clones: int = 0,
         directory: Path | None = None,
         mutate: Callable[[Simulation], None] | None = None,
+        consistent: bool = False,
+        fault_scale: float = 1.0,
+        consistent_options: dict[str, Any] | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -213,6 +226,7 @@ class Simulation:
         self._identities = 0
         self.gc_every_ms = gc_every_ms
         self.log_retention_ns = log_retention_s * NS_PER_S
+        self.faulty, self.fault_scale = (_DATA | _PAXOS if consistent else _DATA), fault_scale
         self.net = MemoryNetwork(shaper=lambda source, destination: _Link(self))
         self.clusters: dict[str, ClusterNode] = {}
         self.nodes: dict[str, _Node] = {}
@@ -221,6 +235,7 @@ class Simulation:
             skew = self.rng.randint(-skew_ms, skew_ms) * MS
             drift = 1.0 + self.rng.uniform(-0.001, 0.001)
             self.nodes[name] = _Node(name, self.directory / name, SimClock(self, skew, drift))
+        self.consistent = ConsistentClients(self, **(consistent_options or {})) if consistent else None
         for node in self.nodes.values():
             self._await(self._open(node, new_node_id=f"{seed:08x}{node.name:>08}"))
         if mutate is not None:
@@ -275,6 +290,7 @@ class Simulation:
             log_retention=self._log_retention_s,
             reconnect_max=1.0,
             compression_threshold=64,
+            **self._consistency(),
         )
         store = _SimStore.open(
             config, HybridClock(node.clock), new_node_id=new_node_id, incarnation=self._next_incarnation()
@@ -288,6 +304,13 @@ class Simulation:
         await cluster.open()
         self.clusters[node.name] = cluster
         self._refresh()
+
+    def _consistency(self) -> dict[str, Any]:
+        """The options of linearizable operations: every node a voter (only with ``consistent=True``,
+        so that other seeds replay as before)."""
+        if self.consistent is None:
+            return {}
+        return {"cluster_size": len(self.consistent.voters), "consistent_prefixes": [PREFIX]}
 
     def _next_incarnation(self) -> str:
         self._incarnations += 1
@@ -367,6 +390,8 @@ class Simulation:
             self._trace_now()
             if self._writes_per_s and self.rng.random() < self._writes_per_s * tick_s:
                 self.client_write()
+            if self._writes_per_s and self.consistent is not None:
+                self.consistent.tick(tick_s)
             if self._faults:
                 await self._fault()
             self._refresh()
@@ -377,7 +402,7 @@ class Simulation:
                 self.in_flight = [item for item in self.in_flight if item[0] > now]  # (arrived)
 
     async def _fault(self) -> None:
-        roll = self.rng.random()
+        roll = self.rng.random() / self.fault_scale
         names = sorted(self.nodes)
         if roll < 0.01:
             shuffled = names[:]
@@ -427,6 +452,8 @@ class Simulation:
 
     def close(self) -> None:
         try:
+            if self.consistent is not None:
+                self.loop.run_until_complete(self.consistent.stop())
             for name in list(self.clusters):
                 self._await(self._close(name))
             self._tick_task.cancel()
@@ -512,8 +539,12 @@ class Simulation:
         return all(d == dumps[0] for d in dumps[1:])
 
     def check(self) -> list[Violation]:
-        """Convergence, no lost acknowledged write, no resurrection. Call after :meth:`settle`."""
+        """Convergence, no lost acknowledged write, no resurrection, and with ``consistent=True``
+        the linearizability of the consistent operations. Call after :meth:`settle`."""
         problems: list[Violation] = []
+        if self.consistent is not None:
+            for found in self.consistent.check():
+                problems.append(Violation("linearizability", f"{found.key}: {found.kind}: {found.message}"))
         names = sorted(self.nodes)
         dumps = {name: self.dump(name) for name in names}
         reference = dumps[names[0]]
@@ -568,17 +599,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--clones", type=int, default=0, help="at most this many data-directory copies started next to their original"
     )
+    parser.add_argument(
+        "--consistent",
+        action="store_true",
+        help="also run clients of linearizable operations on keys c/0..c/2 and check linearizability",
+    )
+    parser.add_argument("--fault-scale", type=float, default=1.0, help="multiply the rate of faults")
     args = parser.parse_args(argv)
     failed = 0
     for seed in range(args.first, args.first + args.seeds):
+        extra = {"consistent": True} if args.consistent else {}
+        if args.fault_scale != 1.0:
+            extra["fault_scale"] = args.fault_scale
         problems, settle_ms, sim = run_seed(
-            seed, duration_ms=int(args.seconds * 1000), nodes=args.nodes, clones=args.clones
+            seed, duration_ms=int(args.seconds * 1000), nodes=args.nodes, clones=args.clones, **extra
         )
         status = "ok" if not problems else "FAIL"
         copies = f", {args.clones - sim.clones_left} copied data directories" if args.clones else ""
+        linear = ""
+        if sim.consistent is not None:
+            stats = sim.consistent.stats
+            linear = (
+                f"; linearizable: {'no' if any(p.kind == 'linearizability' for p in problems) else 'yes'} "
+                f"({stats['ok']} ok, {stats['conflict']} conflicts, {stats['no_quorum']} no quorum, "
+                f"{stats['info']} unknown, {stats['ok_partitioned']} ok under a partition)"
+            )
         print(
             f"seed {seed}: {status}, {len(sim.acked)} acknowledged writes, {sim.messages} messages, "
-            f"settled in {settle_ms} ms{copies}"
+            f"settled in {settle_ms} ms{copies}{linear}"
         )
         for problem in problems:
             print(f"  {problem.kind}: {problem.detail}")

@@ -98,11 +98,11 @@ CONTROL_SEEDS = range(6)
 CONTROL = {
     "duration_ms": 4_000,
     "fault_scale": 10.0,
-    "drop": 0.05,
+    "drop": 0.15,
     "delay_ms": (0, 60),
     "consistent_options": {"timeout_ms": 200, "keys": 4},
 }
-"""A harsher workload for the controls: faults ten times as often, 5% of frames dropped, up to
+"""A harsher workload for the controls: faults ten times as often, 15% of frames dropped, up to
 60 ms delays and operations that give up after 200 ms, so that proposers often abandon an accept
 that reached only their own acceptor (what a read that skips the agreement check can then serve)."""
 

@@ -210,9 +210,9 @@ class Consensus:
             # Nothing is sent while fewer than a quorum of voters are connected: a plain NoQuorum
             # then, rather than an accept that may linger (and an Unconfirmed).
             while len(self.voter_sessions()) + 1 < quorum_of(size):
-                if loop.time() >= deadline:
+                if loop.time() + 0.001 >= deadline:
                     return Unconfirmed() if attempts else NoQuorum()
-                await asyncio.sleep(min(0.02, max(deadline - loop.time(), 0)))
+                await asyncio.sleep(min(0.02, deadline - loop.time()))
             if cached is not None:
                 ballot, current = cached
             else:

@@ -170,9 +170,21 @@ def check_applied_and_events(
 
 
 @pytest.mark.long
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(st.data())
 def test_any_delivery_order_gives_the_same_state(data: st.DataObject) -> None:
+    check_any_delivery_order(data)
+
+
+@pytest.mark.soak
+@settings(max_examples=1000, deadline=None)
+@given(st.data())
+def test_any_delivery_order_gives_the_same_state_soak(data: st.DataObject) -> None:
+    """The soak tier: four times the default run's examples."""
+    check_any_delivery_order(data)
+
+
+def check_any_delivery_order(data: st.DataObject) -> None:
     writes = data.draw(entry_lists(KEYS), label="writes")
     first = data.draw(deliveries(writes), label="first delivery")
     second = data.draw(deliveries(writes), label="second delivery")

@@ -118,7 +118,7 @@ def prepare(cur: apsw.Cursor, key: str, ballot: Ballot, damaged: Any, path: str)
     accepted here, or, if none, the committed row (offered under the ZERO ballot, so any record
     some voter accepted outranks it)."""
     row = load(cur, key, path)
-    floor = _floor(cur)
+    floor = 0 if row.exists else _floor(cur)  # the floor only speaks for keys without a row
     if not prepare_granted(row.promised, floor, row.exists, ballot):
         return Promise(False, max(row.promised, Ballot(floor, "")))
     _store(cur, key, ballot, row.accepted, row.record)
@@ -135,7 +135,7 @@ def accept(cur: apsw.Cursor, key: str, ballot: Ballot, record: Record | None, pa
     proposer's next change of the key may then skip its prepare (the paper's one-round-trip
     path), and a prepare by anyone else, with any higher ballot, revokes that."""
     row = load(cur, key, path)
-    floor = _floor(cur)
+    floor = 0 if row.exists else _floor(cur)
     if not accept_granted(row.promised, floor, row.exists, ballot):
         return False, max(row.promised, Ballot(floor, ""))
     _store(cur, key, next_ballot(ballot), ballot, record)

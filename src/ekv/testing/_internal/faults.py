@@ -62,6 +62,7 @@ from typing import Any
 
 __all__ = [
     "ACK_DELAY_S",
+    "APPLY_HOOK",
     "FAULTS",
     "FAULTS_ENV",
     "SKEW_ENV",
@@ -79,11 +80,7 @@ SKEW_ENV = "EKV_SKEW_NS"
 ACK_DELAY_S = 1.0
 """``ack_before_commit``: how long after the acknowledgement the write's commit happens."""
 
-_SITECUSTOMIZE = """\
-# Written by ekv.testing._internal.faults: test-only fault injection (see that module).
-import os as _os
-
-if _os.environ.get("EKV_FAULTS") or _os.environ.get("EKV_SKEW_NS"):
+APPLY_HOOK = """\
     try:
         from ekv.testing._internal.faults import apply_from_env as _apply
 
@@ -95,6 +92,14 @@ if _os.environ.get("EKV_FAULTS") or _os.environ.get("EKV_SKEW_NS"):
         _sys.stderr.flush()
         _os._exit(3)
 """
+"""The body of a ``sitecustomize`` condition that applies the faults of the environment (also
+used by :mod:`ekv.testing._internal.chaos.skew`'s hook: one ``sitecustomize`` runs per process)."""
+
+_SITECUSTOMIZE = (
+    "# Written by ekv.testing._internal.faults: test-only fault injection (see that module).\n"
+    "import os as _os\n\n"
+    'if _os.environ.get("EKV_FAULTS") or _os.environ.get("EKV_SKEW_NS"):\n' + APPLY_HOOK
+)
 
 _applied: set[str] = set()
 _lock = threading.Lock()

@@ -15,11 +15,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ekv.testing._internal.faults import APPLY_HOOK
+
 __all__ = ["ENV", "install", "set_offset"]
 
 ENV = "EKV_SKEW_FILE"
 
-_SITECUSTOMIZE = """\
+_SITECUSTOMIZE = (
+    """\
 # Written by ekv.testing._internal.chaos.skew: test-only wall-clock skew (see that module).
 import os as _os
 import time as _time
@@ -51,17 +54,9 @@ if _file:
     _time.time = time
 
 if _os.environ.get("EKV_FAULTS"):  # negative controls in chaos runs (ekv.testing._internal.faults)
-    try:
-        from ekv.testing._internal.faults import apply_from_env as _apply
-
-        _apply()
-    except BaseException as _exc:  # a fault that was asked for and not applied must not go unnoticed
-        import sys as _sys
-
-        _sys.stderr.write(f"ekv.testing._internal.faults: cannot apply the requested faults: {_exc!r}\\n")
-        _sys.stderr.flush()
-        _os._exit(3)
 """
+    + APPLY_HOOK
+)
 
 
 def install(directory: Path) -> Path:

@@ -256,3 +256,13 @@ def test_replace_voter_from_the_command_line(make: Callable[..., ekv.EKV]) -> No
     assert done.returncode == 0, done.stderr
     assert f"voter {gone} retired; 2 consistent keys re-read" in done.stdout
     assert gone in a.info()["consensus"]["retired_voters"]
+
+
+def test_a_lock_without_a_quorum_says_so(make: Callable[..., ekv.EKV]) -> None:
+    a, b, c = mesh(make, 3)
+    partition([a], [b, c])
+    wait_until(lambda: not connected(a, 1), message="the partition did not take effect")
+    with pytest.raises(ekv.NoQuorumError):
+        a.lock("lock/x", ttl=10, timeout=0.3)
+    with b.lock("lock/x", ttl=10, timeout=5) as held:
+        assert held.token > 0

@@ -391,7 +391,7 @@ def consistent_run(root: Path, fault: str, seconds: float, kinds: tuple[str, ...
     return result.consistent
 
 
-@pytest.mark.long
+@pytest.mark.soak  # in CI the simulator's negative controls catch the same bug (test_sim_consistent.py)
 def test_paxos_quorum_of_one_is_caught_by_linearizability(tmp_path: Path) -> None:
     """Rounds that decide on one acceptor's answer (``paxos_no_quorum``), 15 s of partitions:
     the linearizability checker must report it. The same run without the fault is

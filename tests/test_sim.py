@@ -16,13 +16,13 @@ from ekv._storage import schema
 from ekv._values import Values
 from ekv.testing import sim
 
-# Random-fault seeds, in blocks of 25: the first 50 (and 25 with copied data directories) in the
+# Random-fault seeds, in blocks of 25: the first 25 (and 25 with copied data directories) in the
 # default run, the rest only in the soak tier (--soak; EKV_SIM_SEEDS=1000 is the long soak,
 # docs/reliability.md). A seed costs about a second of CPU (real cluster nodes): more seeds draw
 # more random schedules of the same faults through the same code, which CI's time budget cannot
 # afford on every change.
 SEEDS = int(os.environ.get("EKV_SIM_SEEDS", "125"))
-DEFAULT_SEEDS = 50
+DEFAULT_SEEDS = 25
 CLONE_SEEDS = int(os.environ.get("EKV_SIM_CLONE_SEEDS", "50"))
 DEFAULT_CLONE_SEEDS = 25
 

@@ -165,18 +165,24 @@ class Linear:
         owner = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         deadline = time.monotonic_ns() + wait_ns
         pause = 0.002
+        no_quorum: NoQuorumError | None = None
         while True:
-            left = max(deadline - time.monotonic_ns(), 1)
+            left = max(deadline - time.monotonic_ns(), 1_000_000)
             try:
                 version = self.put(key, owner, ttl_ns / NS_PER_S, True, None, False, left / NS_PER_S)
                 return Lock(self, key, owner, version, ttl_ns)
             except UnconfirmedError:
                 pass  # it may be ours: the next attempt's conflict says
+            except NoQuorumError as exc:
+                no_quorum = exc  # not held by another: the voters did not answer
             except ConflictError as exc:
+                no_quorum = None
                 current = exc.current
                 if current is not None and current[0] == owner and isinstance(current[1], Version):
                     return Lock(self, key, owner, current[1], ttl_ns)
             if time.monotonic_ns() >= deadline:
+                if no_quorum is not None:
+                    raise no_quorum
                 raise LockError(f"lock {key!r:.80} was not acquired within {wait_ns / NS_PER_S:g} s (held by another)")
             time.sleep(min(pause, max(deadline - time.monotonic_ns(), 0) / NS_PER_S))
             pause = min(pause * 2, 0.1)

@@ -62,7 +62,8 @@ class Values:
             )
 
     def encode(self, key: str, value: Any) -> bytes:
-        """``value`` as the codec's bytes, checked against ``max_value_size``."""
+        """``value`` as the codec's bytes, checked against ``max_value_size`` (batches and
+        linearizable writes; :meth:`put`, the hot path, does the same inline)."""
         try:
             blob = self._dumps(value)
         except Exception as exc:
@@ -122,24 +123,12 @@ class Values:
             store._unusable()
         pairs = mapping.items() if isinstance(mapping, Mapping) else mapping
         expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
-        dumps, limit = self._dumps, self._max_value
         items: dict[str, tuple[str, bytes, bytes | None, int | None]] = {}
         for key, value in pairs:
             encoded = check_key(key)
             if self._prefixes:
                 self._plain(key)
-            try:
-                blob = dumps(value)
-            except Exception as exc:
-                raise EncodeError(f"cannot encode the value for key {key!r:.80}: {type(exc).__name__}: {exc}") from exc
-            if type(blob) is not bytes:
-                blob = _coerce_blob(blob, key)
-            if len(blob) > limit:
-                raise ValueTooLargeError(
-                    f"the encoded value for key {key!r:.80} is {len(blob)} bytes; "
-                    f"the maximum (max_value_size) is {limit}"
-                )
-            items[key] = (key, encoded, blob, expires_at)
+            items[key] = (key, encoded, self.encode(key, value), expires_at)
         return store.write_many(list(items.values()))
 
     def delete_many(self, keys: Any) -> dict[str, Version]:

@@ -12,7 +12,8 @@ What it measures (node A lives in this process, node B is a child process):
   are ratios to its p50, so they hold or fail on this machine as it is during this run;
 * replication latency: ``A.put`` until B's subscriber sees the event (both sides read
   ``time.monotonic_ns``, which is one clock for every process of the machine); p50/p99 over
-  sequential puts;
+  strictly sequential puts (the next put waits until every subscriber has the event, as in the
+  original's repl2.exs), after 50 warm-up puts, of the original's ~100-byte map;
 * sustained replicated writes: A puts N keys as fast as one thread can; throughput = N / (time
   until B has them all, known from one marker key per shard written after them), next to A's
   single-node put throughput measured in the same run;
@@ -89,8 +90,17 @@ def peer_main(args: argparse.Namespace) -> int:
     out.flush()
     arrivals: dict[str, int] = {}
     lock = threading.Lock()
-    state: dict[str, Any] = {"expect": None, "done_at": None, "rss_peak": 0.0, "count": 0, "track": True}
+    state: dict[str, Any] = {
+        "expect": None,
+        "done_at": None,
+        "rss_peak": 0.0,
+        "count": 0,
+        "track": True,
+        "notify": None,
+    }
     current: list[Any] = [None]
+
+    notify = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     def consume(sub: Any) -> None:
         for batch in sub:
@@ -102,6 +112,9 @@ def peer_main(args: argparse.Namespace) -> int:
                 state["count"] += len(batch)
                 if state["done_at"] is None and state["count"] >= state["expect"]:
                     state["done_at"] = now
+                port = state["notify"]
+            if port:  # a sequential latency run: tell A, which waits for it before its next put
+                notify.sendto("\n".join(event.key for event in batch).encode(), ("127.0.0.1", port))
             state["rss_peak"] = max(state["rss_peak"], rss_mb())
 
     for line in sys.stdin:
@@ -112,7 +125,12 @@ def peer_main(args: argparse.Namespace) -> int:
                 current[0].close()
             with lock:
                 state.update(
-                    expect=command["count"], done_at=None, rss_peak=rss_mb(), count=0, track=command.get("track", True)
+                    expect=command["count"],
+                    done_at=None,
+                    rss_peak=rss_mb(),
+                    count=0,
+                    track=command.get("track", True),
+                    notify=command.get("notify"),
                 )
             sub = kv.subscribe(command["prefix"], max_queue=1_000_000, overflow="drop_oldest")
             current[0] = sub
@@ -251,21 +269,45 @@ def settle() -> None:
     time.sleep(0.3)
 
 
+WARM_UP = 50
+"""Puts before each latency repetition's measured ones (the original's repl2.exs does the same)."""
+
+
+def bench_value(i: int) -> dict[str, Any]:
+    """The ~100-byte map of the original's benchmarks (repl2.exs, repl2_py.py)."""
+    return {"id": i, "name": f"user_{i:05d}", "email": f"u{i}@example.com", "plan": "pro", "bio": "xxxxx"}
+
+
 def measure_latency(a: ekv.EKV, peers: list[Peer], count: int, tag: str) -> dict[str, float]:
+    """Strictly sequential puts, as the original's repl2.exs: each peer's subscriber tells A (a
+    loopback datagram) when it has the event, and only then does A put the next key. (Puts spaced
+    by a fixed pause measure queueing instead, once a put's work on the nodes takes longer than the
+    pause: on a loaded machine with 3 nodes it did.) latency = the subscriber's arrival time - A's
+    time before ``put``, both ``time.monotonic_ns``."""
     settle()
-    for peer in peers:
-        peer.call("expect", count=count, prefix=tag)
-    sent: dict[str, int] = {}
-    for i in range(count):
-        key = f"{tag}{i:06d}"
-        sent[key] = time.monotonic_ns()
-        a.put(key, i)
-        time.sleep(0.0005)  # sequential, spaced puts: latency, not throughput
+    total = WARM_UP + count
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as note:
+        note.bind(("127.0.0.1", 0))
+        note.settimeout(60)
+        for peer in peers:
+            peer.call("expect", count=total, prefix=tag, notify=note.getsockname()[1])
+        sent: dict[str, int] = {}
+        for i in range(total):
+            key = f"{tag}{i:06d}"
+            sent[key] = time.monotonic_ns()
+            a.put(key, bench_value(i))
+            seen = 0
+            while seen < len(peers):
+                try:
+                    seen += note.recv(65536).decode().split("\n").count(key)
+                except TimeoutError:
+                    raise RuntimeError(f"latency run {tag}: {key} was not seen on every peer within 60 s") from None
+        measured = set(list(sent)[WARM_UP:])
     lat: list[float] = []
     for peer in peers:
         peer.wait(f"latency run {tag}")
         arrivals = peer.call("arrivals", prefix=tag)["arrivals"]
-        lat += [(arrivals[k] - sent[k]) / 1e3 for k in sent if k in arrivals]
+        lat += [(arrivals[k] - sent[k]) / 1e3 for k in measured if k in arrivals]
     return {"p50_us": percentile(lat, 0.5), "p99_us": percentile(lat, 0.99), "samples": len(lat)}
 
 

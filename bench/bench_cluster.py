@@ -2,12 +2,18 @@
 
     python3 -m pip install -e . && python3 bench/bench_cluster.py           # full run
     python3 bench/bench_cluster.py --quick                                  # smaller
+    python3 bench/bench_cluster.py --json new.json --compare old.json      # and the change since old.json
+    python3 bench/bench_cluster.py --elixir $EKV_EBIN                      # the original beside, same window
 
 What it measures (node A lives in this process, node B is a child process):
 
+* the floor: a plain blocking loopback TCP round trip between two Python processes (32-byte
+  ping-pong, TCP_NODELAY), p50/p99, measured before each latency repetition; the latency targets
+  are ratios to its p50, so they hold or fail on this machine as it is during this run;
 * replication latency: ``A.put`` until B's subscriber sees the event (both sides read
   ``time.monotonic_ns``, which is one clock for every process of the machine); p50/p99 over
-  sequential puts;
+  strictly sequential puts (the next put waits until every subscriber has the event, as in the
+  original's repl2.exs), after 50 warm-up puts, of the original's ~100-byte map;
 * sustained replicated writes: A puts N keys as fast as one thread can; throughput = N / (time
   until B has them all, known from one marker key per shard written after them), next to A's
   single-node put throughput measured in the same run;
@@ -17,7 +23,15 @@ What it measures (node A lives in this process, node B is a child process):
 * 3 nodes: the latency of a put on A as seen on the two others.
 
 Each figure is the median of the repetitions (default 3; sync runs once per size); every
-repetition is preceded by ``os.sync()`` and a short pause, as in bench_local.py.
+repetition is preceded by ``os.sync()`` and a short pause, as in bench_local.py. The report ends
+with issue 13's targets, each with its verdict (met / MISSED); ``--json`` writes every repetition
+besides the medians; ``--compare OLD.json`` prints the change of every figure against an earlier
+run (``--results NEW.json`` compares two files without measuring).
+
+With ``--elixir EBIN`` (or ``$EKV_EBIN``; the original built by
+``/work/shared/tools/ekv-elixir/build.sh``), each latency repetition is followed by one run of the
+original's ``repl2.exs`` (two BEAM VMs, put on A -> subscriber event on B, 1,000 sequential puts),
+so "below the original's" is checked in the same window.
 
 Every wait is bounded: a step that does not finish within its deadline (``TIMEOUT_S``, generous)
 stops the run with an error that names it, instead of hanging.
@@ -32,7 +46,7 @@ import json
 import os
 import queue
 import shutil
-import statistics
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +58,9 @@ from typing import Any
 import ekv
 import ekv.testing
 from ekv._model import Entry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import Target, compare_table, load_rows, median_of, targets_table
 
 try:
     from ekv.testing._hooks import cut_off
@@ -73,8 +90,17 @@ def peer_main(args: argparse.Namespace) -> int:
     out.flush()
     arrivals: dict[str, int] = {}
     lock = threading.Lock()
-    state: dict[str, Any] = {"expect": None, "done_at": None, "rss_peak": 0.0, "count": 0, "track": True}
+    state: dict[str, Any] = {
+        "expect": None,
+        "done_at": None,
+        "rss_peak": 0.0,
+        "count": 0,
+        "track": True,
+        "notify": None,
+    }
     current: list[Any] = [None]
+
+    notify = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     def consume(sub: Any) -> None:
         for batch in sub:
@@ -86,6 +112,9 @@ def peer_main(args: argparse.Namespace) -> int:
                 state["count"] += len(batch)
                 if state["done_at"] is None and state["count"] >= state["expect"]:
                     state["done_at"] = now
+                port = state["notify"]
+            if port:  # a sequential latency run: tell A, which waits for it before its next put
+                notify.sendto("\n".join(event.key for event in batch).encode(), ("127.0.0.1", port))
             state["rss_peak"] = max(state["rss_peak"], rss_mb())
 
     for line in sys.stdin:
@@ -96,7 +125,12 @@ def peer_main(args: argparse.Namespace) -> int:
                 current[0].close()
             with lock:
                 state.update(
-                    expect=command["count"], done_at=None, rss_peak=rss_mb(), count=0, track=command.get("track", True)
+                    expect=command["count"],
+                    done_at=None,
+                    rss_peak=rss_mb(),
+                    count=0,
+                    track=command.get("track", True),
+                    notify=command.get("notify"),
                 )
             sub = kv.subscribe(command["prefix"], max_queue=1_000_000, overflow="drop_oldest")
             current[0] = sub
@@ -235,21 +269,45 @@ def settle() -> None:
     time.sleep(0.3)
 
 
+WARM_UP = 50
+"""Puts before each latency repetition's measured ones (the original's repl2.exs does the same)."""
+
+
+def bench_value(i: int) -> dict[str, Any]:
+    """The ~100-byte map of the original's benchmarks (repl2.exs, repl2_py.py)."""
+    return {"id": i, "name": f"user_{i:05d}", "email": f"u{i}@example.com", "plan": "pro", "bio": "xxxxx"}
+
+
 def measure_latency(a: ekv.EKV, peers: list[Peer], count: int, tag: str) -> dict[str, float]:
+    """Strictly sequential puts, as the original's repl2.exs: each peer's subscriber tells A (a
+    loopback datagram) when it has the event, and only then does A put the next key. (Puts spaced
+    by a fixed pause measure queueing instead, once a put's work on the nodes takes longer than the
+    pause: on a loaded machine with 3 nodes it did.) latency = the subscriber's arrival time - A's
+    time before ``put``, both ``time.monotonic_ns``."""
     settle()
-    for peer in peers:
-        peer.call("expect", count=count, prefix=tag)
-    sent: dict[str, int] = {}
-    for i in range(count):
-        key = f"{tag}{i:06d}"
-        sent[key] = time.monotonic_ns()
-        a.put(key, i)
-        time.sleep(0.0005)  # sequential, spaced puts: latency, not throughput
+    total = WARM_UP + count
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as note:
+        note.bind(("127.0.0.1", 0))
+        note.settimeout(60)
+        for peer in peers:
+            peer.call("expect", count=total, prefix=tag, notify=note.getsockname()[1])
+        sent: dict[str, int] = {}
+        for i in range(total):
+            key = f"{tag}{i:06d}"
+            sent[key] = time.monotonic_ns()
+            a.put(key, bench_value(i))
+            seen = 0
+            while seen < len(peers):
+                try:
+                    seen += note.recv(65536).decode().split("\n").count(key)
+                except TimeoutError:
+                    raise RuntimeError(f"latency run {tag}: {key} was not seen on every peer within 60 s") from None
+        measured = set(list(sent)[WARM_UP:])
     lat: list[float] = []
     for peer in peers:
         peer.wait(f"latency run {tag}")
         arrivals = peer.call("arrivals", prefix=tag)["arrivals"]
-        lat += [(arrivals[k] - sent[k]) / 1e3 for k in sent if k in arrivals]
+        lat += [(arrivals[k] - sent[k]) / 1e3 for k in measured if k in arrivals]
     return {"p50_us": percentile(lat, 0.5), "p99_us": percentile(lat, 0.99), "samples": len(lat)}
 
 
@@ -340,22 +398,143 @@ def measure_full_sync(root: Path, size: int) -> dict[str, float]:
         source.close()
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="ekv-bench-cluster-"))
-    results: dict[str, Any] = {}
+# -- the floor: a plain loopback TCP round trip between two Python processes ----------------------
+
+FLOOR_MESSAGE = 32
+"""Bytes each way: about a small Live frame's header and key."""
+
+
+def echo_main(args: argparse.Namespace) -> int:
+    """The floor's other process: connect, then echo every message (blocking socket)."""
+    host, port = args.peer.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            data = _recv_exact(sock, FLOOR_MESSAGE)
+            if not data:
+                return 0
+            sock.sendall(data)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    buf = b""
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            return b""
+        buf += chunk
+    return buf
+
+
+def measure_floor(count: int) -> dict[str, float]:
+    """p50/p99 of ``count`` blocking ping-pongs with a child Python process over 127.0.0.1."""
+    settle()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        server.settimeout(TIMEOUT_S)
+        child = subprocess.Popen([sys.executable, __file__, "--echo-mode", "--peer", address])
+        try:
+            sock, _ = server.accept()
+            with sock:
+                sock.settimeout(TIMEOUT_S)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                message = b"x" * FLOOR_MESSAGE
+                for _ in range(200):  # warm-up
+                    sock.sendall(message)
+                    _recv_exact(sock, FLOOR_MESSAGE)
+                rtt: list[float] = []
+                for _ in range(count):
+                    t0 = time.perf_counter_ns()
+                    sock.sendall(message)
+                    if not _recv_exact(sock, FLOOR_MESSAGE):
+                        raise RuntimeError("the echo process closed the connection")
+                    rtt.append((time.perf_counter_ns() - t0) / 1e3)
+        finally:
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(30)
+    return {"p50_us": percentile(rtt, 0.5), "p99_us": percentile(rtt, 0.99), "samples": len(rtt)}
+
+
+# -- the original, beside -------------------------------------------------------------------------
+
+ELIXIR_TOOLS = Path("/work/shared/tools/ekv-elixir")
+
+
+def elixir_repl2(ebin: Path, work: Path, count: int) -> dict[str, float]:
+    """One run of the original's ``repl2.exs`` (node A = the driver VM, node B = a peer VM):
+    put on A -> subscriber event on B, ``count`` sequential puts; its one-way p50/p99. The node
+    names carry this process's pid, so that two benchmarks running at once do not collide."""
+    tag = f"ekvbc{os.getpid()}"
+    cookie = ["--cookie", tag]
+    peer_name = f"{tag}b@127.0.0.1"
+    peer = subprocess.Popen(
+        ["elixir", "--name", peer_name, *cookie, "-pa", str(ebin), str(ELIXIR_TOOLS / "peer.exs")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        results["single_node_put_ops_s"] = statistics.median(
-            single_node_put(root / f"single{i}", args.writes) for i in range(args.reps)
+        driver = ["elixir", "--name", f"{tag}a@127.0.0.1", *cookie, "-pa", str(ebin), "repl2.exs"]
+        proc = subprocess.run(
+            [*driver, peer_name, str(work), str(count)],
+            cwd=ELIXIR_TOOLS,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
         )
+    finally:
+        peer.terminate()
+        try:
+            peer.wait(30)
+        except subprocess.TimeoutExpired:
+            peer.kill()
+            peer.wait(30)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(f"repl2.exs printed no RESULT line (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    one_way = json.loads(lines[-1][len("RESULT ") :])["one_way"]
+    return {"p50_us": float(one_way["p50_us"]), "p99_us": float(one_way["p99_us"]), "samples": int(one_way["n"])}
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement; returns ``{"meta", "rows", "targets"}``: each row holds the medians
+    and, under ``reps``, every repetition."""
+    root = Path(tempfile.mkdtemp(prefix="ekv-bench-cluster-"))
+    rows: dict[str, Any] = {}
+    meta: dict[str, Any] = {
+        "ekv": ekv.__version__,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    try:
+        rows["single_node_put"] = median_of(
+            [{"ops_s": single_node_put(root / f"single{i}", args.writes)} for i in range(args.reps)]
+        )
+        floors: list[dict[str, Any]] = []
+        elixir: list[dict[str, Any]] = []
         a = ekv.EKV("bench", root / "a", listen="127.0.0.1:0", log=False, **FAST)
         try:
             b = Peer(root / "b", a.listen_address)  # type: ignore[arg-type]
             try:
                 wait_connected(a, 1)
-                lat = [measure_latency(a, [b], args.latency, f"lat{r}/") for r in range(args.reps)]
-                results["latency_2_nodes"] = {k: statistics.median(x[k] for x in lat) for k in lat[0]}
+                lat = []
+                for r in range(args.reps):  # the floor, ekv and the original take turns
+                    floors.append(measure_floor(args.floor))
+                    lat.append(measure_latency(a, [b], args.latency, f"lat{r}/"))
+                    if args.elixir:
+                        settle()
+                        elixir.append(elixir_repl2(args.elixir, root / f"ex{r}", args.latency))
+                rows["latency_2_nodes"] = median_of(lat)
                 thr = [measure_throughput(a, b, args.writes, f"thr{r}/") for r in range(args.reps)]
-                results["throughput_2_nodes"] = {k: statistics.median(x[k] for x in thr) for k in thr[0]}
+                rows["throughput_2_nodes"] = median_of(thr)
                 # delta sync after a partition
                 cut_off(a, {b.node_id})
                 b.call("block", node_ids=[a.node_id])
@@ -372,37 +551,93 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cut_off(a, ())
                 b.call("block", node_ids=[])
                 done = b.wait("delta sync")["done_at"]
-                results["delta_sync"] = {"writes": args.delta, "seconds": (done - healed) / 1e9}
+                rows["delta_sync"] = {"writes": args.delta, "seconds": (done - healed) / 1e9}
                 # 3 nodes
                 c = Peer(root / "c", a.listen_address)  # type: ignore[arg-type]
                 try:
                     wait_connected(a, 2)
-                    lat3 = [measure_latency(a, [b, c], args.latency, f"lat3-{r}/") for r in range(args.reps)]
-                    results["latency_3_nodes"] = {k: statistics.median(x[k] for x in lat3) for k in lat3[0]}
+                    lat3 = []
+                    for r in range(args.reps):
+                        floors.append(measure_floor(args.floor))
+                        lat3.append(measure_latency(a, [b, c], args.latency, f"lat3-{r}/"))
+                    rows["latency_3_nodes"] = median_of(lat3)
                 finally:
                     c.close()
             finally:
                 b.close()
+            rows["floor_tcp_rtt"] = median_of(floors)
+            if elixir:
+                rows["original_latency_2_nodes"] = median_of(elixir)
             # full sync of K keys to an empty node, each size from a fresh source holding only them
             for size in args.full:
-                results[f"full_sync_{size}"] = measure_full_sync(root, size)
+                rows[f"full_sync_{size}"] = measure_full_sync(root, size)
         finally:
             a.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return results
+    meta["loadavg_end"] = os.getloadavg()
+    rows["ratios"] = ratios(rows)
+    return {"meta": meta, "rows": rows, "targets": [t.as_dict() for t in targets(rows)]}
 
 
-def report(r: dict[str, Any]) -> str:
-    lines = [f"ekv {ekv.__version__}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, 127.0.0.1", ""]
-    l2, l3 = r["latency_2_nodes"], r["latency_3_nodes"]
+def ratios(rows: dict[str, Any]) -> dict[str, float]:
+    """The figures the targets are about, as ratios to the floor (and to the single-node put)."""
+    floor = rows["floor_tcp_rtt"]["p50_us"]
+    l2, l3 = rows["latency_2_nodes"], rows["latency_3_nodes"]
+    return {
+        "latency_2_nodes_p50_over_floor_x": l2["p50_us"] / floor,
+        "latency_2_nodes_p99_over_floor_x": l2["p99_us"] / floor,
+        "latency_3_nodes_p50_over_floor_x": l3["p50_us"] / floor,
+        "latency_3_nodes_p99_over_floor_x": l3["p99_us"] / floor,
+        "replicated_over_single_put_share": rows["throughput_2_nodes"]["replicated_ops_s"]
+        / rows["single_node_put"]["ops_s"],
+    }
+
+
+def targets(rows: dict[str, Any]) -> list[Target]:
+    """Issue 13's targets, each with the figure of this run."""
+    q = rows["ratios"]
+    out = [
+        Target("2 nodes p50 / floor p50", q["latency_2_nodes_p50_over_floor_x"], 15, at_most=True),
+        Target("2 nodes p99 / floor p50", q["latency_2_nodes_p99_over_floor_x"], 50, at_most=True),
+        Target("3 nodes p99 / floor p50", q["latency_3_nodes_p99_over_floor_x"], 60, at_most=True),
+    ]
+    original = rows.get("original_latency_2_nodes")
+    why = "" if original else "pass --elixir EBIN"
+    for pct in ("p50", "p99"):
+        value = rows["latency_2_nodes"][f"{pct}_us"] / original[f"{pct}_us"] if original else None
+        out.append(Target(f"2 nodes {pct} / the original's {pct}, same window", value, 1.0, at_most=True, note=why))
+    out.append(Target("replicated writes / single-node put", q["replicated_over_single_put_share"], 0.9, False, "%"))
+    return out
+
+
+def report(results: dict[str, Any]) -> str:
+    r, meta = results["rows"], results["meta"]
+    lines = [
+        f"ekv {meta['ekv']}, Python {meta['python']}, {meta['cpus']} CPUs, 127.0.0.1; load average "
+        f"{meta['loadavg_start'][0]:.1f} at the start, {meta['loadavg_end'][0]:.1f} at the end",
+        "",
+    ]
+    f, l2, l3 = r["floor_tcp_rtt"], r["latency_2_nodes"], r["latency_3_nodes"]
+    lines.append(
+        f"floor: loopback TCP round trip between two Python processes (blocking): p50 {f['p50_us']:.1f} us, "
+        f"p99 {f['p99_us']:.1f} us"
+    )
     lines.append(
         f"replication latency, put on A -> event on B: p50 {l2['p50_us']:.0f} us, p99 {l2['p99_us']:.0f} us "
-        "(Elixir ekv 0.1.5 here: p50 316 us, p99 582 us)"
+        f"({l2['p50_us'] / f['p50_us']:.1f}x / {l2['p99_us'] / f['p50_us']:.1f}x the floor's p50)"
     )
-    lines.append(f"  3 nodes, seen on both others: p50 {l3['p50_us']:.0f} us, p99 {l3['p99_us']:.0f} us")
+    lines.append(
+        f"  3 nodes, seen on both others: p50 {l3['p50_us']:.0f} us, p99 {l3['p99_us']:.0f} us "
+        f"({l3['p50_us'] / f['p50_us']:.1f}x / {l3['p99_us'] / f['p50_us']:.1f}x)"
+    )
+    ex = r.get("original_latency_2_nodes")
+    if ex:
+        lines.append(
+            f"  the original (Elixir, repl2.exs), same window: p50 {ex['p50_us']:.0f} us, p99 {ex['p99_us']:.0f} us"
+        )
     t = r["throughput_2_nodes"]
-    single = r["single_node_put_ops_s"]
+    single = r["single_node_put"]["ops_s"]
     lines.append(
         f"sustained replicated writes: {t['replicated_ops_s']:,.0f}/s visible on B "
         f"({t['replicated_ops_s'] / single:.0%} of the single-node put, {single:,.0f}/s, same run)"
@@ -416,30 +651,55 @@ def report(r: dict[str, Any]) -> str:
                 "(Elixir 0.1.5: 10,000 keys in 486 ms = 20.5k keys/s); "
                 f"receiver RSS {value['peer_rss_start_mb']:.0f} -> peak {value['peer_rss_peak_mb']:.0f} MB"
             )
+    lines += ["", "Targets (issue 13), ratios within this run:", ""]
+    lines.append(targets_table([Target.from_dict(t) for t in results["targets"]]))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peer-mode", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--echo-mode", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     parser.add_argument("--peer", help=argparse.SUPPRESS)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--latency", type=int, default=1000, help="sequential puts per latency repetition")
+    parser.add_argument("--floor", type=int, default=2000, help="round trips per floor repetition")
     parser.add_argument("--writes", type=int, default=20_000, help="puts per throughput repetition")
     parser.add_argument("--delta", type=int, default=10_000, help="writes made during the partition")
     parser.add_argument("--full", type=int, nargs="*", default=[10_000, 100_000], help="full-sync sizes")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--elixir",
+        type=Path,
+        metavar="EBIN",
+        default=os.environ.get("EKV_EBIN") or None,
+        help="also run the original's repl2.exs after each latency repetition (default: $EKV_EBIN)",
+    )
+    parser.add_argument("--json", type=Path, help="write the results (medians and every repetition) here")
+    parser.add_argument("--compare", type=Path, metavar="OLD.json", help="print the change against an earlier run")
+    parser.add_argument(
+        "--results", type=Path, metavar="NEW.json", help="with --compare: compare this file instead of measuring"
+    )
     args = parser.parse_args(argv)
     if args.peer_mode:
         return peer_main(args)
+    if args.echo_mode:
+        return echo_main(args)
+    if args.results:
+        if not args.compare:
+            parser.error("--results needs --compare OLD.json")
+        print(compare_table(load_rows(args.compare), load_rows(args.results)))
+        return 0
     if args.quick:
-        args.reps, args.latency, args.writes, args.delta, args.full = 1, 200, 2000, 2000, [5000]
+        args.reps, args.latency, args.floor, args.writes, args.delta, args.full = 1, 200, 500, 2000, 2000, [5000]
     results = run(args)
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.compare:
+        print(f"\nChange against {args.compare} (a hint: two runs on a shared machine; the ratios are steadier):\n")
+        print(compare_table(load_rows(args.compare), results["rows"]))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,54 @@ def test_a_wait_that_cannot_finish_is_an_error_not_a_hang(tmp_path: Path) -> Non
                 peer.wait("nothing", timeout=1)
         finally:
             peer.close()
+
+
+def test_bench_cluster_runs_end_to_end_and_compares_two_runs(tmp_path: Path) -> None:
+    """bench_cluster.py on the smallest settings: the floor row, every target row with a verdict,
+    every repetition in the JSON; then ``--compare OLD --results NEW`` prints the change of each
+    figure without measuring. The figures themselves are not checked (noise)."""
+    out = tmp_path / "run.json"
+    env = {k: v for k, v in os.environ.items() if k != "EKV_EBIN"}  # no Elixir run here
+    small = ["--reps=2", "--latency=20", "--floor=20", "--writes=200", "--delta=200", "--full", "500"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_cluster.py"), *small, f"--json={out}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "floor: loopback TCP round trip" in proc.stdout, proc.stdout
+    for row in ("| 2 nodes p50 / floor p50 |", "| 3 nodes p99 / floor p50 |", "| replicated writes / single-node"):
+        assert row in proc.stdout, proc.stdout
+    assert "not measured (pass --elixir EBIN)" in proc.stdout, proc.stdout
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert rows["floor_tcp_rtt"]["p50_us"] > 0 and len(rows["floor_tcp_rtt"]["reps"]) == 4  # 2 + 2 (3 nodes)
+    assert len(rows["latency_2_nodes"]["reps"]) == 2 and len(rows["throughput_2_nodes"]["reps"]) == 2
+    assert {t["name"]: t["met"] for t in data["targets"]}["2 nodes p50 / the original's p50, same window"] is None
+    old = tmp_path / "old.json"
+    rows["latency_2_nodes"]["p50_us"] *= 2  # the earlier run was twice as slow
+    old.write_text(json.dumps(data))
+    cmp = run_script("bench_cluster.py", f"--compare={old}", f"--results={out}")
+    line = next(x for x in cmp.stdout.splitlines() if x.startswith("| latency_2_nodes.p50_us |"))
+    assert line.endswith("| 0.50 | better |"), cmp.stdout
+    assert "| floor_tcp_rtt.p50_us |" in cmp.stdout and "reps" not in cmp.stdout
+
+
+def test_report_targets_say_met_missed_or_not_measured() -> None:
+    report = bench_module("_report")
+    rows = [
+        report.Target("at most, under", 10.0, 15, at_most=True),
+        report.Target("at most, over", 16.0, 15, at_most=True),
+        report.Target("at least", 0.85, 0.9, at_most=False, unit="%"),
+        report.Target("absent", None, 1.0, at_most=True, note="pass --elixir EBIN"),
+    ]
+    assert [t.verdict for t in rows] == ["met", "MISSED", "MISSED", "not measured"]
+    table = report.targets_table(rows)
+    assert "| at least | 85% | >= 90% | MISSED |" in table
+    assert "| absent | - | <= 1.00x | not measured (pass --elixir EBIN) |" in table
+    assert report.Target.from_dict(rows[1].as_dict()) == rows[1]
 
 
 # -- bench/compare.py -------------------------------------------------------------------------------

@@ -478,3 +478,50 @@ def test_a_node_whose_data_went_back_in_time_neither_diverges_nor_reuses_sequenc
     finally:
         a.close()
         b.close()
+
+
+_LOOP_CHILD = """
+import sys, tempfile
+from pathlib import Path
+import ekv
+from ekv.testing import node_of, wait_until
+root = Path(tempfile.mkdtemp())
+try:
+    a = ekv.EKV("c", root / "a", listen="127.0.0.1:0", log=False)
+except ekv.ConfigError as exc:
+    print("ConfigError:", exc, "| created:", (root / "a").exists())
+    sys.exit(0)
+b = ekv.EKV("c", root / "b", listen="127.0.0.1:0", peers=[a.listen_address], log=False)
+sub = b.subscribe("k")
+a.put("k", 1)
+assert [e.value for e in sub.get(timeout=60)] == [1]
+print(type(node_of(a).cluster._loop).__module__.split(".")[0])
+b.close(); a.close()
+"""
+
+
+def _run_loop_child(value: str | None) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "EKV_EVENT_LOOP"}
+    if value is not None:
+        env["EKV_EVENT_LOOP"] = value
+    proc = subprocess.run([sys.executable, "-c", _LOOP_CHILD], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_the_event_loop_is_asyncio_unless_uvloop_is_asked_for_and_a_bad_choice_is_a_clear_error() -> None:
+    """EKV_EVENT_LOOP picks the network loop (process-wide, hence a child process per case): the
+    standard loop by default; an unknown name is a ConfigError before the data directory exists."""
+    assert _run_loop_child(None) == "asyncio"
+    assert _run_loop_child("nonsense") == (
+        "ConfigError: EKV_EVENT_LOOP must be 'asyncio' or 'uvloop', not 'nonsense' | created: False"
+    )
+
+
+def test_replication_runs_on_uvloop_when_asked() -> None:
+    pytest.importorskip("uvloop")
+    assert _run_loop_child("uvloop") == "uvloop"

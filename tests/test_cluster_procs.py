@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -752,3 +754,61 @@ def test_a_member_too_slow_to_keep_up_is_dropped_then_resynced(tmp_path: Path) -
         cluster.wait_connected()
         cluster.wait_converged()
         assert len(b.call("keys", prefix="flood/")["keys"]) == i
+
+
+def test_live_writes_that_queued_up_are_applied_in_one_transaction(tmp_path: Path) -> None:
+    """A receiver that falls behind applies the Live messages it finds in one read together (one
+    transaction per shard, see ekv._cluster.messages.merge_live), instead of one commit per
+    message, which kept a slow receiver behind. The receiver (in this process) has its network
+    thread held while the writer process commits 20 puts one by one; once the frames are all in
+    its socket, it is let go: its subscriber sees the 20 events in one batch (one commit) and the
+    order and data are those of the writes."""
+    import fcntl
+    import termios
+
+    import ekv
+    from ekv._cluster import wire
+    from ekv._cluster.messages import Live
+    from ekv._core.keys import shard_of
+    from ekv.testing import node_of, wait_until
+
+    quiet = {"heartbeat_interval": 30.0, "heartbeat_timeout": 120.0, "anti_entropy_interval": 600.0}
+    with ProcCluster(tmp_path / "procs", nodes=1, shards=2, codec="json", **quiet) as cluster:
+        (writer,) = cluster.nodes
+        options: dict[str, Any] = {"shards": 2, "log": False, "codec": "json", **quiet}
+        with ekv.EKV("c", tmp_path / "b", listen="127.0.0.1:0", peers=[writer.address], **options) as b:
+            wait_until(lambda: any(m.get("connected") for m in b.info()["members"].values()))
+            keys = [k for k in (f"q/{i}" for i in range(200)) if shard_of(k.encode(), 2) == 0][:20]
+            sub = b.subscribe("q/")
+            cluster_b = node_of(b).cluster
+            assert cluster_b is not None
+            session = cluster_b.sessions[writer.node_id]
+            fd = session.writer.get_extra_info("socket").fileno()
+            gate = threading.Event()
+            held = threading.Event()
+
+            def hold() -> None:
+                held.set()
+                gate.wait(120)
+
+            cluster_b._loop.call_soon_threadsafe(hold)  # the network thread waits at the gate
+            try:
+                assert held.wait(30)
+                for i, key in enumerate(keys):
+                    writer.put(key, i)
+
+                def queued_entries() -> int:
+                    size = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+                    with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as peek:  # (a dup: reads nothing)
+                        data = peek.recv(size, socket.MSG_PEEK) if size else b""
+                    lives = [m for m in wire.FrameDecoder(1 << 24).feed(data) if isinstance(m, Live)]
+                    return sum(len(m.entries) for m in lives) if len(lives) > 1 else 0
+
+                wait_until(lambda: queued_entries() == len(keys), message="the 20 Live frames did not all arrive")
+            finally:
+                gate.set()
+            batches = []
+            while sum(len(batch) for batch in batches) < len(keys):
+                batches.append(sub.get(timeout=60))
+            assert [(e.key, e.value) for batch in batches for e in batch] == [(k, i) for i, k in enumerate(keys)]
+            assert len(batches) == 1, [len(batch) for batch in batches]

@@ -37,6 +37,7 @@ from ekv._cluster.messages import (
     SyncChunk,
     SyncDone,
     SyncRequest,
+    merge_live,
 )
 from ekv._model import Entry
 
@@ -624,3 +625,33 @@ def test_client_request_and_reply_round_trip() -> None:
         Reply(8, False, "null", "KeyError: nope"),
     ):
         assert wire.decode(wire.encode(message), max_frame_size=BIG) == message
+
+
+def test_merge_live_joins_runs_of_live_messages_per_shard_and_keeps_everything_else_in_place() -> None:
+    """The receiver applies a run of Live messages from one read as one Live per shard: entries
+    keep their order within a shard, and a non-Live message ends the run (nothing moves past it)."""
+
+    def e(key: str, oseq: int) -> Entry:
+        return Entry(key, 1000 + oseq, "o", oseq, None, b"v")
+
+    ping, done = Ping(5), SyncDone(0, 1, {"o": 2}, "delta", 0, 0)
+    messages: list[Message] = [
+        Live(0, (e("a", 1),)),
+        Live(1, (e("b", 2),)),
+        Live(0, (e("c", 3), e("d", 4))),
+        ping,
+        Live(1, (e("f", 5),)),
+        done,
+        Live(0, (e("g", 6),)),
+        Live(0, (e("h", 7),)),
+    ]
+    assert merge_live(messages) == [
+        Live(0, (e("a", 1), e("c", 3), e("d", 4))),
+        Live(1, (e("b", 2),)),
+        ping,
+        Live(1, (e("f", 5),)),
+        done,
+        Live(0, (e("g", 6), e("h", 7))),
+    ]
+    alone: list[Message] = [Live(0, (e("a", 1),)), ping]
+    assert merge_live(alone) is alone  # nothing to merge: the same list back

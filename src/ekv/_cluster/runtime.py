@@ -10,6 +10,12 @@ The loop thread is a daemon thread. Once the interpreter is finalising it is fro
 nothing may wait for it then: :meth:`Runtime.running` says whether it can still run, and a node
 closed that late (by ``__del__``, after the exit hook of :mod:`ekv._node.node`) skips the network
 goodbye instead of waiting for timeouts.
+
+The loop is asyncio's standard one unless ``EKV_EVENT_LOOP=uvloop`` is set in the environment
+(with the ``ekv[uvloop]`` extra installed): uvloop runs the loop's own work per message (socket
+readiness, the transport's read and write, waking the loop from a writer thread) in C, which
+takes about 60-90 µs off the receiving side of a replicated put on this 2-core machine (measured
+in docs/architecture.md, "Performance notes"). The choice is process-wide, like the loop.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import importlib
 import logging
 import os
 import sys
@@ -25,9 +32,33 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
+from ekv._errors import ConfigError
 from ekv._log import any_instance_logs
 
-__all__ = ["Endpoint", "NameTaken", "Runtime", "route_connection", "runtime"]
+__all__ = ["EVENT_LOOP_ENV", "Endpoint", "NameTaken", "Runtime", "new_event_loop", "route_connection", "runtime"]
+
+EVENT_LOOP_ENV = "EKV_EVENT_LOOP"
+"""The environment variable that picks the network loop: ``asyncio`` (default) or ``uvloop``."""
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new loop of the kind :data:`EVENT_LOOP_ENV` asks for; a clear error if it names an unknown
+    kind or uvloop is not installed (raised before the node opens its data directory: a listening
+    node binds, and so starts the loop, first)."""
+    choice = os.environ.get(EVENT_LOOP_ENV, "").strip().lower() or "asyncio"
+    if choice == "asyncio":
+        return asyncio.new_event_loop()
+    if choice != "uvloop":
+        raise ConfigError(f"{EVENT_LOOP_ENV} must be 'asyncio' or 'uvloop', not {choice!r}")
+    try:
+        uvloop = importlib.import_module("uvloop")  # (an optional extra: not imported statically)
+    except ImportError:
+        raise ConfigError(
+            f"{EVENT_LOOP_ENV}=uvloop, but uvloop is not installed; install it with: pip install 'ekv[uvloop]'"
+        ) from None
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
 
 _log = logging.getLogger("ekv.net")  # shared by every instance: gated by any_instance_logs()
 
@@ -71,7 +102,7 @@ class Runtime:
         """Start the loop thread if needed and count one more user."""
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
+                loop = new_event_loop()
                 ready = threading.Event()
 
                 def run() -> None:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from ekv._cluster import wire
 from ekv._cluster.handshake import Handshake, Refused, State, check_peer_hello, reject_frame
-from ekv._cluster.messages import Bye, Hello, Message, Ping, Pong, Reject
+from ekv._cluster.messages import Bye, Hello, Message, Ping, Pong, Reject, merge_live
 from ekv._errors import ProtocolError
 
 __all__ = [  # (Refused and check_peer_hello live in handshake.py; named here for older imports)
@@ -279,7 +279,8 @@ class Session:
                 self.bytes_in += len(data)
                 self.last_received = self._monotonic()
                 self.last_seen_wall_ns = self._wall()
-                for message in self._decoder.feed(data):
+                # (Live messages that queued up are applied together: see merge_live)
+                for message in merge_live(self._decoder.feed(data)):
                     self._dispatch(message)  # after a close the owner ignores what is left
         except ProtocolError as exc:
             reason = f"protocol error: {exc}"

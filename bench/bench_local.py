@@ -12,7 +12,8 @@ Rows:
   SQL), with ekv's settings (WAL, synchronous=NORMAL, checkpoints out of the commit path);
 * ekv: get, put of new keys, put overwriting, delete, put_many (100 new keys a call; the ratio
   to single puts of new keys is printed), put from 8 threads, prefix scan/keys of 1,000 keys,
-  RSS while iterating a large store;
+  RSS while iterating a large store; AsyncEKV get and put (overwrite) beside EKV's of the same
+  run, with the ratio and its 1.5x target;
 * peers: diskcache ``Cache``, ``sqlitedict`` (autocommit, so a write is durable when it returns),
   and Redis through redis-py on loopback (an in-memory server started here; skipped with a note if
   ``redis-server`` is missing and cannot be installed with apt-get).
@@ -421,12 +422,81 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, reps_out in read_rows.items():
             rows[name] = median_of(reps_out)
 
+        rows.update(aio_vs_sync(root, n, reps))
+
         # --- memory while iterating a large store -----------------------------------------
         if args.iterate:
             rows["ekv_iter_memory"] = iterate_memory(root / "big", args.iterate)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+# -- AsyncEKV against EKV ------------------------------------------------------------------------
+
+AIO_TARGET = 1.5
+"""AsyncEKV get and put cost at most this many times EKV's (issue 13)."""
+
+
+def aio_vs_sync(root: Path, n: int, reps: int) -> dict[str, dict[str, float]]:
+    """EKV get/put and AsyncEKV get/put (awaited one by one on a running loop), on the same
+    keys, repetition by repetition in one run, so that the ratio compares like with like. Put
+    overwrites existing keys (the common case of a cache); latency is per awaited call."""
+    import asyncio
+
+    keys = [f"a/{i:08d}" for i in range(n)]
+    out: dict[str, list[dict[str, float]]] = {}
+
+    async def timed(fn: Callable[[str], Any]) -> dict[str, float]:
+        lat = [0] * len(keys)
+        clock = time.perf_counter_ns
+        for i, key in enumerate(keys):
+            t0 = clock()
+            await fn(key)
+            lat[i] = clock() - t0
+        lat.sort()
+        return {"ops_s": n / (sum(lat) / 1e9), "p50_us": lat[n // 2] / 1e3, "p99_us": lat[(n * 99) // 100] / 1e3}
+
+    async def async_side(d: Path) -> tuple[dict[str, float], dict[str, float]]:
+        async with ekv.AsyncEKV("bench", d, log=False, gc_interval=3600) as akv:
+            await akv.get(keys[0])  # the loop thread's readers, as a warm EKV has them
+            settle()
+            put = await timed(lambda k: akv.put(k, VALUE))
+            settle()
+            return put, await timed(akv.get)
+
+    for rep in range(reps):
+        d = root / f"aio-{rep}"
+        with ekv.EKV("bench", d, log=False, gc_interval=3600) as kv:
+            for k in keys:
+                kv.put(k, VALUE)
+            settle()
+            out.setdefault("ekv_put_overwrite_same_run", []).append(measure(lambda k: kv.put(k, VALUE), keys))
+            settle()
+            out.setdefault("ekv_get_same_run", []).append(measure(kv.get, keys))
+        put, get = asyncio.run(async_side(d))
+        out.setdefault("aio_put", []).append(put)
+        out.setdefault("aio_get", []).append(get)
+        shutil.rmtree(d, ignore_errors=True)
+    return {name: median_of(r) for name, r in out.items()}
+
+
+def aio_report(r: dict[str, Any]) -> list[str]:
+    """The AsyncEKV rows: ops/s and p50 beside EKV's of the same run, the ratio and the target."""
+    lines = []
+    pairs = (("get", "ekv_get_same_run", "aio_get"), ("put", "ekv_put_overwrite_same_run", "aio_put"))
+    for op, sync_key, aio_key in pairs:
+        if aio_key not in r:
+            continue
+        s, a = r[sync_key], r[aio_key]
+        mean, p50 = s["ops_s"] / a["ops_s"], a["p50_us"] / s["p50_us"]
+        verdict = "holds" if max(mean, p50) <= AIO_TARGET else "MISSED"
+        lines.append(
+            f"AsyncEKV {op}: {a['ops_s']:,.0f} ops/s (p50 {a['p50_us']:.1f} µs) vs EKV {op} {s['ops_s']:,.0f} ops/s "
+            f"(p50 {s['p50_us']:.1f} µs) in the same run: {mean:.2f}x the mean time per call, {p50:.2f}x the p50 "
+            f"(target <= {AIO_TARGET}x: {verdict})"
+        )
+    return lines
 
 
 def read_peers(
@@ -587,6 +657,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"iterating {m['keys']:,.0f} keys: RSS grew {m['rss_growth_mb']:.1f} MB "
             f"(from {m['rss_before_mb']:.0f} MB), {m['keys_per_s']:,.0f} keys/s"
         )
+    lines.extend(aio_report(r))
     for note in results["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -7,7 +7,8 @@
 docstrings are written by hand. Every method of it whose body (after the docstring) is one call
 forwarded to the value layer or to the node,
 
-* ``return self._values.NAME(ARGS)``          (storage: runs in AsyncEKV's thread pool),
+* ``return self._values.NAME(ARGS)``          (storage: runs in AsyncEKV's thread pool; for
+  NAME in :data:`NOWAIT`, on the event loop when it can finish without waiting),
 * ``[return] self._node_checked.NAME(ARGS)``  (the node: in the thread pool, unless NAME is in
   :data:`INLINE`),
 
@@ -36,6 +37,13 @@ END = "    # -- end of the generated methods -----------------------------------
 INLINE = frozenset({"connect", "unsubscribe"})
 """Node methods AsyncEKV runs on the event loop rather than in its thread pool: they only touch
 memory (the subscription registry, the cluster's dial list), never SQLite."""
+
+
+NOWAIT = frozenset({"get", "lookup", "contains", "put", "delete"})
+"""Value-layer methods AsyncEKV first tries on the event loop, through ``Values.NAME_nowait``
+(same arguments): a point read or a commit that needs no waiting takes microseconds, less than
+a hop to the thread pool and back (about 100 µs). What may wait comes back as an
+``ekv._values.Pending``, which runs in the pool (see ``AsyncEKV._finish``)."""
 
 
 def _forwarded(method: ast.FunctionDef) -> tuple[str, ast.Call, bool] | None:
@@ -98,13 +106,22 @@ def generate(source: str) -> str:
         ret = "return " if returns else ""
         if target == "node" and name in INLINE:
             line = f"{ret}node.{name}({args[2:]})"
+        elif target == "values" and name in NOWAIT and returns:
+            line = (
+                f"result = node.values.{name}_nowait({args[2:]})\n"
+                "        if isinstance(result, Pending):\n"
+                "            return await self._finish(result)\n"
+                "        return result"
+            )
         else:
             fn = f"node.values.{name}" if target == "values" else f"node.{name}"
             line = f"{ret}await self._call({fn}{args})"
         out.append(
             f"{signature}"
             f'        """See :meth:`ekv.EKV.{method.name}`."""\n'
-            f"        node = await self._ensure()\n"
+            f"        node = self._node\n"
+            f"        if node is None or node.closed:\n"
+            f"            node = await self._ensure()\n"
             f"        {line}\n"
         )
     return "\n".join(out)

@@ -48,7 +48,9 @@ def test_a_new_sync_method_appears_in_the_async_facade() -> None:
     assert (
         "    async def put_all(self, items: dict[str, Any]) -> list[Version]:\n"
         '        """See :meth:`ekv.EKV.put_all`."""\n'
-        "        node = await self._ensure()\n"
+        "        node = self._node\n"
+        "        if node is None or node.closed:\n"
+        "            node = await self._ensure()\n"
         "        return await self._call(node.values.put_all, items)\n"
     ) in rendered
     assert "        await self._call(node.ping)\n" in rendered

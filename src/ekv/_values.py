@@ -15,8 +15,9 @@ codec called inline rather than through a helper.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ekv._core.durations import duration_ns
 from ekv._core.keys import check_key, check_prefix
@@ -27,13 +28,15 @@ from ekv._storage.store import ShardedStore
 if TYPE_CHECKING:
     from ekv._linear import Linear, Lock
 
-__all__ = ["Values"]
+__all__ = ["NOWAIT_VALUE_MAX", "Pending", "Values"]
+
+T = TypeVar("T")
 
 
 class Values:
     """Keys, ttls and values of one :class:`ShardedStore`, checked and encoded; thread-safe."""
 
-    __slots__ = ("_dumps", "_loads", "_max_value", "_now", "_prefixes", "linear", "store")
+    __slots__ = ("_dumps", "_loads", "_max_value", "_now", "_nowait_writes", "_prefixes", "linear", "store")
 
     def __init__(self, store: ShardedStore) -> None:
         config = store.config
@@ -43,6 +46,7 @@ class Values:
         self._max_value = config.max_value_size
         self._now = config.clock.now_ns
         self._prefixes = config.consistent_prefixes
+        self._nowait_writes = config.durability != "full"  # else every commit fsyncs: milliseconds
         self.linear: Linear | None = None
         """The linearizable operations (SPEC 13), set by the node; None on a read-only store."""
 
@@ -374,6 +378,111 @@ class Values:
         ``next()``)."""
         yield from self.store.iter_keys(check_prefix(prefix))
 
+    # -- without waiting (AsyncEKV, on its event loop) ----------------------------------------
+
+    def get_nowait(self, key: str, default: Any = None, consistent: bool = False, timeout: object = None) -> Any:
+        """:meth:`get` if it is done within microseconds on this thread, else a :class:`Pending`
+        (see :data:`NOWAIT_VALUE_MAX` and :meth:`_lookup_nowait`)."""
+        found = self._lookup_nowait(key, consistent)
+        if found is None:
+            return default
+        if type(found) is tuple:
+            return found[0]
+        return Pending(lambda: self.get(key, default, consistent, timeout), found is _NO_READERS)
+
+    def lookup_nowait(
+        self, key: str, consistent: bool = False, timeout: object = None
+    ) -> tuple[Any, Version] | Pending[tuple[Any, Version] | None] | None:
+        """:meth:`lookup` if it is done within microseconds on this thread, else a :class:`Pending`."""
+        found = self._lookup_nowait(key, consistent)
+        if found is None or type(found) is tuple:
+            return found
+        return Pending(lambda: self.lookup(key, consistent, timeout), found is _NO_READERS)
+
+    def contains_nowait(self, key: str) -> bool | Pending[bool]:
+        """:meth:`contains` if it is done within microseconds on this thread, else a :class:`Pending`."""
+        found = self._lookup_nowait(key, False, decode=False)
+        if found is None:
+            return False
+        if type(found) is tuple:
+            return True
+        return Pending(lambda: self.contains(key), found is _NO_READERS)
+
+    def _lookup_nowait(self, key: str, consistent: bool, decode: bool = True) -> Any:
+        """``(value, version)``, None (not visible), or why not read here: ``_NO_READERS`` (this
+        thread has no reader connections: opening them takes milliseconds), ``_WAIT`` (a
+        linearizable read, which goes over the network; a closed store, which may reopen after
+        fork(); a value longer than :data:`NOWAIT_VALUE_MAX`). A point read of a short value
+        takes microseconds: WAL readers never wait for a writer."""
+        store = self.store
+        if consistent or store._closed:
+            return _WAIT
+        found = store.read_bounded(key, check_key(key), NOWAIT_VALUE_MAX)
+        if found is None:
+            return None
+        if type(found) is bool:
+            return _NO_READERS if found else _WAIT
+        if not decode:
+            return found
+        try:
+            return self._loads(found[0]), found[1]
+        except Exception as exc:
+            raise _decode_error(key, exc) from exc
+
+    def put_nowait(
+        self,
+        key: str,
+        value: Any,
+        ttl: object = None,
+        if_absent: bool = False,
+        if_version: object = None,
+        consistent: bool = False,
+        timeout: object = None,
+    ) -> Version | Pending[Version]:
+        """:meth:`put` if it commits at once on this thread, else a :class:`Pending` that
+        finishes it (the value is encoded once). Not here: linearizable writes (the network),
+        ``durability="full"`` (an fsync per commit), a value that may be long to encode or write
+        (a ``sys.getsizeof`` or an encoding above :data:`NOWAIT_VALUE_MAX`), a shard another
+        thread or process is writing (:meth:`ekv._storage.shard.Shard.write_nowait`). Bad input
+        raises here, as :meth:`put` would."""
+        store = self.store
+        if (
+            if_absent
+            or if_version is not None
+            or consistent
+            or not self._nowait_writes
+            or store._closed
+            or store._readonly
+            or sys.getsizeof(value) > NOWAIT_VALUE_MAX
+        ):
+            return Pending(lambda: self.put(key, value, ttl, if_absent, if_version, consistent, timeout))
+        encoded = check_key(key)
+        if self._prefixes:
+            self._plain(key)
+        expires_at = None if ttl is None else self._now() + duration_ns(ttl, "ttl")
+        blob = self.encode(key, value)
+        if len(blob) <= NOWAIT_VALUE_MAX:
+            version = store.write_nowait(key, encoded, blob, expires_at)
+            if version is not None:
+                return version
+        return Pending(lambda: store.write(key, encoded, blob, expires_at))
+
+    def delete_nowait(
+        self, key: str, if_version: object = None, consistent: bool = False, timeout: object = None
+    ) -> Version | Pending[Version]:
+        """:meth:`delete` if it commits at once on this thread, else a :class:`Pending` (as
+        :meth:`put_nowait`)."""
+        store = self.store
+        if if_version is not None or consistent or not self._nowait_writes or store._closed or store._readonly:
+            return Pending(lambda: self.delete(key, if_version, consistent, timeout))
+        encoded = check_key(key)
+        if self._prefixes:
+            self._plain(key)
+        version = store.write_nowait(key, encoded, None, None)
+        if version is not None:
+            return version
+        return Pending(lambda: store.write(key, encoded, None, None))
+
     def decode(self, blob: bytes, key: str) -> Any:
         """The value stored as ``blob`` under ``key``; :class:`~ekv.DecodeError` if the codec
         cannot decode it."""
@@ -384,6 +493,26 @@ class Values:
 
 
 _MISSING: Any = object()
+_WAIT: Any = object()
+_NO_READERS: Any = object()
+
+NOWAIT_VALUE_MAX = 64 << 10
+"""The longest value (bytes, encoded; or ``sys.getsizeof`` of the value given) that the
+``*_nowait`` operations read or write on the calling thread: reading or writing a value costs
+about 5 ms a MiB here, so 64 KiB stays well under a millisecond; longer ones go to a thread."""
+
+
+class Pending(Generic[T]):
+    """What a ``*_nowait`` operation returns when it could not finish without waiting: ``run()``
+    finishes it on a thread that may wait (AsyncEKV's pool). ``readers``: the calling thread has
+    no reader connections; open them elsewhere (``ShardedStore.new_readers``) and adopt them so
+    that its next reads are done at once."""
+
+    __slots__ = ("readers", "run")
+
+    def __init__(self, run: Callable[[], T], readers: bool = False) -> None:
+        self.run = run
+        self.readers = readers
 
 
 def _coerce_blob(blob: object, key: str) -> bytes:

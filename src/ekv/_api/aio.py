@@ -1,8 +1,29 @@
 """``ekv.AsyncEKV``: the asyncio facade.
 
-The same operations as :class:`ekv.EKV`, as coroutines. Every call that touches SQLite runs on a
-small private thread pool, so the event loop is never blocked by a commit, an fsync, a checkpoint
-or a large value; subscriptions are async iterators fed with ``call_soon_threadsafe``.
+The same operations as :class:`ekv.EKV`, as coroutines; subscriptions are async iterators fed
+with ``call_soon_threadsafe``.
+
+Where a call runs (issue 13; SPEC 1: nothing blocks the loop for more than a few milliseconds): a
+hop to a thread and back costs about 100 µs on these machines, twenty times a point read (about
+5 µs). So ``get``, ``lookup``, ``contains``, ``put`` and ``delete`` first try to finish on the
+loop itself, through the value layer's ``*_nowait`` operations, which do only what is bounded to
+microseconds and hand back an ``ekv._values.Pending`` for the rest, finished in the pool:
+
+* reads: a point read through this thread's reader connections (WAL readers never wait for the
+  writer) of a value up to ``NOWAIT_VALUE_MAX`` (64 KiB) bytes; a longer one, a linearizable read
+  (the network) or a thread without reader connections yet (opening them takes milliseconds: they
+  are opened in the pool and adopted by the loop's thread for its next reads) go to the pool;
+* writes: a plain put or delete of a short value that commits at once: not with
+  ``durability="full"`` (an fsync per commit: the whole call, codec included, goes to the pool),
+  not a linearizable write, not when another thread of this process is committing to the shard
+  (a group commit, a ``put_many``, GC: the loop never waits for it nor serves its writes), not
+  when another process holds the shard's SQLite write lock (the statement fails at once instead
+  of sleeping in the busy handler, and the pool retries it);
+* a store that is not open yet, or was inherited through ``fork()``, opens in the pool.
+
+The codec runs on the loop for what runs there: a custom codec should be fast on short values.
+Everything else (scans, batches, iteration pages, info, locks, opening and closing) runs in the
+pool.
 
 The operations that only forward one call (put, get, scan, info, ...) are generated from
 :class:`ekv.EKV`'s by ``python3 scripts/gen_facades.py``, between its markers below: edit EKV and
@@ -31,6 +52,7 @@ from ekv._model import Version
 from ekv._node.node import Node
 from ekv._node.subscriptions import AsyncSubscription
 from ekv._options import DEFAULTS, AsyncOptions, Seconds
+from ekv._values import Pending
 
 __all__ = ["AsyncEKV"]
 
@@ -69,7 +91,8 @@ class AsyncEKV:
                 ...
 
     The store opens on ``async with`` or ``await kv.open()`` (or on first use); the constructor
-    only validates options. ``workers`` (1-256) bounds the thread pool that runs storage calls.
+    only validates options. ``workers`` (1-256) bounds the thread pool that runs the storage calls
+    that may take long or wait; a point read or write that can finish at once runs on the loop.
 
     AsyncEKV is not a :class:`collections.abc.MutableMapping` (``kv[key]``, ``len(kv)`` and
     ``key in kv`` cannot be awaited); the mapping operations have async forms instead:
@@ -174,6 +197,17 @@ class AsyncEKV:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _finish(self, pending: Pending[T]) -> T:
+        """Finish in the pool an operation that could not finish on the loop without waiting
+        (``Values.*_nowait``). The first read on a thread also opens that thread's reader
+        connections, in the pool (milliseconds): the loop's later reads are then done on it."""
+        if pending.readers:
+            node = self._node
+            assert node is not None
+            store = node.store
+            store.adopt_readers(await self._call(store.new_readers))
+        return await self._call(pending.run)
+
     # -- operations ---------------------------------------------------------------------------
 
     # -- generated from EKV by scripts/gen_facades.py: do not edit by hand ---------------------
@@ -190,31 +224,47 @@ class AsyncEKV:
         timeout: Seconds | None = None,
     ) -> Version:
         """See :meth:`ekv.EKV.put`."""
-        node = await self._ensure()
-        return await self._call(node.values.put, key, value, ttl, if_absent, if_version, consistent, timeout)
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
+        result = node.values.put_nowait(key, value, ttl, if_absent, if_version, consistent, timeout)
+        if isinstance(result, Pending):
+            return await self._finish(result)
+        return result
 
     async def delete(
         self, key: str, *, if_version: Version | None = None, consistent: bool = False, timeout: Seconds | None = None
     ) -> Version:
         """See :meth:`ekv.EKV.delete`."""
-        node = await self._ensure()
-        return await self._call(node.values.delete, key, if_version, consistent, timeout)
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
+        result = node.values.delete_nowait(key, if_version, consistent, timeout)
+        if isinstance(result, Pending):
+            return await self._finish(result)
+        return result
 
     async def put_many(
         self, mapping: Mapping[str, Any] | Iterable[tuple[str, Any]], ttl: Seconds | None = None
     ) -> dict[str, Version]:
         """See :meth:`ekv.EKV.put_many`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.put_many, mapping, ttl)
 
     async def delete_many(self, keys: Iterable[str]) -> dict[str, Version]:
         """See :meth:`ekv.EKV.delete_many`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.delete_many, keys)
 
     async def touch(self, key: str, ttl: Seconds | None) -> bool:
         """See :meth:`ekv.EKV.touch`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.touch, key, ttl)
 
     async def get(
@@ -226,109 +276,160 @@ class AsyncEKV:
         timeout: Seconds | None = None,
     ) -> Any:
         """See :meth:`ekv.EKV.get`."""
-        node = await self._ensure()
-        return await self._call(node.values.get, key, default, consistent, timeout)
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
+        result = node.values.get_nowait(key, default, consistent, timeout)
+        if isinstance(result, Pending):
+            return await self._finish(result)
+        return result
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """See :meth:`ekv.EKV.get_many`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.get_many, keys)
 
     async def ttl(self, key: str) -> float | None:
         """See :meth:`ekv.EKV.ttl`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.ttl, key)
 
     async def lookup(
         self, key: str, *, consistent: bool = False, timeout: Seconds | None = None
     ) -> tuple[Any, Version] | None:
         """See :meth:`ekv.EKV.lookup`."""
-        node = await self._ensure()
-        return await self._call(node.values.lookup, key, consistent, timeout)
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
+        result = node.values.lookup_nowait(key, consistent, timeout)
+        if isinstance(result, Pending):
+            return await self._finish(result)
+        return result
 
     async def scan(self, prefix: str = "") -> dict[str, Any]:
         """See :meth:`ekv.EKV.scan`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.scan, prefix)
 
     async def keys(self, prefix: str = "") -> list[str]:
         """See :meth:`ekv.EKV.keys`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.keys, prefix)
 
     async def values(self, prefix: str = "") -> list[Any]:
         """See :meth:`ekv.EKV.values`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.values, prefix)
 
     async def items(self, prefix: str = "") -> list[tuple[str, Any]]:
         """See :meth:`ekv.EKV.items`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.items, prefix)
 
     async def count(self, prefix: str = "") -> int:
         """See :meth:`ekv.EKV.count`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.count, prefix)
 
     async def contains(self, key: str) -> bool:
         """See :meth:`ekv.EKV.contains`."""
-        node = await self._ensure()
-        return await self._call(node.values.contains, key)
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
+        result = node.values.contains_nowait(key)
+        if isinstance(result, Pending):
+            return await self._finish(result)
+        return result
 
     async def clear(self) -> None:
         """See :meth:`ekv.EKV.clear`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         await self._call(node.values.clear)
 
     async def update(self, other: Any = (), fn: Callable[[Any], Any] | None = None, /, **kwds: Any) -> Any:
         """See :meth:`ekv.EKV.update`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.update, other, fn, kwds)
 
     async def setdefault(self, key: str, default: Any = None) -> Any:
         """See :meth:`ekv.EKV.setdefault`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.setdefault, key, default)
 
     async def pop(self, key: str, *default: Any) -> Any:
         """See :meth:`ekv.EKV.pop`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.pop, key, *default)
 
     async def popitem(self) -> tuple[str, Any]:
         """See :meth:`ekv.EKV.popitem`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.values.popitem)
 
     async def unsubscribe(self, prefix: str = "") -> None:
         """See :meth:`ekv.EKV.unsubscribe`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         node.unsubscribe(prefix, self)
 
     async def connect(self, address: str) -> None:
         """See :meth:`ekv.EKV.connect`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         node.connect(address)
 
     async def clear_quarantine(self, node_id: str) -> bool:
         """See :meth:`ekv.EKV.clear_quarantine`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.clear_quarantine, node_id)
 
     async def replace_voter(self, node_id: str, timeout: Seconds | None = None) -> dict[str, Any]:
         """See :meth:`ekv.EKV.replace_voter`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.replace_voter, node_id, timeout)
 
     async def info(self) -> dict[str, Any]:
         """See :meth:`ekv.EKV.info`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.info)
 
     async def metrics(self) -> dict[str, float]:
         """See :meth:`ekv.EKV.metrics`."""
-        node = await self._ensure()
+        node = self._node
+        if node is None or node.closed:
+            node = await self._ensure()
         return await self._call(node.metrics)
 
     # -- end of the generated methods ------------------------------------------------------------
@@ -336,21 +437,9 @@ class AsyncEKV:
     def memoize(self, ttl: Seconds | None = None, prefix: str = "memo/") -> Callable[[F], F]:
         """A decorator that caches an ``async def`` function's results in this store, as
         :meth:`ekv.EKV.memoize` (same keys, so both facades share a cache); the store calls are
-        awaited, in the thread pool, and ``f.invalidate(...)``/``f.invalidate_all()`` are
+        awaited (:meth:`lookup`, :meth:`put`), and ``f.invalidate(...)``/``f.invalidate_all()`` are
         coroutines. A plain function raises :class:`TypeError` (its store calls could not be
         awaited): decorate it with ``EKV.memoize``."""
-
-        async def lookup(key: str) -> tuple[Any, Version] | None:
-            node = await self._ensure()
-            return await self._call(node.values.lookup, key)
-
-        async def put(key: str, value: Any, ttl: Seconds | None) -> Version:
-            node = await self._ensure()
-            return await self._call(node.values.put, key, value, ttl)
-
-        async def delete(key: str) -> Version:
-            node = await self._ensure()
-            return await self._call(node.values.delete, key)
 
         async def delete_prefix(base: str) -> int:
             node = await self._ensure()
@@ -358,7 +447,13 @@ class AsyncEKV:
             return await self._call(lambda: len(values.delete_many(values.keys(base))))
 
         return Memo(
-            lookup=lookup, put=put, delete=delete, delete_prefix=delete_prefix, is_async=True, ttl=ttl, prefix=prefix
+            lookup=self.lookup,
+            put=self.put,
+            delete=self.delete,
+            delete_prefix=delete_prefix,
+            is_async=True,
+            ttl=ttl,
+            prefix=prefix,
         )
 
     def lock(self, key: str, ttl: Seconds = 30, timeout: Seconds | None = None) -> AsyncLock:

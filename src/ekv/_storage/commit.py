@@ -150,10 +150,25 @@ class Committer:
                 self._combine()
         assert op.done, "a submitted operation returned before it ran"
 
-    def _combine(self) -> None:
-        """Serve queued operations while holding the mutex; release it (or hand it on)."""
+    def try_submit(self, op: Op) -> bool:
+        """Run ``op`` now on this thread if that needs no waiting on another thread of this
+        process: nothing queued and the mutex free (the uncontended path of :meth:`submit`).
+        Else return False, with ``op`` not queued: the caller submits it where it may wait. An
+        operation queued by another thread meanwhile is handed to its own thread rather than
+        served here, so this call only ever runs ``op``."""
+        if self.closed or self._queue or not self._mutex.acquire(False):
+            return False
+        try:
+            op.shard.run(op)
+        finally:
+            op.done = True
+            self._combine(_MAX_ROUNDS)
+        return True
+
+    def _combine(self, rounds: int = 0) -> None:
+        """Serve queued operations while holding the mutex; release it (or hand it on at once
+        with ``rounds`` at ``_MAX_ROUNDS``)."""
         queue = self._queue
-        rounds = 0
         while True:
             while queue:
                 if rounds >= _MAX_ROUNDS:

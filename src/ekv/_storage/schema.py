@@ -246,6 +246,12 @@ def stored_versions(cur: Any, keys: set[str]) -> dict[str, tuple[int, str]]:
 
 # Reads that serve a value fetch everything its checksum covers.
 GET = "SELECT value, expires_at, ts, origin, oseq, crc FROM kv WHERE key = ?"
+GET_BOUNDED = (
+    "SELECT CASE WHEN length(value) <= ? THEN value END, expires_at, ts, origin, oseq, crc, length(value) "
+    "FROM kv WHERE key = ?"
+)
+""":data:`GET` that returns no value (but its length) when the value is longer than the first
+parameter (:meth:`ekv._storage.reads.StoreReads.read_bounded`)."""
 GET_MANY = "SELECT key, value, expires_at, ts, origin, oseq, crc FROM kv WHERE key IN (SELECT value FROM json_each(?))"
 """:data:`GET` for many keys at once, given as one JSON array: one statement (an index search per
 key) whatever their number, with no limit on bound parameters."""

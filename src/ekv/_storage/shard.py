@@ -28,6 +28,7 @@ from ekv._storage.shardfile import own_tail
 from ekv._storage.sink import NO_EVENTS, EventSink
 from ekv._storage.sqlite import (
     enable_wal,
+    nowait,
     open_connection,
     raise_storage_error,
     roll_back,
@@ -174,6 +175,27 @@ class Shard:
         version = op.version
         assert version is not None
         return version
+
+    def write_nowait(self, key: str, blob: bytes | None, expires_at: int | None) -> Version | None:
+        """:meth:`write` if it can commit at once on this thread, else None (nothing written):
+        for a caller that must not block (AsyncEKV on its event loop). None when the commit would
+        fsync (``durability="full"``, or arming the shard), when another thread of this process
+        is writing this shard (a group commit, a ``put_many``, GC: :meth:`Committer.try_submit`)
+        or another process holds its write lock (:func:`ekv._storage.sqlite.nowait`)."""
+        if not self._armed or self._synchronous == "FULL" or self._closed:
+            return None
+        op = Write(self, key, blob, expires_at)
+        nowait.on = True
+        try:
+            if not self._committer.try_submit(op):
+                return None
+        finally:
+            nowait.on = False
+        if op.error is not None:
+            if isinstance(op.error.__cause__, apsw.BusyError):
+                return None
+            raise op.error
+        return op.version
 
     def write_many(self, items: Sequence[tuple[str, bytes | None, int | None]]) -> list[Version]:
         """Write local puts and deletes ``(key, blob or None, expires_at)`` of this shard as one

@@ -148,6 +148,18 @@ def open_connection(path: str, *, create: bool, synchronous: str, reader: bool =
     return conn
 
 
+class _NoWait(threading.local):
+    on = False
+
+
+nowait = _NoWait()
+"""``nowait.on = True``: on this thread, a lock held by another process is not waited for (until
+set back to False): the statement fails at once with ``apsw.BusyError`` (see
+:class:`BusyHandler`). For a caller that must not block (an event loop,
+:meth:`ekv._storage.shard.Shard.write_nowait`) and has a place to retry where waiting is fine.
+A flag rather than a context manager: it is set on every such write (a ``with`` costs 1 µs)."""
+
+
 _BUSY_FIRST_S = 20e-6
 _BUSY_MAX_S = 1e-3
 
@@ -171,6 +183,8 @@ class BusyHandler:
         self._started = 0.0
 
     def __call__(self, count: int) -> bool:
+        if nowait.on:
+            return False  # a caller that must not wait (see nowait): SQLITE_BUSY, it retries elsewhere
         if count == 0:
             self._started = time.monotonic()
         elif time.monotonic() - self._started > self._deadline_s:

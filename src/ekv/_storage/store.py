@@ -370,6 +370,12 @@ class ShardedStore(StoreReads):
             self._unusable()
         return self.shards[crc32(encoded) % self._count].write(key, blob, expires_at)
 
+    def write_nowait(self, key: str, encoded: bytes, blob: bytes | None, expires_at: int | None) -> Version | None:
+        """:meth:`write` if it commits without waiting (:meth:`Shard.write_nowait`), else None."""
+        if self._closed or self._readonly:
+            return None
+        return self.shards[crc32(encoded) % self._count].write_nowait(key, blob, expires_at)
+
     def write_many(self, items: Sequence[tuple[str, bytes, bytes | None, int | None]]) -> dict[str, Version]:
         """Write ``(key, encoded, blob or None, expires_at)`` items (validated, distinct keys),
         each shard's part as one transaction (:meth:`Shard.write_many`); return each key's

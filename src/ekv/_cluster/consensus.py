@@ -10,7 +10,9 @@ is committed into this node's store as an ordinary local version, so it replicat
 and obeys TTL like any other write; the other voters need no commit message.
 
 Acceptor steps are SQLite transactions run on the loop thread, as remote applies are (see
-docs/architecture.md, "Which thread runs remote applies"): one short transaction per message.
+docs/architecture.md, "Which thread runs remote applies"). The steps queued during one turn of the
+loop (members' Prepares and Accepts, this node's own) run together, one transaction per shard
+(:meth:`_acceptor_step`): under concurrent operations a voter pays one commit for many answers.
 """
 
 from __future__ import annotations
@@ -250,19 +252,21 @@ class Consensus:
                 self._reserved = max(self._reserved, ballot.counter + 1)
                 while len(self._cache) > _CACHE_KEYS:
                     del self._cache[next(iter(self._cache))]
-            return await self._finish(op.key, action)
+            return self._finish(op.key, action)
 
-    async def _finish(self, key: str, result: Result) -> Result:
+    def _finish(self, key: str, result: Result) -> Result:
         record = getattr(result, "record", None)
         if isinstance(result, Committed) and result.latest is not None:
             record = result.latest
         chosen_here = isinstance(result, Committed) or (isinstance(result, Read | Conflict) and result.commit)
         if record is not None and chosen_here:
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._acceptor_step(Step("commit", key, record=record), future.set_result)
-            error = await future
-            if isinstance(error, Exception):  # chosen all the same: the next operation on the key commits it
-                self.log.error("committing the chosen record of %r failed", key, exc_info=error)
+            # Now, with whatever steps are queued: the commit is on the caller's path (its
+            # read-your-writes), a wait for the next turn of the loop is not.
+            answers: list[Any] = []
+            self._acceptor_step(Step("commit", key, record=record), answers.append)
+            self._run_steps()
+            if isinstance(answers[0], Exception):  # chosen all the same: the next operation on the key commits it
+                self.log.error("committing the chosen record of %r failed", key, exc_info=answers[0])
         return result
 
     async def _round(
@@ -388,7 +392,7 @@ class Consensus:
             return Unconfirmed()
         finally:
             self._forwarded.pop(request, None)
-        return await self._finish(op.key, result_of(answer))
+        return self._finish(op.key, result_of(answer))
 
     # -- messages ------------------------------------------------------------------------------------
 

@@ -217,6 +217,53 @@ def test_acceptor_rows_of_long_deleted_keys_are_collected(
     assert acceptor.prepare("c/k1", Ballot(clock.now_ns(), "q")).ok
 
 
+def test_acceptor_steps_of_one_turn_share_a_transaction_per_shard(
+    open_kv: Callable[..., ekv.EKV], clock: FakeClock
+) -> None:
+    """A voter runs the acceptor steps queued in one turn of its loop (members' Prepares and
+    Accepts, its own) as one transaction per shard: each step sees the ones before it, each
+    gets its own answer, one damaged row fails only its own step, and the shard's WAL grows by
+    one transaction's pages, not one transaction's per step."""
+    from ekv._core.keys import shard_of
+    from ekv._core.paxos import Ballot, Record, Step
+    from ekv.testing import node_of
+
+    kv = open_kv(clock=clock, shards=1, **C)
+    acceptor = node_of(kv).values.linear.engine.acceptor  # type: ignore[union-attr]
+    shard = acceptor.store.shards[shard_of(b"c/k0", 1)]
+    wal = Path(shard.path + "-wal")
+    now = clock.now_ns()
+    ballot = Ballot(now + 1, "p")
+    keys = [f"c/k{i}" for i in range(20)]
+    before = wal.stat().st_size
+    answers = acceptor.steps([Step("prepare", key, ballot) for key in keys])
+    grown = wal.stat().st_size - before
+    assert all(answer.ok and answer.promised == ballot for answer in answers)
+    assert grown < 10 * (4096 + 24), f"{grown} bytes of WAL: the steps did not share a transaction"
+
+    record = Record(now + 2, "p", None, node_of(kv).values.encode("c/k0", "v"))
+    steps = [Step("accept", "c/k0", ballot, record), Step("commit", "c/k0", record=record)]
+    steps += [Step("prepare", "c/k0", Ballot(now + 1, "q")), Step("prepare", "c/k1", Ballot(now + 5, "q"))]
+    accepted, version, stale, fresh = acceptor.steps(steps)
+    assert accepted == (True, ballot)
+    assert version is not None and version.timestamp_ns == record.ts
+    assert not stale.ok  # the accept before it promised the ballot after ``ballot``
+    assert fresh.ok and fresh.promised == Ballot(now + 5, "q")
+    assert kv.get("c/k0") == "v"
+
+    # a damaged acceptor row fails its own step; the rest of the batch is answered
+    shard.run_exclusive(lambda cur: cur.execute("UPDATE paxos SET crc = crc + 1 WHERE key = 'c/k2'"))
+    ok, damaged, also_ok = acceptor.steps(
+        [
+            Step("prepare", "c/k3", Ballot(now + 6, "q")),
+            Step("prepare", "c/k2", Ballot(now + 6, "q")),
+            Step("prepare", "c/k4", Ballot(now + 6, "q")),
+        ]
+    )
+    assert isinstance(damaged, ekv.CorruptionError)
+    assert ok.ok and also_ok.ok
+
+
 def test_consistent_state_survives_reopen(data_dir: Path, open_kv: Callable[..., ekv.EKV]) -> None:
     kv = open_kv(**C)
     version = kv.put("c/a", "x", if_absent=True)

@@ -10,7 +10,9 @@ is committed into this node's store as an ordinary local version, so it replicat
 and obeys TTL like any other write; the other voters need no commit message.
 
 Acceptor steps are SQLite transactions run on the loop thread, as remote applies are (see
-docs/architecture.md, "Which thread runs remote applies"): one short transaction per message.
+docs/architecture.md, "Which thread runs remote applies"). The steps queued during one turn of the
+loop (members' Prepares and Accepts, this node's own) run together, one transaction per shard
+(:meth:`_acceptor_step`): under concurrent operations a voter pays one commit for many answers.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ekv._cluster import wire
@@ -38,6 +40,7 @@ from ekv._core.paxos import (
     Record,
     Round,
     SendAccept,
+    Step,
     Unconfirmed,
     next_ballot,
     quorum_of,
@@ -67,6 +70,8 @@ class AcceptorPort(Protocol):
     def accept(self, key: str, ballot: Ballot, record: Record | None) -> tuple[bool, Ballot]: ...
 
     def commit_chosen(self, key: str, record: Record) -> Version | None: ...
+
+    def steps(self, steps: Sequence[Step]) -> list[Any]: ...
 
     def retired_voters(self) -> set[str]: ...
 
@@ -114,6 +119,9 @@ class Consensus:
         self._forwarded: dict[int, asyncio.Future[Outcome]] = {}
         self._keys: dict[str, list[Any]] = {}
         """key -> [lock, waiters]: this node's operations on a key run one after the other."""
+        self._steps: list[tuple[Step, Callable[[Any], None]]] = []
+        """Acceptor steps queued this turn of the loop, with what to do with each result
+        (:meth:`_acceptor_step`)."""
         self._outgoing: dict[Session, list[bytes]] = {}
         """Frames queued this turn of the loop, per session (:meth:`_send`)."""
         self._cache: dict[str, tuple[Ballot, Record | None]] = {}
@@ -252,10 +260,13 @@ class Consensus:
             record = result.latest
         chosen_here = isinstance(result, Committed) or (isinstance(result, Read | Conflict) and result.commit)
         if record is not None and chosen_here:
-            try:
-                self.acceptor.commit_chosen(key, record)
-            except Exception:  # chosen all the same: the next operation on the key commits it
-                self.log.error("committing the chosen record of %r failed", key, exc_info=True)
+            # Now, with whatever steps are queued: the commit is on the caller's path (its
+            # read-your-writes), a wait for the next turn of the loop is not.
+            answers: list[Any] = []
+            self._acceptor_step(Step("commit", key, record=record), answers.append)
+            self._run_steps()
+            if isinstance(answers[0], Exception):  # chosen all the same: the next operation on the key commits it
+                self.log.error("committing the chosen record of %r failed", key, exc_info=answers[0])
         return result
 
     async def _round(
@@ -280,8 +291,10 @@ class Consensus:
                 # the others first: their transactions run while this node's own does
                 self._broadcast(Prepare(request, rnd.op.key, rnd.ballot))
                 self._flush()
-                promise = self.acceptor.prepare(rnd.op.key, rnd.ballot)
-                self._step(request, pending, rnd.on_promise(self._node_id(), promise))
+                self._acceptor_step(
+                    Step("prepare", rnd.op.key, rnd.ballot),
+                    lambda promise: self._local(request, pending, rnd.on_promise, promise),
+                )
             try:
                 return await asyncio.wait_for(future, max(deadline - loop.time(), 0))
             except TimeoutError:
@@ -291,14 +304,51 @@ class Consensus:
 
     def _step(self, request: int, pending: _Pending, action: Any) -> None:
         """Carry out what the round decided."""
-        while isinstance(action, SendAccept):
+        if isinstance(action, SendAccept):
             rnd = pending.round
             self._broadcast(Accept(request, pending.key, rnd.ballot, action.record))
             self._flush()  # out before this node's own accept: the transactions overlap
-            ok, promised = self.acceptor.accept(pending.key, rnd.ballot, action.record)
-            action = rnd.on_accepted(self._node_id(), ok, promised)
-        if action is not None and not pending.future.done():
+            self._acceptor_step(
+                Step("accept", pending.key, rnd.ballot, action.record),
+                lambda answer: self._local(request, pending, lambda node, a: rnd.on_accepted(node, *a), answer),
+            )
+        elif action is not None and not pending.future.done():
             pending.future.set_result(action)
+
+    def _local(self, request: int, pending: _Pending, feed: Callable[[str, Any], Any], answer: Any) -> None:
+        """This node's own acceptor answered a step of round ``request``: feed the answer to the
+        round (if it is still running); an error ends the operation with that error, as it did
+        when the step ran inline."""
+        if self._pending.get(request) is not pending or pending.future.done():
+            return
+        if isinstance(answer, Exception):
+            pending.future.set_exception(answer)
+            return
+        self._step(request, pending, feed(self._node_id(), answer))
+
+    def _acceptor_step(self, step: Step, then: Callable[[Any], None]) -> None:
+        """Queue ``step`` for this node's acceptor; ``then(result or exception)`` runs once the
+        step is durable. Every step queued during one turn of the loop (several members'
+        Prepares and Accepts, this node's own) runs in one transaction per shard
+        (:meth:`ekv._storage.acceptor.Acceptor.steps`)."""
+        if not self._steps:
+            asyncio.get_running_loop().call_soon(self._run_steps)
+        self._steps.append((step, then))
+
+    def _run_steps(self) -> None:
+        batch, self._steps = self._steps, []
+        if not batch:
+            return
+        try:
+            results = self.acceptor.steps([step for step, _ in batch])
+        except Exception as exc:  # the port itself failed: every step failed
+            results = [exc] * len(batch)
+        for (_, then), result in zip(batch, results, strict=True):
+            try:
+                then(result)
+            except Exception:
+                self.log.error("handling the acceptor's answer failed", exc_info=True)
+        self._flush()
 
     def _broadcast(self, message: Message) -> None:
         frame = wire.encode(message)  # once for every voter
@@ -373,17 +423,25 @@ class Consensus:
             self.learn_retired(message.node_ids)
 
     def _answer(self, session: Session, message: Prepare | Accept) -> None:
-        try:
-            if isinstance(message, Prepare):
-                promise = self.acceptor.prepare(message.key, message.ballot)
-                self.stats["prepared" if promise.ok else "refused"] += 1
-                self._send(session, wire.encode(Promise(message.request, promise)))
-            else:
-                ok, promised = self.acceptor.accept(message.key, message.ballot, message.record)
-                self.stats["accepted" if ok else "refused"] += 1
-                self._send(session, wire.encode(Accepted(message.request, ok, promised)))
-        except Exception:  # no answer: to the proposer this voter is down for the key
-            self.log.error("the acceptor step for %r failed", message.key, exc_info=True)
+        if isinstance(message, Prepare):
+            step = Step("prepare", message.key, message.ballot)
+        else:
+            step = Step("accept", message.key, message.ballot, message.record)
+        self._acceptor_step(step, lambda answer: self._answered(session, message, answer))
+
+    def _answered(self, session: Session, message: Prepare | Accept, answer: Any) -> None:
+        if isinstance(answer, Exception):  # no answer: to the proposer this voter is down for the key
+            self.log.error("the acceptor step for %r failed", message.key, exc_info=answer)
+            return
+        if isinstance(message, Prepare):
+            self.stats["prepared" if answer.ok else "refused"] += 1
+            reply: Message = Promise(message.request, answer)
+        else:
+            ok, promised = answer
+            self.stats["accepted" if ok else "refused"] += 1
+            reply = Accepted(message.request, ok, promised)
+        if not session.closed:
+            self._send(session, wire.encode(reply))
 
     async def _serve(self, session: Session, message: Propose) -> None:
         result = await self.run(message.op, message.timeout_ms * 1_000_000)

@@ -65,6 +65,7 @@ __all__ = [
     "Record",
     "Round",
     "SendAccept",
+    "Step",
     "Unconfirmed",
     "accept_granted",
     "condition_holds",
@@ -209,6 +210,18 @@ class Promise(NamedTuple):
     ok: bool
     promised: Ballot
     accepted: Ballot = ZERO
+    record: Record | None = None
+
+
+class Step(NamedTuple):
+    """One step of a voter's acceptor, as the proposer and the acceptor service queue them:
+    ``kind`` "prepare" (``ballot``), "accept" (``ballot``, ``record``: None accepts the absent
+    state) or "commit" (``record``, chosen: write it into the store). See
+    :meth:`ekv._storage.acceptor.Acceptor.steps`."""
+
+    kind: str
+    key: str
+    ballot: Ballot = ZERO
     record: Record | None = None
 
 

@@ -15,9 +15,12 @@ codec called inline rather than through a helper.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+import pickle
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ekv._codec import PickleCodec
 from ekv._core.durations import duration_ns
 from ekv._core.keys import check_key, check_prefix
 from ekv._errors import ConsistentKeyError, DecodeError, EncodeError, InvalidArgumentType, ValueTooLargeError
@@ -38,8 +41,12 @@ class Values:
     def __init__(self, store: ShardedStore) -> None:
         config = store.config
         self.store = store
-        self._dumps = config.codec.dumps
-        self._loads = config.codec.loads
+        codec = config.codec
+        self._dumps: Callable[[Any], Any] = codec.dumps
+        self._loads: Callable[[bytes], Any] = codec.loads
+        if type(codec) is PickleCodec:  # the default codec, called in C: no Python frame per value
+            self._dumps = functools.partial(pickle.dumps, protocol=5)
+            self._loads = pickle.loads
         self._max_value = config.max_value_size
         self._now = config.clock.now_ns
         self._prefixes = config.consistent_prefixes
@@ -341,8 +348,8 @@ class Values:
 
     def scan(self, prefix: str) -> dict[str, Any]:
         """Every visible key under ``prefix`` with its value, as a dict in ascending key order."""
-        decode = self.decode
-        return {row[0]: decode(row[1], row[0]) for row in self.store.items(check_prefix(prefix))}
+        keys, values = self._decoded(self.store.items(check_prefix(prefix)))
+        return dict(zip(keys, values, strict=True))
 
     def keys(self, prefix: str) -> list[str]:
         """Every visible key under ``prefix``, ascending."""
@@ -350,13 +357,12 @@ class Values:
 
     def values(self, prefix: str) -> list[Any]:
         """The values of every visible key under ``prefix``, in ascending key order."""
-        decode = self.decode
-        return [decode(row[1], row[0]) for row in self.store.items(check_prefix(prefix))]
+        return self._decoded(self.store.items(check_prefix(prefix)))[1]
 
     def items(self, prefix: str) -> list[tuple[str, Any]]:
         """``(key, value)`` for every visible key under ``prefix``, in ascending key order."""
-        decode = self.decode
-        return [(row[0], decode(row[1], row[0])) for row in self.store.items(check_prefix(prefix))]
+        keys, values = self._decoded(self.store.items(check_prefix(prefix)))
+        return list(zip(keys, values, strict=True))
 
     def count(self, prefix: str) -> int:
         """How many visible keys are under ``prefix``: one COUNT query per shard, O(keys)."""
@@ -373,6 +379,18 @@ class Values:
         """Lazily yield visible keys under ``prefix`` in ascending order (checked on the first
         ``next()``)."""
         yield from self.store.iter_keys(check_prefix(prefix))
+
+    def _decoded(self, found: tuple[tuple[str, ...], tuple[bytes, ...]]) -> tuple[tuple[str, ...], list[Any]]:
+        """``found`` (keys, value bytes) with the values decoded, the codec mapped over them in one
+        call (no Python code per row with the default codec); :class:`~ekv.DecodeError` names
+        the first key whose value does not decode."""
+        keys, blobs = found
+        try:
+            return keys, list(map(self._loads, blobs))
+        except Exception:
+            for key, blob in zip(keys, blobs, strict=True):
+                self.decode(blob, key)
+            raise
 
     def decode(self, blob: bytes, key: str) -> Any:
         """The value stored as ``blob`` under ``key``; :class:`~ekv.DecodeError` if the codec

@@ -96,7 +96,7 @@ def test_the_read_check_refuses_every_single_bit_flip_of_key_value_or_record() -
     record = row_check(key.decode(), 1_700_000_000_000_000_000, "node~1", 42, 1_800_000_000_000_000_000, value)
 
     def passes(k: bytes, v: bytes, r: bytes) -> bool:
-        return zlib.crc32(r, zlib.crc32(v, zlib.crc32(k))) == RESIDUE
+        return zlib.crc32(r, zlib.crc32(v, zlib.crc32(k, RESIDUE))) == RESIDUE
 
     assert passes(key, value, record)
     for which in range(3):
@@ -107,6 +107,24 @@ def test_the_read_check_refuses_every_single_bit_flip_of_key_value_or_record() -
             flipped = list(parts)
             flipped[which] = bytes(damaged)
             assert not passes(*flipped), (which, i, bit)
+
+
+def test_a_page_of_rows_checks_as_one_message_and_any_flipped_bit_fails_it() -> None:
+    """Scans verify a page with one crc32 over the rows' key || value || record, joined: intact
+    rows chain from residue to residue in any order; a flipped bit in any row, first or last,
+    breaks the whole page (later rows do not bring the chain back)."""
+    rows = [
+        f"k{i}".encode() + bytes([i]) * i + row_check(f"k{i}", 10 + i, "o~1", i, None, bytes([i]) * i)
+        for i in range(12)
+    ]
+    assert zlib.crc32(b"".join(rows), RESIDUE) == RESIDUE
+    assert zlib.crc32(b"".join(reversed(rows)), RESIDUE) == RESIDUE
+    for row_index in (0, 5, 11):
+        for i, bit in itertools.product(range(len(rows[row_index])), range(8)):
+            damaged = bytearray(rows[row_index])
+            damaged[i] ^= 1 << bit
+            page = [*rows[:row_index], bytes(damaged), *rows[row_index + 1 :]]
+            assert zlib.crc32(b"".join(page), RESIDUE) != RESIDUE, (row_index, i, bit)
 
 
 # -- one node ----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ekv._codec import PickleCodec
 from ekv._core.durations import duration_ns
-from ekv._core.keys import check_key, check_prefix
+from ekv._core.keys import MAX_KEY_BYTES, check_key, check_prefix
 from ekv._errors import ConsistentKeyError, DecodeError, EncodeError, InvalidArgumentType, ValueTooLargeError
 from ekv._model import Version
 from ekv._storage.store import ShardedStore
@@ -198,7 +198,16 @@ class Values:
         if consistent:
             found = self._linear().lookup(key, timeout)
             return default if found is None else found[0]
-        blob = store.read(key, check_key(key))
+        # check_key's fast path inlined (a call less per get); anything unusual goes to it
+        encoded = b""
+        if type(key) is str:
+            try:
+                encoded = key.encode()
+            except UnicodeEncodeError:
+                encoded = b""
+        if not encoded or len(encoded) > MAX_KEY_BYTES or b"\x00" in encoded:
+            encoded = check_key(key)  # raises the error that says what is wrong
+        blob = store.read(key, encoded)
         if blob is None:
             return default
         try:

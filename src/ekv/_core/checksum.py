@@ -10,9 +10,12 @@ read back to be served: by reads, by sync (before a row is sent to a peer), by G
 
 The layout is chosen so that a read verifies a row with C calls only (schema 4; measured in
 docs/architecture.md, "Performance notes"): the CRC sits at the end of what it covers, so
-``crc32(check, crc32(value, crc32(key)))`` equals the constant :data:`RESIDUE` exactly when
+``crc32(check, crc32(value, crc32(key, RESIDUE)))`` equals the constant :data:`RESIDUE` exactly when
 nothing changed (a property of CRC-32: a message followed by its own little-endian CRC always
-checks to the same value). A read takes what it needs (expiry, timestamp, origin) from the
+checks to the same value). The CRC starts from that residue rather than from 0, so a run of
+intact rows, concatenated, also checks to :data:`RESIDUE`: a scan verifies a whole page with one
+``crc32`` call (a damaged row leaves the chain off the residue, and no later row brings it back).
+A read takes what it needs (expiry, timestamp, origin) from the
 verified record instead of from the unverified columns, which stay for SQL (indexes, the LWW
 rule, the change log); the paths that use the columns (sync, GC, ``ekv check``) compare the
 whole record with one rebuilt from them (:func:`row_check`). The expiry is stored first,
@@ -50,7 +53,7 @@ def row_check(key: str, ts: int, origin: str, oseq: int, expires_at: int | None,
     apart from an empty value by the record's flag)."""
     stored_expiry = NO_EXPIRY if expires_at is None else expires_at + _BIAS
     meta = _HEAD.pack(stored_expiry, ts, oseq, value is None) + origin.encode()
-    seed = crc32(key.encode())
+    seed = crc32(key.encode(), RESIDUE)
     if value is not None:
         seed = crc32(value, seed)
     return meta + crc32(meta, seed).to_bytes(4, "little")

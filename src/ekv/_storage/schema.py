@@ -395,8 +395,8 @@ def range_sql(*, with_values: bool, after: bool, bounded: bool) -> str:
         upper = " AND key < ?" if bounded else ""
         if with_values:
             # The third column is the exact bytes the row's check covers, key, value and check
-            # record, concatenated by SQLite (a copy in C): the reader verifies it with one crc32
-            # call. Visibility is the record's expiry (first, big-endian), compared as bytes with
+            # record, concatenated by SQLite (a copy in C): the reader verifies a page of them
+            # with one crc32 call. Visibility is the record's expiry (first, big-endian), compared as bytes with
             # ekv._core.checksum.expiry_floor(now): what the check covers, not the column.
             sql = (
                 f"SELECT key, value, CAST(key || value || crc AS BLOB) FROM kv WHERE {lower}{upper} "

@@ -21,7 +21,7 @@ import apsw
 import pytest
 
 import ekv
-from ekv._core.checksum import row_checksum
+from ekv._core.checksum import row_check
 from ekv._model import Entry
 from ekv._storage import schema
 from ekv._storage.sync import SyncSnapshot
@@ -55,7 +55,7 @@ def store(tmp_path: Path) -> Iterator[ekv.EKV]:
         blob = pickle.dumps("theirs")
         conn.execute(
             schema.UPSERT,
-            ("future", FUTURE, "peer", 1, None, None, blob, row_checksum("future", FUTURE, "peer", 1, None, blob)),
+            ("future", FUTURE, "peer", 1, None, None, blob, row_check("future", FUTURE, "peer", 1, None, blob)),
         )
         conn.execute(FAULT)
     finally:
@@ -180,7 +180,7 @@ def test_the_single_statement_upsert_follows_the_lww_rule_or_fails_whole(
     conn.execute(schema.DDL)
 
     def row(key: str, ts: int, origin: str, oseq: int) -> tuple[Any, ...]:
-        return (key, ts, origin, oseq, None, None, b"v", row_checksum(key, ts, origin, oseq, None, b"v"))
+        return (key, ts, origin, oseq, None, None, b"v", row_check(key, ts, origin, oseq, None, b"v"))
 
     conn.execute(schema.UPSERT, row("k", *stored))
     before = conn.execute("SELECT * FROM kv").fetchall(), conn.execute("SELECT * FROM log").fetchall()

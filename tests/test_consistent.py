@@ -18,6 +18,8 @@ import apsw
 import pytest
 
 import ekv
+from ekv._core.checksum import legacy_row_checksum
+from ekv._storage import schema
 from ekv.testing import FakeClock, run_gc
 
 HERE = Path(__file__).parent
@@ -282,13 +284,15 @@ def test_a_schema_2_store_is_upgraded_in_place(data_dir: Path, open_kv: Callable
         conn = apsw.Connection(str(path))
         conn.execute("DROP TABLE paxos; PRAGMA user_version = 2")
         conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+        for row in conn.execute(f"SELECT {schema.ROW_COLUMNS} FROM kv").fetchall():  # schema 2's checksums
+            conn.execute("UPDATE kv SET crc = ? WHERE key = ?", (legacy_row_checksum(*row[:6]), row[0]))
         conn.close()
     again = open_kv(**C)
     assert again.get("plain") == 1
     again.put("c/a", 1, if_absent=True)
     for path in sorted(data_dir.glob("shard_*.db")):
         conn = apsw.Connection(str(path))
-        assert conn.execute("PRAGMA user_version").get == 3
+        assert conn.execute("PRAGMA user_version").get == schema.SCHEMA_VERSION
         conn.close()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 import ekv
 from ekv._backup import check
-from ekv._core.checksum import row_checksum
+from ekv._core.checksum import RESIDUE, legacy_row_checksum, row_check
 from ekv._model import Entry
 from ekv._storage import schema
 from ekv.testing import node_of, run_gc, wait_until
@@ -64,7 +65,7 @@ def sqlite_says_ok(path: Path) -> bool:
 
 def test_checksum_covers_every_field_and_tells_tombstones_from_empty_values() -> None:
     base = ("key", 1_700_000_000_000_000_000, "node~1", 42, None, b"value")
-    reference = row_checksum(*base)
+    reference = row_check(*base)
     variants = [
         ("kez", *base[1:]),
         (base[0], base[1] + 1, *base[2:]),
@@ -74,17 +75,56 @@ def test_checksum_covers_every_field_and_tells_tombstones_from_empty_values() ->
         (*base[:5], b"valuf"),
         (*base[:5], None),
     ]
-    assert all(row_checksum(*v) != reference for v in variants)
-    assert row_checksum("k", 1, "o", 1, None, None) != row_checksum("k", 1, "o", 1, None, b"")
+    assert all(row_check(*v) != reference for v in variants)
+    assert row_check("k", 1, "o", 1, None, None) != row_check("k", 1, "o", 1, None, b"")
 
 
 def test_every_single_bit_flip_of_a_value_is_detected() -> None:
     value = bytes(range(64))
-    reference = row_checksum("k", 5, "o", 1, None, value)
+    reference = row_check("k", 5, "o", 1, None, value)
     for i, bit in itertools.product(range(len(value)), range(8)):
         damaged = bytearray(value)
         damaged[i] ^= 1 << bit
-        assert row_checksum("k", 5, "o", 1, None, bytes(damaged)) != reference
+        assert row_check("k", 5, "o", 1, None, bytes(damaged)) != reference
+
+
+def test_the_read_check_refuses_every_single_bit_flip_of_key_value_or_record() -> None:
+    """What reads run: one chain of crc32 calls over the requested key, the stored value and the
+    stored check record, compared with the CRC-32 residue. Every bit of each, flipped alone, fails
+    it; the intact row passes."""
+    key, value = b"doc/k", bytes(range(40))
+    record = row_check(key.decode(), 1_700_000_000_000_000_000, "node~1", 42, 1_800_000_000_000_000_000, value)
+
+    def passes(k: bytes, v: bytes, r: bytes) -> bool:
+        return zlib.crc32(r, zlib.crc32(v, zlib.crc32(k, RESIDUE))) == RESIDUE
+
+    assert passes(key, value, record)
+    for which in range(3):
+        parts = [key, value, record]
+        for i, bit in itertools.product(range(len(parts[which])), range(8)):
+            damaged = bytearray(parts[which])
+            damaged[i] ^= 1 << bit
+            flipped = list(parts)
+            flipped[which] = bytes(damaged)
+            assert not passes(*flipped), (which, i, bit)
+
+
+def test_a_page_of_rows_checks_as_one_message_and_any_flipped_bit_fails_it() -> None:
+    """Scans verify a page with one crc32 over the rows' key || value || record, joined: intact
+    rows chain from residue to residue in any order; a flipped bit in any row, first or last,
+    breaks the whole page (later rows do not bring the chain back)."""
+    rows = [
+        f"k{i}".encode() + bytes([i]) * i + row_check(f"k{i}", 10 + i, "o~1", i, None, bytes([i]) * i)
+        for i in range(12)
+    ]
+    assert zlib.crc32(b"".join(rows), RESIDUE) == RESIDUE
+    assert zlib.crc32(b"".join(reversed(rows)), RESIDUE) == RESIDUE
+    for row_index in (0, 5, 11):
+        for i, bit in itertools.product(range(len(rows[row_index])), range(8)):
+            damaged = bytearray(rows[row_index])
+            damaged[i] ^= 1 << bit
+            page = [*rows[:row_index], bytes(damaged), *rows[row_index + 1 :]]
+            assert zlib.crc32(b"".join(page), RESIDUE) != RESIDUE, (row_index, i, bit)
 
 
 # -- one node ----------------------------------------------------------------------------------------
@@ -353,9 +393,75 @@ def test_a_schema_1_store_is_upgraded_in_place_with_checksums(tmp_path: Path) ->
         conn = apsw.Connection(str(path))
         assert conn.execute("PRAGMA user_version").get == schema.SCHEMA_VERSION
         rows: list[Any] = conn.execute(f"SELECT {schema.ROW_COLUMNS} FROM kv").fetchall()
-        assert rows and all(row[6] == row_checksum(*row[:6]) for row in rows)
+        assert rows and all(row[6] == row_check(*row[:6]) for row in rows)
         conn.close()
     assert check(data_dir)[0] == []
+
+
+def _downgrade_to_schema_3(data_dir: Path, damage: str) -> None:
+    """Rewrite a store as schema 3 wrote it: integer checksums in ``kv.crc``. The row of key
+    ``damage`` gets its value changed afterwards (bit rot under the old layout)."""
+    for path in data_dir.glob("*.db"):
+        conn = apsw.Connection(str(path))
+        rows: list[Any] = conn.execute(f"SELECT {schema.ROW_COLUMNS} FROM kv").fetchall()
+        with conn:
+            for row in rows:
+                conn.execute("UPDATE kv SET crc = ? WHERE key = ?", (legacy_row_checksum(*row[:6]), row[0]))
+            conn.execute("UPDATE kv SET value = x'00' WHERE key = ?", (damage,))
+            conn.execute("PRAGMA user_version = 3")
+            conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
+        conn.close()
+
+
+def test_a_schema_3_store_is_upgraded_in_place_without_laundering_damage(tmp_path: Path) -> None:
+    """Schema 3 kept an integer checksum; schema 4 a check record. The upgrade verifies every row
+    against the old checksum first: good rows get a record that verifies, a row damaged before the
+    upgrade gets one that never does (it is still refused, then found by ``ekv check``)."""
+    data_dir = tmp_path / "data"
+    with ekv.EKV("old", data_dir, shards=2, log=False) as kv:
+        for i in range(50):
+            kv.put(f"k{i}", i, ttl=3600 if i % 2 else None)
+        kv.delete("k0")
+    _downgrade_to_schema_3(data_dir, damage="k7")
+    with pytest.raises(ekv.DataDirError, match="schema version 3"):
+        _open_readonly(data_dir)
+    with ekv.EKV("old", data_dir, shards=2, log=False) as kv:
+        assert kv.get("k8") == 8 and kv.get("k9") == 9 and kv.get("k0") is None
+        with pytest.raises(ekv.ChecksumError):
+            kv.get("k7")
+        with pytest.raises(ekv.ChecksumError):
+            kv.scan("k")
+        assert kv.get_many([f"k{i}" for i in range(8, 50)]) == {f"k{i}": i for i in range(8, 50)}
+    for path in data_dir.glob("*.db"):
+        conn = apsw.Connection(str(path))
+        assert conn.execute("PRAGMA user_version").get == schema.SCHEMA_VERSION == 4
+        rows = conn.execute(f"SELECT {schema.ROW_COLUMNS} FROM kv").fetchall()
+        assert all((row[6] == row_check(*row[:6])) == (row[0] != "k7") for row in rows)
+        conn.close()
+    problems, _ = check(data_dir)
+    assert len(problems) == 1 and "k7" in problems[0]
+
+
+def test_reads_take_visibility_from_the_verified_record_not_the_expiry_column(tmp_path: Path) -> None:
+    """The ``expires_at`` column is for SQL (GC's index); what a read serves is decided by the
+    expiry in the verified check record. A changed column can neither bring an expired value back
+    nor hide a live one from get, get_many, scan or iter."""
+    clock = ekv.testing.FakeClock()
+    data_dir = tmp_path / "data"
+    with ekv.EKV("bits", data_dir, shards=1, log=False, clock=clock) as kv:
+        kv.put("s/short", "x", ttl=10)
+        kv.put("s/long", "y", ttl=3600)
+    (path,) = data_dir.glob("*.db")
+    conn = apsw.Connection(str(path))
+    conn.execute("UPDATE kv SET expires_at = expires_at + 3600000000000 WHERE key = 's/short'")
+    conn.execute("UPDATE kv SET expires_at = 1 WHERE key = 's/long'")
+    conn.close()
+    with ekv.EKV("bits", data_dir, shards=1, log=False, clock=clock, gc_interval=3600) as kv:
+        clock.advance(60)
+        assert kv.scan("s/") == {"s/long": "y"}
+        assert list(kv.iter("s/")) == [("s/long", "y")]
+        assert kv.get_many(["s/short", "s/long"]) == {"s/long": "y"}
+        assert kv.get("s/short") is None and kv.get("s/long") == "y"
 
 
 def _open_readonly(data_dir: Path) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from ekv._core.checksum import row_checksum
+from ekv._core.checksum import row_check
 from ekv._model import Version
 from ekv._storage import schema
 from ekv._storage.integrity import row_ok
@@ -62,7 +62,7 @@ def expire_batch(shard: Shard, cur: apsw.Cursor, now_ns: int) -> tuple[list[RawE
                 damaged[key] = (ts, origin, oseq)
                 cur.execute(schema.DAMAGED_ADD, (key, ts, origin, oseq, now_ns))
                 continue
-            cur.execute(schema.EXPIRE_ROW, (row_checksum(key, ts, origin, oseq, expires_at, None), key, ts, origin))
+            cur.execute(schema.EXPIRE_ROW, (row_check(key, ts, origin, oseq, expires_at, None), key, ts, origin))
             if wanted and sink.matches(key):
                 events.append(("expired", key, value, Version(ts, origin)))
     if damaged:

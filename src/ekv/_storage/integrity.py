@@ -1,6 +1,6 @@
 """Bit rot: verifying stored rows against their checksums, and the bookkeeping of repairs.
 
-Every row of ``kv`` carries :func:`ekv._core.checksum.row_checksum` of its contents. A row is
+Every row of ``kv`` carries :func:`ekv._core.checksum.row_check` of its contents. A row is
 verified whenever it is about to leave the store: served to a read, sent to a peer by sync,
 rewritten by GC, checked by ``ekv check``. A row that fails is *damaged*: it is never served,
 it is recorded in the shard's ``damaged`` table (so the fact survives a restart), and the
@@ -15,21 +15,23 @@ from typing import Any
 
 import apsw
 
-from ekv._core.checksum import row_checksum
+from ekv._core.checksum import legacy_row_checksum, row_check
 from ekv._errors import ChecksumError
 from ekv._storage import schema
 from ekv._storage.sqlite import transaction
 
-__all__ = ["DamagedVersion", "damaged_error", "load_damaged", "row_ok", "upgrade_to_2", "visible_value"]
+__all__ = ["DamagedVersion", "damaged_error", "load_damaged", "row_ok", "upgrade_to_2", "upgrade_to_4", "visible_value"]
 
 DamagedVersion = tuple[int, str, int]
 """``(ts, origin, oseq)`` of a damaged row as read (any of them may be the damaged part)."""
 
 
 def row_ok(row: Any) -> bool:
-    """Whether a ``(key, ts, origin, oseq, expires_at, value, crc)`` row matches its checksum."""
+    """Whether a ``(key, ts, origin, oseq, expires_at, value, crc)`` row matches its check record:
+    the record rebuilt from the columns must equal the stored one, which covers the columns too
+    (reads use the record alone; this is for the paths that use the columns)."""
     key, ts, origin, oseq, expires_at, value, crc = row
-    return bool(crc == row_checksum(key, ts, origin, oseq, expires_at, value))
+    return bool(crc == row_check(key, ts, origin, oseq, expires_at, value))
 
 
 def visible_value(cur: apsw.Cursor, key: str, damaged: Container[str], now_ns: Callable[[], int]) -> bytes | None:
@@ -63,7 +65,7 @@ def upgrade_to_2(conn: apsw.Connection) -> int:
     ``damaged`` table. Returns the number of rows checksummed."""
 
     def checksum(*row: Any) -> int:
-        return row_checksum(*row)
+        return legacy_row_checksum(*row)
 
     conn.create_scalar_function("ekv_row_checksum", checksum, 6, deterministic=True)
     cur = conn.cursor()
@@ -72,4 +74,27 @@ def upgrade_to_2(conn: apsw.Connection) -> int:
         rows = int(cur.execute(schema.COUNT_ROWS).get)
         cur.execute(schema.USER_VERSION_2)
         cur.execute(schema.META_SET, ("schema_version", 2))
+    return rows
+
+
+def upgrade_to_4(conn: apsw.Connection) -> int:
+    """Upgrade a schema-3 shard in place (one transaction): replace each row's integer checksum
+    with its check record. A row whose old checksum fails gets its record with the CRC's last
+    bit flipped, which fails every check: it stays damaged (and is found by the next read or
+    ``ekv check``, scans included, as the record still says when it expires) instead of being
+    given a valid record. Returns the number of rows rewritten."""
+
+    def check(*row: Any) -> bytes:
+        record = row_check(*row[:6])
+        if row[6] != legacy_row_checksum(*row[:6]):
+            return record[:-1] + bytes([record[-1] ^ 1])
+        return record
+
+    conn.create_scalar_function("ekv_row_check", check, 7, deterministic=True)
+    cur = conn.cursor()
+    with transaction(cur):
+        cur.execute(schema.UPGRADE_TO_4)
+        rows = int(cur.execute(schema.COUNT_ROWS).get)
+        cur.execute(schema.USER_VERSION_SET)
+        cur.execute(schema.META_SET, ("schema_version", schema.SCHEMA_VERSION))
     return rows

@@ -19,7 +19,6 @@ separate object, so a ``get`` costs no extra call.
 from __future__ import annotations
 
 import heapq
-import itertools
 import json
 import threading
 import weakref
@@ -30,7 +29,7 @@ from zlib import crc32
 import apsw
 
 from ekv._config import Config
-from ekv._core.checksum import row_checksum
+from ekv._core.checksum import BIAS, EXPIRY_AND_TS, NO_EXPIRY, RESIDUE, check_fields, expiry_floor
 from ekv._core.clock import HybridClock
 from ekv._core.keys import check_key, prefix_upper_bound, shard_of
 from ekv._errors import ClosedError
@@ -146,13 +145,18 @@ class StoreReads:
             raise_storage_error(exc)
         if row is None:
             return None
-        value, expires_at, ts, origin, oseq, crc, size = row
+        value, check, size = row
         if size is None:
-            return None
+            return None  # a tombstone
         if value is None:
             return False
-        if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+        try:
+            intact = crc32(check, crc32(value, crc32(encoded, RESIDUE))) == RESIDUE
+        except TypeError:
+            intact = False
+        if not intact:
             raise self._damaged(index, key)
+        expires_at, ts, _, _, origin = check_fields(check)
         if expires_at is not None and expires_at <= self._now():
             return None
         if ts > self.clock.last_ns:
@@ -169,19 +173,29 @@ class StoreReads:
         self.reads += 1  # approximate under threads (not locked): a metric, not an invariant
         index = crc32(encoded) % self._count
         try:
-            row = self._cursors()[index].execute(schema.GET, (key,)).get
+            try:
+                cursors = self._tls.cursors  # _cursors() inlined: a call less per get
+            except AttributeError:
+                cursors = self._open_readers()
+            row = cursors[index].execute(schema.GET, (key,)).get
         except apsw.Error as exc:
             if self._closed:
                 raise self._closed_error() from exc
             raise_storage_error(exc)
         if row is None:
             return None
-        value, expires_at, ts, origin, oseq, crc = row
+        value, check = row
         if value is None:
             return None
-        if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+        # The check record covers the requested key, the value and the metadata used below.
+        try:
+            intact = crc32(check, crc32(value, crc32(encoded, RESIDUE))) == RESIDUE
+        except TypeError:  # not a blob: damaged
+            intact = False
+        if not intact:
             raise self._damaged(index, key)
-        if expires_at is not None and expires_at <= self._now():
+        expiry, ts = EXPIRY_AND_TS(check)
+        if expiry != NO_EXPIRY and expiry - BIAS <= self._now():
             return None
         if ts > self.clock.last_ns:  # another process wrote it: order later writes after it
             self.clock.observe(ts)
@@ -203,11 +217,16 @@ class StoreReads:
             raise_storage_error(exc)
         if row is None:
             return None
-        value, expires_at, ts, origin, oseq, crc = row
+        value, check = row
         if value is None:
             return None
-        if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+        try:
+            intact = crc32(check, crc32(value, crc32(encoded, RESIDUE))) == RESIDUE
+        except TypeError:
+            intact = False
+        if not intact:
             raise self._damaged(index, key)
+        expires_at, ts, _, _, origin = check_fields(check)
         if expires_at is not None and expires_at <= self._now():
             return None
         if ts > self.clock.last_ns:
@@ -224,19 +243,20 @@ class StoreReads:
         for key, encoded in keys:
             parts.setdefault(crc32(encoded) % self._count, []).append(key)
         found: dict[str, bytes] = {}
-        now = self._now()
+        floor = expiry_floor(self._now())
         try:
             cursors = self._cursors()
             for index, part in parts.items():
                 self.reads += len(part)
-                for key, value, expires_at, ts, origin, oseq, crc in cursors[index].execute(
+                for key, value, check in cursors[index].execute(
                     schema.GET_MANY, (json.dumps(part, ensure_ascii=False),)
                 ):
-                    if value is None or (expires_at is not None and expires_at <= now):
+                    if value is None:
                         continue
-                    if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
+                    if not _intact(key.encode(), value, check):
                         raise self._damaged(index, key)
-                    found[key] = value
+                    if check > floor:
+                        found[key] = value
         except apsw.Error as exc:
             if self._closed:
                 raise self._closed_error() from exc
@@ -297,7 +317,8 @@ class StoreReads:
             if self._closed:
                 raise self._closed_error()
             sql = schema.range_sql(with_values=with_values, after=after, bounded=bounded)
-            params: tuple[Any, ...] = (lower, upper, now, _PAGE) if bounded else (lower, now, _PAGE)
+            visible = expiry_floor(now) if with_values else now
+            params: tuple[Any, ...] = (lower, upper, visible, _PAGE) if bounded else (lower, visible, _PAGE)
             try:
                 rows: list[Any] = self._cursors()[index].execute(sql, params).fetchall()
             except apsw.Error as exc:
@@ -305,11 +326,9 @@ class StoreReads:
                     raise self._closed_error() from exc
                 raise_storage_error(exc)
             if with_values:
-                for row in rows:
-                    key, value, ts, origin, oseq, expires_at, crc = row
-                    if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
-                        raise self._damaged(index, key)
-                    yield key, value
+                if rows:
+                    keys, values = self._verified(rows)
+                    yield from zip(keys, values, strict=True)
             else:
                 for row in rows:
                     yield row[0]
@@ -338,32 +357,47 @@ class StoreReads:
         yield from heapq.merge(*streams)
 
     def _range_all(self, prefix: str, with_values: bool) -> list[Any]:
+        """Every visible row under ``prefix`` from every shard, sorted (the rows of different shards
+        never share a key, so tuples compare by key alone)."""
         if self._closed:
             self._unusable()
         upper = prefix_upper_bound(prefix)
-        now = self._now()
+        visible = expiry_floor(self._now()) if with_values else self._now()
         sql = schema.range_sql(with_values=with_values, after=False, bounded=upper is not None)
-        params: tuple[Any, ...] = (prefix, upper, now, -1) if upper is not None else (prefix, now, -1)
+        params: tuple[Any, ...] = (prefix, upper, visible, -1) if upper is not None else (prefix, visible, -1)
+        rows: list[Any] = []
         try:
-            cursors = self._cursors()
-            parts: list[list[Any]] = [cur.execute(sql, params).fetchall() for cur in cursors]
+            for cur in self._cursors():
+                rows += cur.execute(sql, params).fetchall()
         except apsw.Error as exc:
             if self._closed:
                 raise self._closed_error() from exc
             raise_storage_error(exc)
-        if with_values:
-            for index, part in enumerate(parts):
-                for key, value, ts, origin, oseq, expires_at, crc in part:
-                    if crc != row_checksum(key, ts, origin, oseq, expires_at, value):
-                        raise self._damaged(index, key)
-        rows = list(itertools.chain.from_iterable(parts))
         rows.sort()
         return rows
 
-    def items(self, prefix: str) -> list[Any]:
-        """The rows of every visible key under ``prefix`` (validated), ascending: ``(key, value
-        bytes, ...)``, checksums verified."""
-        return self._range_all(prefix, True)
+    def _verified(self, rows: list[Any]) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
+        """The keys and values of range-query ``rows`` (``(key, value, key || value || check
+        record)``), once every row verifies: the third columns joined and checked with one crc32
+        call (intact rows chain from residue to residue, see :mod:`ekv._core.checksum`), no Python
+        code per row (docs/architecture.md, "Performance notes"); row by row only to name a
+        damaged one."""
+        keys, values, covered = zip(*rows, strict=True)
+        try:
+            intact = crc32(b"".join(covered), RESIDUE) == RESIDUE
+        except TypeError:  # a NULL check record (damaged): found below
+            intact = False
+        if not intact:
+            for key, _, checked in rows:
+                if type(checked) is not bytes or crc32(checked, RESIDUE) != RESIDUE:
+                    raise self._damaged(crc32(key.encode()) % self._count, key)
+        return keys, values
+
+    def items(self, prefix: str) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
+        """The keys and values (bytes) of every visible key under ``prefix`` (validated),
+        ascending, each row verified."""
+        rows = self._range_all(prefix, True)
+        return self._verified(rows) if rows else ((), ())
 
     def keys(self, prefix: str) -> list[str]:
         """Every visible key under ``prefix`` (validated), ascending."""
@@ -384,6 +418,15 @@ class StoreReads:
             if self._closed:
                 raise self._closed_error() from exc
             raise_storage_error(exc)
+
+
+def _intact(encoded: bytes, value: Any, check: Any) -> bool:
+    """Whether a row's value and check record verify for the key ``encoded`` (the inline form of
+    this in :meth:`StoreReads.read` is the hot path)."""
+    try:
+        return bool(crc32(check, crc32(value, crc32(encoded, RESIDUE))) == RESIDUE)
+    except TypeError:  # a value or record that is not a blob: damaged
+        return False
 
 
 def _fetch(cur: apsw.Cursor, sql: str, params: tuple[Any, ...]) -> list[Any]:

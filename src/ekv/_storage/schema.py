@@ -6,8 +6,9 @@ Tables
     Current state, one row per key: the winning version of the key, live or tombstone.
     ``value`` is NULL exactly for tombstones; ``deleted_at`` is then when the key died (the
     delete's timestamp, or the expiry time of an expired put) and drives tombstone purging.
-    ``crc`` is the row's checksum (:func:`ekv._core.checksum.row_checksum`), verified before the
-    row is served; NULL only in rows written by schema 1 and not yet upgraded (read-only opens).
+    ``crc`` is the row's check record (:func:`ekv._core.checksum.row_check`: its metadata
+    packed, then a CRC-32 of key, value and metadata), verified before the row is served; reads
+    take the expiry, timestamp and origin from it. (An integer checksum in schemas 2 and 3.)
     A rowid table with a unique key index: with values over a few hundred bytes it is several
     times faster than WITHOUT ROWID (measured while designing, see docs/architecture.md).
 ``log``
@@ -54,7 +55,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ekv._core.checksum import row_checksum
+from ekv._core.checksum import row_check
 
 __all__ = [
     "APPLICATION_ID",
@@ -66,9 +67,10 @@ __all__ = [
 ]
 
 APPLICATION_ID = 0x454B5631  # "EKV1"
-SCHEMA_VERSION = 3
-"""1: first release. 2: ``kv.crc`` and the ``damaged`` table. 3: the ``paxos`` table. Older
-shards are upgraded in place at a writable open."""
+SCHEMA_VERSION = 4
+"""1: first release. 2: ``kv.crc`` and the ``damaged`` table. 3: the ``paxos`` table. 4: ``kv.crc``
+holds a check record that a read verifies with C calls only. Older shards are upgraded in place
+at a writable open."""
 
 PAXOS_DDL = """
 CREATE TABLE IF NOT EXISTS paxos (
@@ -97,7 +99,7 @@ CREATE TABLE kv (
     expires_at  INTEGER,
     deleted_at  INTEGER,
     value       BLOB,
-    crc         INTEGER
+    crc         BLOB
 );
 CREATE INDEX kv_expiring ON kv(expires_at) WHERE value IS NOT NULL AND expires_at IS NOT NULL;
 CREATE INDEX kv_deleted ON kv(deleted_at) WHERE deleted_at IS NOT NULL;
@@ -177,7 +179,7 @@ def kv_row(key: str, ts: int, origin: str, oseq: int, expires_at: int | None, va
         expires_at,
         None if value is not None else (ts if expires_at is None else expires_at),
         value,
-        row_checksum(key, ts, origin, oseq, expires_at, value),
+        row_check(key, ts, origin, oseq, expires_at, value),
     )
 
 
@@ -244,15 +246,13 @@ def stored_versions(cur: Any, keys: set[str]) -> dict[str, tuple[int, str]]:
     return found
 
 
-# Reads that serve a value fetch everything its checksum covers.
-GET = "SELECT value, expires_at, ts, origin, oseq, crc FROM kv WHERE key = ?"
-GET_BOUNDED = (
-    "SELECT CASE WHEN length(value) <= ? THEN value END, expires_at, ts, origin, oseq, crc, length(value) "
-    "FROM kv WHERE key = ?"
-)
+# Reads that serve a value fetch the value and its check record, which holds the rest of what
+# they need (expiry, timestamp, origin), verified with it.
+GET = "SELECT value, crc FROM kv WHERE key = ?"
+GET_BOUNDED = "SELECT CASE WHEN length(value) <= ? THEN value END, crc, length(value) FROM kv WHERE key = ?"
 """:data:`GET` that returns no value (but its length) when the value is longer than the first
 parameter (:meth:`ekv._storage.reads.StoreReads.read_bounded`)."""
-GET_MANY = "SELECT key, value, expires_at, ts, origin, oseq, crc FROM kv WHERE key IN (SELECT value FROM json_each(?))"
+GET_MANY = "SELECT key, value, crc FROM kv WHERE key IN (SELECT value FROM json_each(?))"
 """:data:`GET` for many keys at once, given as one JSON array: one statement (an index search per
 key) whatever their number, with no limit on bound parameters."""
 ROW_COLUMNS = "key, ts, origin, oseq, expires_at, value, crc"
@@ -277,6 +277,11 @@ CREATE TABLE damaged (
 ) WITHOUT ROWID;
 """
 USER_VERSION_2 = "PRAGMA user_version = 2"
+USER_VERSION_3 = "PRAGMA user_version = 3"
+# Version 3 -> 4, in one transaction at a writable open: ``ekv_row_check`` (registered for it)
+# rebuilds each row's check record after verifying the schema-3 checksum; a row that fails it
+# gets a record that fails every check (damage is never laundered into a valid one).
+UPGRADE_TO_4 = "UPDATE kv SET crc = ekv_row_check(key, ts, origin, oseq, expires_at, value, crc)"
 VERSION_OF = "SELECT ts, origin FROM kv WHERE key = ?"
 
 # The acceptor (ekv._storage.acceptor).
@@ -384,17 +389,26 @@ def range_sql(*, with_values: bool, after: bool, bounded: bool) -> str:
 
     ``after`` continues strictly after the last key of the previous page; otherwise the page
     starts at the prefix itself. ``bounded`` adds the exclusive upper bound of the prefix.
-    Parameters: lower, [upper,] now_ns, limit.
+    Parameters: lower, [upper,] now (``with_values``: ``expiry_floor(now_ns)``, else now_ns), limit.
     """
     cache_key = (with_values, after, bounded)
     sql = _RANGE_CACHE.get(cache_key)
     if sql is None:
-        columns = "key, value, ts, origin, oseq, expires_at, crc" if with_values else "key"
         lower = "key > ?" if after else "key >= ?"
         upper = " AND key < ?" if bounded else ""
-        sql = (
-            f"SELECT {columns} FROM kv WHERE {lower}{upper} AND value IS NOT NULL "
-            "AND (expires_at IS NULL OR expires_at > ?) ORDER BY key LIMIT ?"
-        )
+        if with_values:
+            # The third column is the exact bytes the row's check covers, key, value and check
+            # record, concatenated by SQLite (a copy in C): the reader verifies a page of them
+            # with one crc32 call. Visibility is the record's expiry (first, big-endian), compared as bytes with
+            # ekv._core.checksum.expiry_floor(now): what the check covers, not the column.
+            sql = (
+                f"SELECT key, value, CAST(key || value || crc AS BLOB) FROM kv WHERE {lower}{upper} "
+                "AND value IS NOT NULL AND crc > ? ORDER BY key LIMIT ?"
+            )
+        else:
+            sql = (
+                f"SELECT key FROM kv WHERE {lower}{upper} AND value IS NOT NULL "
+                "AND (expires_at IS NULL OR expires_at > ?) ORDER BY key LIMIT ?"
+            )
         _RANGE_CACHE[cache_key] = sql
     return sql

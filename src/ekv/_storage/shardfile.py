@@ -18,7 +18,7 @@ from ekv._errors import CorruptionError
 from ekv._log import NodeLog
 from ekv._storage import schema
 from ekv._storage.datadir import DataDir, Manifest, new_node_id
-from ekv._storage.integrity import upgrade_to_2
+from ekv._storage.integrity import upgrade_to_2, upgrade_to_4
 from ekv._storage.sqlite import transaction
 
 __all__ = [
@@ -56,9 +56,12 @@ def upgrade(conn: apsw.Connection, path: str, log: NodeLog) -> None:
         cur = conn.cursor()
         with transaction(cur):
             cur.execute(schema.PAXOS_DDL)
-            cur.execute(schema.USER_VERSION_SET)
-            cur.execute(schema.META_SET, ("schema_version", schema.SCHEMA_VERSION))
-        log.info("upgraded %s to schema %d (the acceptor table)", path, schema.SCHEMA_VERSION)
+            cur.execute(schema.USER_VERSION_3)
+            cur.execute(schema.META_SET, ("schema_version", 3))
+        log.info("upgraded %s to schema 3 (the acceptor table)", path)
+    if version < 4:
+        rows = upgrade_to_4(conn)
+        log.info("upgraded %s to schema 4 (%d rows given check records)", path, rows)
 
 
 def is_empty(cur: apsw.Cursor) -> bool:

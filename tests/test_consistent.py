@@ -244,7 +244,7 @@ def test_acceptor_steps_of_one_turn_share_a_transaction_per_shard(
     assert grown < 10 * (4096 + 24), f"{grown} bytes of WAL: the steps did not share a transaction"
 
     record = Record(now + 2, "p", None, node_of(kv).values.encode("c/k0", "v"))
-    steps = [Step("accept", "c/k0", ballot, record), Step("commit", "c/k0", record=record)]
+    steps = [Step("accept", "c/k0", ballot, record), Step("chosen", "c/k0", record=record)]
     steps += [Step("prepare", "c/k0", Ballot(now + 1, "q")), Step("prepare", "c/k1", Ballot(now + 5, "q"))]
     accepted, version, stale, fresh = acceptor.steps(steps)
     assert accepted == (True, ballot)

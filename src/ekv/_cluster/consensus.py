@@ -263,7 +263,7 @@ class Consensus:
             # Now, with whatever steps are queued: the commit is on the caller's path (its
             # read-your-writes), a wait for the next turn of the loop is not.
             answers: list[Any] = []
-            self._acceptor_step(Step("commit", key, record=record), answers.append)
+            self._acceptor_step(Step("chosen", key, record=record), answers.append)
             self._run_steps()
             if isinstance(answers[0], Exception):  # chosen all the same: the next operation on the key commits it
                 self.log.error("committing the chosen record of %r failed", key, exc_info=answers[0])

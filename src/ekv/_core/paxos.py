@@ -216,7 +216,7 @@ class Promise(NamedTuple):
 class Step(NamedTuple):
     """One step of a voter's acceptor, as the proposer and the acceptor service queue them:
     ``kind`` "prepare" (``ballot``), "accept" (``ballot``, ``record``: None accepts the absent
-    state) or "commit" (``record``, chosen: write it into the store). See
+    state) or "chosen" (``record``: write it into the store). See
     :meth:`ekv._storage.acceptor.Acceptor.steps`."""
 
     kind: str

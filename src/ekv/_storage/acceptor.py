@@ -213,7 +213,7 @@ def _step(cur: apsw.Cursor, write: LocalWrite, shard: Shard, step: Step) -> Any:
         return prepare(cur, step.key, step.ballot, shard.damaged, shard.path)
     if step.kind == "accept":
         return accept(cur, step.key, step.ballot, step.record, shard.path)
-    assert step.kind == "commit" and step.record is not None, step
+    assert step.kind == "chosen" and step.record is not None, step
     return write_chosen(cur, write, shard.clock, step.key, step.record)
 
 
@@ -243,7 +243,7 @@ class Acceptor:
         return self._one(Step("accept", key, ballot, record))  # type: ignore[no-any-return]
 
     def commit_chosen(self, key: str, record: Record) -> Version | None:
-        return self._one(Step("commit", key, record=record))  # type: ignore[no-any-return]
+        return self._one(Step("chosen", key, record=record))  # type: ignore[no-any-return]
 
     def _one(self, step: Step) -> Any:
         shard = self._shard(step.key)

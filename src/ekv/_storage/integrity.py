@@ -10,8 +10,8 @@ replicator asks each member for a full resend of the shard until a copy of the k
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
-from typing import Any
+from collections.abc import Callable, Container, Sequence
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
@@ -20,7 +20,21 @@ from ekv._errors import ChecksumError
 from ekv._storage import schema
 from ekv._storage.sqlite import transaction
 
-__all__ = ["DamagedVersion", "damaged_error", "load_damaged", "row_ok", "upgrade_to_2", "upgrade_to_4", "visible_value"]
+if TYPE_CHECKING:
+    from ekv._storage.shard import Shard
+
+__all__ = [
+    "DamagedVersion",
+    "damaged_error",
+    "forget_damaged",
+    "load_damaged",
+    "mark_damaged",
+    "row_ok",
+    "row_verifies",
+    "upgrade_to_2",
+    "upgrade_to_4",
+    "visible_value",
+]
 
 DamagedVersion = tuple[int, str, int]
 """``(ts, origin, oseq)`` of a damaged row as read (any of them may be the damaged part)."""
@@ -98,3 +112,41 @@ def upgrade_to_4(conn: apsw.Connection) -> int:
         cur.execute(schema.USER_VERSION_SET)
         cur.execute(schema.META_SET, ("schema_version", schema.SCHEMA_VERSION))
     return rows
+
+
+# -- on a shard's writer ---------------------------------------------------------------------------
+
+
+def mark_damaged(shard: Shard, key: str, now_ns: int) -> bool:
+    """Verify ``key``'s row on ``shard``'s writer and, if it fails its checksum, record it as
+    damaged (durably). Returns True if the row is damaged. Called when a reader or a sync found a
+    bad row; the writer's own read decides, so a row replaced in the meantime is left alone."""
+
+    def mark(cur: apsw.Cursor) -> bool:
+        row = cur.execute(schema.ROW, (key,)).get
+        if row is None or row_ok(row):
+            return False
+        if key not in shard.damaged:
+            version: DamagedVersion = (row[1], row[2], row[3])
+            cur.execute(schema.DAMAGED_ADD, (key, *version, now_ns))
+            shard.note_damaged({key: version})
+        return True
+
+    return bool(shard.run_exclusive(mark))
+
+
+def forget_damaged(shard: Shard, keys: Sequence[str]) -> None:
+    """Drop keys from ``shard``'s damaged list (their rows verify again, e.g. repaired with the
+    best version the members had)."""
+
+    def forget(cur: apsw.Cursor) -> None:
+        for key in keys:
+            cur.execute(schema.DAMAGED_CLEAR, (key,))
+            shard.damaged.pop(key, None)
+
+    shard.run_exclusive(forget)
+
+
+def row_verifies(shard: Shard, key: str) -> bool:
+    """Whether ``key``'s stored row (if any) on ``shard`` matches its checksum, read on the writer."""
+    return bool(shard.run_exclusive(lambda cur: (r := cur.execute(schema.ROW, (key,)).get) is None or row_ok(r)))

@@ -37,7 +37,7 @@ from ekv._log import NodeLog
 from ekv._model import Entry, Version
 from ekv._storage import schema
 from ekv._storage.datadir import DataDir
-from ekv._storage.integrity import damaged_error, row_ok
+from ekv._storage.integrity import damaged_error, mark_damaged, row_ok
 from ekv._storage.shard import Shard
 from ekv._storage.sqlite import open_connection, raise_storage_error
 
@@ -268,7 +268,7 @@ class StoreReads:
         the shard's writer, which checks again) so that repair starts."""
         if self.shards and not self._readonly and key not in self.shards[index].damaged:
             try:
-                self.shards[index].mark_damaged(key, self._now())
+                mark_damaged(self.shards[index], key, self._now())
             except Exception as exc:  # the read fails with the checksum error either way
                 self.log.warning("recording damage of key %r failed: %s", key, exc)
         return damaged_error(key, str(self.datadir.shard_path(index)))

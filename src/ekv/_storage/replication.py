@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ekv._model import Entry
+from ekv._storage import integrity
 from ekv._storage.integrity import DamagedVersion
 from ekv._storage.store import ShardedStore
 from ekv._storage.sync import (
@@ -82,13 +83,13 @@ class StoreReplicationPort:
         return dict(self._store.shards[shard].damaged)
 
     def mark_damaged(self, shard: int, key: str, now_ns: int) -> bool:
-        return self._store.shards[shard].mark_damaged(key, now_ns)
+        return integrity.mark_damaged(self._store.shards[shard], key, now_ns)
 
     def row_verifies(self, shard: int, key: str) -> bool:
-        return self._store.shards[shard].row_verifies(key)
+        return integrity.row_verifies(self._store.shards[shard], key)
 
     def forget_damaged(self, shard: int, keys: Sequence[str]) -> None:
-        self._store.shards[shard].forget_damaged(keys)
+        integrity.forget_damaged(self._store.shards[shard], keys)
 
     def describe(self, shard: int) -> str:
         return str(self._store.datadir.shard_path(shard))

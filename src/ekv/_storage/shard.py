@@ -651,44 +651,12 @@ class Shard:
 
     # -- damage (bit rot) ------------------------------------------------------------------------
 
-    def mark_damaged(self, key: str, now_ns: int) -> bool:
-        """Verify ``key``'s row on the writer and, if it fails its checksum, record it as damaged
-        (durably). Returns True if the row is damaged. Called when a reader or a sync found a
-        bad row; the writer's own read decides, so a row replaced in the meantime is left alone."""
-
-        def mark(cur: apsw.Cursor) -> bool:
-            row = cur.execute(schema.ROW, (key,)).get
-            if row is None or row_ok(row):
-                return False
-            if key not in self.damaged:
-                version: DamagedVersion = (row[1], row[2], row[3])
-                cur.execute(schema.DAMAGED_ADD, (key, *version, now_ns))
-                self.note_damaged({key: version})
-            return True
-
-        return bool(self.run_exclusive(mark))
-
     def note_damaged(self, found: Mapping[str, DamagedVersion]) -> None:
         """Record damage already written to the ``damaged`` table (on the writer)."""
         self.damaged.update(found)
         message = "DAMAGED VALUE: the stored version of key %r in %s failed its checksum; it will not be served"
         for key in found:
             self.log.error(message + " and is being fetched again from members", key, self.path)
-
-    def forget_damaged(self, keys: Sequence[str]) -> None:
-        """Drop keys from the damaged list (their rows verify again, e.g. repaired with the best
-        version the members had)."""
-
-        def forget(cur: apsw.Cursor) -> None:
-            for key in keys:
-                cur.execute(schema.DAMAGED_CLEAR, (key,))
-                self.damaged.pop(key, None)
-
-        self.run_exclusive(forget)
-
-    def row_verifies(self, key: str) -> bool:
-        """Whether ``key``'s stored row (if any) matches its checksum, read on the writer."""
-        return bool(self.run_exclusive(lambda cur: (r := cur.execute(schema.ROW, (key,)).get) is None or row_ok(r)))
 
     def _close_now(self, cur: apsw.Cursor) -> None:
         self._closed = True

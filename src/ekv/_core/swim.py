@@ -178,7 +178,7 @@ class _Member:
     incarnation: int
     status: Status
     since_ns: int
-    answered: bool | None = None  # did this member's last direct probe of it get an ack?
+    answered_ns: int = -1  # when this member's last direct probe of it was acked (-1: never, or failed since)
 
 
 @dataclass(slots=True)
@@ -249,6 +249,7 @@ class Swim:
         self._members: dict[str, _Member] = {}
         self._live = 0  # members ALIVE or SUSPECT (kept, not counted, because every message asks)
         self._reconnects: dict[int, str] = {}  # seq of a ping to a member believed failed -> name
+        self._synced_back = False  # pushed-pulled with a member back from failed this interval
         self._suspicions: dict[str, _Suspicion] = {}
         self._queue: dict[str, Update] = {}  # node -> its latest update still to gossip
         self._sent: dict[str, int] = {}  # node -> transmissions of that update so far
@@ -373,10 +374,11 @@ class Swim:
                     gossip = (Update(self.name, self.addr, self.incarnation, Status.ALIVE), *gossip[:254])
                 self._out.append((src, Ack(message.seq, gossip)))
         elif isinstance(message, Ack):
-            self._on_ack(message.seq)
+            self._on_ack(message.seq, now_ns)
         elif isinstance(message, PingReq):
             seq = self._next_seq()
-            nack_at = now_ns + self._scaled(self.config.probe_timeout_ns) * 4 // 5
+            # unscaled: the requester waits out the rest of its period for this (as memberlist)
+            nack_at = now_ns + self.config.probe_timeout_ns * 4 // 5
             self._relays[seq] = _Relay(src, message.seq, nack_at)
             self._out.append((message.addr, Ping(seq, message.target, self._piggyback())))
         elif isinstance(message, Nack) and self._probe is not None and self._probe.seq == message.seq:
@@ -434,36 +436,39 @@ class Swim:
             self._out.append((self._members[name].addr, message))
 
     def _helpers(self, target: str) -> list[str]:
-        """``indirect_k`` random helpers, those whose own last probe got an ack first, then those
-        not probed yet. Why: a helper's missing nack counts against this member's health, which
-        is only fair if the helper was reachable; in a partition, half the members are not, and
-        without this preference both sides' health scores climb and, after the heal, slow their
-        probing (and the gossip it carries) for tens of seconds."""
-        ranked: list[list[str]] = [[], [], []]
-        for name in self.live_members():
-            if name != target:
-                answered = self._members[name].answered
-                ranked[0 if answered else 1 if answered is None else 2].append(name)
-        chosen: list[str] = []
-        for group in ranked:
-            chosen += self._rng.sample(group, min(self.config.indirect_k - len(chosen), len(group)))
-        return chosen
+        """``indirect_k`` helpers drawn at random from the ``2 * indirect_k`` members whose direct
+        probes were acked most recently. Why: a helper's missing nack counts against this
+        member's health, which is only fair if the helper was reachable; in a partition, half
+        the members are not, and with helpers drawn from all, both sides' health scores climb to
+        the maximum and, after the heal, slow their probing (and the gossip it carries) for tens
+        of seconds."""
+        candidates = [name for name in self.live_members() if name != target]
+        self._rng.shuffle(candidates)  # ties (never acked) in random order
+        candidates.sort(key=lambda name: self._members[name].answered_ns, reverse=True)
+        pool = candidates[: 2 * self.config.indirect_k]
+        return self._rng.sample(pool, min(self.config.indirect_k, len(pool)))
 
-    def _on_ack(self, seq: int) -> None:
+    def _on_ack(self, seq: int, now_ns: int) -> None:
         probe = self._probe
         if probe is not None and probe.seq == seq and not probe.acked:
             probe.acked = True
             self._health(-1)
             member = self._members.get(probe.target)
             if member is not None:
-                member.answered = True
+                member.answered_ns = now_ns
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:
             self._out.append((relay.requester, Ack(relay.seq, self._piggyback())))
         name = self._reconnects.pop(seq, None)
         if name is not None and name in self._members:
-            self._out.append((self._members[name].addr, self._sync(reply=True)))
+            # one member believed failed is back: a partition may have healed, so ping the next
+            # one at once (a chain at network speed, as long as they answer); push-pull with the
+            # first that answers in each interval (the views of the two sides merge)
+            if not self._synced_back:
+                self._synced_back = True
+                self._out.append((self._members[name].addr, self._sync(reply=True)))
+            self._ping_failed()
 
     def _finish_probe(self, now_ns: int) -> None:
         """At the end of a period: a probe without any ack makes its target suspect. Missing
@@ -478,7 +483,7 @@ class Swim:
             self._health(1)
         member = self._members.get(probe.target)
         if member is not None:
-            member.answered = False
+            member.answered_ns = -1
         if member is not None and member.status <= Status.SUSPECT:
             self._apply(Update(probe.target, member.addr, member.incarnation, Status.SUSPECT, self.name), now_ns)
 
@@ -633,15 +638,20 @@ class Swim:
         self._next_reconnect_ns = now_ns + self.config.reconnect_interval_ns
         self._forget(now_ns)
         self._reconnects.clear()
+        self._synced_back = False
         if len(self._queue) > self.config.sync_backlog and self._live:
             self._out.append((self._members[self._rng.choice(self.live_members())].addr, self._sync(reply=True)))
+        self._ping_failed()
+
+    def _ping_failed(self) -> None:
+        """Ping one random member believed failed, telling it so (it refutes in its ack)."""
         failed = [name for name, m in sorted(self._members.items()) if m.status is Status.FAILED]
         if failed:
             name = self._rng.choice(failed)
             seq = self._next_seq()
             self._reconnects[seq] = name
             member = self._members[name]
-            gossip = (Update(name, member.addr, member.incarnation, Status.FAILED),)  # refuted in the ack
+            gossip = (Update(name, member.addr, member.incarnation, Status.FAILED),)
             self._out.append((member.addr, Ping(seq, name, gossip)))
 
     def _forget(self, now_ns: int) -> None:

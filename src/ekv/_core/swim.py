@@ -281,6 +281,8 @@ class Swim:
         return [n for n, m in self._members.items() if m.status <= Status.SUSPECT]
 
     def cluster_size(self) -> int:
+        """N as this member sees it (alive and suspect members and itself): what the suspicion
+        timeout and the retransmit limit scale with."""
         return self._live + 1
 
     def take_messages(self) -> list[tuple[str, Message]]:
@@ -327,6 +329,8 @@ class Swim:
             self._out.append((self._members[name].addr, Gossip((update,))))
 
     def tick(self, now_ns: int) -> None:
+        """Do what is due: join retries, the indirect probe, the end of a probe period and the
+        next probe, nacks owed as a helper, suspicions that timed out, reconnects."""
         if self.left:
             return
         if not self._joined and now_ns >= self._next_join_ns:

@@ -35,8 +35,8 @@ never confused with "failed".
 
 Nothing here reads a clock, opens a socket or starts a thread: time comes in with each call,
 randomness from a seeded ``random.Random``, and what to send goes out through
-:meth:`Swim.take_messages`, so the same code runs in the simulator
-(:mod:`ekv.testing._internal.simswim`) and, later, behind the cluster's transport. The wire
+:meth:`Swim.take_messages`, so the same code runs in the membership simulator (see
+docs/scale.md) and, later, behind the cluster's transport. The wire
 encoding of the messages is in :mod:`ekv._core.swim_wire`.
 """
 

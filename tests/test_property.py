@@ -170,7 +170,7 @@ def check_applied_and_events(
 
 
 @pytest.mark.long
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_any_delivery_order_gives_the_same_state(data: st.DataObject) -> None:
     check_any_delivery_order(data)

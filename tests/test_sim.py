@@ -16,20 +16,22 @@ from ekv._storage import schema
 from ekv._values import Values
 from ekv.testing import sim
 
-# Random-fault seeds, in blocks of 25: the first 25 (and 25 with copied data directories) in the
-# default run, the rest only in the soak tier (--soak; EKV_SIM_SEEDS=1000 is the long soak,
+# Random-fault seeds, in blocks: the first 25 (and 10 with copied data directories, in blocks of 10)
+# in the default run, the rest only in the soak tier (--soak; EKV_SIM_SEEDS=1000 is the long soak,
 # docs/reliability.md). A seed costs about a second of CPU (real cluster nodes): more seeds draw
 # more random schedules of the same faults through the same code, which CI's time budget cannot
 # afford on every change.
 SEEDS = int(os.environ.get("EKV_SIM_SEEDS", "125"))
 DEFAULT_SEEDS = 25
 CLONE_SEEDS = int(os.environ.get("EKV_SIM_CLONE_SEEDS", "50"))
-DEFAULT_CLONE_SEEDS = 25
+DEFAULT_CLONE_SEEDS = 10
 
 
-def blocks(seeds: int, default: int) -> list[object]:
-    """Blocks of 25 seeds; those from ``default`` on are in the soak tier."""
-    return [pytest.param(block, marks=pytest.mark.soak) if block >= default else block for block in range(0, seeds, 25)]
+def blocks(seeds: int, default: int, size: int = 25) -> list[object]:
+    """Blocks of ``size`` seeds; those from ``default`` on are in the soak tier."""
+    return [
+        pytest.param(block, marks=pytest.mark.soak) if block >= default else block for block in range(0, seeds, size)
+    ]
 
 
 def run(seed: int, **options: object) -> tuple[list[sim.Violation], int, sim.Simulation]:
@@ -90,10 +92,10 @@ def test_checker_catches_copies_that_share_an_origin() -> None:
     assert {p.kind for p in problems} & {"lost", "divergence"}
 
 
-@pytest.mark.parametrize("block", blocks(CLONE_SEEDS, DEFAULT_CLONE_SEEDS))
+@pytest.mark.parametrize("block", blocks(CLONE_SEEDS, DEFAULT_CLONE_SEEDS, size=10))
 def test_random_faults_with_copied_data_directories_converge(block: int) -> None:
     failures = []
-    for seed in range(2000 + block, 2000 + min(block + 25, CLONE_SEEDS)):
+    for seed in range(2000 + block, 2000 + min(block + 10, CLONE_SEEDS)):
         problems, _, _ = run(seed, clones=2)
         if problems:
             failures.append(f"seed {seed}: {problems[:3]} (replay: ekv.testing.sim.run_seed({seed}, clones=2))")

@@ -253,6 +253,9 @@ async def route_connection(
         if any_instance_logs():  # belongs to no instance yet: quiet unless one has logging on
             _log.debug("ekv: incoming connection failed", exc_info=True)
         writer.close()
+    except asyncio.CancelledError:  # the loop stops (the last node closed) during a handshake
+        writer.close()
+        raise
 
 
 _RUNTIME = Runtime()

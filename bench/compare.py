@@ -32,11 +32,12 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import direction, flatten  # bench/_report.py: one copy of the figure rules
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -48,9 +49,6 @@ BENCHES = {
     "cluster": ("bench_cluster.py", "--quick"),
 }
 """Benchmark name -> (script, default arguments). ``--json FILE`` is added to every run."""
-
-HIGHER_IS_BETTER = ("ops_s", "per_s")
-LOWER_IS_BETTER = ("_us", "_ms", "seconds", "growth_mb", "peak_mb")
 
 
 @dataclass
@@ -83,24 +81,6 @@ def export(label: str, rev: str, into: Path) -> Revision:
         else:  # our own repository's archive: trusted
             tar.extractall(target)
     return Revision(label, rev, commit, target / "src")
-
-
-def flatten(prefix: str, value: Any) -> Iterator[tuple[str, float]]:
-    """Every measured number of a benchmark's JSON, named by its path (``local.ekv_get.p50_us``)."""
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            yield from flatten(f"{prefix}.{key}", inner)
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        yield prefix, float(value)
-
-
-def direction(figure: str) -> int:
-    """+1 if a higher value is better, -1 if lower is, 0 for inputs (key counts) and baselines."""
-    if figure.endswith(HIGHER_IS_BETTER):
-        return 1
-    if figure.endswith(LOWER_IS_BETTER):
-        return -1
-    return 0
 
 
 def run_bench(bench: str, args: str, side: Revision, scratch: Path, timeout: float) -> dict[str, float]:

@@ -61,9 +61,12 @@ class TcpNetwork:
     async def open_connection(
         self, host: str, port: int, *, ssl: Any, timeout: float
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ssl, server_hostname=host if ssl else None), timeout
-        )
+        # (asyncio.timeout, not wait_for: in Python 3.11 a wait_for that times out just as the
+        # connection is made drops the connected transport without closing it)
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, ssl=ssl, server_hostname=host if ssl else None)
+        runtime().track(writer)
+        return reader, writer
 
     async def resolve(self, host: str, port: int) -> list[str]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)

@@ -29,6 +29,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
@@ -95,6 +96,8 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._listeners: dict[tuple[str, int], _Listener] = {}
+        self._connections: weakref.WeakSet[asyncio.StreamWriter] = weakref.WeakSet()
+        """Every connection accepted or dialed on the loop: closed by :meth:`_drain` if still open."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -109,14 +112,7 @@ class Runtime:
                     asyncio.set_event_loop(loop)
                     loop.call_soon(ready.set)
                     loop.run_forever()
-                    # drain what is left, then close
-                    pending = asyncio.all_tasks(loop)
-                    for task in pending:
-                        task.cancel()
-                    if pending:
-                        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                    loop.close()
+                    self._drain(loop)
 
                 thread = threading.Thread(target=run, name="ekv-net", daemon=True)
                 thread.start()
@@ -138,6 +134,45 @@ class Runtime:
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None and thread is not threading.current_thread():
             thread.join(30)
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Finish the loop after it stopped: stop accepting, let connections already accepted reach
+        their handlers, cancel every task (again for tasks started by a cancelled one), then close
+        every connection still open and let the transports release their sockets.
+
+        Why this much: a task cancelled before its first step never runs its ``except`` or
+        ``finally``, so a connection accepted in the loop's last turn (or a session started then)
+        would otherwise be garbage-collected unclosed, long after, in whatever code runs then
+        (a ResourceWarning; the socket held open until the collector runs)."""
+        for listener in list(self._listeners.values()):
+            if listener.server is not None:
+                listener.server.close()
+        loop.set_exception_handler(_quiet_during_drain)
+        quiet = 0
+        for _ in range(50):  # (accepting takes a few turns: accept, transport, then the handler task)
+            before = asyncio.all_tasks(loop)
+            loop.run_until_complete(asyncio.sleep(0))
+            quiet = quiet + 1 if asyncio.all_tasks(loop) <= before else 0
+            if quiet >= 3:
+                break
+        open_connections = list(self._connections)  # (kept alive here so none is collected unclosed)
+        for _ in range(5):
+            pending = asyncio.all_tasks(loop)
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        for writer in open_connections + list(self._connections):
+            with contextlib.suppress(Exception):
+                writer.close()
+        loop.run_until_complete(asyncio.sleep(0))  # (a closed transport closes its socket one turn later)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    def track(self, writer: asyncio.StreamWriter) -> None:
+        """Close ``writer`` when the loop stops, if nothing closed it before (see :meth:`_drain`)."""
+        self._connections.add(writer)
 
     @property
     def running(self) -> bool:
@@ -180,9 +215,12 @@ class Runtime:
         if listener is None:
             listener = _Listener((host, port))
             bound_listener = listener
-            server = await asyncio.start_server(
-                lambda r, w: self._accept(bound_listener, r, w), host or None, port, ssl=ssl, reuse_address=True
-            )
+
+            def accepted(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Coroutine[Any, Any, None]:
+                self.track(w)  # (now: the handler's task may be cancelled before it runs)
+                return self._accept(bound_listener, r, w)
+
+            server = await asyncio.start_server(accepted, host or None, port, ssl=ssl, reuse_address=True)
             listener.server = server
             listener.address = (host, int(server.sockets[0].getsockname()[1]))
             self._listeners[listener.address] = listener
@@ -256,6 +294,15 @@ async def route_connection(
     except asyncio.CancelledError:  # the loop stops (the last node closed) during a handshake
         writer.close()
         raise
+
+
+def _quiet_during_drain(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler while it is drained: a cancelled connection handler makes
+    asyncio's stream callback raise CancelledError (Python 3.11); :meth:`Runtime._drain` closes
+    those connections itself. Anything else is reported as usual."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
 
 
 _RUNTIME = Runtime()

@@ -59,7 +59,7 @@ class SwimSim:
         self.events: list[tuple[str, Event]] = []  # (observer, event)
         self.sent: Counter[str] = Counter()
         self.sent_bytes: Counter[str] = Counter()
-        self._heap: list[tuple[int, int, str, str, str, Message | None]] = []
+        self._heap: list[tuple[int, int, str, str, str, object]] = []  # a Swim message, or a sibling's
         self._wake: dict[str, int] = {}
         self._order = 0
 
@@ -100,7 +100,7 @@ class SwimSim:
 
     # -- the event loop -----------------------------------------------------------------------
 
-    def _push(self, at: int, kind: str, src: str, dst: str, message: Message | None) -> None:
+    def _push(self, at: int, kind: str, src: str, dst: str, message: object) -> None:
         self._order += 1
         heapq.heappush(self._heap, (at, self._order, kind, src, dst, message))
 
@@ -118,7 +118,7 @@ class SwimSim:
             self._push(self.now + self.rng.randint(*self.delay_ns), "msg", name, dst, message)
         self.events += [(name, event) for event in node.take_events()]
         if name in self.up:
-            at = max(self.now, node.next_deadline())
+            at = max(self.now, self._deadline(name))
             if self._wake.get(name) != at:
                 self._wake[name] = at
                 self._push(at, "tick", name, name, None)
@@ -133,14 +133,25 @@ class SwimSim:
                 if self._wake.get(dst) != at:
                     continue
                 del self._wake[dst]
-                self.nodes[dst].tick(at)
+                self._tick(dst, at)
             else:
-                assert message is not None
                 if self.group.get(src, 0) != self.group[dst]:
                     continue
-                self.nodes[dst].receive(src, message, at)
+                self._receive(src, dst, message, at)
             self._flush(dst)
         self.now = until_ns
+
+    # what a simulator of more than membership (simplumtree.py) extends
+
+    def _deadline(self, name: str) -> int:
+        return self.nodes[name].next_deadline()
+
+    def _tick(self, name: str, at: int) -> None:
+        self.nodes[name].tick(at)
+
+    def _receive(self, src: str, dst: str, message: object, at: int) -> None:
+        assert isinstance(message, Message)
+        self.nodes[dst].receive(src, message, at)
 
     def run_for(self, seconds: float) -> None:
         self.run_until(self.now + int(seconds * NS_PER_S))

@@ -22,9 +22,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ekv._cluster.messages import Live, Message, SyncChunk, SyncRequest
+from ekv._cluster.messages import Live, Message, Summary, SummaryDiff, SyncChunk, SyncRequest
 from ekv._cluster.port import DamagedVersion, ReplicationStore
 from ekv._cluster.replicator import ReplicationSettings, Replicator
+from ekv._cluster.summary import SUMMARY_MIN_MEMBERS
 from ekv._core import lww
 from ekv._core import vv as vvmod
 from ekv._core.keys import check_key, shard_of
@@ -194,7 +195,9 @@ class InFlight:
 class Net:
     """Nodes ``n0..``, each a Replicator over a MemPort; a pool of messages in flight."""
 
-    def __init__(self, count: int, seed: int) -> None:
+    def __init__(self, count: int, seed: int, *, summaries: bool = False) -> None:
+        self.summaries = summaries
+        """Sessions negotiate the "summary" feature (probes from SUMMARY_MIN_MEMBERS members on)."""
         self.names = [f"n{i}" for i in range(count)]
         self.ports = {name: MemPort(name, f"{name}-origin") for name in self.names}
         self.reps = {
@@ -223,8 +226,8 @@ class Net:
             return
         self.sessions[pair] = self._next_session
         self._next_session += 1
-        self.reps[a].peer_up(b, self.now)
-        self.reps[b].peer_up(a, self.now)
+        self.reps[a].peer_up(b, self.now, summaries=self.summaries)
+        self.reps[b].peer_up(a, self.now, summaries=self.summaries)
 
     def disconnect(self, a: str, b: str) -> None:
         if self.sessions.pop(frozenset((a, b)), None) is None:
@@ -489,3 +492,115 @@ def test_an_incomplete_sync_is_not_merged() -> None:
     assert net.reps["n1"].current_vv(shard).get("n0-origin", 0) == 0  # not merged
     net.check_invariants()
     net.heal()
+
+
+# -- summary probes (large clusters) -------------------------------------------------------------
+
+
+def _round(net: Net) -> list[InFlight]:
+    """Every node ticks one anti-entropy interval later; everything sent meanwhile, delivered."""
+    net.flight.clear()
+    for name in net.names:
+        net.tick(name, 2 * SETTINGS.anti_entropy_interval_ns)
+    sent: list[InFlight] = []
+    while net.flight:
+        sent.append(net.flight[0])
+        net.deliver(0)
+    return sent
+
+
+def test_an_idle_large_cluster_sends_one_probe_and_one_answer_per_node_and_round() -> None:
+    net = Net(SUMMARY_MIN_MEMBERS + 1, 0, summaries=True)
+    for i in range(4):
+        net.write(net.names[i], f"k{i}", b"x")
+    net.heal()
+    _round(net)  # (a node's first round in summary mode is one interval after entering it)
+    for _ in range(3):
+        sent = _round(net)
+        assert sorted(type(m.msg).__name__ for m in sent) == ["Summary"] * len(net.names) + ["SummaryDiff"] * len(
+            net.names
+        )
+        assert all(m.msg.shards == () for m in sent if isinstance(m.msg, SummaryDiff))
+        assert len({m.src for m in sent if isinstance(m.msg, Summary)}) == len(net.names)  # one probe each
+
+
+def test_below_the_threshold_every_member_is_pulled_every_round() -> None:
+    """Small clusters keep the full pulls, also with members that support probes."""
+    net = Net(SUMMARY_MIN_MEMBERS, 0, summaries=True)  # SUMMARY_MIN_MEMBERS - 1 members each
+    net.heal()
+    _round(net)
+    sent = _round(net)
+    requests = [m for m in sent if isinstance(m.msg, SyncRequest)]
+    assert len(requests) == len(net.names) * (len(net.names) - 1) * SHARDS
+    assert not any(isinstance(m.msg, Summary | SummaryDiff) for m in sent)
+
+
+def test_members_without_the_feature_are_pulled_as_before_in_a_large_cluster() -> None:
+    net = Net(SUMMARY_MIN_MEMBERS + 1, 0, summaries=False)
+    net.heal()
+    _round(net)
+    sent = _round(net)
+    assert len([m for m in sent if isinstance(m.msg, SyncRequest)]) == len(net.names) * (len(net.names) - 1) * SHARDS
+    assert not any(isinstance(m.msg, Summary) for m in sent)
+
+
+def test_a_probe_pulls_only_the_shards_that_differ_both_ways() -> None:
+    net = Net(SUMMARY_MIN_MEMBERS + 1, 1, summaries=True)
+    net.heal()
+    _round(net)
+    net.write("n0", "lost", b"v")  # its Live messages are lost
+    net.flight.clear()
+    shard = _shard("lost")
+    net.tick("n0", 2 * SETTINGS.anti_entropy_interval_ns)
+    (probe,) = net.flight
+    assert isinstance(probe.msg, Summary) and len(probe.msg.digests) == SHARDS
+    net.deliver(0)
+    answer, pull = net.flight  # the member answers, and pulls the differing shard from the prober
+    assert isinstance(answer.msg, SummaryDiff) and answer.msg.shards == (shard,)
+    assert isinstance(pull.msg, SyncRequest) and pull.msg.shard == shard and pull.dst == "n0"
+    net.deliver(0)
+    assert [(type(m.msg), m.msg.shard) for m in net.flight[1:]] == [(SyncRequest, shard)]  # n0 pulls it too
+    _drain(net)
+    assert "lost" in net.ports[probe.dst].shards[shard].rows
+    assert net.reps[probe.dst].current_vv(shard) == net.reps["n0"].current_vv(shard)
+
+
+def test_a_matching_probe_reports_the_members_vector_for_log_truncation() -> None:
+    """In summary mode nothing but probes tells a node what its members cover between sessions:
+    without it, the change log could never be truncated past the session's start."""
+    net = Net(SUMMARY_MIN_MEMBERS + 1, 2, summaries=True)
+    net.heal()
+    for i in range(6):
+        net.write("n0", f"t{i}", b"v")
+    for _ in range(SUMMARY_MIN_MEMBERS * 3):  # every pair probes at least once
+        _round(net)
+    for shard in range(SHARDS):
+        vv = net.reps["n0"].current_vv(shard)
+        assert net.reps["n0"].truncation_targets(shard, net.now, NS) == vv
+
+
+def test_answers_to_probes_never_sent_are_ignored() -> None:
+    net = Net(SUMMARY_MIN_MEMBERS + 1, 3, summaries=True)
+    net.heal()
+    net.flight.clear()
+    net.reps["n0"].on_message("n1", SummaryDiff(12345, (0, 1)), net.now)
+    net.reps["n0"].on_message("n1", Summary(1, (b"\0" * 8,)), net.now)  # wrong shard count: ignored
+    assert net.flight == []
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions=st.lists(action, max_size=60), seed=st.integers(0, 1 << 16))
+def test_probes_under_any_delivery_order_keep_the_invariants_and_converge(
+    actions: list[tuple[Any, ...]], seed: int
+) -> None:
+    """A large cluster (probes, not full pulls) with Hypothesis choosing deliveries, losses,
+    duplicates, ticks and sessions among three of its nodes; the others are always connected."""
+    net = Net(SUMMARY_MIN_MEMBERS + 2, seed, summaries=True)
+    net.heal()
+    run(net, actions)
+    net.heal()
+    net.check_invariants()
+    expected = net.expected()
+    for name in net.names:
+        rows = {key: entry for shard in net.ports[name].shards for key, entry in shard.rows.items()}
+        assert rows == expected, name

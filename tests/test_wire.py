@@ -34,6 +34,8 @@ from ekv._cluster.messages import (
     Ping,
     Pong,
     Reject,
+    Summary,
+    SummaryDiff,
     SyncChunk,
     SyncDone,
     SyncRequest,
@@ -110,6 +112,8 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(SyncChunk, shards, U64, U64, entry_tuples),
     st.builds(SyncDone, shards, U64, vvs, st.sampled_from(["delta", "full"]), U64, U64),
     st.builds(Live, shards, entry_tuples),
+    st.builds(Summary, U64, st.lists(st.binary(min_size=8, max_size=8), max_size=5).map(tuple)),
+    st.builds(SummaryDiff, U64, st.sets(shards, max_size=5).map(lambda s: tuple(sorted(s)))),
 )
 thresholds = st.sampled_from([None, 0, 1, 64, 4096])
 
@@ -277,7 +281,7 @@ def test_a_declared_size_allocates_nothing_until_the_bytes_arrive() -> None:
 
 def test_zero_length_frame_and_unknown_types_are_rejected() -> None:
     rejected(b"\x00\x00\x00\x00", match="limit")
-    for code in (0, 14, 15, 24, 200, 255):
+    for code in (0, 14, 15, 26, 200, 255):
         rejected(frame(code, b"{}"), match="unknown message type")
 
 
@@ -340,7 +344,7 @@ def test_garbage_streams_raise_only_protocol_error(data: bytes) -> None:
 
 
 @fuzz
-@given(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17]), st.binary(max_size=300))
+@given(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 24, 25]), st.binary(max_size=300))
 def test_garbage_bodies_of_every_type_raise_only_protocol_error(code: int, body: bytes) -> None:
     _never_anything_but_protocol_error(frame(code, body))
 
@@ -655,3 +659,15 @@ def test_merge_live_joins_runs_of_live_messages_per_shard_and_keeps_everything_e
     ]
     alone: list[Message] = [Live(0, (e("a", 1),)), ping]
     assert merge_live(alone) is alone  # nothing to merge: the same list back
+
+
+def test_probe_messages_with_a_wrong_count_order_or_digest_size_are_rejected() -> None:
+    head = struct.pack(">QH", 7, 2)
+    rejected(frame(24, head + b"\x00" * 15))  # two digests of 8 bytes declared, 15 bytes follow
+    rejected(frame(24, head[:5]))  # truncated header
+    rejected(frame(25, head + struct.pack(">HH", 3, 3)))  # shards not strictly ascending
+    rejected(frame(25, head + struct.pack(">HH", 4, 3)))
+    assert wire.decode(frame(25, head + struct.pack(">HH", 3, 4)), max_frame_size=SMALL) == SummaryDiff(7, (3, 4))
+    for bad in (Summary(1, (b"\x00" * 7,)), SummaryDiff(1, (2, 1)), SummaryDiff(-1, ()), SummaryDiff(1, (1 << 16,))):
+        with pytest.raises(ekv.InvalidArgument):
+            wire.encode(bad)

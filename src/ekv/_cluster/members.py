@@ -295,7 +295,8 @@ class MemberSet:
             self.sessions[peer] = session  # registered first, so closing the old one is not a "down"
             existing.close("replaced by a newer connection")
         self.sessions[peer] = session
-        self.driver.rep.peer_up(peer, self._wall())  # before start(): messages read during the handshake need it
+        # (before start(): messages read during the handshake need it)
+        self.driver.rep.peer_up(peer, self._wall(), summaries=wire.SUMMARY_FEATURE in session.features)
         session.start()
         self.log.info("member %s connected (%s, %s)", peer, session.remote, "dialed" if session.dialer else "accepted")
         session.send(Members(self._member_list()))

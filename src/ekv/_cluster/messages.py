@@ -52,6 +52,8 @@ __all__ = [
     "SyncChunk",
     "SyncDone",
     "SyncRequest",
+    "Summary",
+    "SummaryDiff",
     "VersionVector",
     "merge_live",
 ]
@@ -171,6 +173,25 @@ class SyncDone:
     chunks: int
     """How many SyncChunk messages preceded this one."""
     entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """An anti-entropy probe (large clusters, ``"summary"`` feature): a digest of the sender's
+    version vector of every shard, in shard order (:func:`ekv._cluster.summary.digest`), so that a
+    round with nothing to repair costs this message and its answer."""
+
+    probe: int
+    digests: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryDiff:
+    """The answer to :class:`Summary` ``probe``: the shards (ascending) whose digests differ;
+    both sides then pull just those with :class:`SyncRequest`."""
+
+    probe: int
+    shards: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +331,8 @@ Message = (
     | SyncRequest
     | SyncChunk
     | SyncDone
+    | Summary
+    | SummaryDiff
     | Live
     | Request
     | Reply

@@ -22,6 +22,14 @@ Protocol (per shard, see docs/architecture.md for why it converges):
   writes it applied from third nodes, pulling from B delivers A's writes to C when A and C cannot
   talk; because the requester's vector covers what it already got live, healthy members send
   each other nothing.
+* Summary probes (from :data:`~ekv._cluster.summary.SUMMARY_MIN_MEMBERS` connected members on,
+  with members that negotiated the ``"summary"`` feature): the periodic pulls above are replaced
+  by one round per ``anti_entropy_interval`` (jittered) that sends ONE member, chosen by a
+  shuffled round-robin, a ``Summary`` (a digest of each shard's vector); it answers
+  ``SummaryDiff`` with the shards that differ, and each side pulls those shards from the other.
+  A matching digest is also a report of the member's vector (change-log truncation). Pulls at
+  session start, repairs, resends and timeouts are as above. Relay works as above, within a few
+  rounds instead of one (see :mod:`ekv._cluster.summary`).
 * Long partitions: when a member goes away its down-since time is persisted; a member that comes
   back after more than ``tombstone_ttl`` is quarantined (no sync, no live traffic, logged, in
   ``info()``) until the operator clears it, because deletes made meanwhile may have been purged.
@@ -42,8 +50,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ekv._cluster.messages import Live, Message, SyncChunk, SyncDone, SyncRequest
+from ekv._cluster.messages import Live, Message, Summary, SummaryDiff, SyncChunk, SyncDone, SyncRequest
 from ekv._cluster.port import DamagedVersion, ReplicationStore, SyncSource
+from ekv._cluster.summary import SUMMARY_MIN_MEMBERS, Rotation, differing, digest
 from ekv._core import vv as vvmod
 from ekv._core.durations import NS_PER_S, tombstone_cutoff_ns
 from ekv._model import Entry
@@ -104,6 +113,11 @@ class PeerState:
     """Its sync requests received while it was quarantined: answered if the quarantine is
     cleared during this session (the operator clears both sides, one after the other)."""
     syncs_out: dict[str, int] = field(default_factory=lambda: {"delta": 0, "full": 0})
+    summaries: bool = False
+    """It negotiated the ``"summary"`` feature: it answers probes (and in a large cluster, only
+    probes replace its periodic pulls)."""
+    probe: tuple[int, list[dict[str, int]]] | None = None
+    """The probe awaiting its answer: its id and the vectors whose digests it carried."""
 
 
 @dataclass(slots=True)
@@ -159,6 +173,10 @@ class Replicator:
         self._resend_from: dict[str, int] = self._load_markers("member_resend/")
         """Members whose quarantine was cleared: pull everything from them once (persisted)."""
         self._repairs: dict[int, _Repair] = {}
+        self._rotation = Rotation(self._rng)
+        self._next_round_ns: int | None = None
+        """When the next summary round is due (None: not in summary mode)."""
+        self._next_probe = 1
         """Per damaged shard, who has resent it (see :meth:`_repair_of`); not persisted: after
         a restart every member is asked again."""
 
@@ -183,10 +201,11 @@ class Replicator:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def peer_up(self, peer_id: str, now_ns: int) -> None:
-        """An authenticated session with member ``peer_id`` started."""
+    def peer_up(self, peer_id: str, now_ns: int, *, summaries: bool = False) -> None:
+        """An authenticated session with member ``peer_id`` started (``summaries``: the session
+        negotiated the ``"summary"`` feature)."""
         self.peer_down(peer_id, now_ns, record=False)  # a new session replaces any old one
-        state = PeerState(peer_id, connected_at_ns=now_ns, last_seen_ns=now_ns)
+        state = PeerState(peer_id, connected_at_ns=now_ns, last_seen_ns=now_ns, summaries=summaries)
         counts = self._sync_counts.setdefault(peer_id, ({"delta": 0, "full": 0}, {"delta": 0, "full": 0}))
         state.syncs_in, state.syncs_out = counts
         self.peers[peer_id] = state
@@ -276,6 +295,10 @@ class Replicator:
             self._on_sync_chunk(state, msg)
         elif isinstance(msg, SyncDone):
             self._on_sync_done(state, msg, now_ns)
+        elif isinstance(msg, Summary):
+            self._on_summary(state, msg, now_ns)
+        elif isinstance(msg, SummaryDiff):
+            self._on_summary_diff(state, msg, now_ns)
 
     def _check_shard(self, shard: int) -> bool:
         return 0 <= shard < self._shards
@@ -363,6 +386,55 @@ class Replicator:
             "duration_s": (now_ns - current.started_ns) / NS_PER_S,
         }
         self._schedule_pull(state, msg.shard, now_ns)
+
+    # -- summary probes (large clusters; see ekv._cluster.summary) ---------------------------------
+
+    def _summary_mode(self) -> bool:
+        return len(self.peers) >= SUMMARY_MIN_MEMBERS
+
+    def _probe_round(self, now_ns: int) -> None:
+        """Start a summary round if one is due: a probe to the next member of the rotation."""
+        if self._next_round_ns is None:
+            self._next_round_ns = self._next_due(now_ns)  # the first round one interval from now
+            return
+        if self._next_round_ns > now_ns:
+            return
+        self._next_round_ns = self._next_due(now_ns)
+        peer_id = self._rotation.next(p for p, s in self.peers.items() if s.summaries and not s.quarantined)
+        if peer_id is None:
+            return
+        vvs = [self.current_vv(shard) for shard in range(self._shards)]
+        probe = self._next_probe
+        self._next_probe += 1
+        self.peers[peer_id].probe = (probe, vvs)
+        self._send(peer_id, Summary(probe, tuple(digest(vv) for vv in vvs)))
+
+    def _on_summary(self, state: PeerState, msg: Summary, now_ns: int) -> None:
+        """A member probes us: name the shards that differ, and pull them from it (push-pull)."""
+        if not state.summaries or len(msg.digests) != self._shards:
+            return
+        vvs = [self.current_vv(shard) for shard in range(self._shards)]
+        shards = differing([digest(vv) for vv in vvs], msg.digests)
+        self._send(state.node_id, SummaryDiff(msg.probe, shards))
+        self._summary_pulls(state, shards, vvs, now_ns)
+
+    def _on_summary_diff(self, state: PeerState, msg: SummaryDiff, now_ns: int) -> None:
+        if state.probe is None or state.probe[0] != msg.probe:
+            return  # not the probe we await (late, duplicated, or never sent)
+        vvs = state.probe[1]
+        state.probe = None
+        self._summary_pulls(state, tuple(s for s in msg.shards if self._check_shard(s)), vvs, now_ns)
+
+    def _summary_pulls(self, state: PeerState, shards: tuple[int, ...], vvs: list[dict[str, int]], now_ns: int) -> None:
+        """Pull the differing ``shards`` from the member; for the others, its vector equals ours
+        (``vvs``), which is the report that change-log truncation needs (nothing else refreshes
+        it in summary mode between sessions)."""
+        differ = set(shards)
+        for shard in range(self._shards):
+            if shard not in differ:
+                state.reported_vv[shard] = vvs[shard]
+            elif shard not in state.inbound:
+                self._pull(state, shard, now_ns)
 
     # -- outbound ----------------------------------------------------------------------------
 
@@ -479,15 +551,18 @@ class Replicator:
         return vv
 
     def _schedule_pull(self, state: PeerState, shard: int, now_ns: int) -> None:
+        state.next_pull_ns[shard] = self._next_due(now_ns)
+
+    def _next_due(self, now_ns: int) -> int:
         interval = self.settings.anti_entropy_interval_ns
-        jitter = int(self._rng.uniform(0, min(interval / 10, 5 * NS_PER_S)))
-        state.next_pull_ns[shard] = now_ns + interval + jitter
+        return now_ns + interval + int(self._rng.uniform(0, min(interval / 10, 5 * NS_PER_S)))
 
     def tick(self, now_ns: int, *, max_chunks: int = 64) -> None:
         """Start due anti-entropy pulls and send pending sync chunks (at most ``max_chunks``
         per call, so the driver interleaves them with live traffic)."""
         self._now = now_ns
         timeout = self.settings.sync_timeout_ns
+        summary = self._summary_mode()
         for state in list(self.peers.values()):
             if state.quarantined:
                 continue
@@ -495,9 +570,15 @@ class Replicator:
                 if now_ns - pending.progress_ns > timeout:
                     del state.inbound[shard]  # lost without the session ending: ask again
                     self._pull(state, shard, now_ns)
+            if summary and state.summaries:
+                continue  # its periodic pulls are replaced by the rounds' probes
             for shard, due in list(state.next_pull_ns.items()):
                 if due <= now_ns and shard not in state.inbound:
                     self._pull(state, shard, now_ns)
+        if summary:
+            self._probe_round(now_ns)
+        else:
+            self._next_round_ns = None
         self._repair_pulls(now_ns)
         self._resend_pulls(now_ns)
         self.pump(max_chunks)

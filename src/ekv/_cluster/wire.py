@@ -19,6 +19,7 @@ Layout (all integers big-endian)::
     control    = UTF-8 JSON object (Hello, Auth, Reject, Bye, Ping, Pong, Members, SyncRequest,
                  SyncDone, Retired); bytes fields are lowercase hex
     Prepare, Promise, Accept, Accepted, Propose, Outcome: see wire_paxos.py
+    Summary, SummaryDiff: see wire_summary.py
     Live       = shard:u16               entries
     SyncChunk  = shard:u16  sync_id:u64  seq:u64  entries
     entries    = n_origins:u16  (len:u8 origin)*  n_entries:u32  entry*
@@ -48,7 +49,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any, Final
 
-from ekv._cluster import wire_paxos
+from ekv._cluster import wire_paxos, wire_summary
 from ekv._cluster.messages import (
     PAXOS,
     Auth,
@@ -64,6 +65,8 @@ from ekv._cluster.messages import (
     Reply,
     Request,
     Retired,
+    Summary,
+    SummaryDiff,
     SyncChunk,
     SyncDone,
     SyncRequest,
@@ -80,13 +83,14 @@ __all__ = [
     "IDENTITY_FEATURE",
     "MAX_ORIGIN_BYTES",
     "PAXOS_FEATURE",
+    "SUMMARY_FEATURE",
     "FrameDecoder",
     "decode",
     "encode",
     "negotiate",
 ]
 
-FEATURES: Final[tuple[str, ...]] = ("zlib", "identity", "paxos")
+FEATURES: Final[tuple[str, ...]] = ("zlib", "identity", "paxos", "summary")
 CLIENT_FEATURE: Final = "client"
 """Offered by a client (not a member): its session carries Request/Reply, never replication."""
 IDENTITY_FEATURE: Final = "identity"
@@ -94,6 +98,8 @@ IDENTITY_FEATURE: Final = "identity"
 duplicates another's node id (the Duplicate message)."""
 PAXOS_FEATURE: Final = "paxos"
 """The member takes part in linearizable operations (the messages of :mod:`wire_paxos`)."""
+SUMMARY_FEATURE: Final = "summary"
+"""The member answers anti-entropy probes (Summary/SummaryDiff, :mod:`wire_summary`)."""
 """The optional features this implementation supports; a feature is used on a connection only if
 both Hellos list it."""
 
@@ -159,6 +165,8 @@ def encode(message: Message, *, compress_threshold: int | None = None) -> bytes:
     try:
         if isinstance(message, Live | SyncChunk):
             code, body = _encode_data(message, compress_threshold)
+        elif isinstance(message, Summary | SummaryDiff):
+            code, body = wire_summary.encode(message)
         elif isinstance(message, PAXOS) and not isinstance(message, Retired):
             code, body = wire_paxos.encode(message)
         else:
@@ -331,6 +339,8 @@ def _decode_frame(frame: bytes, cap: int) -> Message:
             return _decode_data(code, frame, cap - len(frame))
         if code in wire_paxos.CODES:
             return wire_paxos.decode(code, frame, 1)
+        if code in wire_summary.CODES:
+            return wire_summary.decode(code, frame, 1)
         if code not in _SCHEMAS:
             raise ProtocolError(f"unknown message type {code}")
         return _from_fields(code, _parse_json(frame))

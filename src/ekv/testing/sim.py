@@ -72,8 +72,9 @@ __all__ = ["SimClock", "Simulation", "Violation"]
 MS = NS_PER_S // 1000
 PORT = 7000
 _T = TypeVar("_T")
-_DATA = frozenset({8, 9, 16, 17})
-"""The frame codes of replication messages (SyncRequest, SyncDone, Live, SyncChunk): the faults."""
+_DATA = frozenset({8, 9, 16, 17, 24, 25})
+"""The frame codes of replication messages (SyncRequest, SyncDone, Live, SyncChunk, Summary,
+SummaryDiff): the faults."""
 _ENTRIES = frozenset({16, 17})
 _PAXOS = frozenset(range(18, 24))
 """The frame codes of the linearizable-operation messages (faults too, with ``consistent=True``)."""
@@ -164,6 +165,11 @@ class _Link:
 
 class Simulation:
     """One seeded run. See the module docstring."""
+
+    checked_messages = 0
+    """``messages`` when :func:`run_seed` checked the run (before any idle measurement)."""
+    idle_rate = 0.0
+    """Idle anti-entropy messages per node per second (:func:`run_seed` with ``idle_ms``)."""
 
     def __init__(
         self,
@@ -441,6 +447,13 @@ class Simulation:
                 break
         return int((self.elapsed_ns() - start) / MS)
 
+    def idle_messages(self, duration_ms: int) -> int:
+        """Replication messages sent while the cluster idles for ``duration_ms`` (no writes, no
+        faults): the steady-state cost of anti-entropy."""
+        before = self.messages
+        self.run(duration_ms, writes_per_s=0, faults=False)
+        return self.messages - before
+
     def _data_in_flight(self) -> bool:
         now = self.loop.time()
         self.in_flight = [(when, frame) for when, frame in self.in_flight if when > now]
@@ -579,13 +592,20 @@ class Simulation:
         self.close()
 
 
-def run_seed(seed: int, *, duration_ms: int = 20_000, **options: Any) -> tuple[list[Violation], int, Simulation]:
-    """Run one seed: ``duration_ms`` of writes and faults, then settle and check."""
+def run_seed(
+    seed: int, *, duration_ms: int = 20_000, idle_ms: int = 0, **options: Any
+) -> tuple[list[Violation], int, Simulation]:
+    """Run one seed: ``duration_ms`` of writes and faults, then settle and check (then, with
+    ``idle_ms``, idle and record anti-entropy's messages per node per second in ``idle_rate``)."""
     sim = Simulation(seed, **options)
     try:
         sim.run(duration_ms)
         settle_ms = sim.settle()
-        return sim.check(), settle_ms, sim
+        problems = sim.check()
+        sim.checked_messages = sim.messages
+        if idle_ms:
+            sim.idle_rate = sim.idle_messages(idle_ms) / len(sim.nodes) / (idle_ms / 1000)
+        return problems, settle_ms, sim
     finally:
         sim.close()
 
@@ -605,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also run clients of linearizable operations on keys c/0..c/2 and check linearizability",
     )
     parser.add_argument("--fault-scale", type=float, default=1.0, help="multiply the rate of faults")
+    parser.add_argument(
+        "--idle", type=float, default=0.0, help="after the check, idle this many seconds and report anti-entropy's cost"
+    )
     args = parser.parse_args(argv)
     failed = 0
     for seed in range(args.first, args.first + args.seeds):
@@ -612,7 +635,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.fault_scale != 1.0:
             extra["fault_scale"] = args.fault_scale
         problems, settle_ms, sim = run_seed(
-            seed, duration_ms=int(args.seconds * 1000), nodes=args.nodes, clones=args.clones, **extra
+            seed,
+            duration_ms=int(args.seconds * 1000),
+            nodes=args.nodes,
+            clones=args.clones,
+            idle_ms=int(args.idle * 1000),
+            **extra,
         )
         status = "ok" if not problems else "FAIL"
         copies = f", {args.clones - sim.clones_left} copied data directories" if args.clones else ""
@@ -624,9 +652,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"({stats['ok']} ok, {stats['conflict']} conflicts, {stats['no_quorum']} no quorum, "
                 f"{stats['info']} unknown, {stats['ok_partitioned']} ok under a partition)"
             )
+        idle = f", idle anti-entropy {sim.idle_rate:.2f} messages/node/s" if args.idle else ""
         print(
-            f"seed {seed}: {status}, {len(sim.acked)} acknowledged writes, {sim.messages} messages, "
-            f"settled in {settle_ms} ms{copies}{linear}"
+            f"seed {seed}: {status}, {len(sim.acked)} acknowledged writes, {sim.checked_messages} messages, "
+            f"settled in {settle_ms} ms{copies}{linear}{idle}"
         )
         for problem in problems:
             print(f"  {problem.kind}: {problem.detail}")

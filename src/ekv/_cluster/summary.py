@@ -1,0 +1,72 @@
+"""Summary anti-entropy for large clusters: the pure parts (digests, partner rotation).
+
+In a cluster of a few nodes, every node pulls every shard from every member each
+``anti_entropy_interval`` (:mod:`ekv._cluster.replicator`): 2 x shards x (N-1) messages per node
+per interval even when nothing differs, which grows with N. From :data:`SUMMARY_MIN_MEMBERS`
+connected members on, a round instead probes ONE member, chosen by :class:`Rotation`, with a
+:class:`~ekv._cluster.messages.Summary` (a digest of each shard's version vector); the member
+answers with a :class:`~ekv._cluster.messages.SummaryDiff` naming the shards whose digests differ,
+and both pull only those. Idle, a node sends one probe and one answer per round on average
+(it is probed about once per round too): independent of N. Repair costs what differs.
+
+Equal version vectors mean equal coverage: a vector is raised only by writes applied in oseq order
+or by a complete sync, so two members with the same vector hold the same writes (rows that differ
+under equal vectors are damage, which the repair pulls handle). The digest compares them in 8
+bytes; a collision (2^-64 per shard and probe) only delays a repair to a later round with
+another member, it never records a write as covered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Mapping, Sequence
+
+__all__ = ["SUMMARY_MIN_MEMBERS", "Rotation", "differing", "digest"]
+
+SUMMARY_MIN_MEMBERS = 8
+"""From this many connected members on (a cluster of 9 nodes or more), anti-entropy probes one
+member per round; below it, every member is pulled every round, as it always was (cheap there, and
+a partitioned pair repairs within one interval)."""
+
+
+def digest(vv: Mapping[str, int]) -> bytes:
+    """8 bytes that are equal for equal version vectors (entries at 0 count as absent)."""
+    h = hashlib.blake2b(digest_size=8)
+    for origin in sorted(vv):
+        oseq = vv[origin]
+        if oseq > 0:
+            h.update(origin.encode())
+            h.update(b"\x00" + oseq.to_bytes(8, "big"))
+    return h.digest()
+
+
+def differing(mine: Sequence[bytes], theirs: Sequence[bytes]) -> tuple[int, ...]:
+    """The shards (ascending) whose digests differ."""
+    return tuple(shard for shard, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b)
+
+
+class Rotation:
+    """Partners for anti-entropy rounds: a shuffled round-robin.
+
+    Each pass visits every eligible member once, in an order shuffled anew per pass, so a member
+    connected throughout is chosen once in every pass (at most 2N-2 rounds apart), where a
+    uniform random choice would leave some unvisited for long (the coupon collector). Members
+    that left or became ineligible are skipped; new ones join the next pass."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._pass: list[str] = []
+
+    def next(self, eligible: Iterable[str]) -> str | None:
+        """The next partner among ``eligible`` (None if there is none)."""
+        members = set(eligible)
+        while self._pass:
+            candidate = self._pass.pop()
+            if candidate in members:
+                return candidate
+        if not members:
+            return None
+        self._pass = sorted(members)  # sorted first: the same seed gives the same order
+        self._rng.shuffle(self._pass)
+        return self._pass.pop()

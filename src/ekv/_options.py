@@ -86,7 +86,8 @@ class Options(TypedDict, total=False):
     heartbeat_timeout: Seconds | None
     """A member silent this long is declared down; at least twice ``heartbeat_interval``. Default 5 s."""
     anti_entropy_interval: Seconds | None
-    """How often each member is asked for what this node lacks. Default 30 s."""
+    """How often each member is asked for what this node lacks (from 9 nodes on: one member per round,
+    by a summary first). Default 30 s."""
     discovery_interval: Seconds | None
     """How often ``discovery`` names are resolved again. Default 30 s."""
     sync_chunk_entries: int | None

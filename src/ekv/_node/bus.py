@@ -58,8 +58,10 @@ _HEAD = struct.Struct("<IB")
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 _SHARD = struct.Struct("<HI")
+_ENTRY = struct.Struct("<IIqqqq")  # key and origin lengths, ts, oseq, expires_at (-1: none), value size (-1: none)
 MAX_FRAME = 1 << 30
 SEND_LIMIT = 32 << 20
+BATCH_DELAY_S = 0.002
 _EVENT_TYPES = ("put", "delete", "expired")
 
 
@@ -107,14 +109,19 @@ def _frame(kind: int, out: list[bytes]) -> bytes:
 
 
 def encode_writes(shard: int, entries: Sequence[Entry]) -> bytes:
+    """One commit's writes: per entry a fixed header (:data:`_ENTRY`) then key, origin, value.
+    The node process decodes every write of every attached process, so an entry costs one
+    ``unpack_from`` and three slices there, not a call per field."""
     out = [_SHARD.pack(shard, len(entries))]
+    pack = _ENTRY.pack
     for key, ts, origin, oseq, expires_at, value in entries:
-        _str(out, key)
-        _str(out, origin)
-        out.append(_I64.pack(ts))
-        out.append(_I64.pack(oseq))
-        out.append(_I64.pack(-1 if expires_at is None else expires_at))
-        _blob(out, value)
+        raw_key, raw_origin = key.encode(), origin.encode()
+        size = -1 if value is None else len(value)
+        out.append(pack(len(raw_key), len(raw_origin), ts, oseq, -1 if expires_at is None else expires_at, size))
+        out.append(raw_key)
+        out.append(raw_origin)
+        if value is not None:
+            out.append(value)
     return _frame(WRITES, out)
 
 
@@ -183,13 +190,24 @@ class _Reader:
 
 
 def decode_writes(payload: bytes) -> tuple[int, list[Entry]]:
-    reader = _Reader(payload)
     shard, count = _SHARD.unpack_from(payload, 0)
-    reader._at = _SHARD.size
+    at = _SHARD.size
+    unpack, head, end = _ENTRY.unpack_from, _ENTRY.size, len(payload)
     entries = []
     for _ in range(count):
-        key, origin, ts, oseq, expires_at = reader.str(), reader.str(), reader.i64(), reader.i64(), reader.i64()
-        entries.append(Entry(key, ts, origin, oseq, None if expires_at < 0 else expires_at, reader.blob()))
+        key_len, origin_len, ts, oseq, expires_at, size = unpack(payload, at)
+        at += head
+        key = payload[at : at + key_len].decode()
+        at += key_len
+        origin = payload[at : at + origin_len].decode()
+        at += origin_len
+        value = None
+        if size >= 0:
+            value = payload[at : at + size]
+            at += size
+        if at > end:
+            raise ValueError("truncated frame")
+        entries.append(Entry(key, ts, origin, oseq, None if expires_at < 0 else expires_at, value))
     return int(shard), entries
 
 
@@ -237,7 +255,14 @@ async def _closed(writer: asyncio.StreamWriter) -> None:
 
 
 class _Conn:
-    """One connection's sending side: frames queued from any thread, written by the loop."""
+    """One connection's sending side: frames queued from any thread, written by the loop.
+
+    Waking the loop costs the sender a system call and two GIL hand-offs (tens of µs on a busy
+    machine, as much as SQLite's part of a put), so writes are not sent one wake-up each while
+    they pour in: a frame sent with ``soon`` (a commit's ``WRITES``) wakes the loop only if it is
+    idle, and after each flush the loop comes back by itself :data:`BATCH_DELAY_S` later for
+    whatever was queued meanwhile (the node process's outbox does the same for its members, see
+    :mod:`ekv._cluster.outbox`). Other frames (events, proposals) wake it at once."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, log: NodeLog) -> None:
         self.loop = loop
@@ -246,21 +271,43 @@ class _Conn:
         self.patterns: frozenset[str] = frozenset()
         self.dropped = 0
         self._queue: list[bytes] = []
-        self._scheduled = False
+        self._scheduled = False  # a wake-up of the loop is on its way
+        self._timer = False  # the loop comes back by itself within BATCH_DELAY_S
+        self._batching = False  # a ``soon`` frame was queued since the last flush
 
-    def send(self, frame: bytes) -> None:
-        """Queue ``frame`` (any thread); one wake-up of the loop per burst of frames."""
+    def send(self, frame: bytes, soon: bool = False) -> None:
+        """Queue ``frame`` (any thread). Appended before the flags are read, and the loop clears
+        a flag before it takes the queue: a sender that sees a flag set is always flushed."""
         self._queue.append(frame)
-        if not self._scheduled:
-            self._scheduled = True
-            with contextlib.suppress(RuntimeError):  # the loop is gone: the process is closing
-                self.loop.call_soon_threadsafe(self._flush)
+        if soon:
+            self._batching = True
+            if self._timer:
+                return
+        if self._scheduled:
+            return
+        self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the process is closing
+            self.loop.call_soon_threadsafe(self._flush)
+
+    def send_now(self, frame: bytes) -> None:
+        """Write ``frame`` after everything queued before it (on the loop: no wake-up)."""
+        self._queue.append(frame)
+        self._flush()
+
+    def _tick(self) -> None:
+        self._timer = False
+        if self._queue:
+            self._flush()
 
     def _flush(self) -> None:
         self._scheduled = False
         queue, self._queue = self._queue, []
         if not queue or self.writer.is_closing():
             return
+        if self._batching and not self._timer:
+            self._timer = True
+            self.loop.call_later(BATCH_DELAY_S, self._tick)
+        self._batching = False
         if self.writer.transport.get_write_buffer_size() > SEND_LIMIT:
             self.dropped += len(queue)
             if self.dropped == len(queue):
@@ -373,8 +420,8 @@ class BusServer(_End):
                         on_writes(*decode_writes(payload))
                 elif kind == EVENTS:
                     events = decode_events(payload)
+                    self._relay(events, peer)  # first: another process's wake-up is the longer way
                     self._publish(events)
-                    self._relay(events, peer)
                 elif kind == PATTERNS:
                     peer.patterns = decode_patterns(payload)[0]
                     self._announce()
@@ -402,7 +449,7 @@ class BusServer(_End):
                 continue
             wanted = [event for event in events if matches(peer.patterns, event[1])]
             if wanted:
-                peer.send(encode_events(wanted))
+                peer.send_now(encode_events(wanted))
 
     def _announce(self) -> None:
         """Tell each process what the others watch; recompute what the node process relays."""
@@ -555,7 +602,7 @@ class BusClient(_End):
     def writes(self, shard: int, entries: list[Entry]) -> None:
         conn = self._conn
         if conn is not None and self._replicate:
-            conn.send(encode_writes(shard, entries))
+            conn.send(encode_writes(shard, entries), soon=True)
 
     def patterns_changed(self) -> None:
         conn = self._conn

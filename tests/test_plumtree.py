@@ -176,6 +176,21 @@ def test_the_tree_repairs_itself_around_a_crashed_member() -> None:
     assert all(victim not in node.peers() for node in net.nodes.values())
 
 
+def test_a_message_from_a_member_outside_the_view_is_answered_with_disconnect() -> None:
+    """Views stay symmetric: a member that pushes to one that does not count it as a peer (its
+    Disconnect was lost, or membership here declared it failed) is told, and nothing it sends
+    makes it a peer. Without this a member can believe in a link the other side dropped and
+    hear nothing over it (97% delivery after a heal in the simulator)."""
+    net = Net(8)
+    a = net.nodes["n00"]
+    outsider = next(name for name in net.names[1:] if name not in a.peers())
+    for message in (Gossip("n07", 1, 1, b"x"), IHave((("n07", 2),)), Graft((("n07", 3),)), Prune()):
+        a.receive(outsider, message, net.now)
+        assert (outsider, Disconnect()) in a.take_messages(), message
+        assert outsider not in a.peers()
+    assert [(d.origin, d.seq) for d in a.take_deliveries()] == [("n07", 1)]  # the message itself is kept
+
+
 def test_memory_is_bounded_by_time_and_count() -> None:
     config = PlumtreeConfig(rotate_interval_ns=0, max_seen=50, max_cache=20)
     node = Plumtree("me", config=config)

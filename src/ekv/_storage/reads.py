@@ -316,9 +316,9 @@ class StoreReads:
         while True:
             if self._closed:
                 raise self._closed_error()
-            sql = schema.range_sql(with_values=with_values, after=after, bounded=bounded)
+            sql = schema.range_sql(with_values=with_values, after=after, bounded=bounded, page=_PAGE)
             visible = expiry_floor(now) if with_values else now
-            params: tuple[Any, ...] = (lower, upper, visible, _PAGE) if bounded else (lower, visible, _PAGE)
+            params: tuple[Any, ...] = (lower, upper, visible) if bounded else (lower, visible)
             try:
                 rows: list[Any] = self._cursors()[index].execute(sql, params).fetchall()
             except apsw.Error as exc:
@@ -363,8 +363,8 @@ class StoreReads:
             self._unusable()
         upper = prefix_upper_bound(prefix)
         visible = expiry_floor(self._now()) if with_values else self._now()
-        sql = schema.range_sql(with_values=with_values, after=False, bounded=upper is not None)
-        params: tuple[Any, ...] = (prefix, upper, visible, -1) if upper is not None else (prefix, visible, -1)
+        sql = schema.range_sql(with_values=with_values, after=False, bounded=upper is not None, page=None)
+        params: tuple[Any, ...] = (prefix, upper, visible) if upper is not None else (prefix, visible)
         rows: list[Any] = []
         try:
             for cur in self._cursors():

@@ -374,7 +374,7 @@ COUNTS = (
 )
 LOG_RANGES = "SELECT origin, min(oseq), max(oseq), count(*) FROM log GROUP BY origin ORDER BY origin"
 
-_RANGE_CACHE: dict[tuple[bool, bool, bool], str] = {}
+_RANGE_CACHE: dict[tuple[bool, bool, bool, int | None], str] = {}
 
 _VISIBLE = "value IS NOT NULL AND (expires_at IS NULL OR expires_at > ?)"
 COUNT_FROM = f"SELECT count(*) FROM kv WHERE key >= ? AND {_VISIBLE}"
@@ -384,18 +384,24 @@ COUNT_RANGE = f"SELECT count(*) FROM kv WHERE key >= ? AND key < ? AND {_VISIBLE
 """Visible keys in ``[lower, upper)`` (a prefix). Parameters: lower, upper, now_ns."""
 
 
-def range_sql(*, with_values: bool, after: bool, bounded: bool) -> str:
-    """The paged range query used by scan/keys/iter.
+def range_sql(*, with_values: bool, after: bool, bounded: bool, page: int | None) -> str:
+    """The range query used by scan/keys/iter.
 
     ``after`` continues strictly after the last key of the previous page; otherwise the page
     starts at the prefix itself. ``bounded`` adds the exclusive upper bound of the prefix.
-    Parameters: lower, [upper,] now (``with_values``: ``expiry_floor(now_ns)``, else now_ns), limit.
+    ``page`` is the most rows returned, written into the SQL as a literal (None: every row).
+    Parameters: lower, [upper,] now (``with_values``: ``expiry_floor(now_ns)``, else now_ns).
+
+    Not ``LIMIT ?``: SQLite's planner reads a bound LIMIT's value, so binding it expires the
+    prepared statement and every execution prepares it again (measured: a third of a
+    1,000-key scan's SQL time, docs/architecture.md "Performance notes").
     """
-    cache_key = (with_values, after, bounded)
+    cache_key = (with_values, after, bounded, page)
     sql = _RANGE_CACHE.get(cache_key)
     if sql is None:
         lower = "key > ?" if after else "key >= ?"
         upper = " AND key < ?" if bounded else ""
+        limit = "" if page is None else f" LIMIT {int(page)}"
         if with_values:
             # The third column is the exact bytes the row's check covers, key, value and check
             # record, concatenated by SQLite (a copy in C): the reader verifies a page of them
@@ -403,12 +409,12 @@ def range_sql(*, with_values: bool, after: bool, bounded: bool) -> str:
             # ekv._core.checksum.expiry_floor(now): what the check covers, not the column.
             sql = (
                 f"SELECT key, value, CAST(key || value || crc AS BLOB) FROM kv WHERE {lower}{upper} "
-                "AND value IS NOT NULL AND crc > ? ORDER BY key LIMIT ?"
+                f"AND value IS NOT NULL AND crc > ? ORDER BY key{limit}"
             )
         else:
             sql = (
                 f"SELECT key FROM kv WHERE {lower}{upper} AND value IS NOT NULL "
-                "AND (expires_at IS NULL OR expires_at > ?) ORDER BY key LIMIT ?"
+                f"AND (expires_at IS NULL OR expires_at > ?) ORDER BY key{limit}"
             )
         _RANGE_CACHE[cache_key] = sql
     return sql

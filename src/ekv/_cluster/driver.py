@@ -119,9 +119,10 @@ class Driver:
                 loop.call_soon_threadsafe(self._drain_outbox)
 
     def _drain_outbox(self) -> None:
-        items, busy = self.outbox.take(stopping=self.stopping)
-        if busy and self.loop is not None:
-            self.loop.call_later(_BUSY_DRAIN_DELAY_S, self._drain_outbox)
+        loop = self.loop
+        items, busy = self.outbox.take(stopping=self.stopping, now_s=None if loop is None else loop.time())
+        if busy and loop is not None:
+            loop.call_later(_BUSY_DRAIN_DELAY_S, self._drain_outbox)
         rep = self.replicator
         if rep is None or not items or not self.sessions:
             return

@@ -276,6 +276,7 @@ def test_named_instances_share_a_udp_port_and_stay_apart(loop_thread: None) -> N
 
 
 def test_the_runtime_closes_an_open_datagram_socket_when_it_stops() -> None:
+    assert not runtime().running, "another user holds the network runtime: it would not stop here"
     runtime().acquire()
     try:
         m = _new("alone")

@@ -17,7 +17,8 @@ them. Nothing here changes what :class:`~ekv._cluster.cluster.ClusterNode` does 
   directory's; the cluster layer does not import storage) keep this member's incarnation: a
   restarted member starts above every incarnation it ever announced, so "alive" at the new one
   beats the "failed" the others hold about its previous life at once, without a round trip to
-  learn what to refute. Saved before the first datagram and whenever it rises (a refutation).
+  learn what to refute. Saved before the first datagram and whenever it rises (a refutation,
+  the leave); ``save_incarnation`` runs on the loop, so it must be quick (a small file's write).
 * **Leaving**: :meth:`Membership.close` sends "left" (members see left, not failed) unless told
   not to.
 

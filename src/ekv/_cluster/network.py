@@ -13,18 +13,44 @@ real cluster code runs unchanged over it, without sockets. Production passes not
 Connections are plain :class:`asyncio.StreamReader` / :class:`asyncio.StreamWriter` pairs, which is
 what the handshake and :class:`~ekv._cluster.session.Session` use; an implementation without
 sockets builds them over its own :class:`asyncio.Transport`.
+
+Datagrams (:meth:`Network.open_datagram`) are the membership protocol's channel
+(:mod:`ekv._cluster.gossip`): unreliable, unordered, at most one small message each, on the same
+``host:port`` as the listener (UDP beside TCP), so one address names both. The seam moves bytes
+only; authenticating them is the envelope's job (:mod:`ekv._cluster.datagram`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import socket
+import time
 from typing import Any, Protocol
 
 from ekv._cluster.listener import ListenerHold
-from ekv._cluster.runtime import Endpoint, runtime
+from ekv._cluster.runtime import DatagramReceiver, DatagramSocket, Endpoint, runtime
 
-__all__ = ["Network", "TcpNetwork"]
+__all__ = ["DatagramChannel", "Network", "TcpNetwork", "UdpChannel"]
+
+_RESOLVED_FOR_S = 30.0
+"""How long a resolved host name is used for datagrams before it is looked up again."""
+
+
+class DatagramChannel(Protocol):
+    """One instance's datagram endpoint (from :meth:`Network.open_datagram`; used on the loop)."""
+
+    address: tuple[str, int]
+    """The address it is bound to (the real port when 0 was asked for)."""
+
+    def send(self, data: bytes, to: tuple[str, int]) -> None:
+        """Send one datagram, best effort: never raises for a lost or undeliverable one."""
+        ...
+
+    def close(self) -> None:
+        """Stop receiving (and sending); idempotent."""
+        ...
 
 
 class Network(Protocol):
@@ -48,6 +74,12 @@ class Network(Protocol):
 
     async def unserve(self, address: tuple[str, int], endpoint: Endpoint) -> None:
         """Stop serving ``endpoint`` at ``address`` (returned by :meth:`serve`)."""
+        ...
+
+    async def open_datagram(self, listen: tuple[str, int], name: str, receive: DatagramReceiver) -> DatagramChannel:
+        """Bind a datagram endpoint for instance ``name`` at ``listen`` (the listener's address,
+        or port 0 for a free one): ``receive(data, source)`` is called on the loop for each datagram
+        arriving for it. Raises OSError if it cannot be bound."""
         ...
 
 
@@ -79,3 +111,69 @@ class TcpNetwork:
 
     async def unserve(self, address: tuple[str, int], endpoint: Endpoint) -> None:
         await runtime().unlisten(address, endpoint)
+
+    async def open_datagram(self, listen: tuple[str, int], name: str, receive: DatagramReceiver) -> DatagramChannel:
+        sock = await runtime().open_datagram(listen, name, receive)
+        return UdpChannel(sock, name)
+
+
+class UdpChannel:
+    """A :class:`DatagramChannel` over the process's UDP socket for an address (shared by the
+    instances on it, like the listener). Host names are resolved in the background: a datagram to
+    a name not resolved yet is dropped (membership retries every period)."""
+
+    def __init__(self, sock: DatagramSocket, name: str) -> None:
+        self._sock = sock
+        self._name = name
+        self.address = sock.address
+        self._closed = False
+        self._resolved: dict[str, tuple[str, float]] = {}
+        self._resolving: dict[str, asyncio.Task[None]] = {}
+        self.unresolved = 0
+        """Datagrams dropped because their host name was not resolved (yet)."""
+
+    def send(self, data: bytes, to: tuple[str, int]) -> None:
+        transport = self._sock.transport
+        if self._closed or transport is None or transport.is_closing():
+            return
+        host = self._ip(to[0])
+        if host is None:
+            self.unresolved += 1
+            return
+        with contextlib.suppress(OSError):  # (unreachable, no route: lost, as datagrams are)
+            transport.sendto(data, (host, to[1]))
+
+    def _ip(self, host: str) -> str | None:
+        try:
+            ipaddress.ip_address(host)
+            return host
+        except ValueError:
+            pass
+        found = self._resolved.get(host)
+        if found is not None and time.monotonic() - found[1] < _RESOLVED_FOR_S:
+            return found[0]
+        if host not in self._resolving:
+            task = asyncio.get_running_loop().create_task(self._resolve(host))
+            self._resolving[host] = task
+        return found[0] if found is not None else None
+
+    async def _resolve(self, host: str) -> None:
+        transport = self._sock.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        family = sock.family if sock is not None else socket.AF_INET
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=family, type=socket.SOCK_DGRAM)
+            if infos:
+                self._resolved[host] = (str(infos[0][4][0]), time.monotonic())
+        except OSError:
+            pass
+        finally:
+            self._resolving.pop(host, None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._resolving.values():
+            task.cancel()
+        runtime().close_datagram(self._sock, self._name)

@@ -33,10 +33,22 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
+from ekv._cluster.datagram import peek_instance
 from ekv._errors import ConfigError
 from ekv._log import any_instance_logs
 
-__all__ = ["EVENT_LOOP_ENV", "Endpoint", "NameTaken", "Runtime", "new_event_loop", "route_connection", "runtime"]
+__all__ = [
+    "EVENT_LOOP_ENV",
+    "DatagramReceiver",
+    "DatagramSocket",
+    "Endpoint",
+    "NameTaken",
+    "Runtime",
+    "new_event_loop",
+    "route_connection",
+    "route_datagram",
+    "runtime",
+]
 
 EVENT_LOOP_ENV = "EKV_EVENT_LOOP"
 """The environment variable that picks the network loop: ``asyncio`` (default) or ``uvloop``."""
@@ -78,6 +90,30 @@ class NameTaken(OSError):
     """An instance of this name already listens on the address (in this process)."""
 
 
+DatagramReceiver = Callable[[bytes, tuple[str, int]], None]
+"""Called on the loop with each datagram for an instance and the address it came from."""
+
+
+class DatagramSocket(asyncio.DatagramProtocol):
+    """A UDP socket of this process, shared like a listener by the instances bound to its address:
+    each datagram goes to the instance its envelope names (:func:`route_datagram`)."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self.receivers: dict[str, DatagramReceiver] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        route_datagram(self.receivers, data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # (an ICMP "port unreachable" for an earlier send: the member is down, SWIM finds out)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 class _Listener:
     def __init__(self, address: tuple[str, int]) -> None:
         self.server: asyncio.Server | None = None
@@ -98,6 +134,8 @@ class Runtime:
         self._listeners: dict[tuple[str, int], _Listener] = {}
         self._connections: weakref.WeakSet[asyncio.StreamWriter] = weakref.WeakSet()
         """Every connection accepted or dialed on the loop: closed by :meth:`_drain` if still open."""
+        self._datagrams: dict[tuple[str, int], DatagramSocket] = {}
+        """The UDP sockets (membership), by the address they are bound to; closed by :meth:`_drain`."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -147,6 +185,9 @@ class Runtime:
         for listener in list(self._listeners.values()):
             if listener.server is not None:
                 listener.server.close()
+        for sock in list(self._datagrams.values()):
+            sock.close()
+        self._datagrams.clear()
         loop.set_exception_handler(_quiet_during_drain)
         quiet = 0
         for _ in range(50):  # (accepting takes a few turns: accept, transport, then the handler task)
@@ -263,6 +304,37 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
 
+    # -- datagram sockets (called on the loop thread) ------------------------------------------
+
+    async def open_datagram(self, address: tuple[str, int], name: str, receive: DatagramReceiver) -> DatagramSocket:
+        """Receive the datagrams for instance ``name`` arriving at ``address`` (UDP, bound on
+        first use; port 0 picks a free one); raises OSError if it cannot be bound or an instance of
+        that name already receives there. Undo with :meth:`close_datagram`."""
+        host, port = address
+        sock = self._datagrams.get(address) if port else None
+        if sock is None:
+            bound = DatagramSocket(address)
+            # ("" means every interface: UDP binds one family, IPv4's; "localhost" its IPv4 address)
+            local = {"": "0.0.0.0", "localhost": "127.0.0.1"}.get(host, host)
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: bound, local_addr=(local, port)
+            )
+            bound.transport = transport
+            bound.address = (host, int(transport.get_extra_info("sockname")[1]))
+            self._datagrams[bound.address] = sock = bound
+        elif name in sock.receivers:
+            raise NameTaken(errno.EADDRINUSE, f"an ekv instance named {name!r} already receives datagrams there")
+        sock.receivers[name] = receive
+        return sock
+
+    def close_datagram(self, sock: DatagramSocket, name: str) -> None:
+        """Stop receiving for ``name``; the socket closes with its last instance."""
+        sock.receivers.pop(name, None)
+        if not sock.receivers:
+            if self._datagrams.get(sock.address) is sock:
+                del self._datagrams[sock.address]
+            sock.close()
+
     async def _accept(self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await route_connection(listener.endpoints, reader, writer)
 
@@ -296,6 +368,18 @@ async def route_connection(
         raise
 
 
+def route_datagram(receivers: dict[str, DatagramReceiver], data: bytes, source: tuple[str, int]) -> None:
+    """Hand a datagram to the instance its envelope names; one naming no instance here goes to
+    every instance, whose check drops and counts it. Also used by :mod:`ekv.testing.memnet`."""
+    receiver = receivers.get(peek_instance(data) or "")
+    for receive in [receiver] if receiver is not None else list(receivers.values()):
+        try:
+            receive(data, source)
+        except Exception:  # one bad datagram must never take the socket down
+            if any_instance_logs():
+                _log.debug("ekv: incoming datagram failed", exc_info=True)
+
+
 def _quiet_during_drain(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """The loop's exception handler while it is drained: a cancelled connection handler makes
     asyncio's stream callback raise CancelledError (Python 3.11); :meth:`Runtime._drain` closes
@@ -320,6 +404,13 @@ def _after_fork_in_child() -> None:
             with contextlib.suppress(OSError):
                 os.close(sock.fileno())
     old._listeners = {}
+    for datagram_socket in old._datagrams.values():
+        transport = datagram_socket.transport
+        fd = transport.get_extra_info("socket").fileno() if transport is not None else -1
+        with contextlib.suppress(OSError):
+            if fd >= 0:
+                os.close(fd)
+    old._datagrams = {}
     old._loop = old._thread = None
 
 

@@ -18,6 +18,12 @@ A ``shaper`` given to the network stands between the two ends of every connectio
 it decides when each piece of the byte stream arrives, if at all (the deterministic simulator,
 :mod:`ekv.testing.sim`, delays, drops, duplicates and reorders whole frames with it).
 
+Datagrams (:meth:`HostNetwork.open_datagram`, the membership channel) go the same ways: one
+sent across a cut link, or arriving while it is cut, is lost; by default it arrives on the next
+loop turn, and a ``datagram_shaper`` (the same kind of callable as ``shaper``, made once per
+direction between two hosts) decides when each datagram arrives, if at all, and how many times:
+each piece it returns is delivered as one datagram (loss, delay, duplication and reordering).
+
 Every method runs on the event loop the nodes use (for ClusterNode: the process's network thread);
 :meth:`cut`, :meth:`heal` and :meth:`partition` may also be called from another thread, and then
 wait until the loop has carried them out.
@@ -31,10 +37,10 @@ import itertools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ekv._cluster.runtime import Endpoint, route_connection
+from ekv._cluster.runtime import DatagramReceiver, Endpoint, route_connection, route_datagram
 
 if TYPE_CHECKING:
-    from ekv._cluster.network import Network
+    from ekv._cluster.network import DatagramChannel, Network
 
 __all__ = ["HostNetwork", "LinkShaper", "MemoryNetwork"]
 
@@ -156,8 +162,13 @@ def _stream(
 class MemoryNetwork:
     """Hosts, listeners, DNS names and links, all in memory (see the module docstring)."""
 
-    def __init__(self, shaper: LinkShaper | None = None) -> None:
+    def __init__(self, shaper: LinkShaper | None = None, *, datagram_shaper: LinkShaper | None = None) -> None:
         self._shaper = shaper
+        self._datagram_shaper = datagram_shaper
+        self._shapes: dict[tuple[str, str], Callable[[bytes], Iterable[tuple[float, bytes]]]] = {}
+        self._datagram_sockets: dict[tuple[str, int], dict[str, DatagramReceiver]] = {}
+        self.datagrams = 0
+        """Datagrams sent so far (lost ones included)."""
         self._servers: dict[tuple[str, int], dict[str, Endpoint]] = {}
         self._names: dict[str, list[str]] = {}
         self._cut: set[frozenset[str]] = set()
@@ -284,6 +295,44 @@ class MemoryNetwork:
         endpoints[endpoint.name] = endpoint
         return host, port
 
+    def _open_datagram(self, address: tuple[str, int], name: str, receive: DatagramReceiver) -> _Channel:
+        host, port = address
+        if port == 0:
+            port = next(self._ports)
+        receivers = self._datagram_sockets.setdefault((host, port), {})
+        if name in receivers:
+            raise OSError(f"[memnet] an instance named {name!r} already receives datagrams on {host}:{port}")
+        receivers[name] = receive
+        return _Channel(self, (host, port), name)
+
+    def _close_datagram(self, address: tuple[str, int], name: str) -> None:
+        receivers = self._datagram_sockets.get(address)
+        if receivers is not None:
+            receivers.pop(name, None)
+            if not receivers:
+                del self._datagram_sockets[address]
+
+    def _send_datagram(self, source: tuple[str, int], data: bytes, to: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.datagrams += 1
+        pair = (source[0], to[0])
+        if frozenset(pair) in self._cut:
+            return
+        if self._datagram_shaper is None:
+            loop.call_soon(self._deliver_datagram, source, bytes(data), to)
+            return
+        shape = self._shapes.get(pair)
+        if shape is None:
+            shape = self._shapes[pair] = self._datagram_shaper(*pair)
+        for when, piece in shape(bytes(data)):
+            loop.call_at(when, self._deliver_datagram, source, piece, to)
+
+    def _deliver_datagram(self, source: tuple[str, int], data: bytes, to: tuple[str, int]) -> None:
+        receivers = self._datagram_sockets.get(to)
+        if receivers and frozenset((source[0], to[0])) not in self._cut:
+            route_datagram(receivers, data, source)
+
     def _unserve(self, address: tuple[str, int], endpoint: Endpoint) -> None:
         endpoints = self._servers.get(address)
         if endpoints is not None and endpoints.get(endpoint.name) is endpoint:
@@ -320,8 +369,34 @@ class HostNetwork:
     async def unserve(self, address: tuple[str, int], endpoint: Endpoint) -> None:
         self.network._unserve(address, endpoint)
 
+    async def open_datagram(self, listen: tuple[str, int], name: str, receive: DatagramReceiver) -> DatagramChannel:
+        self.network._loop = asyncio.get_running_loop()
+        return self.network._open_datagram((listen[0] or self.name, listen[1]), name, receive)
+
+
+class _Channel:
+    """A :class:`~ekv._cluster.network.DatagramChannel` of the in-memory network."""
+
+    def __init__(self, network: MemoryNetwork, address: tuple[str, int], name: str) -> None:
+        self._network = network
+        self.address = address
+        self._name = name
+        self._closed = False
+
+    def send(self, data: bytes, to: tuple[str, int]) -> None:
+        if not self._closed:
+            self._network._send_datagram(self.address, data, to)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._network._close_datagram(self.address, self._name)
+
 
 if TYPE_CHECKING:
 
     def _is_a_network(host: HostNetwork) -> Network:
         return host  # mypy checks that HostNetwork implements the Network protocol
+
+    def _is_a_channel(channel: _Channel) -> DatagramChannel:
+        return channel

@@ -50,8 +50,10 @@ def test_random_faults_converge(block: int) -> None:
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("seed", [*range(5), *(pytest.param(s, marks=pytest.mark.soak) for s in range(5, 10))])
 def test_five_nodes_lossy_with_aggressive_truncation(seed: int) -> None:
+    """(Seeds 5-9 are in the soak tier since 2026-12-07, for the CI budget: the random-fault
+    seeds above cover the same paths with truncation too.)"""
     problems, _, sim_run = run(
         1000 + seed, nodes=5, drop=0.05, duplicate=0.05, keys=30, log_retention_s=5, duration_ms=30_000
     )

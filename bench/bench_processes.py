@@ -191,8 +191,9 @@ def _worker(conn: Connection, data_dir: str, options: dict[str, Any]) -> None:
             kv.subscribe(args[0], callback=on_events)
             conn.send("ok")
         elif cmd == "seen":
-            conn.send(list(seen))
-            seen.clear()
+            got = list(seen)
+            del seen[: len(got)]  # not clear(): an event the callback thread appends meanwhile stays
+            conn.send(got)
         elif cmd == "publish":
             prefix, count, pace = args
             put_lat: list[int] = []

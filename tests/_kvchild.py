@@ -2,7 +2,8 @@
 many processes on one data directory drive it). argv: data_dir, JSON options.
 
 Commands: ``put KEY VALUE [TTL]``, ``del KEY``, ``get KEY``, ``sub PREFIX`` (events are then
-printed as ``event TYPE KEY VALUE``), ``role``, ``close``. Each answers one line."""
+printed as ``event TYPE KEY VALUE``), ``role``, ``bus`` (this open's bus figures, JSON), ``close``.
+Each answers one line."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def main() -> None:
             say("ok")
         elif cmd == "role":
             say("role", kv.info()["processes"]["role"])
+        elif cmd == "bus":
+            say("bus", json.dumps(kv.info()["processes"]["bus"], separators=(",", ":")))
         elif cmd == "close":
             kv.close()
             say("closed")

@@ -12,7 +12,7 @@ import pytest
 
 from ekv._log import NodeLog
 from ekv._model import Entry
-from ekv._node import bus
+from ekv._node import busframes as bus
 
 
 def test_writes_round_trip() -> None:
@@ -22,13 +22,13 @@ def test_writes_round_trip() -> None:
         Entry("", 2, "o", 9, None, b""),  # an empty value is not a delete
     ]
     frame = bus.encode_writes(3, entries)
-    assert bus.decode_writes(frame[bus._HEAD.size :]) == (3, entries)
+    assert bus.decode_writes(frame[bus.HEAD.size :]) == (3, entries)
 
 
 def test_truncated_writes_frame_is_refused() -> None:
     frame = bus.encode_writes(0, [Entry("key", 1, "origin", 1, None, b"value")])
     with pytest.raises(ValueError, match="truncated"):
-        bus.decode_writes(frame[bus._HEAD.size : -2])
+        bus.decode_writes(frame[bus.HEAD.size : -2])
 
 
 class _Pair:
@@ -41,9 +41,9 @@ class _Pair:
         self.ours, theirs = socket.socketpair()
         self.ours.settimeout(10)
 
-        async def make() -> bus._Conn:
+        async def make() -> bus.Conn:
             _, writer = await asyncio.open_unix_connection(sock=theirs)
-            return bus._Conn(self.loop, writer, NodeLog("test", False))
+            return bus.Conn(self.loop, writer, NodeLog("test", False))
 
         self.conn = asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
         self.wakeups = 0
@@ -60,18 +60,18 @@ class _Pair:
         out = []
         while len(out) < count:
             while (
-                len(self._buffer) < bus._HEAD.size
-                or len(self._buffer) < bus._HEAD.size + bus._HEAD.unpack_from(self._buffer)[0] - 1
+                len(self._buffer) < bus.HEAD.size
+                or len(self._buffer) < bus.HEAD.size + bus.HEAD.unpack_from(self._buffer)[0] - 1
             ):
                 self._buffer += self.ours.recv(65536)
-            length, kind = bus._HEAD.unpack_from(self._buffer)
-            end = bus._HEAD.size + length - 1
-            out.append((kind, self._buffer[bus._HEAD.size : end]))
+            length, kind = bus.HEAD.unpack_from(self._buffer)
+            end = bus.HEAD.size + length - 1
+            out.append((kind, self._buffer[bus.HEAD.size : end]))
             self._buffer = self._buffer[end:]
         return out
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(bus._closed(self.conn.writer), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(bus.closed(self.conn.writer), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

@@ -18,6 +18,7 @@ import pytest
 
 import ekv
 from _linechild import LineChild
+from ekv._node.bus import runtime_path
 from ekv.testing import wait_until
 
 DEADLINE_S = 60.0
@@ -355,6 +356,87 @@ def test_subscriptions_see_the_writes_of_every_process(tmp_path: Path) -> None:
             wait_until(
                 lambda: any(e.type == "delete" and e.key == "mine/0" and e.value == "v" for e in got), DEADLINE_S
             )
+        finally:
+            watcher.close()
+            writer.close()
+
+
+def _link_sockets(data: Path) -> set[Path]:
+    """The sockets where the attached opens of ``data`` take events sent to them directly."""
+    return set(runtime_path(data, ".links").glob("*.sock"))
+
+
+def _bus(child: KvChild) -> dict[str, Any]:
+    answer = child.ask("bus")
+    assert answer[0] == "bus", answer
+    figures: dict[str, Any] = json.loads(answer[1])
+    return figures
+
+
+def test_attached_to_attached_events_go_direct_not_through_the_node_process(tmp_path: Path) -> None:
+    """An attached writer sends its events straight to the attached process that subscribes (one
+    hop): once its link is up, the node process relays none of them, and each arrives once,
+    deletes with the deleted value."""
+    data = tmp_path / "data"
+    with _open(data) as kv:
+        watcher = KvChild(tmp_path, data, "watcher")
+        writer = KvChild(tmp_path, data, "writer")
+        try:
+            assert watcher.ask("sub room/") == ["ok"]
+
+            def poke() -> bool:
+                writer.ask("put room/warm x")
+                return bool(_bus(writer)["direct"])
+
+            wait_until(poke, DEADLINE_S)  # the first events are relayed while the link opens
+            direct = _bus(writer)["direct"]  # the watcher is the only subscriber: each event arrives once
+            warm = lambda: sum(e[1] == "room/warm" for e in watcher.poll_events())  # noqa: E731
+            wait_until(lambda: warm() == direct + kv.info()["processes"]["bus"]["relayed"], DEADLINE_S)
+            relayed = kv.info()["processes"]["bus"]["relayed"]
+            for i in range(20):
+                writer.ask(f"put room/{i} v{i}")
+            writer.ask("del room/0")
+            wanted = {("put", f"room/{i}", f"v{i}") for i in range(20)} | {("delete", "room/0", "v0")}
+            wait_until(lambda: wanted <= set(watcher.poll_events()), DEADLINE_S)
+            events = [e for e in watcher.poll_events() if e[1] != "room/warm"]
+            assert sorted(events) == sorted(wanted)  # each once
+            assert kv.info()["processes"]["bus"]["relayed"] == relayed  # none through the node process
+            assert _bus(writer)["direct"] == direct + 21
+        finally:
+            watcher.close()
+            writer.close()
+
+
+def test_events_are_relayed_when_no_direct_link_opens_and_a_killed_process_socket_is_removed(tmp_path: Path) -> None:
+    """No event is lost to a link that cannot be opened (the node process relays them instead),
+    and the socket of an attached process killed with SIGKILL is removed."""
+    data = tmp_path / "data"
+    with _open(data) as kv:
+        watcher = KvChild(tmp_path, data, "watcher")
+        writer = KvChild(tmp_path, data, "writer")
+        try:
+            assert watcher.ask("sub room/") == ["ok"]
+            assert len(_link_sockets(data)) == 2
+            for path in _link_sockets(data):
+                path.unlink()  # nobody can connect to the watcher any more
+            _until(
+                lambda: any(e[1] == "room/warm" for e in watcher.poll_events()), lambda n: writer.ask("put room/warm x")
+            )
+            for i in range(20):
+                writer.ask(f"put room/{i} v{i}")
+            wanted = {("put", f"room/{i}", f"v{i}") for i in range(20)}
+            wait_until(lambda: wanted <= set(watcher.poll_events()), DEADLINE_S)
+            assert sorted(e for e in watcher.poll_events() if e[1] != "room/warm") == sorted(wanted)
+            assert _bus(writer)["direct"] == 0
+            assert kv.info()["processes"]["bus"]["relayed"] >= 20
+            third = KvChild(tmp_path, data, "third")
+            try:
+                (sock,) = _link_sockets(data)
+                third.child.proc.kill()
+                wait_until(lambda: not _link_sockets(data), DEADLINE_S)
+                assert not sock.exists()
+            finally:
+                third.close()
         finally:
             watcher.close()
             writer.close()

@@ -5,24 +5,30 @@ processes, one data directory"); what the files cannot carry is news. The node p
 Unix socket and every attached process keeps one connection to it:
 
 * attached -> node: ``WRITES``, the local writes of each commit (the node process replicates them
-  exactly as its own: into its outbox, out as live messages); ``EVENTS``, the events of each commit
-  that another process subscribed to (a delete's event carries the deleted value, which only the
-  writer read); ``PATTERNS``, what this process subscribes to, after each change.
+  exactly as its own: into its outbox, out as live messages); ``RELAY``, the events of each commit
+  that the node process or another process not reached directly subscribed to (a delete's event
+  carries the deleted value, which only the writer read), with the ids of the processes the writer
+  sent them to itself; ``PATTERNS``, what this process subscribes to, after each change;
+  ``LISTEN``, the socket it listens on for events sent to it directly.
 * attached -> node -> attached: ``PROPOSE`` / ``OUTCOME``, a linearizable operation the node
   process runs among the voters for an attached process (SPEC 13; the payloads are the cluster's
   ``Propose`` and ``Outcome`` bodies, :mod:`ekv._cluster.wire_paxos`).
 * node -> attached: ``EVENTS`` matching what it subscribed to, from every source (the node
-  process's own writes, other attached processes, replication, expiry); ``PATTERNS``, what every
-  other process subscribes to (so a writer only makes events someone watches) and whether the
-  node process replicates (whether to send ``WRITES`` at all).
+  process's own writes, other attached processes' not sent directly, replication, expiry);
+  ``PATTERNS``, what the node process and each other attached process subscribe to, and where
+  those listen (so a writer only makes events someone watches, and sends them itself), and
+  whether the node process replicates (whether to send ``WRITES`` at all).
+* attached -> attached, direct: ``EVENTS``. An attached writer connects (lazily, on its first
+  event for it) to each attached process that watches its keys and sends their events there: one
+  hop, not two through the node process. Until the link is up, or after it broke, the node
+  process relays them as before, so no event is lost to a link.
 
-Frames are ``<length u32><kind u8><payload>``, values travel as the codec's bytes and are decoded
-only by subscribers, exactly like an event of the process's own writes; nothing is unpickled
-here. The socket is named by the data directory's hash, in a private per-user runtime directory
-(mode 0700: only that user reaches it; see :func:`bus_path`).
+The frames and the sending side of a connection are :mod:`ekv._node.busframes`. The sockets are
+named by the data directory's hash (an attached process's also by its slot), in a private
+per-user runtime directory (mode 0700: only that user reaches it; see :func:`bus_path`).
 
 Nothing here ever blocks a writer: a writer thread encodes its frame and queues it; the network
-loop thread ("ekv-net") writes it. Past :data:`SEND_LIMIT` bytes queued to one process, frames
+loop thread ("ekv-net") writes it. Past ``SEND_LIMIT`` bytes queued to one process, frames
 to it are dropped and counted: replication then catches up by anti-entropy (the writes are in
 the files), and the subscribers of that process miss those events (``info()`` counts them).
 """
@@ -35,34 +41,48 @@ import contextlib
 import hashlib
 import itertools
 import os
-import struct
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from ekv._cluster import wire_paxos
 from ekv._cluster.messages import Outcome, Propose
-from ekv._core.keys import subscription_candidates
 from ekv._core.paxos import NoQuorum, Op, Unconfirmed
 from ekv._core.paxos import Outcome as Result
 from ekv._log import NodeLog
-from ekv._model import Entry, RawEvent, Version
+from ekv._model import Entry, RawEvent
+from ekv._node.busframes import (
+    CLOSE_WAIT_S,
+    EVENTS,
+    LISTEN,
+    OUTCOME,
+    PATTERNS,
+    PROPOSE,
+    RELAY,
+    WRITES,
+    Conn,
+    Peer,
+    closed,
+    decode_events,
+    decode_listen,
+    decode_patterns,
+    decode_relay,
+    decode_writes,
+    encode_events,
+    encode_listen,
+    encode_patterns,
+    encode_relay,
+    encode_writes,
+    frame,
+    matches,
+    read_frame,
+)
+from ekv._storage.procs import slot_alive
 
-__all__ = ["BusClient", "BusServer", "LocalSink", "bus_path", "runtime_path"]
-
-WRITES, EVENTS, PATTERNS, PROPOSE, OUTCOME = 1, 2, 3, 4, 5
-_HEAD = struct.Struct("<IB")
-_U32 = struct.Struct("<I")
-_I64 = struct.Struct("<q")
-_SHARD = struct.Struct("<HI")
-_ENTRY = struct.Struct("<IIqqqq")  # key and origin lengths, ts, oseq, expires_at (-1: none), value size (-1: none)
-MAX_FRAME = 1 << 30
-SEND_LIMIT = 32 << 20
-BATCH_DELAY_S = 0.002
-_EVENT_TYPES = ("put", "delete", "expired")
+__all__ = ["BusClient", "BusServer", "LocalSink", "bus_path", "link_path", "runtime_path", "sweep_links"]
 
 
 def bus_path(data_dir: Path) -> str:
@@ -86,234 +106,24 @@ def runtime_path(data_dir: Path, suffix: str) -> Path:
     return private / f"{digest}{suffix}"
 
 
-# -- encoding ----------------------------------------------------------------------------------
+def link_path(data_dir: Path, slot: str) -> str:
+    """Where the attached open registered as ``slot`` listens for events sent to it directly: in
+    a directory of ``data_dir``'s own next to the bus's socket (so sweeping reads only that, not
+    the whole runtime directory, which collects a lock file per data directory ever opened)."""
+    links = runtime_path(data_dir, ".links")
+    links.mkdir(mode=0o700, exist_ok=True)
+    return str(links / f"{slot}.sock")
 
 
-def _str(out: list[bytes], text: str) -> None:
-    raw = text.encode()
-    out.append(_U32.pack(len(raw)))
-    out.append(raw)
-
-
-def _blob(out: list[bytes], blob: bytes | None) -> None:
-    if blob is None:
-        out.append(_I64.pack(-1))
-    else:
-        out.append(_I64.pack(len(blob)))
-        out.append(blob)
-
-
-def _frame(kind: int, out: list[bytes]) -> bytes:
-    payload = b"".join(out)
-    return _HEAD.pack(len(payload) + 1, kind) + payload
-
-
-def encode_writes(shard: int, entries: Sequence[Entry]) -> bytes:
-    """One commit's writes: per entry a fixed header (:data:`_ENTRY`) then key, origin, value.
-    The node process decodes every write of every attached process, so an entry costs one
-    ``unpack_from`` and three slices there, not a call per field."""
-    out = [_SHARD.pack(shard, len(entries))]
-    pack = _ENTRY.pack
-    for key, ts, origin, oseq, expires_at, value in entries:
-        raw_key, raw_origin = key.encode(), origin.encode()
-        size = -1 if value is None else len(value)
-        out.append(pack(len(raw_key), len(raw_origin), ts, oseq, -1 if expires_at is None else expires_at, size))
-        out.append(raw_key)
-        out.append(raw_origin)
-        if value is not None:
-            out.append(value)
-    return _frame(WRITES, out)
-
-
-def encode_events(events: Sequence[RawEvent]) -> bytes:
-    out = [_U32.pack(len(events))]
-    for kind, key, blob, version in events:
-        out.append(bytes((_EVENT_TYPES.index(kind),)))
-        _str(out, key)
-        _blob(out, blob)
-        out.append(_I64.pack(version.timestamp_ns))
-        _str(out, version.origin)
-    return _frame(EVENTS, out)
-
-
-def encode_patterns(patterns: Iterable[str], replicate: bool) -> bytes:
-    listed = sorted(patterns)
-    out = [bytes((int(replicate),)), _U32.pack(len(listed))]
-    for pattern in listed:
-        _str(out, pattern)
-    return _frame(PATTERNS, out)
-
-
-class _Reader:
-    """Decodes one payload (a malformed one raises ValueError, struct.error or IndexError)."""
-
-    __slots__ = ("_at", "_data")
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._at = 0
-
-    def u8(self) -> int:
-        value = self._data[self._at]
-        self._at += 1
-        return value
-
-    def u32(self) -> int:
-        (value,) = _U32.unpack_from(self._data, self._at)
-        self._at += 4
-        return int(value)
-
-    def i64(self) -> int:
-        (value,) = _I64.unpack_from(self._data, self._at)
-        self._at += 8
-        return int(value)
-
-    def str(self) -> str:
-        size = self.u32()
-        end = self._at + size
-        if end > len(self._data):
-            raise ValueError("truncated frame")
-        text = self._data[self._at : end].decode()
-        self._at = end
-        return text
-
-    def blob(self) -> bytes | None:
-        size = self.i64()
-        if size < 0:
-            return None
-        end = self._at + size
-        if end > len(self._data):
-            raise ValueError("truncated frame")
-        blob = self._data[self._at : end]
-        self._at = end
-        return blob
-
-
-def decode_writes(payload: bytes) -> tuple[int, list[Entry]]:
-    shard, count = _SHARD.unpack_from(payload, 0)
-    at = _SHARD.size
-    unpack, head, end = _ENTRY.unpack_from, _ENTRY.size, len(payload)
-    entries = []
-    for _ in range(count):
-        key_len, origin_len, ts, oseq, expires_at, size = unpack(payload, at)
-        at += head
-        key = payload[at : at + key_len].decode()
-        at += key_len
-        origin = payload[at : at + origin_len].decode()
-        at += origin_len
-        value = None
-        if size >= 0:
-            value = payload[at : at + size]
-            at += size
-        if at > end:
-            raise ValueError("truncated frame")
-        entries.append(Entry(key, ts, origin, oseq, None if expires_at < 0 else expires_at, value))
-    return int(shard), entries
-
-
-def decode_events(payload: bytes) -> list[RawEvent]:
-    reader = _Reader(payload)
-    events: list[RawEvent] = []
-    for _ in range(reader.u32()):
-        kind = _EVENT_TYPES[reader.u8()]
-        key, blob, ts, origin = reader.str(), reader.blob(), reader.i64(), reader.str()
-        events.append((kind, key, blob, Version(ts, origin)))
-    return events
-
-
-def decode_patterns(payload: bytes) -> tuple[frozenset[str], bool]:
-    reader = _Reader(payload)
-    replicate = bool(reader.u8())
-    return frozenset(reader.str() for _ in range(reader.u32())), replicate
-
-
-def matches(patterns: frozenset[str], key: str) -> bool:
-    """Whether a subscription to one of ``patterns`` sees ``key``."""
-    if not patterns:
-        return False
-    if "" in patterns:
-        return True
-    return any(candidate in patterns for candidate in subscription_candidates(key))
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readexactly(_HEAD.size)
-    length, kind = _HEAD.unpack(head)
-    if not 1 <= length <= MAX_FRAME:
-        raise ValueError(f"bad frame length {length}")
-    return kind, await reader.readexactly(length - 1)
-
-
-_CLOSE_WAIT_S = 1.0
-
-
-async def _closed(writer: asyncio.StreamWriter) -> None:
-    """Close ``writer`` and wait until its socket is released."""
-    writer.close()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.wait_closed(), _CLOSE_WAIT_S)
-
-
-class _Conn:
-    """One connection's sending side: frames queued from any thread, written by the loop.
-
-    Waking the loop costs the sender a system call and two GIL hand-offs (tens of µs on a busy
-    machine, as much as SQLite's part of a put), so writes are not sent one wake-up each while
-    they pour in: a frame sent with ``soon`` (a commit's ``WRITES``) wakes the loop only if it is
-    idle, and after each flush the loop comes back by itself :data:`BATCH_DELAY_S` later for
-    whatever was queued meanwhile (the node process's outbox does the same for its members, see
-    :mod:`ekv._cluster.outbox`). Other frames (events, proposals) wake it at once."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, log: NodeLog) -> None:
-        self.loop = loop
-        self.writer = writer
-        self.log = log
-        self.patterns: frozenset[str] = frozenset()
-        self.dropped = 0
-        self._queue: list[bytes] = []
-        self._scheduled = False  # a wake-up of the loop is on its way
-        self._timer = False  # the loop comes back by itself within BATCH_DELAY_S
-        self._batching = False  # a ``soon`` frame was queued since the last flush
-
-    def send(self, frame: bytes, soon: bool = False) -> None:
-        """Queue ``frame`` (any thread). Appended before the flags are read, and the loop clears
-        a flag before it takes the queue: a sender that sees a flag set is always flushed."""
-        self._queue.append(frame)
-        if soon:
-            self._batching = True
-            if self._timer:
-                return
-        if self._scheduled:
-            return
-        self._scheduled = True
-        with contextlib.suppress(RuntimeError):  # the loop is gone: the process is closing
-            self.loop.call_soon_threadsafe(self._flush)
-
-    def send_now(self, frame: bytes) -> None:
-        """Write ``frame`` after everything queued before it (on the loop: no wake-up)."""
-        self._queue.append(frame)
-        self._flush()
-
-    def _tick(self) -> None:
-        self._timer = False
-        if self._queue:
-            self._flush()
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        queue, self._queue = self._queue, []
-        if not queue or self.writer.is_closing():
-            return
-        if self._batching and not self._timer:
-            self._timer = True
-            self.loop.call_later(BATCH_DELAY_S, self._tick)
-        self._batching = False
-        if self.writer.transport.get_write_buffer_size() > SEND_LIMIT:
-            self.dropped += len(queue)
-            if self.dropped == len(queue):
-                self.log.warning("a process of this data directory reads too slowly: dropping its events")
-            return
-        self.writer.write(b"".join(queue))
+def sweep_links(data_dir: Path) -> None:
+    """Remove the direct-event sockets of ``data_dir``'s opens that died without closing
+    (SIGKILL, a crash): the node process sweeps when it starts serving and when a process leaves.
+    A live open's socket stays (its slot is alive, :func:`ekv._storage.procs.slot_alive`)."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in runtime_path(data_dir, ".links").iterdir():
+            if entry.name.endswith(".sock") and not slot_alive(data_dir, entry.name.removesuffix(".sock")):
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
 
 
 class _End:
@@ -357,18 +167,23 @@ class _End:
 class BusServer(_End):
     """The node process's end: accepts the attached processes of its data directory."""
 
-    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, **ends: Any) -> None:
+    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, data_dir: Path, **ends: Any) -> None:
         super().__init__(path, loop, **ends)
+        self.data_dir = data_dir
         self.on_writes: Callable[[int, list[Entry]], None] | None = None
         """Where the attached processes' writes go (the cluster's outbox); None: not replicating."""
         self.on_propose: Callable[[Op, int], Awaitable[Result]] | None = None
         """Runs an attached process's linearizable operation (the cluster's consensus)."""
-        self._peers: list[_Conn] = []
+        self.relayed = 0
+        """Events of one attached process this process relayed to another (not sent directly)."""
+        self._peers: list[Conn] = []
+        self._ids = itertools.count(1)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # a dead node process's: this process holds the election
+        sweep_links(self.data_dir)
         old = os.umask(0o077)
         try:
             self._server = await asyncio.start_unix_server(self._serve, self.path)
@@ -382,10 +197,10 @@ class BusServer(_End):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
         for peer in list(self._peers):
-            await _closed(peer.writer)
+            await closed(peer.writer)
         if server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), _CLOSE_WAIT_S)
+                await asyncio.wait_for(server.wait_closed(), CLOSE_WAIT_S)
 
     @property
     def processes(self) -> int:
@@ -396,7 +211,7 @@ class BusServer(_End):
     def publish(self, events: list[RawEvent]) -> None:
         """Send the node process's events to the processes that watch their keys."""
         if self._remote:
-            self.loop.call_soon_threadsafe(self._relay, events, None)
+            self.loop.call_soon_threadsafe(self._relay, events, None, frozenset())
 
     def writes(self, shard: int, entries: list[Entry]) -> None:
         """The node process's own writes need no bus (its shards feed the outbox directly)."""
@@ -408,22 +223,26 @@ class BusServer(_End):
     # -- on the loop ---------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _Conn(self.loop, writer, self.log)
+        peer = Conn(self.loop, writer, self.log)
+        peer.id = next(self._ids)
         self._peers.append(peer)
         self._announce()
         try:
             while True:
-                kind, payload = await _read_frame(reader)
+                kind, payload = await read_frame(reader)
                 if kind == WRITES:
                     on_writes = self.on_writes
                     if on_writes is not None:
                         on_writes(*decode_writes(payload))
-                elif kind == EVENTS:
-                    events = decode_events(payload)
-                    self._relay(events, peer)  # first: another process's wake-up is the longer way
+                elif kind == RELAY:
+                    reached, events = decode_relay(payload)
+                    self._relay(events, peer, reached)  # first: another process's wake-up is the longer way
                     self._publish(events)
                 elif kind == PATTERNS:
                     peer.patterns = decode_patterns(payload)[0]
+                    self._announce()
+                elif kind == LISTEN:
+                    peer.listen = decode_listen(payload)
                     self._announce()
                 elif kind == PROPOSE:
                     message = wire_paxos.decode(wire_paxos.PROPOSE, payload, 0)
@@ -437,22 +256,28 @@ class BusServer(_End):
             self._peers.remove(peer)
             writer.close()
             self._announce()
+            if peer.listen:
+                with contextlib.suppress(OSError):
+                    sweep_links(self.data_dir)  # a killed process leaves its socket behind
 
-    async def _propose(self, peer: _Conn, message: Propose) -> None:
+    async def _propose(self, peer: Conn, message: Propose) -> None:
         on_propose = self.on_propose
         result: Result = NoQuorum() if on_propose is None else await on_propose(message.op, message.timeout_ms * 10**6)
-        peer.send(_frame(OUTCOME, [wire_paxos.encode(wire_paxos.outcome_message(message.request, result))[1]]))
+        peer.send(frame(OUTCOME, [wire_paxos.encode(wire_paxos.outcome_message(message.request, result))[1]]))
 
-    def _relay(self, events: list[RawEvent], source: _Conn | None) -> None:
+    def _relay(self, events: list[RawEvent], source: Conn | None, reached: frozenset[int]) -> None:
         for peer in self._peers:
-            if peer is source or not peer.patterns:
+            if peer is source or not peer.patterns or peer.id in reached:
                 continue
             wanted = [event for event in events if matches(peer.patterns, event[1])]
             if wanted:
+                if source is not None:
+                    self.relayed += len(wanted)
                 peer.send_now(encode_events(wanted))
 
     def _announce(self) -> None:
-        """Tell each process what the others watch; recompute what the node process relays."""
+        """Tell each process what the others watch and where they listen; recompute what the
+        node process relays."""
         local = self._local_patterns()
         replicate = self.on_writes is not None
         remote: set[str] = set()
@@ -460,20 +285,22 @@ class BusServer(_End):
             remote |= peer.patterns
         self._set_remote(frozenset(remote))
         for peer in self._peers:
-            others = set(local)
-            for other in self._peers:
-                if other is not peer:
-                    others |= other.patterns
-            peer.send(encode_patterns(others, replicate))
+            others = [(other.id, other.listen, other.patterns) for other in self._peers if other is not peer]
+            peer.send(encode_patterns(local, replicate, others))
 
 
 class BusClient(_End):
-    """An attached process's end: one connection to the node process, reopened after a takeover."""
+    """An attached process's end: one connection to the node process, reopened after a takeover;
+    a socket of its own where writers in other attached processes send it their events directly,
+    and links to theirs (:class:`_Links`)."""
 
-    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, **ends: Any) -> None:
+    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, listen: str, **ends: Any) -> None:
         super().__init__(path, loop, **ends)
-        self._conn: _Conn | None = None
+        self.links = _Links(loop, listen, self._publish, self.log)
+        self._conn: Conn | None = None
         self._replicate = False
+        self._node_patterns: frozenset[str] = frozenset()
+        self._others: tuple[Peer, ...] = ()
         self._connecting = False
         self._task: asyncio.Task[None] | None = None
         self._proposals: dict[int, concurrent.futures.Future[Result]] = {}
@@ -514,18 +341,18 @@ class BusClient(_End):
         except OSError:
             self._connecting = False
             return  # no node process yet (a takeover in progress): the takeover tick retries
-        conn = _Conn(self.loop, writer, self.log)
+        conn = Conn(self.loop, writer, self.log)
         self._conn, self._connecting = conn, False
+        if await self.links.listen():
+            conn.send(encode_listen(self.links.path))
         conn.send(encode_patterns(self._local_patterns(), False))
         try:
             while True:
-                kind, payload = await _read_frame(reader)
+                kind, payload = await read_frame(reader)
                 if kind == EVENTS:
                     self._publish(decode_events(payload))
                 elif kind == PATTERNS:
-                    remote, self._replicate = decode_patterns(payload)
-                    self._set_remote(remote)
-                    self._ready.set()
+                    self._patterns(*decode_patterns(payload))
                 elif kind == OUTCOME:
                     answer = wire_paxos.decode(wire_paxos.OUTCOME, payload, 0)
                     assert isinstance(answer, Outcome)
@@ -544,8 +371,18 @@ class BusClient(_End):
             self._ready.clear()
             self._conn = None
             self._replicate = False
+            self._others, self._node_patterns = (), frozenset()
             self._set_remote(frozenset())
             writer.close()
+
+    def _patterns(self, node: frozenset[str], replicate: bool, others: tuple[Peer, ...]) -> None:
+        self._replicate, self._node_patterns, self._others = replicate, node, others
+        remote = set(node)
+        for _, _, watched in others:
+            remote |= watched
+        self._set_remote(frozenset(remote))
+        self.links.keep({path for _, path, _ in others})
+        self._ready.set()
 
     def close(self) -> None:
         """Close the connection and wait until it is closed (from any thread but the loop's:
@@ -555,17 +392,18 @@ class BusClient(_End):
         except RuntimeError:
             return  # the loop is gone (the interpreter is exiting)
         with contextlib.suppress(Exception):
-            future.result(_CLOSE_WAIT_S * 2)
+            future.result(CLOSE_WAIT_S * 2)
 
     async def _aclose(self) -> None:
         conn, self._conn = self._conn, None
         task, self._task = self._task, None
         if conn is not None:
-            await _closed(conn.writer)
+            await closed(conn.writer)
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+        await self.links.close()
 
     def propose(self, op: Op, timeout_ns: int) -> Result:
         """Have the node process run ``op`` among the voters (a user thread; blocks). Waits for
@@ -581,7 +419,7 @@ class BusClient(_End):
         future: concurrent.futures.Future[Result] = concurrent.futures.Future()
         self._proposals[request] = future
         timeout_ms = max(int((deadline - time.monotonic()) * 1000), 1)
-        conn.send(_frame(PROPOSE, [wire_paxos.encode(Propose(request, op, timeout_ms))[1]]))
+        conn.send(frame(PROPOSE, [wire_paxos.encode(Propose(request, op, timeout_ms))[1]]))
         try:
             return future.result(timeout_ms / 1000 + 5)
         except concurrent.futures.TimeoutError:
@@ -592,12 +430,27 @@ class BusClient(_End):
     # -- from writer threads ---------------------------------------------------------------------
 
     def publish(self, events: list[RawEvent]) -> None:
+        """Send each attached process that watches these keys its events over this process's link
+        to it, and the rest (the node process's, and those of processes with no link yet) to the
+        node process, naming the processes reached: it relays to the others only."""
         conn = self._conn
         if conn is None or not self._remote:
             return
-        wanted = [event for event in events if matches(self._remote, event[1])]
-        if wanted:
-            conn.send(encode_events(wanted))
+        reached: list[int] = []
+        relay_for = [self._node_patterns]
+        for peer, path, watched in self._others:
+            if not watched:
+                continue
+            wanted = [event for event in events if matches(watched, event[1])]
+            if not wanted:
+                continue
+            if self.links.send(path, wanted):
+                reached.append(peer)
+            else:
+                relay_for.append(watched)
+        relay = [event for event in events if any(matches(watched, event[1]) for watched in relay_for)]
+        if relay:
+            conn.send(encode_relay(reached, relay))
 
     def writes(self, shard: int, entries: list[Entry]) -> None:
         conn = self._conn
@@ -608,6 +461,122 @@ class BusClient(_End):
         conn = self._conn
         if conn is not None:
             conn.send(encode_patterns(self._local_patterns(), False))
+
+
+class _Links:
+    """An attached process's direct event links: its own listening socket, where writers in the
+    other attached processes send it their events, and its connections to theirs, opened on the
+    first event for one (on the loop; until then, and for :data:`_RETRY_S` after a failed
+    attempt, the caller relays through the node process instead)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, path: str, publish: Callable[[list[RawEvent]], None], log: NodeLog
+    ) -> None:
+        self.loop = loop
+        self.path = path
+        self.log = log
+        self.sent = 0
+        """Events this process sent to others directly."""
+        self._publish = publish
+        self._server: asyncio.AbstractServer | None = None
+        self._out: dict[str, Conn] = {}  # path -> an open link (read from writer threads)
+        self._opening: set[str] = set()
+        self._in: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def listen(self) -> bool:
+        """Listen on :attr:`path` (once; on the loop). False if that failed: this process then
+        gets every event through the node process."""
+        if self._server is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            old = os.umask(0o077)
+            try:
+                self._server = await asyncio.start_unix_server(self._serve, self.path)
+            except OSError as exc:
+                self.log.warning("cannot listen on %s (%s): events reach this process relayed", self.path, exc)
+                return False
+            finally:
+                os.umask(old)
+        return True
+
+    def send(self, path: str, events: list[RawEvent]) -> bool:
+        """Send ``events`` over the link to ``path`` if it is open (any thread); else start
+        opening it and return False (the caller relays them)."""
+        link = self._out.get(path)
+        if link is not None and not link.writer.is_closing():
+            link.send(encode_events(events))
+            self.sent += len(events)
+            return True
+        if path and path not in self._opening:
+            self._opening.add(path)
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._open, path)
+        return False
+
+    def keep(self, paths: set[str]) -> None:
+        """Close the links to processes no longer announced (on the loop)."""
+        for path, link in list(self._out.items()):
+            if path not in paths:
+                del self._out[path]
+                link.writer.close()
+
+    def _open(self, path: str) -> None:
+        task = self.loop.create_task(self._link(path))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _link(self, path: str) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except OSError:
+            self.loop.call_later(_RETRY_S, self._opening.discard, path)
+            return
+        link = Conn(self.loop, writer, self.log)
+        self._out[path] = link
+        self._opening.discard(path)
+        try:
+            while await reader.read(4096):
+                pass  # nothing comes back: this only notices the other end closing
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            if self._out.get(path) is link:
+                del self._out[path]
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._in.add(writer)
+        try:
+            while True:
+                kind, payload = await read_frame(reader)
+                if kind == EVENTS:
+                    self._publish(decode_events(payload))
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the writer closed or died
+        except Exception:
+            self.log.error("a process of this data directory sent a bad frame; disconnected", exc_info=True)
+        finally:
+            self._in.discard(writer)
+            writer.close()
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        for task in list(self._tasks):
+            task.cancel()
+        for writer in [*self._in, *(link.writer for link in self._out.values())]:
+            await closed(writer)
+        self._out.clear()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), CLOSE_WAIT_S)
+
+
+_RETRY_S = 1.0
 
 
 Bus = BusServer | BusClient

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ekv._cluster.runtime import runtime
 from ekv._log import NodeLog
-from ekv._node.bus import BusClient, BusServer, LocalSink, bus_path
+from ekv._node.bus import BusClient, BusServer, LocalSink, bus_path, link_path
 from ekv._storage.procs import Election, live_slots
 
 if TYPE_CHECKING:
@@ -58,7 +58,12 @@ class ProcessRole:
     def serve(self) -> BusServer:
         """Start the node process's end of the bus (this open won the election)."""
         server = BusServer(
-            self.path, self._loop, local_patterns=self.registry.patterns, publish=self.registry.publish, log=self.log
+            self.path,
+            self._loop,
+            self.config.data_dir,
+            local_patterns=self.registry.patterns,
+            publish=self.registry.publish,
+            log=self.log,
         )
         self._runtime.run(server.start(), timeout=60)
         self._use(server)
@@ -66,8 +71,14 @@ class ProcessRole:
 
     def attach(self, store: ShardedStore) -> None:
         """Connect to the node process's end of the bus (this open lost the election)."""
+        assert store.slot is not None
         client = BusClient(
-            self.path, self._loop, local_patterns=self.registry.patterns, publish=self.registry.publish, log=self.log
+            self.path,
+            self._loop,
+            link_path(self.config.data_dir, store.slot.id),
+            local_patterns=self.registry.patterns,
+            publish=self.registry.publish,
+            log=self.log,
         )
         self._use(client)
         for shard in store.shards:
@@ -132,6 +143,10 @@ class ProcessRole:
             "bus": {
                 "path": self.path,
                 "connected": bus.processes if isinstance(bus, BusServer) else bool(bus and bus.connected),
+                # events of one attached process the node process relayed to another / this
+                # attached process sent to others over its direct links
+                "relayed": bus.relayed if isinstance(bus, BusServer) else 0,
+                "direct": bus.links.sent if isinstance(bus, BusClient) else 0,
             },
             "opens": [
                 {

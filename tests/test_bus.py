@@ -133,3 +133,21 @@ def test_events_wake_the_loop_at_once(pair: _Pair) -> None:
     kinds = [kind for kind, _ in pair.frames(3)]
     assert kinds == [bus.WRITES, bus.WRITES, bus.EVENTS]
     assert pair.wakeups == 2
+
+
+def test_a_frame_appended_by_a_sender_preempted_across_a_flush_is_not_lost(pair: _Pair) -> None:
+    """A sender thread reads the connection's queue, is preempted, the loop flushes, and only
+    then does the append run: the frame must still go out with the next flush. (The queue used
+    to be swapped for a new list at each flush, so that append went to the list already written
+    and the frame was lost; this replays that interleaving step by step.)"""
+
+    def interleaving() -> None:
+        pair.conn.send(_writes(0))
+        queue_seen_by_sender = pair.conn._queue  # the sender's attribute read ...
+        pair.conn._flush()  # ... the loop flushes meanwhile ...
+        queue_seen_by_sender.append(_writes(1))  # ... then the sender's append runs
+        pair.conn._flush()  # the flush its wake-up asks for
+
+    _on_loop(pair, interleaving)
+    got = pair.frames(2)
+    assert [bus.decode_writes(payload)[1][0].key for _, payload in got] == ["k0", "k1"]

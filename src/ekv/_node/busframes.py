@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from collections import deque
 from collections.abc import Iterable, Sequence
 
 from ekv._core.keys import subscription_candidates
@@ -268,7 +269,7 @@ class Conn:
         self.id = 0  # the node process's name for the attached process at the other end
         self.listen = ""  # where that process listens for events sent to it directly ("": nowhere)
         self.dropped = 0
-        self._queue: list[bytes] = []
+        self._queue: deque[bytes] = deque()  # (one object for good: see _flush)
         self._scheduled = False  # a wake-up of the loop is on its way
         self._timer = False  # the loop comes back by itself within BATCH_DELAY_S
         self._batching = False  # a ``soon`` frame was queued since the last flush
@@ -299,7 +300,12 @@ class Conn:
 
     def _flush(self) -> None:
         self._scheduled = False
-        queue, self._queue = self._queue, []
+        # Taken frame by frame from the one deque, never by swapping in a new list: a sender
+        # thread preempted between reading ``self._queue`` and appending to it would otherwise
+        # append to the list already written out, and that frame would be lost.
+        pending, queue = self._queue, []
+        while pending:
+            queue.append(pending.popleft())
         if not queue or self.writer.is_closing():
             return
         if self._batching and not self._timer:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 
+from ekv._core.fields import FieldReader
 from ekv._core.plumtree import Accept, Disconnect, Dot, Gossip, Graft, IHave, Message, Neighbor, Prune
 from ekv._errors import ProtocolError
 
@@ -83,22 +84,10 @@ def encode(message: Message) -> bytes:
     return b"".join(out)
 
 
-class _Reader:
+class _Reader(FieldReader):
     """Reads fields off the front of a message, checking each."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.at = 0
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise ProtocolError(f"truncated broadcast message ({len(self.data)} bytes)")
-        chunk = self.data[self.at : self.at + n]
-        self.at += n
-        return chunk
-
-    def u8(self) -> int:
-        return int(self.take(1)[0])
+    what = "broadcast message"
 
     def flag(self) -> bool:
         value = self.u8()
@@ -116,7 +105,7 @@ class _Reader:
             raise ProtocolError("a name that is not UTF-8 in a broadcast message") from None
 
     def seq(self) -> int:
-        return int(_U64.unpack(self.take(8))[0])
+        return self.u64()
 
     def dots(self) -> tuple[Dot, ...]:
         count = int(_U16.unpack(self.take(2))[0])

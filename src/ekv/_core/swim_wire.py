@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 
+from ekv._core.fields import FieldReader
 from ekv._core.swim import Ack, Gossip, Message, Nack, Ping, PingReq, Status, Sync, Update
 from ekv._errors import ProtocolError
 
@@ -103,25 +104,10 @@ def encode(message: Message) -> bytes:
     return data
 
 
-class _Reader:
+class _Reader(FieldReader):
     """Reads fields off the front of a message, checking each."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.at = 0
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise ProtocolError(f"truncated membership message ({len(self.data)} bytes)")
-        chunk = self.data[self.at : self.at + n]
-        self.at += n
-        return chunk
-
-    def u8(self) -> int:
-        return int(self.take(1)[0])
-
-    def u64(self) -> int:
-        return int(_U64.unpack(self.take(8))[0])
+    what = "membership message"
 
     def text(self, *, name: bool = True) -> str:
         raw = self.take(self.u8())

@@ -173,12 +173,12 @@ class Replicator:
         self._resend_from: dict[str, int] = self._load_markers("member_resend/")
         """Members whose quarantine was cleared: pull everything from them once (persisted)."""
         self._repairs: dict[int, _Repair] = {}
+        """Per damaged shard, who has resent it (see :meth:`_repair_of`); not persisted: after
+        a restart every member is asked again."""
         self._rotation = Rotation(self._rng)
         self._next_round_ns: int | None = None
         """When the next summary round is due (None: not in summary mode)."""
         self._next_probe = 1
-        """Per damaged shard, who has resent it (see :meth:`_repair_of`); not persisted: after
-        a restart every member is asked again."""
 
     # -- persistent node-level markers (kept by the store) -------------------------------------
 

@@ -109,7 +109,7 @@ def runtime_path(data_dir: Path, suffix: str) -> Path:
 def link_path(data_dir: Path, slot: str) -> str:
     """Where the attached open registered as ``slot`` listens for events sent to it directly: in
     a directory of ``data_dir``'s own next to the bus's socket (so sweeping reads only that, not
-    the whole runtime directory, which collects a lock file per data directory ever opened)."""
+    the whole runtime directory, which other data directories share)."""
     links = runtime_path(data_dir, ".links")
     links.mkdir(mode=0o700, exist_ok=True)
     return str(links / f"{slot}.sock")

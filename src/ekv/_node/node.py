@@ -158,7 +158,7 @@ def _becoming(config: Config) -> contextlib.AbstractContextManager[None]:
     check "is there a node process?" to the election: two workers starting at once must not both
     bind the ``listen`` address (the second would fail with ListenError). The lock lives in the
     private runtime directory, so that it exists before the data directory does."""
-    return exclusive(runtime_path(config.data_dir, ".open"), f"opening data_dir {str(config.data_dir)!r}")
+    return exclusive(runtime_path(config.data_dir, ".open"), f"opening data_dir {str(config.data_dir)!r}", remove=True)
 
 
 def _bind_unless_attaching(config: Config) -> ListenerHold | None:

@@ -103,31 +103,70 @@ def opening(data_dir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def exclusive(path: Path, what: str) -> Iterator[None]:
+def exclusive(path: Path, what: str, *, remove: bool = False) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block,
     waiting up to :data:`OPENING_TIMEOUT_S` for another process that holds it (``what`` it is
-    for, in the error)."""
-    with fork_guard():
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise DataDirError(f"cannot open {str(path)!r}: {exc.strerror or exc}") from exc
-        held(fd)
+    for, in the error).
+
+    ``remove``: unlink the file as the block ends, before the lock is released, so that locks
+    named after things that come and go (the runtime directory's per-data-directory lock) do not
+    pile up, one file per data directory ever opened. Safe because a holder checks, once it has
+    the lock, that ``path`` still names the file it locked: a waiter that locked a file removed
+    meanwhile lets it go and starts over on the new one, so two processes never hold the lock at
+    once through two files of one name. (An ekv older than this check, on the same machine during
+    an upgrade, could; which is why the data directory's own ``.opening`` is kept.)"""
+    deadline = time.monotonic() + OPENING_TIMEOUT_S
+    fd = _lock_current(path, what, deadline)
     try:
-        deadline = time.monotonic() + OPENING_TIMEOUT_S
-        delay = 0.001
-        while not _try_lock(fd):
-            if time.monotonic() > deadline:
-                raise LockedError(
-                    f"another process has been {what} for {OPENING_TIMEOUT_S:.0f} s; is it stuck?", owner_pid=None
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
         yield
     finally:
         with fork_guard():
+            if remove:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             released(fd)
             os.close(fd)
+
+
+def _lock_current(path: Path, what: str, deadline: float) -> int:
+    """A descriptor of ``path``, locked exclusively, that is still the file ``path`` names."""
+    delay = 0.001
+    while True:
+        with fork_guard():
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise DataDirError(f"cannot open {str(path)!r}: {exc.strerror or exc}") from exc
+            held(fd)
+        try:
+            while not _try_lock(fd):
+                if time.monotonic() > deadline:
+                    raise LockedError(
+                        f"another process has been {what} for {OPENING_TIMEOUT_S:.0f} s; is it stuck?", owner_pid=None
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            _close(fd)
+            raise
+        _close(fd)  # removed by its last holder while we waited: lock the new one
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _close(fd: int) -> None:
+    with fork_guard():
+        released(fd)
+        os.close(fd)
 
 
 def _try_lock(fd: int) -> bool:

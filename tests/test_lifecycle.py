@@ -164,6 +164,48 @@ def test_a_forked_child_does_not_keep_the_parents_lock(tmp_path: Path, cluster: 
             os.kill(child, signal.SIGKILL)
 
 
+def test_a_forked_child_does_not_keep_its_dead_parents_bus_connection_open(tmp_path: Path) -> None:
+    """An attached process forks (its child uses the store) and is SIGKILLed: the node process
+    must see its connection close. The child used to keep its copy of the parent's socket open,
+    so the node process counted the dead process as connected, and queued its events, for as long
+    as the child lived."""
+    data = tmp_path / "n"
+    script = """
+        import os, sys, time, ekv
+        kv = ekv.EKV("t", sys.argv[1], shards=2, log=False)
+        kv.subscribe("")  # events for this process: the node process sends them on its connection
+        kv.put("parent", 1)
+        pid = os.fork()
+        if pid == 0:
+            kv.put("child", 2)  # the child's own connection
+            print(os.getpid(), flush=True)
+            time.sleep(300)  # parked until the test kills it
+            os._exit(0)
+        time.sleep(300)  # parked until the test SIGKILLs it
+    """
+    with ekv.EKV("t", data, shards=2, log=False) as kv:  # the node process
+        parent = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(script), str(data)], stdout=subprocess.PIPE, text=True
+        )
+        child = 0
+        try:
+            assert parent.stdout is not None
+            child = int(parent.stdout.readline())
+            wait_until(lambda: kv.info()["processes"]["bus"]["connected"] == 2, DEADLINE_S)
+            parent.send_signal(signal.SIGKILL)
+            parent.wait(DEADLINE_S)
+            assert _alive(child)
+            wait_until(lambda: kv.info()["processes"]["bus"]["connected"] == 1, DEADLINE_S)
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+                parent.wait(DEADLINE_S)
+            if parent.stdout is not None:
+                parent.stdout.close()
+            if child and _alive(child):
+                os.kill(child, signal.SIGKILL)
+
+
 # -- an address to listen on that is taken ------------------------------------------------------------
 
 

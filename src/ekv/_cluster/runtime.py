@@ -136,6 +136,8 @@ class Runtime:
         """Every connection accepted or dialed on the loop: closed by :meth:`_drain` if still open."""
         self._datagrams: dict[tuple[str, int], DatagramSocket] = {}
         """The UDP sockets (membership), by the address they are bound to; closed by :meth:`_drain`."""
+        self._servers: weakref.WeakSet[asyncio.AbstractServer] = weakref.WeakSet()
+        """Other servers on the loop (the local bus's Unix sockets): only for a forked child to close."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -212,8 +214,13 @@ class Runtime:
         loop.close()
 
     def track(self, writer: asyncio.StreamWriter) -> None:
-        """Close ``writer`` when the loop stops, if nothing closed it before (see :meth:`_drain`)."""
+        """Close ``writer`` when the loop stops, if nothing closed it before (see :meth:`_drain`),
+        and its socket in a child made by ``fork()``."""
         self._connections.add(writer)
+
+    def track_server(self, server: asyncio.AbstractServer) -> None:
+        """Close ``server``'s sockets in a child made by ``fork()`` (its owner closes it here)."""
+        self._servers.add(server)
 
     @property
     def running(self) -> bool:
@@ -394,23 +401,28 @@ _RUNTIME = Runtime()
 
 def _after_fork_in_child() -> None:
     # The loop thread does not exist in a child made by fork(): start afresh (a node reopened
-    # there starts a new one). The parent's listening sockets are closed in the child, so a child
-    # that outlives its parent never keeps the port.
+    # there starts a new one). The parent's sockets are closed in the child (the descriptors
+    # only, not the connections, which stay the parent's): a child that outlives its parent must
+    # not keep its port bound, nor keep its connections open, which would hide the parent's death
+    # from the other end (the node process's bus counted a SIGKILLed process as connected for as
+    # long as its forked child lived, and kept queueing its events).
     global _RUNTIME
     old, _RUNTIME = _RUNTIME, Runtime()
+    sockets: list[Any] = []
     for listener in old._listeners.values():
-        server = listener.server
-        for sock in server.sockets if server is not None else ():
-            with contextlib.suppress(OSError):
+        sockets.extend(listener.server.sockets if listener.server is not None else ())
+    for server in list(old._servers):
+        sockets.extend(getattr(server, "sockets", ()))  # (asyncio.Server; AbstractServer does not say)
+    for transport in [d.transport for d in old._datagrams.values()] + [w.transport for w in list(old._connections)]:
+        sockets.append(transport.get_extra_info("socket") if transport is not None else None)
+    for sock in sockets:
+        with contextlib.suppress(OSError, AttributeError):
+            if sock is not None and sock.fileno() >= 0:
                 os.close(sock.fileno())
     old._listeners = {}
-    for datagram_socket in old._datagrams.values():
-        transport = datagram_socket.transport
-        fd = transport.get_extra_info("socket").fileno() if transport is not None else -1
-        with contextlib.suppress(OSError):
-            if fd >= 0:
-                os.close(fd)
     old._datagrams = {}
+    old._connections = weakref.WeakSet()
+    old._servers = weakref.WeakSet()
     old._loop = old._thread = None
 
 

@@ -50,6 +50,7 @@ from typing import Any
 
 from ekv._cluster import wire_paxos
 from ekv._cluster.messages import Outcome, Propose
+from ekv._cluster.runtime import runtime
 from ekv._core.paxos import NoQuorum, Op, Unconfirmed
 from ekv._core.paxos import Outcome as Result
 from ekv._log import NodeLog
@@ -187,6 +188,7 @@ class BusServer(_End):
         old = os.umask(0o077)
         try:
             self._server = await asyncio.start_unix_server(self._serve, self.path)
+            runtime().track_server(self._server)
         finally:
             os.umask(old)
 
@@ -504,6 +506,7 @@ class _Links:
             old = os.umask(0o077)
             try:
                 self._server = await asyncio.start_unix_server(self._serve, self.path)
+                runtime().track_server(self._server)
             except OSError as exc:
                 self.log.warning("cannot listen on %s (%s): events reach this process relayed", self.path, exc)
                 return False

@@ -15,6 +15,7 @@ import struct
 from collections import deque
 from collections.abc import Iterable, Sequence
 
+from ekv._cluster.runtime import runtime
 from ekv._core.keys import subscription_candidates
 from ekv._log import NodeLog
 from ekv._model import Entry, RawEvent, Version
@@ -264,6 +265,7 @@ class Conn:
     def __init__(self, loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, log: NodeLog) -> None:
         self.loop = loop
         self.writer = writer
+        runtime().track(writer)  # (a forked child closes its copy of the socket)
         self.log = log
         self.patterns: frozenset[str] = frozenset()
         self.id = 0  # the node process's name for the attached process at the other end

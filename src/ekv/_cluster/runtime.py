@@ -415,10 +415,17 @@ def _after_fork_in_child() -> None:
         sockets.extend(getattr(server, "sockets", ()))  # (asyncio.Server; AbstractServer does not say)
     for transport in [d.transport for d in old._datagrams.values()] + [w.transport for w in list(old._connections)]:
         sockets.append(transport.get_extra_info("socket") if transport is not None else None)
-    for sock in sockets:
-        with contextlib.suppress(OSError, AttributeError):
-            if sock is not None and sock.fileno() >= 0:
-                os.close(sock.fileno())
+    # Not os.close(): the parent's socket objects still name their descriptors, and the garbage
+    # collector closes them again later, by then perhaps the number of a file the child opened.
+    # /dev/null put in their place releases the sockets and keeps the numbers taken until then.
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for sock in sockets:
+            with contextlib.suppress(OSError, AttributeError):
+                if sock is not None and sock.fileno() >= 0:
+                    os.dup2(null, sock.fileno(), inheritable=False)
+    finally:
+        os.close(null)
     old._listeners = {}
     old._datagrams = {}
     old._connections = weakref.WeakSet()

@@ -604,3 +604,34 @@ def test_probes_under_any_delivery_order_keep_the_invariants_and_converge(
     for name in net.names:
         rows = {key: entry for shard in net.ports[name].shards for key, entry in shard.rows.items()}
         assert rows == expected, name
+
+
+def test_a_session_starting_in_a_large_cluster_exchanges_digests_not_a_pull_of_every_shard() -> None:
+    """A partition's heal or a restart starts N-1 sessions at once: with a pull of every shard on
+    each, a 64-node simulation spent most of its messages there (docs/scale.md)."""
+    net = Net(SUMMARY_MIN_MEMBERS + 1, 4, summaries=True)
+    net.heal()
+    _drain(net)
+    net.disconnect("n0", "n1")
+    net.flight.clear()
+    net.connect("n0", "n1")
+    assert sorted((m.src, type(m.msg).__name__) for m in net.flight) == [("n0", "Summary"), ("n1", "Summary")]
+    _drain(net)  # equal vectors: the answers name no shard, and nothing is pulled
+
+
+def test_a_session_starting_in_a_large_cluster_pulls_the_shards_that_differ() -> None:
+    net = Net(SUMMARY_MIN_MEMBERS + 1, 5, summaries=True)
+    net.heal()
+    _drain(net)
+    for other in net.names[1:]:
+        net.disconnect("n0", other)
+    net.write("n0", "apart", b"v")  # made while n0 is cut off
+    for other in net.names[2:]:
+        net.connect("n0", other)
+    net.flight = [m for m in net.flight if "n1" not in (m.src, m.dst)]
+    net.connect("n0", "n1")  # n1 has heard nothing of it yet: only the session start can tell it
+    requests = [m for m in net.flight if isinstance(m.msg, SyncRequest) and m.src == "n1"]
+    assert requests == []  # no pull of every shard
+    while any("n1" in (m.src, m.dst) for m in net.flight):
+        net.deliver(next(i for i, m in enumerate(net.flight) if "n1" in (m.src, m.dst)))
+    assert "apart" in net.ports["n1"].shards[_shard("apart")].rows

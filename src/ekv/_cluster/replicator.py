@@ -27,8 +27,9 @@ Protocol (per shard, see docs/architecture.md for why it converges):
   by one round per ``anti_entropy_interval`` (jittered) that sends ONE member, chosen by a
   shuffled round-robin, a ``Summary`` (a digest of each shard's vector); it answers
   ``SummaryDiff`` with the shards that differ, and each side pulls those shards from the other.
-  A matching digest is also a report of the member's vector (change-log truncation). Pulls at
-  session start, repairs, resends and timeouts are as above. Relay works as above, within a few
+  A matching digest is also a report of the member's vector (change-log truncation). A session
+  starts with a probe each way rather than a pull of every shard; repairs, resends and timeouts
+  pull as above. Relay works as above, within a few
   rounds instead of one (see :mod:`ekv._cluster.summary`).
 * Long partitions: when a member goes away its down-since time is persisted; a member that comes
   back after more than ``tombstone_ttl`` is quarantined (no sync, no live traffic, logged, in
@@ -228,6 +229,9 @@ class Replicator:
             self._set_marker("member_down/", peer_id, None)
         if state.quarantined:
             return
+        if summaries and self._summary_mode():
+            self._probe(peer_id)  # one digest each way; only the shards that differ are pulled
+            return
         for shard in range(self._shards):
             self._pull(state, shard, now_ns)
 
@@ -401,8 +405,14 @@ class Replicator:
             return
         self._next_round_ns = self._next_due(now_ns)
         peer_id = self._rotation.next(p for p, s in self.peers.items() if s.summaries and not s.quarantined)
-        if peer_id is None:
-            return
+        if peer_id is not None:
+            self._probe(peer_id)
+
+    def _probe(self, peer_id: str) -> None:
+        """Send the member a digest of every shard's vector (it answers with those that differ).
+        Also what a session starts with in summary mode, instead of a pull of every shard: in a
+        cluster of N members N-1 sessions start after a partition heals or a node restarts, and
+        a pull of every shard on each cost 2 x shards messages where the digests mostly agree."""
         vvs = [self.current_vv(shard) for shard in range(self._shards)]
         probe = self._next_probe
         self._next_probe += 1

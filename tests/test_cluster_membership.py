@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import shutil
 import socket
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -318,3 +319,33 @@ def test_the_saved_incarnation_reads_back_and_a_damaged_file_reads_as_none(tmp_p
     for damaged in ("", "12x", "-3", "\xff"):
         (tmp_path / "membership.incarnation").write_text(damaged, encoding="latin-1")
         assert load_membership_incarnation(tmp_path) == -1
+
+
+def test_a_node_that_takes_a_new_node_id_runs_its_member_under_it(tmp_path: Path) -> None:
+    """Two copies of one data directory (one node id) meet; the one that takes a new node id
+    restarts its SWIM member under the new id, and the others see both ids alive."""
+
+    async def scenario() -> None:
+        nodes = _Nodes(tmp_path)
+        try:
+            await nodes.open("a")
+            await nodes.open("b", ("a",))
+            await nodes.close("b")
+            shutil.copytree(tmp_path / "b", tmp_path / "c")  # a VM snapshot, a restored backup
+            b = await nodes.open("b", ("a",))
+            c = await nodes.open("c", ("a",))
+            shared = b.node_id
+            assert c.node_id == shared
+            await until(lambda: b.node_id != c.node_id, 60, "the duplicate node id is resolved")
+            renamed = b if b.node_id != shared else c
+            await until(
+                lambda: all(n.membership.info().get("name") == n.node_id for n in (b, c)),
+                10,
+                "each member runs under its node's id",
+            )
+            await until(lambda: _all_alive(nodes), 60, "every member sees every other alive under its id")
+            assert renamed.membership.info()["incarnation"] > 0  # (carried on from the saved one)
+        finally:
+            await nodes.close_all()
+
+    run_virtual(scenario)

@@ -5,6 +5,8 @@ methods; the parts are:
 
 * :class:`~ekv._cluster.members.MemberSet`: members, dialing and backoff, discovery, gossip, the
   sessions and duplicate identities;
+* :class:`~ekv._cluster.membership.ClusterMembership`: SWIM membership over UDP on the listener's
+  port (a listening node only), whose members the :class:`MemberSet` dials;
 * :class:`~ekv._cluster.driver.Driver`: the replicator, the outbox of local writes, ticks;
 * :class:`~ekv._cluster.consensus.Consensus`: linearizable operations among the voters;
 * :mod:`ekv._cluster.clients`: command-line clients served on the cluster port;
@@ -27,6 +29,7 @@ from ekv._cluster.consensus import Consensus
 from ekv._cluster.driver import Driver
 from ekv._cluster.listener import ListenerHold
 from ekv._cluster.members import MemberSet
+from ekv._cluster.membership import ClusterMembership
 from ekv._cluster.messages import Hello, Message
 from ekv._cluster.network import Network, TcpNetwork
 from ekv._cluster.outbox import Outbox
@@ -102,6 +105,18 @@ class ClusterNode:
             rng=rng,
         )
         self.members.consensus = self.consensus
+        self.membership = ClusterMembership(
+            self.members,
+            self.network,
+            instance=config.name,
+            cookie=options.cookie,
+            data_dir=store.datadir.path,
+            log=log,
+            wall=self._wall,
+            rng=rng,
+        )
+        self.members.on_address = self.membership.learn
+        self.members.on_new_node_id = self.membership.renamed
         self.clients: set[Session] = set()
         self.node_info: Any = None
         """Set by the node: returns its info() (for client commands)."""
@@ -184,6 +199,9 @@ class ClusterNode:
             if advertised is None:
                 advertised = f":{self._listen_address[1]}"  # the host is filled in by each peer
             self.members.advertised = advertised
+            await self.membership.start(self._listen_address, advertised)
+        else:
+            self.membership.reason = "not listening"
         for address in options.peers:
             self.members.add_address(address, "peers")
         for name in options.discovery:
@@ -202,6 +220,7 @@ class ClusterNode:
         self.members.stopping = self.driver.stopping = True
         for client in list(self.clients):
             client.close("shutting down")
+        await self.membership.close(leave=True)  # (first: the members see "left", not "failed")
         await self.members.say_goodbye()
         for task in list(self._tasks):
             task.cancel()

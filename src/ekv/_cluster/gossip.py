@@ -5,8 +5,8 @@ membership simulator and here; this module gives it time (the loop's clock), a c
 network seam's datagrams, :meth:`ekv._cluster.network.Network.open_datagram`, on the listener's
 ``host:port``), an envelope (:mod:`ekv._cluster.datagram`: the cookie's MAC, the instance, replay
 protection) and an encoding (:mod:`ekv._core.swim_wire`), and hands its events to whoever wants
-them. Nothing here changes what :class:`~ekv._cluster.cluster.ClusterNode` does yet (docs/scale.md,
-"Built now, and next": the cluster's members still come from its sessions).
+them: :mod:`ekv._cluster.membership` runs one for every listening ClusterNode (docs/scale.md,
+"Built now, and next": the members SWIM names are dialed; sessions still form a full mesh).
 
 * **Timers**: one loop timer at :meth:`Swim.next_deadline`, re-armed after every input.
 * **Push-pull in pieces**: a ``Sync`` carries the whole view (O(N) bytes), more than a datagram
@@ -156,6 +156,19 @@ class Membership:
     def live_members(self) -> list[str]:
         """Members believed alive or suspect, this one excluded."""
         return self._running().live_members()
+
+    def member(self, name: str) -> Update | None:
+        """What this member believes of ``name`` (address, incarnation, status), or None."""
+        return self._running().member(name)
+
+    def view(self) -> list[Update]:
+        """What this member believes of every other member it knows."""
+        return self._running().view()
+
+    @property
+    def running(self) -> bool:
+        """Started and not closed."""
+        return self._swim is not None
 
     @property
     def drops(self) -> dict[str, int]:

@@ -93,6 +93,11 @@ class MemberSet:
         self.consensus: Any = None
         """The cluster's :class:`~ekv._cluster.consensus.Consensus` (set by ClusterNode): it gets the
         linearizable-operation messages and may refuse a voter too many."""
+        self.on_address: Callable[[str, str], None] | None = None
+        """Told every address added (and its source): the SWIM membership joins through it (set by
+        ClusterNode, :mod:`ekv._cluster.membership`)."""
+        self.on_new_node_id: Callable[[], None] | None = None
+        """Called after this node took a new node id (the membership runs under the new one)."""
 
     def add_address(self, address: str, source: str) -> None:
         """Dial ``address`` from now on (unless it is known already, or is this node)."""
@@ -106,6 +111,8 @@ class MemberSet:
             "source": source,
         }
         self._spawn(self._dial_loop(address))
+        if self.on_address is not None:
+            self.on_address(address, source)
 
     async def discover(self, name_port: str) -> None:
         """Dial every address the DNS name stands for, now and every ``discovery_interval``."""
@@ -386,6 +393,8 @@ class MemberSet:
         self.driver.start()
         if self.node_id != old:
             self.log.warning("node %s is now node %s (%s); its data is kept", old, self.node_id, why)
+            if self.on_new_node_id is not None:
+                self.on_new_node_id()
         self.driver.kick()
 
     def _dialer_of(self, session: Session) -> str:

@@ -109,6 +109,7 @@ def cluster_info(self: ClusterNode) -> dict[str, Any]:
         "refused": {host: dict(item) for host, item in self.refused.items()},
         "vv": [rep.current_vv(i) for i in range(rep.store.shard_count)],
         "stats": {**rep.stats, "outbox_dropped": self.outbox.dropped},
+        "membership": self.membership.info(),
     }
 
 
@@ -128,6 +129,7 @@ def cluster_metrics(self: ClusterNode) -> dict[str, float]:
         "ekv_replication_outbox": len(self.outbox),
         "ekv_replication_outbox_dropped_total": self.outbox.dropped,
     }
+    m.update(self.membership.metrics())
     own = [rep.store.own_seq(i) for i in range(rep.store.shard_count)]
     for node_id, state in rep.peers.items():
         label = f'{{peer="{node_id}"}}'

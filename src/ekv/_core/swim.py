@@ -280,6 +280,16 @@ class Swim:
         """Members believed alive or suspect, itself excluded: the ones probed."""
         return [n for n, m in self._members.items() if m.status <= Status.SUSPECT]
 
+    def member(self, name: str) -> Update | None:
+        """What this member believes of member ``name`` (its address, incarnation and status), or
+        None if it knows none of that name (for the cluster, which dials the members it learns)."""
+        m = self._members.get(name)
+        return None if m is None else Update(name, m.addr, m.incarnation, m.status)
+
+    def view(self) -> list[Update]:
+        """:meth:`member` of every other member known, by name (for reports)."""
+        return [Update(n, m.addr, m.incarnation, m.status) for n, m in sorted(self._members.items())]
+
     def cluster_size(self) -> int:
         """N as this member sees it (alive and suspect members and itself): what the suspicion
         timeout and the retransmit limit scale with."""

@@ -609,6 +609,7 @@ class Node:
             result["quarantined"] = cluster["quarantined"]
             result["refused"] = cluster["refused"]
             result["replication"] = cluster["stats"]
+            result["membership"] = cluster["membership"]
             result["clock"]["skew_ns"] = {
                 node_id: member.get("skew_ns")
                 for node_id, member in cluster["members"].items()

@@ -8,6 +8,8 @@ Layout::
                         one (moving stale files aside; an older ekv, one open per
                         directory) keeps the others out
       NODE, procs/      which open is the node process, and which are attached (see procs.py)
+      membership.incarnation   the node process's last SWIM incarnation (a decimal number; see
+                        load_membership_incarnation)
       shard_000.db      one SQLite database per shard (+ -wal and -shm while open)
       ...
 
@@ -43,10 +45,20 @@ from ekv._errors import (
     ShardCountError,
 )
 
-__all__ = ["DataDir", "Manifest", "held", "new_incarnation", "new_node_id", "released"]
+__all__ = [
+    "DataDir",
+    "Manifest",
+    "held",
+    "load_membership_incarnation",
+    "new_incarnation",
+    "new_node_id",
+    "released",
+    "save_membership_incarnation",
+]
 
 MANIFEST_NAME = "ekv.json"
 LOCK_NAME = "LOCK"
+MEMBERSHIP_INCARNATION_NAME = "membership.incarnation"
 FORMAT = 1
 LEGACY_CODEC = "pickle"
 """The codec of a manifest that records none: written before ekv recorded it, when pickle was the
@@ -112,6 +124,35 @@ def new_incarnation() -> str:
     restored on a second machine) share a node id, but never an origin, so they never issue the
     same (origin, oseq) dot for two different writes, nor the same version."""
     return secrets.token_hex(4)
+
+
+def load_membership_incarnation(path: Path) -> int:
+    """The SWIM incarnation saved in data directory ``path`` by :func:`save_membership_incarnation`,
+    or -1 if none is (a new directory, or a file that is unreadable or not a number).
+
+    Only the node process runs the cluster (SPEC 12), so one process writes it; attached processes
+    never read it. A lost or damaged file is not an error: the restarted member then announces a
+    lower incarnation than its last life's, which the others answer with what they believe of it
+    and it refutes one period later (the saved value only saves that round trip)."""
+    try:
+        text = (path / MEMBERSHIP_INCARNATION_NAME).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return -1
+    return int(text) if text.isdigit() and len(text) < 20 else -1
+
+
+def save_membership_incarnation(path: Path, incarnation: int) -> None:
+    """Save the SWIM incarnation in data directory ``path``: a temporary file renamed over the old
+    one (``os.replace``), so a reader sees the old number or the new one, never a torn write.
+
+    Not fsynced, on purpose: it runs on the network loop (every process's cluster shares it) each
+    time the incarnation rises, and an fsync would stall every session for milliseconds; what a
+    power cut can cost is the last rise, which only makes the restarted member refute its old
+    state one period later (see :func:`load_membership_incarnation`). Raises OSError."""
+    target = path / MEMBERSHIP_INCARNATION_NAME
+    temporary = path / f".{MEMBERSHIP_INCARNATION_NAME}.tmp"
+    temporary.write_text(f"{int(incarnation)}\n", encoding="ascii")
+    os.replace(temporary, target)
 
 
 @dataclass(frozen=True, slots=True)

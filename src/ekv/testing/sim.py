@@ -332,6 +332,7 @@ class Simulation:
         """Stop a node as a crash does: its connections reset first, so no Bye reaches anyone."""
         self.net.reset_host(name)
         cluster = self.clusters.pop(name)
+        await cluster.membership.close(leave=False)  # (nor a SWIM "left")
         await cluster.aclose()
         store = self.nodes[name].store
         assert store is not None

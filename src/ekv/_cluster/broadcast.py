@@ -37,8 +37,11 @@ and quarantine stay as they are: the tree only replaces the direct fan-out of ``
 that the tree does not deliver (a member unreachable while it was sent) is repaired by
 anti-entropy, as a lost direct ``Live`` is.
 
-Measured (``python -m ekv.testing.sim --seeds 1 --first 900 --nodes 32 --seconds 10``, random
-faults and 2% loss; docs/scale.md, step 2): see the figures there.
+Measured (docs/scale.md, step 2): 20 nodes without loss (``tests/test_broadcast.py``), 19 Gossip
+and 12 IHave per write, the writer sending 1.9 frames instead of 19; ``PYTHONPATH=src python -m
+ekv.testing.sim --seeds 1 --first 900 --nodes 20 --seconds 10`` (random faults, 2% loss): 0
+violations, 17.2 frames carrying writes per write (18.6 direct), 54 messages per write in all
+(34 direct: the tree's announcements cost more than they save in a full mesh).
 """
 
 from __future__ import annotations

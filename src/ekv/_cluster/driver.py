@@ -8,7 +8,9 @@ and carries out its decisions:
 * its messages are encoded once and written to every member's session, one socket write per
   member for a whole drain; sync chunks are produced only while the member's send buffer has room
   (:meth:`Driver.can_send`), so a large sync interleaves with live traffic and memory stays bounded;
-* it ticks (anti-entropy pulls, sync timeouts) every 50 ms, every 5 ms while it has work queued.
+* it ticks (anti-entropy pulls, sync timeouts) every 50 ms, every 5 ms while it has work queued;
+* it makes the broadcast tree (:mod:`ekv._cluster.broadcast`) with each replicator: in a large
+  cluster, local writes go out through it instead of to every member.
 
 The sessions are the membership's (:mod:`ekv._cluster.members`); the driver only reads them.
 """
@@ -21,6 +23,7 @@ import random
 from typing import Any
 
 from ekv._cluster import wire
+from ekv._cluster.broadcast import Broadcast
 from ekv._cluster.messages import Message
 from ekv._cluster.outbox import Outbox, live_batches
 from ekv._cluster.port import ReplicationStore
@@ -57,6 +60,7 @@ class Driver:
         self._rng = rng
         self.outbox = Outbox()
         self.replicator: Replicator | None = None
+        self.broadcast: Broadcast | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         """The loop the driver runs on (set when the cluster starts)."""
         self.stopping = False
@@ -65,11 +69,23 @@ class Driver:
 
     def start(self) -> None:
         """Make the replicator (on the loop thread); again after the node took a new node id."""
-        self.replicator = Replicator(
+        self.replicator = rep = Replicator(
             self.store, self.settings, send=self._send, can_send=self._can_send, log=self.log, rng=self._rng
         )
+        if self.loop is not None:
+            rep.tree = self.broadcast = Broadcast(
+                rep,
+                self.sessions,
+                self._send,
+                self.loop,
+                max_frame_size=self.options.max_frame_size,
+                compress_threshold=self.options.compression_threshold,
+                log=self.log,
+            )
 
     def close(self) -> None:
+        if self.broadcast is not None:
+            self.broadcast.close()
         if self.replicator is not None:
             self.replicator.close()
 

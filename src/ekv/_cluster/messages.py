@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ekv._core import plumtree
 from ekv._core.paxos import Ballot, Op, Record
 from ekv._core.paxos import Promise as PaxosPromise
 from ekv._model import Entry
@@ -54,6 +55,7 @@ __all__ = [
     "SyncRequest",
     "Summary",
     "SummaryDiff",
+    "TreeMessage",
     "VersionVector",
     "merge_live",
 ]
@@ -195,6 +197,14 @@ class SummaryDiff:
 
 
 @dataclass(frozen=True, slots=True)
+class TreeMessage:
+    """A message of the broadcast tree (:mod:`ekv._cluster.broadcast`, ``"plumtree"`` feature):
+    a Gossip's payload is an encoded :class:`Live` frame, relayed unchanged from its origin."""
+
+    message: plumtree.Message
+
+
+@dataclass(frozen=True, slots=True)
 class Live:
     """Writes made by the sender (its own origin), in oseq order, sent as they commit."""
 
@@ -333,6 +343,7 @@ Message = (
     | SyncDone
     | Summary
     | SummaryDiff
+    | TreeMessage
     | Live
     | Request
     | Reply

@@ -1,5 +1,6 @@
 """The storage port of replication: everything the :class:`~ekv._cluster.replicator.Replicator`
-needs from a node's storage, and nothing more.
+needs from a node's storage, and nothing more; and, beside it, :class:`Tree`, its hook into the
+broadcast tree (:mod:`ekv._cluster.broadcast`), the other part it talks to without importing.
 
 The replicator owns this interface (it is defined here, next to its only consumer) and the
 storage layer implements it (:class:`ekv._storage.replication.StoreReplicationPort`, over a
@@ -30,12 +31,13 @@ asynchronous apply would have to raise it on completion instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
+from ekv._cluster.messages import Live, TreeMessage
 from ekv._model import Entry
 
-__all__ = ["DamagedVersion", "ReplicationStore", "SyncSource"]
+__all__ = ["DamagedVersion", "ReplicationStore", "SyncSource", "Tree"]
 
 DamagedVersion = tuple[int, str, int]
 """The version (timestamp, origin, oseq) of a row that failed its checksum."""
@@ -159,3 +161,14 @@ class ReplicationStore(Protocol):
     def describe(self, shard: int) -> str:
         """Names ``shard`` for log messages (its file, for a store on disk)."""
         ...
+
+
+class Tree(Protocol):
+    """The broadcast tree (:class:`ekv._cluster.broadcast.Broadcast`): ``fanout`` sends a local
+    write through it and returns the members it reaches that way (they get no direct Live);
+    ``receive`` takes its messages from members not quarantined; ``peers_changed`` is told when a
+    session starts or ends, or a quarantine is cleared."""
+
+    def fanout(self, message: Live) -> Collection[str]: ...
+    def receive(self, peer_id: str, message: TreeMessage) -> None: ...
+    def peers_changed(self) -> None: ...

@@ -11,7 +11,9 @@ Protocol (per shard, see docs/architecture.md for why it converges):
 
 * Live: every local write is sent to every connected member as it commits (``Live``, the
   sender's own writes only, in oseq order). The receiver applies them through LWW and raises its
-  version vector through consecutive oseqs of that origin.
+  version vector through consecutive oseqs of that origin. In a large cluster the members that
+  negotiated ``"plumtree"`` get them through the broadcast tree instead (:attr:`Replicator.tree`,
+  :mod:`ekv._cluster.broadcast`), which hands what it delivers to :meth:`Replicator.apply_live`.
 * Pull sync: when a session starts, and then every ``anti_entropy_interval`` (jittered), a node
   sends each member ``SyncRequest(vv)`` for each shard, at most one in flight per member and
   shard. The member answers from one snapshot with every current row whose dot the requester does
@@ -51,8 +53,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ekv._cluster.messages import Live, Message, Summary, SummaryDiff, SyncChunk, SyncDone, SyncRequest
-from ekv._cluster.port import DamagedVersion, ReplicationStore, SyncSource
+from ekv._cluster.messages import Live, Message, Summary, SummaryDiff, SyncChunk, SyncDone, SyncRequest, TreeMessage
+from ekv._cluster.port import DamagedVersion, ReplicationStore, SyncSource, Tree
 from ekv._cluster.summary import SUMMARY_MIN_MEMBERS, Rotation, differing, digest
 from ekv._core import vv as vvmod
 from ekv._core.durations import NS_PER_S, tombstone_cutoff_ns
@@ -180,6 +182,8 @@ class Replicator:
         self._next_round_ns: int | None = None
         """When the next summary round is due (None: not in summary mode)."""
         self._next_probe = 1
+        self.tree: Tree | None = None
+        """The broadcast tree, if the driver has one (set after construction)."""
 
     # -- persistent node-level markers (kept by the store) -------------------------------------
 
@@ -227,6 +231,8 @@ class Replicator:
             )
         if down is not None:
             self._set_marker("member_down/", peer_id, None)
+        if self.tree is not None:
+            self.tree.peers_changed()
         if state.quarantined:
             return
         if summaries and self._summary_mode():
@@ -247,6 +253,8 @@ class Replicator:
         if record and peer_id not in self._down_since:
             self._down_since[peer_id] = now_ns
             self._set_marker("member_down/", peer_id, now_ns)
+        if record and self.tree is not None:
+            self.tree.peers_changed()
 
     def clear_quarantine(self, peer_id: str) -> bool:
         """Operator override: allow ``peer_id`` to sync again (accepting that deletes purged
@@ -271,6 +279,8 @@ class Replicator:
             for request in deferred.values():
                 self._on_sync_request(state, request, self._now)
             self._resend_pulls(self._now)
+            if self.tree is not None:
+                self.tree.peers_changed()
         return found
 
     def close(self) -> None:
@@ -292,7 +302,10 @@ class Replicator:
                 state.deferred[msg.shard] = msg
             return
         if isinstance(msg, Live):
-            self._on_live(peer_id, msg)
+            self.apply_live(msg)
+        elif isinstance(msg, TreeMessage):
+            if self.tree is not None:
+                self.tree.receive(peer_id, msg)
         elif isinstance(msg, SyncRequest):
             self._on_sync_request(state, msg, now_ns)
         elif isinstance(msg, SyncChunk):
@@ -307,7 +320,8 @@ class Replicator:
     def _check_shard(self, shard: int) -> bool:
         return 0 <= shard < self._shards
 
-    def _on_live(self, peer_id: str, msg: Live) -> None:
+    def apply_live(self, msg: Live) -> None:
+        """Apply writes sent live: from the member that made them, or delivered by the tree."""
         if not self._check_shard(msg.shard) or not msg.entries:
             return
         self.stats["live_received"] += len(msg.entries)
@@ -467,8 +481,9 @@ class Replicator:
             for origin, oseqs in others.items():
                 vvmod.advance(vv, origin, oseqs)
         message = Live(shard, tuple(entries))
+        tree = () if self.tree is None else self.tree.fanout(message)
         for peer_id, state in self.peers.items():
-            if not state.quarantined:
+            if not state.quarantined and peer_id not in tree:
                 self._send(peer_id, message)
                 self.stats["live_sent"] += len(entries)
 

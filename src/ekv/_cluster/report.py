@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ekv._cluster import wire
+from ekv._cluster.broadcast import KINDS
 from ekv._cluster.messages import Hello
 from ekv._cluster.session import Refused
 from ekv._core.addresses import format_address, parse_address
@@ -110,6 +111,7 @@ def cluster_info(self: ClusterNode) -> dict[str, Any]:
         "vv": [rep.current_vv(i) for i in range(rep.store.shard_count)],
         "stats": {**rep.stats, "outbox_dropped": self.outbox.dropped},
         "membership": self.membership.info(),
+        "broadcast": None if self.driver.broadcast is None else self.driver.broadcast.info(),
     }
 
 
@@ -130,6 +132,14 @@ def cluster_metrics(self: ClusterNode) -> dict[str, float]:
         "ekv_replication_outbox_dropped_total": self.outbox.dropped,
     }
     m.update(self.membership.metrics())
+    tree = self.driver.broadcast
+    if tree is not None:
+        m["ekv_broadcast_tree"] = int(tree.active)
+        m["ekv_broadcast_eager_peers"] = len(tree.tree.eager)
+        m["ekv_broadcast_lazy_peers"] = len(tree.tree.lazy)
+        for kind in KINDS:
+            m[f'ekv_broadcast_sent_total{{kind="{kind}"}}'] = tree.sent[kind]
+            m[f'ekv_broadcast_received_total{{kind="{kind}"}}'] = tree.received[kind]
     own = [rep.store.own_seq(i) for i in range(rep.store.shard_count)]
     for node_id, state in rep.peers.items():
         label = f'{{peer="{node_id}"}}'

@@ -20,6 +20,8 @@ Layout (all integers big-endian)::
                  SyncDone, Retired); bytes fields are lowercase hex
     Prepare, Promise, Accept, Accepted, Propose, Outcome: see wire_paxos.py
     Summary, SummaryDiff: see wire_summary.py
+    TreeMessage = one broadcast-tree message as plumtree_wire.py encodes it (a Gossip's payload
+                 is a whole Live frame, relayed unchanged)
     Live       = shard:u16               entries
     SyncChunk  = shard:u16  sync_id:u64  seq:u64  entries
     entries    = n_origins:u16  (len:u8 origin)*  n_entries:u32  entry*
@@ -70,8 +72,10 @@ from ekv._cluster.messages import (
     SyncChunk,
     SyncDone,
     SyncRequest,
+    TreeMessage,
     VersionVector,
 )
+from ekv._core import plumtree_wire
 from ekv._core.keys import MAX_KEY_BYTES
 from ekv._errors import InvalidArgument, ProtocolError
 from ekv._model import Entry
@@ -83,6 +87,7 @@ __all__ = [
     "IDENTITY_FEATURE",
     "MAX_ORIGIN_BYTES",
     "PAXOS_FEATURE",
+    "PLUMTREE_FEATURE",
     "SUMMARY_FEATURE",
     "FrameDecoder",
     "decode",
@@ -90,7 +95,7 @@ __all__ = [
     "negotiate",
 ]
 
-FEATURES: Final[tuple[str, ...]] = ("zlib", "identity", "paxos", "summary")
+FEATURES: Final[tuple[str, ...]] = ("zlib", "identity", "paxos", "summary", "plumtree")
 CLIENT_FEATURE: Final = "client"
 """Offered by a client (not a member): its session carries Request/Reply, never replication."""
 IDENTITY_FEATURE: Final = "identity"
@@ -100,6 +105,9 @@ PAXOS_FEATURE: Final = "paxos"
 """The member takes part in linearizable operations (the messages of :mod:`wire_paxos`)."""
 SUMMARY_FEATURE: Final = "summary"
 """The member answers anti-entropy probes (Summary/SummaryDiff, :mod:`wire_summary`)."""
+PLUMTREE_FEATURE: Final = "plumtree"
+"""The member takes part in the broadcast tree of large clusters (TreeMessage,
+:mod:`ekv._cluster.broadcast`)."""
 """The optional features this implementation supports; a feature is used on a connection only if
 both Hellos list it."""
 
@@ -133,6 +141,7 @@ _HELLO, _AUTH, _REJECT, _BYE, _PING, _PONG, _MEMBERS, _SYNC_REQUEST, _SYNC_DONE,
 )
 _RETIRED = 13
 _LIVE, _SYNC_CHUNK = 16, 17
+_TREE = 26
 
 
 # -- negotiation ---------------------------------------------------------------------------------
@@ -167,11 +176,21 @@ def encode(message: Message, *, compress_threshold: int | None = None) -> bytes:
             code, body = _encode_data(message, compress_threshold)
         elif isinstance(message, Summary | SummaryDiff):
             code, body = wire_summary.encode(message)
+        elif isinstance(message, TreeMessage):
+            code, body = _TREE, plumtree_wire.encode(message.message)
         elif isinstance(message, PAXOS) and not isinstance(message, Retired):
             code, body = wire_paxos.encode(message)
         else:
             code, body = _encode_control(message)
-    except (struct.error, TypeError, AttributeError, UnicodeEncodeError, OverflowError, ValueError) as exc:
+    except (
+        struct.error,
+        TypeError,
+        AttributeError,
+        UnicodeEncodeError,
+        OverflowError,
+        ValueError,
+        ProtocolError,  # (a tree message the decoder would reject: plumtree_wire raises it)
+    ) as exc:
         if isinstance(exc, InvalidArgument):
             raise
         raise InvalidArgument(f"cannot encode {type(message).__name__}: {exc}") from None
@@ -341,6 +360,8 @@ def _decode_frame(frame: bytes, cap: int) -> Message:
             return wire_paxos.decode(code, frame, 1)
         if code in wire_summary.CODES:
             return wire_summary.decode(code, frame, 1)
+        if code == _TREE:
+            return TreeMessage(plumtree_wire.decode(frame[1:]))
         if code not in _SCHEMAS:
             raise ProtocolError(f"unknown message type {code}")
         return _from_fields(code, _parse_json(frame))

@@ -217,6 +217,10 @@ class Plumtree:
         """The active view: eager and lazy peers."""
         return self.eager | self.lazy
 
+    def members(self) -> frozenset[str]:
+        """The membership as fed in (and as learned from ``Neighbor`` requests): the passive view."""
+        return frozenset(self._member_at)
+
     def target(self) -> int:
         """HyParView's active view size, ``round(log10 N) + 1``, at least ``min_active``."""
         n = len(self._members) + 1

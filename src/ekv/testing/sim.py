@@ -47,6 +47,7 @@ import random
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +55,12 @@ from typing import Any, TypeVar
 
 from ekv._cluster import wire
 from ekv._cluster.cluster import ClusterNode
-from ekv._cluster.messages import Live, SyncChunk
+from ekv._cluster.messages import Live, SyncChunk, TreeMessage
 from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._config import Config
 from ekv._core.clock import HybridClock
 from ekv._core.durations import NS_PER_S
+from ekv._core.plumtree import Gossip
 from ekv._log import NodeLog
 from ekv._model import Version
 from ekv._storage.store import ShardedStore
@@ -72,10 +74,12 @@ __all__ = ["SimClock", "Simulation", "Violation"]
 MS = NS_PER_S // 1000
 PORT = 7000
 _T = TypeVar("_T")
-_DATA = frozenset({8, 9, 16, 17, 24, 25})
+_DATA = frozenset({8, 9, 16, 17, 24, 25, 26})
 """The frame codes of replication messages (SyncRequest, SyncDone, Live, SyncChunk, Summary,
-SummaryDiff): the faults."""
-_ENTRIES = frozenset({16, 17})
+SummaryDiff, TreeMessage): the faults."""
+_ENTRIES = frozenset({16, 17, 26})
+_LIVE, _TREE, _GOSSIP = 16, 26, 1
+"""Live's frame code, TreeMessage's, and the first body byte of a TreeMessage carrying a Gossip."""
 _PAXOS = frozenset(range(18, 24))
 """The frame codes of the linearizable-operation messages (faults too, with ``consistent=True``)."""
 
@@ -125,8 +129,9 @@ class _Link:
     """One direction of one connection through the lossy proxy: whole frames, each delayed; the
     replication ones also dropped, duplicated or reordered at random."""
 
-    def __init__(self, owner: Simulation) -> None:
+    def __init__(self, owner: Simulation, source: str = "", destination: str = "") -> None:
         self._sim = owner
+        self._route = (source, destination)
         self._buf = b""
         self._last = 0.0
 
@@ -157,6 +162,7 @@ class _Link:
                 out.append((when, frame))
                 if code in _DATA:
                     s.messages += 1
+                    s.frames[(*self._route, code, frame[5] if code == _TREE and size > 1 else 0)] += 1
                     if code in _ENTRIES:
                         s.in_flight.append((when, frame))
         self._buf = buf[pos:]
@@ -166,6 +172,8 @@ class _Link:
 class Simulation:
     """One seeded run. See the module docstring."""
 
+    checked_live = 0
+    """``live_frames()`` when :func:`run_seed` checked the run."""
     checked_messages = 0
     """``messages`` when :func:`run_seed` checked the run (before any idle measurement)."""
     idle_rate = 0.0
@@ -225,15 +233,15 @@ class Simulation:
         self.acked: list[tuple[str, str, Version, bytes | None, int | None]] = []
         self.trace: list[str] = []
         self.messages = 0
+        self.frames: Counter[tuple[str, str, int, int]] = Counter()  # (from, to, frame code, tree kind or 0)
         self.in_flight: list[tuple[float, bytes]] = []
         """Frames carrying entries, with the time they arrive (for :meth:`settle`)."""
         self.clones_left = clones
-        self._incarnations = 0
-        self._identities = 0
+        self._incarnations = self._identities = 0
         self.gc_every_ms = gc_every_ms
         self.log_retention_ns = log_retention_s * NS_PER_S
         self.faulty, self.fault_scale = (_DATA | _PAXOS if consistent else _DATA), fault_scale
-        self.net = MemoryNetwork(shaper=lambda source, destination: _Link(self))
+        self.net = MemoryNetwork(shaper=lambda source, destination: _Link(self, source, destination))
         self.clusters: dict[str, ClusterNode] = {}
         self.nodes: dict[str, _Node] = {}
         for i in range(nodes):
@@ -448,6 +456,15 @@ class Simulation:
                 break
         return int((self.elapsed_ns() - start) / MS)
 
+    def live_frames(self, source: str | None = None, *, tree: bool = True) -> int:
+        """Frames that carried live writes (direct ``Live``, and with ``tree`` the tree's Gossip),
+        sent by ``source`` (a host name) or by all."""
+        return sum(
+            count
+            for (host, _, code, kind), count in self.frames.items()
+            if (source is None or host == source) and (code == _LIVE or (tree and code == _TREE and kind == _GOSSIP))
+        )
+
     def idle_messages(self, duration_ms: int) -> int:
         """Replication messages sent while the cluster idles for ``duration_ms`` (no writes, no
         faults): the steady-state cost of anti-entropy."""
@@ -461,6 +478,8 @@ class Simulation:
         for _, frame in self.in_flight:
             for message in wire.FrameDecoder(1 << 26).feed(frame):
                 if isinstance(message, Live | SyncChunk) and message.entries:
+                    return True
+                if isinstance(message, TreeMessage) and isinstance(message.message, Gossip):
                     return True
         return False
 
@@ -604,6 +623,7 @@ def run_seed(
         settle_ms = sim.settle()
         problems = sim.check()
         sim.checked_messages = sim.messages
+        sim.checked_live = sim.live_frames()
         if idle_ms:
             sim.idle_rate = sim.idle_messages(idle_ms) / len(sim.nodes) / (idle_ms / 1000)
         return problems, settle_ms, sim
@@ -655,8 +675,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         idle = f", idle anti-entropy {sim.idle_rate:.2f} messages/node/s" if args.idle else ""
         print(
-            f"seed {seed}: {status}, {len(sim.acked)} acknowledged writes, {sim.checked_messages} messages, "
-            f"settled in {settle_ms} ms{copies}{linear}{idle}"
+            f"seed {seed}: {status}, {len(sim.acked)} acknowledged writes, {sim.checked_messages} messages "
+            f"({sim.checked_live} carrying live writes), settled in {settle_ms} ms{copies}{linear}{idle}"
         )
         for problem in problems:
             print(f"  {problem.kind}: {problem.detail}")

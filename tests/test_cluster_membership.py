@@ -58,7 +58,7 @@ class _Nodes:
             "swimwire",
             self.root / host,
             shards=2,
-            listen=f"{host}:{PORT}",
+            listen=options.pop("listen", f"{host}:{PORT}"),
             peers=[f"{p}:{PORT}" for p in peers],
             cookie="membership-test",
             anti_entropy_interval=1.0,
@@ -80,6 +80,14 @@ class _Nodes:
 
     async def close(self, host: str) -> None:
         store, cluster = self.nodes.pop(host)
+        await cluster.aclose()
+        store.close()
+
+    async def crash(self, host: str) -> None:
+        """Stop a node as a crash does (as the simulator): no Bye, no SWIM "left"."""
+        self.net.reset_host(host)
+        store, cluster = self.nodes.pop(host)
+        await cluster.membership.close(leave=False)
         await cluster.aclose()
         store.close()
 
@@ -175,6 +183,42 @@ def test_a_closed_node_is_seen_left_and_a_cut_one_failed(tmp_path: Path) -> None
             nodes.net.heal()
             await until(lambda: _all_alive(nodes), 60, "after the heal every member sees every other alive")
             assert nodes.cluster("c").membership.info()["incarnation"] > 0  # (it refuted "failed")
+        finally:
+            await nodes.close_all()
+
+    run_virtual(scenario)
+
+
+def test_nodes_on_a_wildcard_address_without_advertise_run_swim_with_each_others_hosts(tmp_path: Path) -> None:
+    """Five nodes listen on 0.0.0.0 without advertise= (each its own host), all given only a as
+    their peer: each announces ":4370", whoever hears it directly completes the host from the
+    datagram's source and gossips that on, so every member knows every other's reachable
+    address; a crash is declared failed and a close seen left."""
+
+    async def scenario() -> None:
+        nodes = _Nodes(tmp_path)
+        hosts = ["a", "b", "c", "d", "e"]
+        try:
+            for host in hosts:
+                await nodes.open(host, () if host == "a" else ("a",), listen=f"0.0.0.0:{PORT}")
+
+            def knows_everyone(viewer: str) -> bool:
+                info = nodes.cluster(viewer).membership.info()
+                assert info["running"], info
+                expected = {nodes.cluster(h).node_id: f"{h}:{PORT}" for h in nodes.nodes if h != viewer}
+                members = info["members"]
+                return {n: m["address"] for n, m in members.items() if m["status"] == "alive"} == expected
+
+            await until(lambda: all(knows_everyone(h) for h in hosts), 30, "every member knows every other's host")
+            for host in hosts:
+                info = nodes.cluster(host).membership.info()
+                assert info["address"] == f":{PORT}" and info["datagrams"]["hostless"] == 0, info
+            e_id, d_id = nodes.cluster("e").node_id, nodes.cluster("d").node_id
+            await nodes.crash("e")
+            await until(lambda: all(nodes.swim_status(v, e_id) == "failed" for v in "abcd"), 60, "e declared failed")
+            await nodes.close("d")
+            await until(lambda: all(nodes.swim_status(v, d_id) == "left" for v in "abc"), 5, "d seen left")
+            assert all(nodes.swim_status(v, e_id) == "failed" for v in "abc")
         finally:
             await nodes.close_all()
 
@@ -287,6 +331,52 @@ def test_real_nodes_run_membership_over_udp(make: Callable[..., ekv.EKV]) -> Non
     wait_until(lambda: a.info()["membership"]["members"][c_id]["status"] == "left", message="c not seen left")
     metrics = a.metrics()
     assert metrics["ekv_membership_running"] == 1 and metrics["ekv_membership_datagrams_received_total"] > 0
+
+
+def _free_port_on_every_interface() -> int:
+    """A port free for both TCP and UDP on 0.0.0.0 (the node binds both)."""
+    for _ in range(50):
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        ):
+            tcp.bind(("0.0.0.0", 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free for both TCP and UDP")
+
+
+def test_real_nodes_on_0_0_0_0_without_advertise_run_membership_over_udp(make: Callable[..., ekv.EKV]) -> None:
+    ports = []
+    while len(ports) < 3:
+        port = _free_port_on_every_interface()
+        if port not in ports:
+            ports.append(port)
+    options = {"cookie": "wildcard-membership-test"}
+    a = make(listen=f"0.0.0.0:{ports[0]}", **options)
+    b = make(listen=f"0.0.0.0:{ports[1]}", peers=[f"127.0.0.1:{ports[0]}"], **options)
+    c = make(listen=f"0.0.0.0:{ports[2]}", peers=[f"127.0.0.1:{ports[0]}"], **options)
+    kvs = (a, b, c)
+    for kv, port in zip(kvs, ports, strict=True):
+        membership = kv.info()["membership"]
+        assert membership["running"] and membership["address"] == f":{port}", membership
+
+    def sees_all(kv: ekv.EKV) -> bool:
+        expected = {
+            other.node_id: f"127.0.0.1:{port}" for other, port in zip(kvs, ports, strict=True) if other is not kv
+        }
+        members = kv.info()["membership"]["members"]
+        return {n: m["address"] for n, m in members.items() if m["status"] == "alive"} == expected
+
+    wait_until(lambda: all(sees_all(kv) for kv in kvs), message="the three did not learn each other's addresses")
+    c_id = c.node_id
+    c.close()
+    wait_until(lambda: a.info()["membership"]["members"][c_id]["status"] == "left", message="c not seen left")
+    assert b.info()["membership"]["datagrams"]["hostless"] == 0
 
 
 def test_a_taken_udp_port_is_a_warning_and_the_cluster_still_replicates(

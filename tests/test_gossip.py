@@ -21,7 +21,7 @@ from ekv._cluster.gossip import Membership
 from ekv._cluster.network import TcpNetwork
 from ekv._cluster.runtime import runtime
 from ekv._core import swim_wire
-from ekv._core.swim import Event, Ping, Status, SwimConfig
+from ekv._core.swim import Event, Gossip, Ping, PingReq, Status, SwimConfig, Update
 from ekv.testing import wait_until
 from ekv.testing.memnet import MemoryNetwork
 from ekv.testing.vtime import VirtualTimeLoop
@@ -202,6 +202,80 @@ def test_a_view_larger_than_a_datagram_is_pushed_in_pieces_and_loss_is_tolerated
             await m.close()
 
     run_virtual(scenario)
+
+
+def _wildcard(net: MemoryNetwork, host: str) -> Membership:
+    """A member listening on 0.0.0.0 of ``host`` without an advertised address."""
+    return Membership(net.host(host), name=host, instance="main", cookie=COOKIE, listen=("0.0.0.0", 7000), seed=7)
+
+
+def test_a_hostless_sender_is_completed_from_its_source_and_hostless_gossip_about_others_dropped() -> None:
+    """A member on a wildcard address announces ":port" in datagrams of envelope version 2; a
+    receiver completes the sender's own entry with the datagram's source host, and drops a
+    host-less address about anyone else (and an indirect probe of one): counted as "hostless"."""
+
+    async def scenario() -> None:
+        net = MemoryNetwork()
+        c = Cluster(net)
+        m = await c.start(0)
+        w = _wildcard(net, "h9")
+        await w.start()
+        assert w.address == ":7000"
+        w.join(["h0:7000"])
+        await until(lambda: m.members().get("h9") is Status.ALIVE and w.members().get("h0") is Status.ALIVE, 5, "join")
+        assert m.member("h9") == Update("h9", "h9:7000", 0, Status.ALIVE)
+        assert w.member("h0") is not None and w.member("h0").addr == "h0:7000"  # (h0 has a host: unchanged)
+
+        raw = await net.host("h8").open_datagram(("h8", 7000), "main", lambda data, source: None)
+        sealer = Sealer(COOKIE, instance="main", sender="h8", hostless=True)
+        assert sealer.seal(b"x")[4] == 2  # (the envelope's version byte)
+        gossip = (
+            Update("h8", ":7000", 0, Status.ALIVE),  # the sender itself: completed
+            Update("x", ":7001", 0, Status.ALIVE),  # another member without a host: dropped
+            Update("y", "h7:7000", 0, Status.ALIVE),  # another member with one: taken
+        )
+        raw.send(sealer.seal(swim_wire.encode(Gossip(gossip))), ("h0", 7000))
+        raw.send(sealer.seal(swim_wire.encode(PingReq(5, "y", ":7000"))), ("h0", 7000))
+        await until(lambda: m.member("h8") is not None and m.stats["hostless"] == 2, 1, "the datagrams handled")
+        assert m.member("h8") == Update("h8", "h8:7000", 0, Status.ALIVE)
+        assert m.member("x") is None
+        assert m.member("y") == Update("y", "h7:7000", 0, Status.ALIVE)
+        raw.close()
+        for member in (m, w):
+            await member.close()
+
+    run_virtual(scenario)
+
+
+def test_a_hostless_member_given_its_own_address_as_a_seed_keeps_joining_through_the_others() -> None:
+    """A member announcing ":port" cannot tell its own ``host:port`` from a seed's; its own
+    datagram coming back tells it, and that seed is dropped: it does not count as joined (through
+    itself) and keeps trying the seed that is not up yet."""
+
+    async def scenario() -> None:
+        net = MemoryNetwork()
+        w = _wildcard(net, "h1")
+        await w.start()
+        w.join(["h1:7000", "h0:7000"])
+        await asyncio.sleep(3)
+        m = Membership(net.host("h0"), name="h0", instance="main", cookie=COOKIE, listen=("h0", 7000), seed=0)
+        await m.start()  # (no seeds: only w's retries can bring the two together)
+        await until(lambda: m.members().get("h1") is Status.ALIVE, 5, "h1 joins through h0 once it is up")
+        assert w.members().get("h0") is Status.ALIVE
+        for member in (m, w):
+            await member.close()
+
+    run_virtual(scenario)
+
+
+def test_the_envelope_takes_versions_1_and_2_only() -> None:
+    opener = Opener(COOKIE, instance="main")
+    for hostless in (False, True):
+        sealer = Sealer(COOKIE, instance="main", sender=f"s{hostless}", hostless=hostless)
+        assert opener.open(sealer.seal(b"p")) == (f"s{hostless}", b"p")
+    future = bytearray(Sealer(COOKIE, instance="main", sender="s3").seal(b"p"))
+    future[4] = 3
+    assert opener.open(bytes(future)) is None and opener.drops["format"] == 1
 
 
 # -- real UDP on 127.0.0.1 -------------------------------------------------------------------------

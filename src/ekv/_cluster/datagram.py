@@ -8,7 +8,7 @@ holds for the UDP port too. Nothing in a datagram is unpickled; the payload (a S
 
 Layout (big-endian)::
 
-    magic "ekvD" | version u8 | instance (u8 length, UTF-8) | sender (u8 length, UTF-8)
+    magic "ekvD" | version u8 (1 or 2) | instance (u8 length, UTF-8) | sender (u8 length, UTF-8)
     | boot u64 | counter u64 | payload | tag (16 bytes)
 
 * **tag**: keyed BLAKE2b-128 over everything before it. The key is derived from the cookie
@@ -28,6 +28,12 @@ Layout (big-endian)::
   sender's current boot can be replayed to it until it hears that sender again (about one
   protocol period; SWIM tolerates stale messages: updates are ordered by incarnation), and a
   sender whose clock went back across a restart is not heard until its boot passes the old one.
+* **version**: 1, or 2 from a sender that has no host of its own to give (a node listening on a
+  wildcard address without ``advertise=``): its payload may name the sender's own address as
+  ``":port"``, for the receiver to complete with the host the datagram came from
+  (:mod:`ekv._cluster.gossip`). Receivers accept both; a member of a release that knows only
+  version 1 drops version 2 as "format" rather than taking ``":port"`` for an address to send
+  to and to gossip on (the sender then stays unknown to it until it is upgraded).
 * **size**: at most :data:`MAX_DATAGRAM` bytes (under a 1,500-byte Ethernet MTU, so never
   fragmented); larger ones are refused before anything else.
 
@@ -58,6 +64,8 @@ DROP_REASONS = ("size", "format", "mac", "instance", "replay")
 
 _MAGIC = b"ekvD"
 _VERSION = 1
+_VERSION_HOSTLESS = 2
+_VERSIONS = (_VERSION, _VERSION_HOSTLESS)
 _LABEL = b"ekv datagram key v1"
 _NUMBERS = struct.Struct(">QQ")
 
@@ -96,11 +104,14 @@ def _new_boot() -> int:
 
 
 class Sealer:
-    """Wraps outgoing payloads of one sender (this node) in the envelope."""
+    """Wraps outgoing payloads of one sender (this node) in the envelope; ``hostless`` for a
+    sender whose payloads give its own address as ``":port"`` (version 2, see the module
+    docstring)."""
 
-    def __init__(self, cookie: bytes | str, *, instance: str, sender: str) -> None:
+    def __init__(self, cookie: bytes | str, *, instance: str, sender: str, hostless: bool = False) -> None:
         self._key = datagram_key(cookie)
-        self._prefix = _MAGIC + bytes((_VERSION,)) + _name(instance, "instance name") + _name(sender, "node id")
+        version = _VERSION_HOSTLESS if hostless else _VERSION
+        self._prefix = _MAGIC + bytes((version,)) + _name(instance, "instance name") + _name(sender, "node id")
         self.boot = _new_boot()
         self._counter = 0
         self.max_payload = MAX_DATAGRAM - len(self._prefix) - _NUMBERS.size - TAG_SIZE
@@ -195,7 +206,9 @@ class Opener:
 def _parse(data: bytes) -> tuple[bytes, bytes, int, int, int] | None:
     """(instance, sender, boot, counter, offset of the payload), or None if malformed."""
     pos = len(_MAGIC) + 1
-    if len(data) < pos + 2 + _NUMBERS.size + TAG_SIZE or data[: len(_MAGIC)] != _MAGIC or data[pos - 1] != _VERSION:
+    if len(data) < pos + 2 + _NUMBERS.size + TAG_SIZE or data[: len(_MAGIC)] != _MAGIC:
+        return None
+    if data[pos - 1] not in _VERSIONS:
         return None
     names = []
     for _ in range(2):

@@ -19,6 +19,12 @@ them: :mod:`ekv._cluster.membership` runs one for every listening ClusterNode (d
   beats the "failed" the others hold about its previous life at once, without a round trip to
   learn what to refute. Saved before the first datagram and whenever it rises (a refutation,
   the leave); ``save_incarnation`` runs on the loop, so it must be quick (a small file's write).
+* **Host-less addresses**: a member listening on a wildcard address without ``advertise`` is
+  known as ``":port"``; each receiver completes the sender's own entries with the datagram's
+  source host (:meth:`Membership._complete`; why, and the limits: :mod:`ekv._cluster.membership`)
+  and drops host-less addresses of anyone else, so the state machine holds only complete
+  addresses of others. Its datagrams are envelope version 2 (:mod:`ekv._cluster.datagram`). Its
+  own datagram coming back (a seed that was its own address) is dropped and the seed forgotten.
 * **Leaving**: :meth:`Membership.close` sends "left" (members see left, not failed) unless told
   not to.
 
@@ -28,6 +34,7 @@ Everything runs on the loop of the network (for a node: the process's "ekv-net" 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -37,12 +44,14 @@ from ekv._cluster.datagram import Opener, Sealer
 from ekv._cluster.network import DatagramChannel, Network
 from ekv._core import swim_wire
 from ekv._core.addresses import format_address, parse_address
-from ekv._core.swim import NS_PER_S, Event, Message, Status, Swim, SwimConfig, Sync, Update
+from ekv._core.swim import NS_PER_S, Event, Message, PingReq, Status, Swim, SwimConfig, Sync, Update
 from ekv._errors import ConfigError, ProtocolError
 
 __all__ = ["Membership"]
 
 _log = logging.getLogger("ekv.gossip")
+
+_WILDCARDS = ("", "0.0.0.0", "::")
 
 _MESSAGE_HEADROOM = 160
 """Bytes of a datagram's payload kept for a message's own fields beside its piggybacked gossip
@@ -54,7 +63,8 @@ class Membership:
 
     ``name`` is the node id, ``instance`` the ekv instance name (only same-named instances talk),
     ``listen`` the address to bind (the TCP listener's; port 0 for a free one) and ``advertise``
-    the ``host:port`` other members reach it at (default: the bound address). ``on_event`` is
+    the ``host:port`` other members reach it at (default: the bound address; ``":port"`` on a
+    wildcard address, completed by each receiver, see the module docstring). ``on_event`` is
     called on the loop with each :class:`~ekv._core.swim.Event` (joined, suspect, alive, failed,
     left)."""
 
@@ -84,6 +94,7 @@ class Membership:
         self._save = save_incarnation
         self._saved = -1
         self._on_event = on_event
+        self._cookie = cookie
         self._sealer = Sealer(cookie, instance=instance, sender=name)
         self._opener = Opener(cookie, instance=instance)
         self._channel: DatagramChannel | None = None
@@ -91,9 +102,11 @@ class Membership:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = -1
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.stats: dict[str, int] = {"sent": 0, "received": 0, "undecodable": 0, "unsendable": 0}
+        self._own: set[str] = set()  # addresses this member's own datagrams came back from
+        self.stats: dict[str, int] = {"sent": 0, "received": 0, "undecodable": 0, "unsendable": 0, "hostless": 0}
         """Datagrams sent and accepted, received ones that passed the envelope but not the decoder,
-        and messages too large to send (names too long for the gossip's headroom)."""
+        messages too large to send (names too long for the gossip's headroom), and updates (or
+        indirect probes) dropped because they gave another member's address without its host."""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -102,8 +115,12 @@ class Membership:
         returns the bound address. The incarnation is one above the saved one, saved at once."""
         self._loop = asyncio.get_running_loop()
         self._channel = await self._network.open_datagram(self._listen, self._instance, self._received)
-        address = self._channel.address
-        advertise = self._advertise or format_address(*address)
+        host, port = self._channel.address
+        wildcard = self._listen[0] in _WILDCARDS  # (no host of its own to give: see the module docstring)
+        advertise = self._advertise or (f":{port}" if wildcard else format_address(host, port))
+        if advertise.startswith(":"):
+            parse_address(advertise, "advertise")  # (":port": a clear error now)
+            self._sealer = Sealer(self._cookie, instance=self._instance, sender=self.name, hostless=True)
         incarnation = self._load() + 1 if self._load is not None else 0
         self._persist(incarnation)
         budget = min(self._config.piggyback_bytes, self._sealer.max_payload - _MESSAGE_HEADROOM)
@@ -111,7 +128,7 @@ class Membership:
         self._swim = Swim(self.name, advertise, config=config, seed=self._seed, incarnation=incarnation)
         self._swim.join((), self._now())
         self._flush()
-        return address
+        return host, port
 
     def join(self, seeds: Sequence[str]) -> None:
         """Join through the members at ``seeds`` (``host:port``; one that answers suffices;
@@ -119,7 +136,7 @@ class Membership:
         swim = self._running()
         for seed in seeds:
             parse_address(seed, "seed")  # (a clear error now rather than datagrams to nowhere)
-        swim.join(list(seeds), self._now())
+        swim.join([s for s in seeds if s not in self._own], self._now())
         self._flush()
 
     async def close(self, *, leave: bool = True) -> None:
@@ -194,14 +211,50 @@ class Membership:
         opened = self._opener.open(data)
         if opened is None:
             return
+        sender, payload = opened
+        src = format_address(*source)
+        if sender == self.name:  # this member, given its own address as a seed under another name
+            self._own.add(src)
+            swim.forget_seed(src)
+            return
         try:
-            message = swim_wire.decode(opened[1])
+            message = swim_wire.decode(payload)
         except ProtocolError:
             self.stats["undecodable"] += 1
             return
         self.stats["received"] += 1
-        swim.receive(format_address(*source), message, self._now())
+        completed = self._complete(message, sender, _unmapped(source[0]))
+        if completed is not None:
+            swim.receive(src, completed, self._now())
         self._flush()
+
+    def _complete(self, message: Message, sender: str, host: str) -> Message | None:
+        """``message`` with the sender's own ``":port"`` completed with ``host``, the datagram's
+        source, and every other host-less address dropped (counted in ``stats["hostless"]``): a
+        member gossips the completed form of what it heard directly, so a host-less address
+        about a third party is not one to trust, nor one to send to (see the module docstring).
+        None if nothing is left to handle (an indirect probe of a host-less address)."""
+        if isinstance(message, PingReq) and message.addr.startswith(":"):
+            self.stats["hostless"] += 1
+            return None
+        updates = message.members if isinstance(message, Sync) else message.gossip
+        if not any(u.addr.startswith(":") for u in updates):
+            return message
+        kept: list[Update] = []
+        for update in updates:
+            if update.addr.startswith(":"):
+                try:
+                    port = parse_address(update.addr, "member address")[1]
+                except ConfigError:
+                    port = 0
+                if update.node != sender or port == 0:
+                    self.stats["hostless"] += 1
+                    continue
+                update = replace(update, addr=format_address(host, port))
+            kept.append(update)
+        if isinstance(message, Sync):
+            return replace(message, members=tuple(kept))
+        return replace(message, gossip=tuple(kept))
 
     def _tick(self) -> None:
         # (at least the deadline the timer was set for: asyncio runs a timer up to its clock's
@@ -268,6 +321,16 @@ class Membership:
         if not isinstance(message, Sync):
             raise ProtocolError(f"a {type(message).__name__} of {len(data)} bytes does not fit a datagram")
         return [swim_wire.encode(piece) for piece in _split(message, limit)]
+
+
+def _unmapped(host: str) -> str:
+    """``host`` with an IPv4-mapped IPv6 address (a dual-stack socket's view of an IPv4 sender)
+    as plain IPv4, which members on IPv4 sockets can send to."""
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return host
+    return host if mapped is None else str(mapped)
 
 
 def _split(sync: Sync, limit: int) -> list[Sync]:

@@ -12,10 +12,33 @@ suspect, failed or left is reported in ``info()["membership"]``; nothing closes 
 its say yet.
 
 * **Address and port**: the membership's datagrams use the listener's ``host:port`` over UDP; its
-  address for the others is the node's advertised one. A node listening on a wildcard address
-  without ``advertise=`` has no address to give (its members learn its host from each
-  connection), so it runs no membership; nor does a node whose UDP port cannot be bound (taken by
-  another program): both are logged and reported, and the cluster works as before.
+  address for the others is the node's advertised one. A node whose UDP port cannot be bound
+  (taken by another program) runs no membership: logged and reported, the cluster works as
+  before.
+* **A wildcard listen without advertise=** (``listen="0.0.0.0:4370"``, the usual server setup):
+  the node has no host to announce, so it announces ``":4370"``, as it does in its TCP Hello.
+  SWIM names members by node id and keeps an address per member, so the host can be filled in
+  where it is known: a member that hears the node *directly* completes the node's own entry with
+  the host its datagram came from, under the port announced (the authenticated envelope names
+  the sender, so only the sender's own entry is completed), and from then on holds and gossips
+  the completed form. A host-less address about anyone else is dropped (counted in
+  ``datagrams["hostless"]``): whoever heard that member directly disseminates its full address,
+  and a relayed ``":port"`` would name the relayer's host, or none. Such a node's datagrams use
+  envelope version 2 (:mod:`ekv._cluster.datagram`), which members of a release that knows only
+  version 1 drop instead of taking ``":4370"`` for an address to send to and gossip on.
+
+  Why this and not the node learning its own host: nothing tells it today (the TCP handshake
+  fills in the dialer's host on the accepting side and says nothing back), a machine with
+  several interfaces has no single host to learn, and a node that learned one would have to
+  rejoin under it; completion at the receiving end needs no new message, no restart and no
+  change to the state machine (:mod:`ekv._core.swim` keeps only complete addresses of others).
+
+  Limits (``advertise=`` remains the answer): the host recorded is the source address the first
+  hearer saw, which all members then use. A multi-homed host sends from the interface its route
+  to that hearer picks, which other members may not reach; behind NAT the source is the
+  translated address, whose port may not lead to the node; and a node told of its peers by
+  ``127.0.0.1`` is recorded as ``127.0.0.1:port``, right only for members on the same machine
+  (as the TCP side's member lists, which fill in the host the same way).
 * **Cookie**: the cluster cookie keys the datagrams' MAC (:mod:`ekv._cluster.datagram`). Without a
   cookie (loopback only) the key is derived from the empty cookie, as the TCP handshake's proofs
   are then keyed by it: both only tell ekv's own traffic for this instance (the instance name is
@@ -24,7 +47,9 @@ its say yet.
   so a restarted node starts above every incarnation it announced and refutes its old "failed"
   at once. Only the node process runs a cluster (SPEC 12), so there is one writer.
 * **Joining**: through every address the node learns (peers, discovery, ``connect()``, session
-  member lists, inbound connections) that SWIM does not know yet, gathered per loop turn.
+  member lists, inbound connections) that SWIM does not know yet, gathered per loop turn. One of
+  them may be the node itself under another name (its own ``host:port`` in ``peers``): its own
+  datagram coming back is dropped, and that seed forgotten (:meth:`ekv._core.swim.Swim.forget_seed`).
 * **Leaving**: :meth:`close` sends "left" before the sessions say goodbye, so the others see "left",
   not "failed".
 
@@ -90,13 +115,10 @@ class ClusterMembership:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self, listen: tuple[str, int], advertised: str | None) -> None:
+    async def start(self, listen: tuple[str, int], advertised: str) -> None:
         """Bind the datagram endpoint on the listener's ``listen`` address and start, unless the
-        node has no address with a host to advertise or the port is taken (logged, reported)."""
-        if advertised is None or advertised.startswith(":"):
-            self.reason = "listening on a wildcard address without advertise=: no address to give the members"
-            self._log.info("SWIM membership off: %s", self.reason)
-            return
+        port is taken (logged, reported). ``advertised`` is ``":port"`` for a node listening on a
+        wildcard address without ``advertise=`` (see the module docstring)."""
         self._listen, self._advertise = listen, advertised
         await self._start()
 

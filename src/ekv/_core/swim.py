@@ -326,6 +326,14 @@ class Swim:
         self._next_probe_ns = now_ns + self._rng.randrange(self.config.probe_interval_ns)
         self.tick(now_ns)
 
+    def forget_seed(self, addr: str) -> None:
+        """``addr`` is this member's own address under another name (the driver heard its own
+        datagram from it): stop joining through it. Why: a seed is dropped only when it equals
+        :attr:`addr`, and a member whose address is ``":port"`` never equals what it is given."""
+        if addr in self._seeds:
+            self._seeds = tuple(s for s in self._seeds if s != addr)
+            self._joined = self._joined or not self._seeds
+
     def leave(self, now_ns: int) -> None:
         """Leave gracefully: "left" at a new incarnation, told directly to a few members (the
         gossip carries it on) so that nobody waits for a suspicion timeout; then fall silent."""

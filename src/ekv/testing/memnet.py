@@ -364,14 +364,19 @@ class HostNetwork:
 
     async def serve(self, listen: tuple[str, int], endpoint: Endpoint) -> tuple[str, int]:
         self.network._loop = asyncio.get_running_loop()
-        return self.network._serve((listen[0] or self.name, listen[1]), endpoint)
+        return self.network._serve((self._host(listen[0]), listen[1]), endpoint)
 
     async def unserve(self, address: tuple[str, int], endpoint: Endpoint) -> None:
         self.network._unserve(address, endpoint)
 
     async def open_datagram(self, listen: tuple[str, int], name: str, receive: DatagramReceiver) -> DatagramChannel:
         self.network._loop = asyncio.get_running_loop()
-        return self.network._open_datagram((listen[0] or self.name, listen[1]), name, receive)
+        return self.network._open_datagram((self._host(listen[0]), listen[1]), name, receive)
+
+    def _host(self, host: str) -> str:
+        """The host an address to listen on means: this one's for a wildcard (a host has one
+        address here, so "every interface" is that one)."""
+        return self.name if host in ("", "0.0.0.0", "::") else host
 
 
 class _Channel:

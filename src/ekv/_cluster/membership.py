@@ -6,8 +6,9 @@ Why both: the sessions still form a full mesh (every write is still sent over th
 learns its members from ``peers``, discovery, ``connect()`` and the member lists sessions
 exchange when they start. Those lists travel only when a session starts, so a member that joins
 later is learned by the others only when it dials them, and not at all across a link it cannot
-use. SWIM disseminates every join to every member within a few periods, and the node dials a
-member SWIM names that it does not know (source ``"swim"``). SWIM's view of who is alive,
+use. SWIM disseminates every join to every member within a few periods, and from
+:data:`~ekv._core.plumtree.DIRECT_THRESHOLD` live members on the node dials a member SWIM names
+that it does not know (source ``"swim"``); below it the mesh is formed as before. SWIM's view of who is alive,
 suspect, failed or left is reported in ``info()["membership"]``; nothing closes a session on
 its say yet.
 
@@ -69,6 +70,7 @@ from ekv._cluster.gossip import Membership
 from ekv._cluster.members import MemberSet
 from ekv._cluster.network import Network
 from ekv._core.addresses import format_address, parse_address
+from ekv._core.plumtree import DIRECT_THRESHOLD
 from ekv._core.swim import Event
 from ekv._storage.datadir import load_membership_incarnation, save_membership_incarnation
 
@@ -213,6 +215,12 @@ class ClusterMembership:
             names = {u.node for u in membership.view()}
             self._since = {n: t for n, t in self._since.items() if n in names}
         if event.kind not in ("joined", "alive") or membership is None:
+            return
+        if len(membership.live_members()) + 1 < DIRECT_THRESHOLD:
+            # A small cluster's mesh learns its members from the sessions' member lists, as it did
+            # before SWIM: dialing what SWIM names there let a voter refused by the voters (one
+            # beyond cluster_size) reach an observer that had not met every voter yet, which then
+            # admitted it and refused a rightful voter (first come, first admitted).
             return
         update = membership.member(event.node)
         members = self._members

@@ -635,3 +635,33 @@ def test_a_session_starting_in_a_large_cluster_pulls_the_shards_that_differ() ->
     while any("n1" in (m.src, m.dst) for m in net.flight):
         net.deliver(next(i for i, m in enumerate(net.flight) if "n1" in (m.src, m.dst)))
     assert "apart" in net.ports["n1"].shards[_shard("apart")].rows
+
+
+def test_writes_delivered_out_of_order_are_covered_once_the_gap_fills() -> None:
+    """A broadcast tree may deliver an origin's oseq 2 before 1 (1 came by a graft): 2 is applied
+    at once, and when 1 arrives the vector must pass both, not stop at 1 and make anti-entropy
+    send 2 again."""
+    net = Net(2, 6)
+    writer, receiver = net.ports["n0"], net.reps["n1"]
+    shard, first = writer.write("k1", b"a")
+    entries = [first]
+    while len(entries) < 3:  # more writes of the same shard, oseqs 2 and 3
+        index, entry = writer.write(f"k{len(entries) + 1}-{net.now}", b"b")
+        if index == shard:
+            entries.append(entry)
+        net.now += 1
+    receiver.apply_live(Live(shard, (entries[2],)))
+    receiver.apply_live(Live(shard, (entries[1],)))
+    assert receiver.current_vv(shard).get(writer.origin, 0) == 0  # (the gap at 1)
+    receiver.apply_live(Live(shard, (entries[0],)))
+    assert receiver.current_vv(shard)[writer.origin] == 3
+    assert net.ports["n1"].version_vector(shard)[writer.origin] == 3  # stored with the rows
+
+
+def test_ahead_keeps_at_most_its_limit_and_forgets_what_the_vector_passed() -> None:
+    ahead = vvmod.Ahead()
+    vv: dict[str, int] = {}
+    ahead.hold(vv, "o", range(3, 3 + vvmod.Ahead.LIMIT + 10))
+    assert ahead.advance(vv, "o", [1, 2]) == 2 + vvmod.Ahead.LIMIT  # the lowest LIMIT were kept
+    ahead.hold(vv, "o", [1, 2])
+    assert ahead.advance(vv, "o", []) is None  # nothing held any more

@@ -164,6 +164,7 @@ class Replicator:
         duplicate connection two members dial at once replacing the first, does not reset them
         (they back the ``ekv_syncs_*_total`` counters, which may only grow)."""
         self.vv: list[dict[str, int]] = [self._load_vv(i) for i in range(self._shards)]
+        self._ahead = [vvmod.Ahead() for _ in range(self._shards)]  # (writes the tree delivered early)
         self.stats = {
             "live_sent": 0,
             "live_received": 0,
@@ -331,15 +332,19 @@ class Replicator:
         by_origin: dict[str, list[int]] = {}
         for entry in msg.entries:
             by_origin.setdefault(entry.origin, []).append(entry.oseq)
+        ahead = self._ahead[msg.shard]
         for origin, oseqs in by_origin.items():
             if origin == self.origin:
                 continue
-            new = vvmod.advance(trial, origin, oseqs)
+            new = ahead.advance(trial, origin, oseqs)
             if new is not None:
                 raised[origin] = new
         applied = self.store.apply(msg.shard, msg.entries, raised or None)
         self.stats["live_applied"] += len(applied)
         vv.update(raised)
+        for origin, oseqs in by_origin.items():
+            if origin != self.origin:
+                ahead.hold(vv, origin, oseqs)
 
     def _on_sync_request(self, state: PeerState, msg: SyncRequest, now_ns: int) -> None:
         if not self._check_shard(msg.shard):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-__all__ = ["advance", "covered", "log_covers", "merge", "truncation_targets"]
+__all__ = ["Ahead", "advance", "covered", "log_covers", "merge", "truncation_targets"]
 
 VV = Mapping[str, int]
 
@@ -62,6 +62,41 @@ def advance(vv: dict[str, int], origin: str, oseqs: Iterable[int]) -> int | None
         return None
     vv[origin] = current
     return current
+
+
+class Ahead:
+    """The dots of one shard applied beyond a gap in its vector, so the vector can pass them once
+    the gap is filled.
+
+    Why: writes of one origin arrive in order over its own session, but a broadcast tree
+    (:mod:`ekv._cluster.broadcast`) may deliver oseq 7 before 6, when 6 came by a graft. 7 is
+    applied at once, but the vector may not claim it before 6 (:func:`advance` stops at a gap);
+    without this, the vector stayed at 5 after 6 arrived, and anti-entropy sent 7 again. Kept in
+    memory only (a restart forgets them: anti-entropy then fills in, as before) and at most
+    :attr:`LIMIT` dots per origin (beyond that the highest are forgotten, same fallback)."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._held: dict[str, set[int]] = {}
+
+    def advance(self, vv: dict[str, int], origin: str, oseqs: list[int]) -> int | None:
+        """:func:`advance` through ``oseqs`` and the dots held for ``origin``."""
+        held = self._held.get(origin)
+        return advance(vv, origin, sorted(held.union(oseqs)) if held else oseqs)
+
+    def hold(self, vv: Mapping[str, int], origin: str, oseqs: Iterable[int]) -> None:
+        """Once ``oseqs`` of ``origin`` are applied: keep those the vector ``vv`` did not reach,
+        and drop the ones it passed."""
+        top = vv.get(origin, 0)
+        held = {oseq for oseq in self._held.get(origin, ()) if oseq > top}
+        held.update(oseq for oseq in oseqs if oseq > top)
+        if len(held) > self.LIMIT:
+            held = set(sorted(held)[: self.LIMIT])
+        if held:
+            self._held[origin] = held
+        else:
+            self._held.pop(origin, None)
 
 
 def truncation_targets(own: VV, reports: Iterable[VV]) -> dict[str, int]:

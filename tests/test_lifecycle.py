@@ -107,6 +107,17 @@ def test_a_clustered_store_opened_after_the_exit_hook_still_exits_promptly(tmp_p
 # -- fork() -----------------------------------------------------------------------------------------
 
 
+def _reap(parent: subprocess.Popen[str], child: int) -> None:
+    """Kill a test's forking parent process and its forked child, whatever state they are in."""
+    if parent.poll() is None:
+        parent.kill()
+        parent.wait(DEADLINE_S)
+    if parent.stdout is not None:
+        parent.stdout.close()
+    if child and _alive(child):
+        os.kill(child, signal.SIGKILL)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -155,13 +166,7 @@ def test_a_forked_child_does_not_keep_the_parents_lock(tmp_path: Path, cluster: 
             assert processes["role"] == "node" and [o["pid"] for o in processes["opens"]] == [os.getpid()]
         assert _alive(child)
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(DEADLINE_S)
-        if parent.stdout is not None:
-            parent.stdout.close()
-        if child and _alive(child):
-            os.kill(child, signal.SIGKILL)
+        _reap(parent, child)
 
 
 def test_a_forked_child_does_not_keep_its_dead_parents_bus_connection_open(tmp_path: Path) -> None:
@@ -197,13 +202,7 @@ def test_a_forked_child_does_not_keep_its_dead_parents_bus_connection_open(tmp_p
             assert _alive(child)
             wait_until(lambda: kv.info()["processes"]["bus"]["connected"] == 1, DEADLINE_S)
         finally:
-            if parent.poll() is None:
-                parent.kill()
-                parent.wait(DEADLINE_S)
-            if parent.stdout is not None:
-                parent.stdout.close()
-            if child and _alive(child):
-                os.kill(child, signal.SIGKILL)
+            _reap(parent, child)
 
 
 @pytest.mark.parametrize("role", ["node", "attached"])

@@ -87,6 +87,9 @@ class ClusterMembership:
         self._save_failed = False
         self._restarting: asyncio.Task[None] | None = None
         self._closed = False
+        self.on_event: Callable[[Event | None], None] | None = None
+        """Told every SWIM event, and None when the membership restarts (large mode,
+        :mod:`ekv._cluster.ondemand`)."""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -153,6 +156,8 @@ class ClusterMembership:
             if membership is not None:
                 await membership.close(leave=False)
             self._since.clear()
+            if self.on_event is not None:
+                self.on_event(None)
             if not self._closed:
                 await self._start()
         finally:
@@ -190,6 +195,8 @@ class ClusterMembership:
         if len(self._since) > 1024 and membership is not None:  # (members forgotten by SWIM)
             names = {u.node for u in membership.view()}
             self._since = {n: t for n, t in self._since.items() if n in names}
+        if self.on_event is not None:
+            self.on_event(event)
         if event.kind not in ("joined", "alive") or membership is None:
             return
         update = membership.member(event.node)

@@ -62,13 +62,17 @@ def test_a_cluster_in_large_mode_converges_after_a_partition_heals() -> None:
         s.run(5_000, writes_per_s=0, faults=False)
         names = sorted(s.nodes)
         s.partition([names[:10], names[10:]])
-        s.run(20_000, writes_per_s=20, faults=False)  # each side declares the other failed and writes on
+        # shorter than SWIM's suspicion timeout: both sides stay in large mode (a longer one
+        # leaves each side 10 members, below the threshold, and they dial everyone again)
+        s.run(4_000, writes_per_s=20, faults=False)
+        assert all(c.ondemand.large for c in s.clusters.values())
         s.heal()
         waited = s.settle(max_ms=30_000)
         assert s.check() == []
-        # the tree's views stay on their own side until the minute's rotation: anti-entropy
-        # partners drawn from SWIM's live members (dialed for the round) carry the writes across
-        assert waited <= 15_000, waited
+        # the sessions across the cut failed and the tree's views refilled on their own side:
+        # anti-entropy partners drawn from SWIM's live members, dialed for the round, carry the
+        # writes across within a round or two (from sessions only: 11.5 s with this seed)
+        assert waited <= 2_000, waited
 
 
 def test_idle_sessions_close_without_recording_the_member_down() -> None:

@@ -4,7 +4,8 @@
   every ``discovery_interval``) and gossip: when a session starts each side sends the members it
   knows (``Members``), so joining through one member reaches the whole mesh.
 * Every known address has a dialer that connects, runs the handshake, and reconnects with
-  exponential backoff and jitter. Both sides of a pair may dial each other; when two sessions to
+  exponential backoff and jitter (in large mode, 16+ SWIM members, it waits parked until the
+  member is needed: :mod:`ekv._cluster.ondemand`). Both sides of a pair may dial each other; when two sessions to
   the same member exist, both sides keep the one dialed by the smaller node id.
 * Two processes under one node id (a copied data directory) are told apart by their origins;
   :mod:`ekv._cluster.identity` decides (pure) and :class:`Members` acts.

@@ -2,14 +2,16 @@
 :class:`~ekv._cluster.cluster.ClusterNode`, fed with the addresses the node learns and feeding the
 members it learns to :class:`~ekv._cluster.members.MemberSet` (issue 15, step 1; docs/scale.md).
 
-Why both: the sessions still form a full mesh (every write is still sent over them), and the mesh
-learns its members from ``peers``, discovery, ``connect()`` and the member lists sessions
+Why both: below 16 members the sessions form a full mesh (every write is sent over them), and the
+mesh learns its members from ``peers``, discovery, ``connect()`` and the member lists sessions
 exchange when they start. Those lists travel only when a session starts, so a member that joins
 later is learned by the others only when it dials them, and not at all across a link it cannot
 use. SWIM disseminates every join to every member within a few periods, and the node dials a
 member SWIM names that it does not know (source ``"swim"``). SWIM's view of who is alive,
-suspect, failed or left is reported in ``info()["membership"]``; nothing closes a session on
-its say yet.
+suspect, failed or left is reported in ``info()["membership"]``, and every event goes to
+:attr:`ClusterMembership.on_event`: from 16 live members on, large mode
+(:mod:`ekv._cluster.ondemand`) keeps sessions only where they are needed and takes members'
+down-since times from SWIM's "failed" and "left".
 
 * **Address and port**: the membership's datagrams use the listener's ``host:port`` over UDP; its
   address for the others is the node's advertised one. A node listening on a wildcard address

@@ -35,7 +35,7 @@ def _holders(s: sim.Simulation, key: str, version: Version) -> set[str]:
     return out
 
 
-def test_twenty_nodes_settle_at_a_bounded_session_count_and_every_write_reaches_everyone() -> None:
+def test_twenty_nodes_hold_few_sessions_close_idle_ones_without_down_since_and_deliver_every_write() -> None:
     with _simulation() as s:
         s.run(8_000, writes_per_s=0, faults=False)  # SWIM joins, the tree forms, the start's full mesh closes
         assert all(c.ondemand.large for c in s.clusters.values())
@@ -54,7 +54,15 @@ def test_twenty_nodes_settle_at_a_bounded_session_count_and_every_write_reaches_
         # the view's 3 peers (+1 of slack), a round's partner each way: far from N-1 = 19
         assert max(peak) <= 10, max(peak)
         assert sum(counts) / len(counts) <= 6, counts
-        assert sum(c.ondemand.stats["idle_closed"] for c in s.clusters.values()) > 0
+        # the sessions no longer needed were closed by their dialers, and an idle close is not a
+        # failure: no member is recorded down (that would quarantine it after tombstone_ttl)
+        closed = sum(c.ondemand.stats["idle_closed"] for c in s.clusters.values())
+        assert closed >= 20, closed
+        for name, c in s.clusters.items():
+            rep = c.replicator
+            assert rep is not None
+            assert rep.down_since() == {}, (name, rep.down_since())
+            assert not rep.quarantined
 
 
 def test_a_cluster_in_large_mode_converges_after_a_partition_heals() -> None:
@@ -73,18 +81,6 @@ def test_a_cluster_in_large_mode_converges_after_a_partition_heals() -> None:
         # anti-entropy partners drawn from SWIM's live members, dialed for the round, carry the
         # writes across within a round or two (from sessions only: 11.5 s with this seed)
         assert waited <= 2_000, waited
-
-
-def test_idle_sessions_close_without_recording_the_member_down() -> None:
-    with _simulation() as s:
-        s.run(10_000, writes_per_s=5, faults=False)
-        closed = sum(c.ondemand.stats["idle_closed"] for c in s.clusters.values())
-        assert closed >= 20, closed
-        for name, c in s.clusters.items():
-            rep = c.replicator
-            assert rep is not None
-            assert rep.down_since() == {}, (name, rep.down_since())
-            assert not rep.quarantined
 
 
 def test_a_member_swim_declared_failed_longer_than_tombstone_ttl_is_quarantined_on_return() -> None:

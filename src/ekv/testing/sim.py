@@ -178,12 +178,9 @@ class Simulation:
     """``messages`` when :func:`run_seed` checked the run (before any idle measurement)."""
     idle_rate = 0.0
     """Idle anti-entropy messages per node per second (:func:`run_seed` with ``idle_ms``)."""
-    sessions_max = 0
-    """The most sessions any node held at one of the simulation's ticks (every 50 ms)."""
-    sessions_max_late = 0
-    """The same from 5 s of virtual time on (after the start, when every node dials every peer
-    it was given before SWIM has counted the members)."""
-    _session_sum = _session_samples = 0
+    sessions_max = sessions_max_late = session_sum = session_samples = 0
+    """Sessions per node sampled every 50 ms: the most (``_late``: from 5 s on, after the start's
+    dials of every peer given), their sum and count (the mean is ``session_sum / session_samples``)."""
 
     def __init__(
         self,
@@ -416,13 +413,11 @@ class Simulation:
             if self._faults:
                 await self._fault()
             self._refresh()
-            counts = [len(c.sessions) for c in self.clusters.values()]
-            if counts:  # (sessions per node: N-1 in a full mesh, a few in large mode)
-                self.sessions_max = max(self.sessions_max, *counts)
-                if self.elapsed_ns() >= 5 * NS_PER_S:
-                    self.sessions_max_late = max(self.sessions_max_late, *counts)
-                self._session_sum += sum(counts)
-                self._session_samples += len(counts)
+            counts = [len(c.sessions) for c in self.clusters.values()]  # (N-1 in a full mesh)
+            self.sessions_max = max(self.sessions_max, *counts, 0)
+            if self.elapsed_ns() >= 5 * NS_PER_S:
+                self.sessions_max_late = max(self.sessions_max_late, *counts, 0)
+            self.session_sum, self.session_samples = self.session_sum + sum(counts), self.session_samples + len(counts)
             if self.now_ns >= self._next_gc:
                 self._next_gc = self.now_ns + self.gc_every_ms * MS
                 self.gc_all()
@@ -468,11 +463,6 @@ class Simulation:
             if not busy and not self._data_in_flight() and self._converged():
                 break
         return int((self.elapsed_ns() - start) / MS)
-
-    @property
-    def sessions_mean(self) -> float:
-        """Sessions per node, the mean over the ticks and nodes sampled."""
-        return self._session_sum / self._session_samples if self._session_samples else 0.0
 
     def live_frames(self, source: str | None = None, *, tree: bool = True) -> int:
         """Frames that carried live writes (direct ``Live``, and with ``tree`` the tree's Gossip),
@@ -696,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
             f"seed {seed}: {status}, {len(sim.acked)} acknowledged writes, {sim.checked_messages} messages "
             f"({sim.checked_live} carrying live writes), settled in {settle_ms} ms{copies}{linear}{idle}; "
             f"sessions per node max {sim.sessions_max} ({sim.sessions_max_late} from 5 s on), "
-            f"mean {sim.sessions_mean:.1f}"
+            f"mean {sim.session_sum / max(1, sim.session_samples):.1f}"
         )
         for problem in problems:
             print(f"  {problem.kind}: {problem.detail}")

@@ -635,3 +635,34 @@ def test_a_session_starting_in_a_large_cluster_pulls_the_shards_that_differ() ->
     while any("n1" in (m.src, m.dst) for m in net.flight):
         net.deliver(next(i for i, m in enumerate(net.flight) if "n1" in (m.src, m.dst)))
     assert "apart" in net.ports["n1"].shards[_shard("apart")].rows
+
+
+class _Demand:
+    """Large mode's hook (:class:`ekv._cluster.ondemand.OnDemand`, the port's ``Demand``): SWIM's
+    live members, and the members asked for."""
+
+    def __init__(self, live: set[str]) -> None:
+        self.live = live
+        self.wanted: list[str] = []
+
+    def live_members(self) -> set[str]:
+        return self.live
+
+    def want(self, node_id: str) -> None:
+        self.wanted.append(node_id)
+
+
+def test_large_mode_truncation_waits_for_live_members_without_sessions_and_rounds_dial_them() -> None:
+    port = MemPort("a", "a1")
+    shard, _ = port.write("k0/x", b"v")
+    rep = Replicator(port, ReplicationSettings(anti_entropy_interval_ns=NS), send=lambda _p, _m: None)
+    assert rep.truncation_targets(shard, 10 * NS, NS) is None  # nobody known: the log may go
+    rep.demand = demand = _Demand({"b", "c"})
+    targets = rep.truncation_targets(shard, 10 * NS, NS)
+    assert targets is not None and all(oseq == 0 for oseq in targets.values()), targets  # b, c never reported
+    port.record_member_report(shard, "b", rep.current_vv(shard), 10 * NS)
+    port.record_member_report(shard, "c", rep.current_vv(shard), 10 * NS)
+    assert rep.truncation_targets(shard, 10 * NS, NS) == rep.current_vv(shard)  # both reported (a probe matched)
+    for t in range(1, 6):  # the rounds' partners: live members without a session, dialed for the round
+        rep.tick(t * 2 * NS)
+    assert set(demand.wanted) == {"b", "c"}, demand.wanted

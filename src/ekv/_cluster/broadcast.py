@@ -28,7 +28,10 @@ they were: in a small cluster N-1 frames cost no more than the tree, and a direc
   members whose session ended or that were quarantined leave it at once. A node below the
   threshold still answers members that ask it to be their peer (Neighbor) and relays what they
   push, so a node whose count differs from its members' (a partial partition) still receives
-  their writes; its own writes then go direct.
+  their writes; its own writes then go direct. In large mode (:mod:`ekv._cluster.ondemand`) the
+  view is fed from SWIM's live members instead (:attr:`Broadcast.live_members`): a message for a
+  member without a session is held (5 s at most) while it is dialed (:attr:`Broadcast.dial`),
+  and a member whose session failed stays out of the view for 5 s.
 * **Time**: Plumtree's timers (announcement batches, grafts, view upkeep) run on one loop timer
   at :meth:`Plumtree.next_deadline`, in loop time (monotonic; virtual in the simulator).
 

@@ -661,7 +661,39 @@ def test_writes_delivered_out_of_order_are_covered_once_the_gap_fills() -> None:
 def test_ahead_keeps_at_most_its_limit_and_forgets_what_the_vector_passed() -> None:
     ahead = vvmod.Ahead()
     vv: dict[str, int] = {}
-    ahead.hold(vv, "o", range(3, 3 + vvmod.Ahead.LIMIT + 10))
-    assert ahead.advance(vv, "o", [1, 2]) == 2 + vvmod.Ahead.LIMIT  # the lowest LIMIT were kept
-    ahead.hold(vv, "o", [1, 2])
-    assert ahead.advance(vv, "o", []) is None  # nothing held any more
+    ahead.hold(vv, {"o": range(3, 3 + vvmod.Ahead.LIMIT + 10)})
+    vv.update(ahead.raised(vv, {"o": [1, 2]}))
+    assert vv == {"o": 2 + vvmod.Ahead.LIMIT}  # the lowest LIMIT were kept
+    ahead.hold(vv, {"o": [1, 2]})
+    assert ahead.raised(vv, {"o": []}) == {}  # nothing held any more
+
+
+class _Demand:
+    """Large mode's hook (:class:`ekv._cluster.ondemand.OnDemand`, the port's ``Demand``): SWIM's
+    live members, and the members asked for."""
+
+    def __init__(self, live: set[str]) -> None:
+        self.live = live
+        self.wanted: list[str] = []
+
+    def live_members(self) -> set[str]:
+        return self.live
+
+    def want(self, node_id: str) -> None:
+        self.wanted.append(node_id)
+
+
+def test_large_mode_truncation_waits_for_live_members_without_sessions_and_rounds_dial_them() -> None:
+    port = MemPort("a", "a1")
+    shard, _ = port.write("k0/x", b"v")
+    rep = Replicator(port, ReplicationSettings(anti_entropy_interval_ns=NS), send=lambda _p, _m: None)
+    assert rep.truncation_targets(shard, 10 * NS, NS) is None  # nobody known: the log may go
+    rep.demand = demand = _Demand({"b", "c"})
+    targets = rep.truncation_targets(shard, 10 * NS, NS)
+    assert targets is not None and all(oseq == 0 for oseq in targets.values()), targets  # b, c never reported
+    port.record_member_report(shard, "b", rep.current_vv(shard), 10 * NS)
+    port.record_member_report(shard, "c", rep.current_vv(shard), 10 * NS)
+    assert rep.truncation_targets(shard, 10 * NS, NS) == rep.current_vv(shard)  # both reported (a probe matched)
+    for t in range(1, 6):  # the rounds' partners: live members without a session, dialed for the round
+        rep.tick(t * 2 * NS)
+    assert set(demand.wanted) == {"b", "c"}, demand.wanted

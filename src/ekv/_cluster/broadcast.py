@@ -28,7 +28,10 @@ they were: in a small cluster N-1 frames cost no more than the tree, and a direc
   members whose session ended or that were quarantined leave it at once. A node below the
   threshold still answers members that ask it to be their peer (Neighbor) and relays what they
   push, so a node whose count differs from its members' (a partial partition) still receives
-  their writes; its own writes then go direct.
+  their writes; its own writes then go direct. In large mode (:mod:`ekv._cluster.ondemand`) the
+  view is fed from SWIM's live members instead (:attr:`Broadcast.live_members`): a message for a
+  member without a session is held (5 s at most) while it is dialed (:attr:`Broadcast.dial`),
+  and a member whose session failed stays out of the view for 5 s.
 * **Time**: Plumtree's timers (announcement batches, grafts, view upkeep) run on one loop timer
   at :meth:`Plumtree.next_deadline`, in loop time (monotonic; virtual in the simulator).
 
@@ -72,6 +75,11 @@ _KIND: dict[type, str] = {
 }
 _GOSSIP_OVERHEAD = 2 * wire.MAX_ORIGIN_BYTES + 64
 """A bound on what a TreeMessage frame adds around its payload (header, origin, seq, hops)."""
+_HOLD_S = 5.0
+"""How long a message for a member without a session waits for it (large mode)."""
+_MAX_HELD = 1_000
+_CUT_S = 5.0
+"""How long a member whose session failed stays out of the view (large mode)."""
 
 
 class _Session(Protocol):
@@ -111,7 +119,16 @@ class Broadcast:
         self._closed = False
         self.sent = dict.fromkeys(KINDS, 0)
         self.received = dict.fromkeys(KINDS, 0)
-        self.stats = {"broadcasts": 0, "delivered": 0, "bad_payloads": 0, "dropped": 0}
+        self.stats = {"broadcasts": 0, "delivered": 0, "bad_payloads": 0, "dropped": 0, "held": 0}
+        self.live_members: Callable[[], Collection[str] | None] = lambda: None
+        """In large mode (:mod:`ekv._cluster.ondemand`), SWIM's live members: the view is fed from
+        them, not from the sessions; None below it."""
+        self.dial: Callable[[str], None] = lambda _peer: None
+        """Asks for a session with a member (large mode)."""
+        self._held: dict[str, list[tuple[float, plumtree.Message]]] = {}
+        """Messages for members without a session, sent when it starts (large mode)."""
+        self._cut: dict[str, float] = {}
+        """Members whose session failed (large mode): out of the view until this loop time."""
 
     @property
     def active(self) -> bool:
@@ -135,6 +152,9 @@ class Broadcast:
             and (session := self._sessions.get(peer)) is not None
             and wire.PLUMTREE_FEATURE in session.features
         )
+        live = self.live_members()
+        if live is not None:
+            self.eligible |= self._swim_eligible(live)
         now = self._now()
         for member in sorted(self.tree.members() - self.eligible):
             self.tree.member_down(member, now)
@@ -168,15 +188,67 @@ class Broadcast:
         self.tree.receive(peer_id, message.message, self._now())
         self._pump()
 
+    # -- large mode: the view from SWIM, sessions on demand (ekv._cluster.ondemand) -------------
+
+    def _swim_eligible(self, live: Collection[str]) -> frozenset[str]:
+        """SWIM's live members but those quarantined, those whose session lacks the feature, and
+        those whose session just failed (for a few seconds)."""
+        now = self._loop.time()
+        for peer in [p for p, until in self._cut.items() if until <= now or p in self._sessions]:
+            del self._cut[peer]
+        quarantined = self._rep.quarantined
+        return frozenset(
+            peer
+            for peer in live
+            if peer not in quarantined
+            and peer not in self._cut
+            and ((session := self._sessions.get(peer)) is None or wire.PLUMTREE_FEATURE in session.features)
+        )
+
+    def needs(self, peer: str) -> bool:
+        """Whether the tree needs a session with ``peer``: a view peer, one asked to be, or one
+        with messages waiting for its session."""
+        return peer in self._held or peer in self.tree.peers() or self.tree.asked(peer)
+
+    def session_ended(self, peer: str, *, cut: bool) -> None:
+        """A session ended in large mode; ``cut``: not an idle close (keep it out of the view for
+        a few seconds, or every message to it would wait for a dial that fails)."""
+        if cut:
+            self._cut[peer] = self._loop.time() + _CUT_S
+        self.peers_changed()
+
+    def _hold(self, peer: str, message: plumtree.Message) -> None:
+        held = self._held.setdefault(peer, [])
+        if len(held) < _MAX_HELD:
+            held.append((self._loop.time(), message))
+            self.stats["held"] += 1
+        self.dial(peer)
+
+    def _release(self) -> None:
+        """Send what waited for sessions that are up; forget what waited too long."""
+        deadline = self._loop.time() - _HOLD_S
+        for peer in list(self._held):
+            if peer in self._sessions and peer in self.eligible:
+                for _, message in self._held.pop(peer):
+                    self._send(peer, TreeMessage(message))
+            elif peer not in self.eligible or self._held[peer][-1][0] < deadline:
+                del self._held[peer]
+
     # -- out ---------------------------------------------------------------------------------------
 
     def _pump(self) -> None:
         """Send what Plumtree queued (first: forwarding is what others wait for), apply what it
         delivered, and set the timer for its next deadline."""
+        large = self.live_members() is not None
+        if self._held:
+            self._release()  # (first: a Neighbor waiting for the session goes before what follows it)
         for peer, message in self.tree.take_messages():
             if peer in self.eligible:
                 self.sent[_KIND[type(message)]] += 1
-                self._send(peer, TreeMessage(message))
+                if large and (peer not in self._sessions or peer in self._held):
+                    self._hold(peer, message)
+                else:
+                    self._send(peer, TreeMessage(message))
         for delivery in self.tree.take_deliveries():
             self._deliver(delivery)
         self._arm()

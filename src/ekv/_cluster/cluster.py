@@ -32,6 +32,7 @@ from ekv._cluster.members import MemberSet
 from ekv._cluster.membership import ClusterMembership
 from ekv._cluster.messages import Hello, Message
 from ekv._cluster.network import Network, TcpNetwork
+from ekv._cluster.ondemand import OnDemand, idle_close_s
 from ekv._cluster.outbox import Outbox
 from ekv._cluster.replicator import ReplicationSettings, Replicator
 from ekv._cluster.runtime import runtime
@@ -117,6 +118,15 @@ class ClusterNode:
         )
         self.members.on_address = self.membership.learn
         self.members.on_new_node_id = self.membership.renamed
+        self.ondemand = OnDemand(
+            self.members,
+            self.membership,
+            idle_close_s=idle_close_s(options.anti_entropy_interval_ns),
+            wall=self._wall,
+            spawn=self._spawn,
+        )
+        self.members.ondemand = self.driver.ondemand = self.ondemand
+        self.membership.on_event = self.ondemand.on_event
         self.clients: set[Session] = set()
         self.node_info: Any = None
         """Set by the node: returns its info() (for client commands)."""

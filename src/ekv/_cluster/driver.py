@@ -25,6 +25,7 @@ from typing import Any
 from ekv._cluster import wire
 from ekv._cluster.broadcast import Broadcast
 from ekv._cluster.messages import Message
+from ekv._cluster.ondemand import OnDemand
 from ekv._cluster.outbox import Outbox, live_batches
 from ekv._cluster.port import ReplicationStore
 from ekv._cluster.replicator import ReplicationSettings, Replicator
@@ -61,6 +62,8 @@ class Driver:
         self.outbox = Outbox()
         self.replicator: Replicator | None = None
         self.broadcast: Broadcast | None = None
+        self.ondemand: OnDemand | None = None
+        """Large mode's sessions on demand (set by ClusterNode before :meth:`start`)."""
         self.loop: asyncio.AbstractEventLoop | None = None
         """The loop the driver runs on (set when the cluster starts)."""
         self.stopping = False
@@ -72,6 +75,8 @@ class Driver:
         self.replicator = rep = Replicator(
             self.store, self.settings, send=self._send, can_send=self._can_send, log=self.log, rng=self._rng
         )
+        demand = self.ondemand
+        rep.demand = demand
         if self.loop is not None:
             rep.tree = self.broadcast = Broadcast(
                 rep,
@@ -82,6 +87,9 @@ class Driver:
                 compress_threshold=self.options.compression_threshold,
                 log=self.log,
             )
+            if demand is not None:
+                self.broadcast.live_members = demand.tree_members
+                self.broadcast.dial = demand.want
 
     def close(self) -> None:
         if self.broadcast is not None:

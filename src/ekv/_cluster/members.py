@@ -4,7 +4,8 @@
   every ``discovery_interval``) and gossip: when a session starts each side sends the members it
   knows (``Members``), so joining through one member reaches the whole mesh.
 * Every known address has a dialer that connects, runs the handshake, and reconnects with
-  exponential backoff and jitter. Both sides of a pair may dial each other; when two sessions to
+  exponential backoff and jitter (in large mode, 16+ SWIM members, it waits parked until the
+  member is needed: :mod:`ekv._cluster.ondemand`). Both sides of a pair may dial each other; when two sessions to
   the same member exist, both sides keep the one dialed by the smaller node id.
 * Two processes under one node id (a copied data directory) are told apart by their origins;
   :mod:`ekv._cluster.identity` decides (pure) and :class:`Members` acts.
@@ -98,6 +99,9 @@ class MemberSet:
         ClusterNode, :mod:`ekv._cluster.membership`)."""
         self.on_new_node_id: Callable[[], None] | None = None
         """Called after this node took a new node id (the membership runs under the new one)."""
+        self.ondemand: Any = None
+        """The node's :class:`~ekv._cluster.ondemand.OnDemand` (set by ClusterNode): in large mode
+        it decides which addresses are dialed and which session ends record a member as down."""
 
     def add_address(self, address: str, source: str) -> None:
         """Dial ``address`` from now on (unless it is known already, or is this node)."""
@@ -134,6 +138,12 @@ class MemberSet:
             if node_id is not None and node_id in self.sessions:
                 entry["state"] = "connected"
                 await asyncio.sleep(1.0)  # connected through this or another address
+                backoff = 0.1
+                continue
+            ondemand = self.ondemand
+            if ondemand is not None and not ondemand.may_dial(address, entry):
+                entry["state"] = "idle"  # large mode: dialed when needed (ekv._cluster.ondemand)
+                await ondemand.park(address)
                 backoff = 0.1
                 continue
             entry["attempts"] += 1
@@ -303,7 +313,14 @@ class MemberSet:
             existing.close("replaced by a newer connection")
         self.sessions[peer] = session
         # (before start(): messages read during the handshake need it)
-        self.driver.rep.peer_up(peer, self._wall(), summaries=wire.SUMMARY_FEATURE in session.features)
+        if self.ondemand is not None:
+            self.ondemand.session_up(session)
+        self.driver.rep.peer_up(
+            peer,
+            self._wall(),
+            summaries=wire.SUMMARY_FEATURE in session.features,
+            probe=self.ondemand is None or not self.ondemand.large or session.dialer,
+        )
         session.start()
         self.log.info("member %s connected (%s, %s)", peer, session.remote, "dialed" if session.dialer else "accepted")
         session.send(Members(self._member_list()))
@@ -462,8 +479,11 @@ class MemberSet:
         del self.sessions[peer]
         self.last_disconnect[peer] = (self._wall(), reason)
         rep = self.driver.replicator
+        ondemand = self.ondemand
         if rep is not None:
-            rep.peer_down(peer, self._wall())
+            rep.peer_down(peer, self._wall(), record=ondemand is None or ondemand.records_down(reason))
+        if ondemand is not None:
+            ondemand.session_down(peer, reason)
         if not self.stopping:
             self.log.info("member %s disconnected: %s", peer, reason)
 

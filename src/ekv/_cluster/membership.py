@@ -2,15 +2,17 @@
 :class:`~ekv._cluster.cluster.ClusterNode`, fed with the addresses the node learns and feeding the
 members it learns to :class:`~ekv._cluster.members.MemberSet` (issue 15, step 1; docs/scale.md).
 
-Why both: the sessions still form a full mesh (every write is still sent over them), and the mesh
-learns its members from ``peers``, discovery, ``connect()`` and the member lists sessions
+Why both: below 16 members the sessions form a full mesh (every write is sent over them), and the
+mesh learns its members from ``peers``, discovery, ``connect()`` and the member lists sessions
 exchange when they start. Those lists travel only when a session starts, so a member that joins
 later is learned by the others only when it dials them, and not at all across a link it cannot
 use. SWIM disseminates every join to every member within a few periods, and from
 :data:`~ekv._core.plumtree.DIRECT_THRESHOLD` live members on the node dials a member SWIM names
-that it does not know (source ``"swim"``); below it the mesh is formed as before. SWIM's view of who is alive,
-suspect, failed or left is reported in ``info()["membership"]``; nothing closes a session on
-its say yet.
+that it does not know (source ``"swim"``; below it the mesh is formed as before). SWIM's view of
+who is alive, suspect, failed or left is reported in ``info()["membership"]``, and every event
+goes to :attr:`ClusterMembership.on_event`: from 16 live members on, large mode
+(:mod:`ekv._cluster.ondemand`) keeps sessions only where they are needed and takes members'
+down-since times from SWIM's "failed" and "left".
 
 * **Address and port**: the membership's datagrams use the listener's ``host:port`` over UDP; its
   address for the others is the node's advertised one. A node whose UDP port cannot be bound
@@ -114,6 +116,9 @@ class ClusterMembership:
         self._save_failed = False
         self._restarting: asyncio.Task[None] | None = None
         self._closed = False
+        self.on_event: Callable[[Event | None], None] | None = None
+        """Told every SWIM event, and None when the membership restarts (large mode,
+        :mod:`ekv._cluster.ondemand`)."""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -177,6 +182,8 @@ class ClusterMembership:
             if membership is not None:
                 await membership.close(leave=False)
             self._since.clear()
+            if self.on_event is not None:
+                self.on_event(None)
             if not self._closed:
                 await self._start()
         finally:
@@ -214,6 +221,8 @@ class ClusterMembership:
         if len(self._since) > 1024 and membership is not None:  # (members forgotten by SWIM)
             names = {u.node for u in membership.view()}
             self._since = {n: t for n, t in self._since.items() if n in names}
+        if self.on_event is not None:
+            self.on_event(event)
         if event.kind not in ("joined", "alive") or membership is None:
             return
         if len(membership.live_members()) + 1 < DIRECT_THRESHOLD:

@@ -37,7 +37,7 @@ from typing import Protocol
 from ekv._cluster.messages import Live, TreeMessage
 from ekv._model import Entry
 
-__all__ = ["DamagedVersion", "ReplicationStore", "SyncSource", "Tree"]
+__all__ = ["DamagedVersion", "Demand", "ReplicationStore", "SyncSource", "Tree"]
 
 DamagedVersion = tuple[int, str, int]
 """The version (timestamp, origin, oseq) of a row that failed its checksum."""
@@ -172,3 +172,13 @@ class Tree(Protocol):
     def fanout(self, message: Live) -> Collection[str]: ...
     def receive(self, peer_id: str, message: TreeMessage) -> None: ...
     def peers_changed(self) -> None: ...
+
+
+class Demand(Protocol):
+    """Sessions on demand in a large cluster (:class:`ekv._cluster.ondemand.OnDemand`):
+    ``live_members`` is SWIM's live members while the node is in large mode (None below it: the
+    sessions are the members); ``want`` dials a member for an anti-entropy round (its session
+    starts with a digest probe each way, which is the round's exchange)."""
+
+    def live_members(self) -> Collection[str] | None: ...
+    def want(self, node_id: str) -> None: ...

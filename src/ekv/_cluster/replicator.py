@@ -15,32 +15,24 @@ Protocol (per shard, see docs/architecture.md for why it converges):
   negotiated ``"plumtree"`` get them through the broadcast tree instead (:attr:`Replicator.tree`,
   :mod:`ekv._cluster.broadcast`), which hands what it delivers to :meth:`Replicator.apply_live`.
 * Pull sync: when a session starts, and then every ``anti_entropy_interval`` (jittered), a node
-  sends each member ``SyncRequest(vv)`` for each shard, at most one in flight per member and
-  shard. The member answers from one snapshot with every current row whose dot the requester does
-  not cover, read from its change log (delta) when the log still holds everything the requester
-  lacks, else all live rows and recent tombstones (full), in chunks bounded by count and bytes,
-  then ``SyncDone`` with its vector, also when nothing was sent. The requester merges that vector
-  only if it received every chunk of that sync, in order. Because a member's log also holds the
-  writes it applied from third nodes, pulling from B delivers A's writes to C when A and C cannot
-  talk; because the requester's vector covers what it already got live, healthy members send
-  each other nothing.
-* Summary probes (from :data:`~ekv._cluster.summary.SUMMARY_MIN_MEMBERS` connected members on,
-  with members that negotiated the ``"summary"`` feature): the periodic pulls above are replaced
-  by one round per ``anti_entropy_interval`` (jittered) that sends ONE member, chosen by a
-  shuffled round-robin, a ``Summary`` (a digest of each shard's vector); it answers
-  ``SummaryDiff`` with the shards that differ, and each side pulls those shards from the other.
-  A matching digest is also a report of the member's vector (change-log truncation). A session
-  starts with a probe each way rather than a pull of every shard; repairs, resends and timeouts
-  pull as above. Relay works as above, within a few
-  rounds instead of one (see :mod:`ekv._cluster.summary`).
-* Long partitions: when a member goes away its down-since time is persisted; a member that comes
-  back after more than ``tombstone_ttl`` is quarantined (no sync, no live traffic, logged, in
-  ``info()``) until the operator clears it, because deletes made meanwhile may have been purged.
-* Repair: while a shard holds rows that failed their checksum (:mod:`ekv._storage.integrity`),
-  the node asks each connected member once for a full resend of that shard (a ``SyncRequest``
-  with an empty vector: "I cover nothing"). A resent copy replaces the damaged row. A member
-  serving a sync never sends a damaged row, and then withholds its vector, so that the requester
-  does not record as covered a write it never received.
+  sends each member ``SyncRequest(vv)`` per shard (one in flight per member and shard). The member
+  answers from one snapshot with every row whose dot the requester does not cover, from its change
+  log (delta) or all live rows and recent tombstones (full), in bounded chunks, then ``SyncDone``
+  with its vector, merged only if every chunk arrived in order. A member's log also holds what it
+  applied from third nodes, so pulling from B relays A's writes to C when A and C cannot talk;
+  healthy members send each other nothing.
+* Summary probes (from :data:`~ekv._cluster.summary.SUMMARY_MIN_MEMBERS` members on, with those
+  that negotiated ``"summary"``; :mod:`ekv._cluster.summary`): the periodic pulls are replaced by
+  one round per interval probing ONE member (a digest per shard, answered with the shards that
+  differ, pulled both ways); sessions start with a probe. In large mode the partner is any live
+  member, dialed for the round (:attr:`Replicator.demand`, :mod:`ekv._cluster.ondemand`).
+* Long partitions: when a member goes away (in large mode: SWIM says so) its down-since time is
+  persisted; a member back after more than ``tombstone_ttl`` is quarantined (no sync, no live
+  traffic, logged, in ``info()``) until the operator clears it: deletes may have been purged.
+* Repair: while a shard holds rows that failed their checksum (:mod:`ekv._storage.integrity`), each
+  connected member is asked once for a full resend of it (a ``SyncRequest`` with an empty vector).
+  A member never sends a damaged row, and then withholds its vector (the requester must not
+  record as covered a write it never received).
 
 It reaches storage only through :class:`~ekv._cluster.port.ReplicationStore` (never
 ``ekv._storage``), so it runs as well over an in-memory fake as over the real store.
@@ -49,12 +41,12 @@ It reaches storage only through :class:`~ekv._cluster.port.ReplicationStore` (ne
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from ekv._cluster.messages import Live, Message, Summary, SummaryDiff, SyncChunk, SyncDone, SyncRequest, TreeMessage
-from ekv._cluster.port import DamagedVersion, ReplicationStore, SyncSource, Tree
+from ekv._cluster.port import DamagedVersion, Demand, ReplicationStore, SyncSource, Tree
 from ekv._cluster.summary import SUMMARY_MIN_MEMBERS, Rotation, differing, digest
 from ekv._core import vv as vvmod
 from ekv._core.durations import NS_PER_S, tombstone_cutoff_ns
@@ -185,6 +177,7 @@ class Replicator:
         self._next_probe = 1
         self.tree: Tree | None = None
         """The broadcast tree, if the driver has one (set after construction)."""
+        self.demand: Demand | None = None  # large mode's sessions on demand (set after construction)
 
     # -- persistent node-level markers (kept by the store) -------------------------------------
 
@@ -207,9 +200,9 @@ class Replicator:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def peer_up(self, peer_id: str, now_ns: int, *, summaries: bool = False) -> None:
-        """An authenticated session with member ``peer_id`` started (``summaries``: the session
-        negotiated the ``"summary"`` feature)."""
+    def peer_up(self, peer_id: str, now_ns: int, *, summaries: bool = False, probe: bool = True) -> None:
+        """A session with member ``peer_id`` started (``summaries``: it negotiated ``"summary"``;
+        ``probe``: start with a probe in summary mode; in large mode only the dialer does)."""
         self.peer_down(peer_id, now_ns, record=False)  # a new session replaces any old one
         state = PeerState(peer_id, connected_at_ns=now_ns, last_seen_ns=now_ns, summaries=summaries)
         counts = self._sync_counts.setdefault(peer_id, ({"delta": 0, "full": 0}, {"delta": 0, "full": 0}))
@@ -237,7 +230,8 @@ class Replicator:
         if state.quarantined:
             return
         if summaries and self._summary_mode():
-            self._probe(peer_id)  # one digest each way; only the shards that differ are pulled
+            if probe:
+                self._probe(peer_id)  # one digest each way; only the shards that differ are pulled
             return
         for shard in range(self._shards):
             self._pull(state, shard, now_ns)
@@ -251,21 +245,25 @@ class Replicator:
             out.snapshot.close()
         state.out.clear()
         state.inbound.clear()
-        if record and peer_id not in self._down_since:
-            self._down_since[peer_id] = now_ns
-            self._set_marker("member_down/", peer_id, now_ns)
+        if record:
+            self.member_gone(peer_id, now_ns)
         if record and self.tree is not None:
             self.tree.peers_changed()
+
+    def member_gone(self, peer_id: str, now_ns: int) -> None:
+        """Remember since when ``peer_id`` is gone (its session ended, or in large mode SWIM said so)."""
+        if peer_id not in self._down_since:
+            self._down_since[peer_id] = now_ns
+            self._set_marker("member_down/", peer_id, now_ns)
 
     def clear_quarantine(self, peer_id: str) -> bool:
         """Operator override: allow ``peer_id`` to sync again (accepting that deletes purged
         during the partition may come back). Takes effect at once if it is connected, else on
         its next session.
 
-        The first syncs from it are full resends (an empty vector), not deltas: this node's
-        vector may already cover writes whose rows it no longer has (a delete whose tombstone was
-        purged covers the put it deleted), and a delta would never send them again, leaving the
-        pair different forever. A resend makes both sides converge, on the surviving value."""
+        The first syncs from it are full resends (an empty vector), not deltas: this node's vector
+        may cover writes whose rows it no longer has (a purged tombstone covers the put it deleted),
+        which a delta would never send again; a resend converges both sides on the surviving value."""
         found = self.quarantined.pop(peer_id, None) is not None
         self._down_since.pop(peer_id, None)
         self._set_marker("member_quarantined/", peer_id, None)
@@ -326,25 +324,16 @@ class Replicator:
         if not self._check_shard(msg.shard) or not msg.entries:
             return
         self.stats["live_received"] += len(msg.entries)
-        vv = self.vv[msg.shard]
-        trial = dict(vv)
-        raised: dict[str, int] = {}
+        vv, ahead = self.vv[msg.shard], self._ahead[msg.shard]
         by_origin: dict[str, list[int]] = {}
         for entry in msg.entries:
-            by_origin.setdefault(entry.origin, []).append(entry.oseq)
-        ahead = self._ahead[msg.shard]
-        for origin, oseqs in by_origin.items():
-            if origin == self.origin:
-                continue
-            new = ahead.advance(trial, origin, oseqs)
-            if new is not None:
-                raised[origin] = new
+            if entry.origin != self.origin:
+                by_origin.setdefault(entry.origin, []).append(entry.oseq)
+        raised = ahead.raised(vv, by_origin)
         applied = self.store.apply(msg.shard, msg.entries, raised or None)
         self.stats["live_applied"] += len(applied)
         vv.update(raised)
-        for origin, oseqs in by_origin.items():
-            if origin != self.origin:
-                ahead.hold(vv, origin, oseqs)
+        ahead.hold(vv, by_origin)
 
     def _on_sync_request(self, state: PeerState, msg: SyncRequest, now_ns: int) -> None:
         if not self._check_shard(msg.shard):
@@ -412,8 +401,11 @@ class Replicator:
 
     # -- summary probes (large clusters; see ekv._cluster.summary) ---------------------------------
 
+    def _live(self) -> Collection[str] | None:
+        return None if self.demand is None else self.demand.live_members()
+
     def _summary_mode(self) -> bool:
-        return len(self.peers) >= SUMMARY_MIN_MEMBERS
+        return len(self.peers) >= SUMMARY_MIN_MEMBERS or self._live() is not None
 
     def _probe_round(self, now_ns: int) -> None:
         """Start a summary round if one is due: a probe to the next member of the rotation."""
@@ -423,15 +415,17 @@ class Replicator:
         if self._next_round_ns > now_ns:
             return
         self._next_round_ns = self._next_due(now_ns)
-        peer_id = self._rotation.next(p for p, s in self.peers.items() if s.summaries and not s.quarantined)
-        if peer_id is not None:
+        live, peers = self._live(), self.peers  # (large mode: any live member, dialed if need be)
+        candidates = peers if live is None else {p: peers.get(p) for p in live if p not in self.quarantined}
+        peer_id = self._rotation.next(p for p, s in candidates.items() if not s or (s.summaries and not s.quarantined))
+        if peer_id in peers:
             self._probe(peer_id)
+        elif peer_id is not None and self.demand is not None:
+            self.demand.want(peer_id)  # its session starts with our probe: the round's exchange
 
     def _probe(self, peer_id: str) -> None:
-        """Send the member a digest of every shard's vector (it answers with those that differ).
-        Also what a session starts with in summary mode, instead of a pull of every shard: in a
-        cluster of N members N-1 sessions start after a partition heals or a node restarts, and
-        a pull of every shard on each cost 2 x shards messages where the digests mostly agree."""
+        """Send the member a digest of every shard's vector (answered with those that differ); also
+        how sessions start in summary mode (not 2 x shards messages of pulls, N-1 times after a heal)."""
         vvs = [self.current_vv(shard) for shard in range(self._shards)]
         probe = self._next_probe
         self._next_probe += 1
@@ -456,12 +450,13 @@ class Replicator:
 
     def _summary_pulls(self, state: PeerState, shards: tuple[int, ...], vvs: list[dict[str, int]], now_ns: int) -> None:
         """Pull the differing ``shards`` from the member; for the others, its vector equals ours
-        (``vvs``), which is the report that change-log truncation needs (nothing else refreshes
-        it in summary mode between sessions)."""
-        differ = set(shards)
+        (``vvs``): the report change-log truncation needs (nothing else refreshes it in summary mode)."""
+        differ, large = set(shards), self._live() is not None
         for shard in range(self._shards):
             if shard not in differ:
                 state.reported_vv[shard] = vvs[shard]
+                if large:  # (the session may close soon: keep the report for truncation)
+                    self.store.record_member_report(shard, state.node_id, vvs[shard], now_ns)
             elif shard not in state.inbound:
                 self._pull(state, shard, now_ns)
 
@@ -669,6 +664,7 @@ class Replicator:
                 pass
             else:
                 reports[node_id] = {}  # connected but has not reported yet: keep everything
+        reports.update({n: {} for n in self._live() or () if n not in reports})  # (large mode: none yet, keep all)
         if not reports:
             return None
         return vvmod.truncation_targets(self.current_vv(shard), reports.values())

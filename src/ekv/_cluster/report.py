@@ -112,6 +112,7 @@ def cluster_info(self: ClusterNode) -> dict[str, Any]:
         "stats": {**rep.stats, "outbox_dropped": self.outbox.dropped},
         "membership": self.membership.info(),
         "broadcast": None if self.driver.broadcast is None else self.driver.broadcast.info(),
+        "large_mode": self.ondemand.info(),
     }
 
 

@@ -217,6 +217,10 @@ class Plumtree:
         """The active view: eager and lazy peers."""
         return self.eager | self.lazy
 
+    def asked(self, node: str) -> bool:
+        """Whether a ``Neighbor`` request to ``node`` awaits its answer."""
+        return node in self._pending
+
     def members(self) -> frozenset[str]:
         """The membership as fed in (and as learned from ``Neighbor`` requests): the passive view."""
         return frozenset(self._member_at)

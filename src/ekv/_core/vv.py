@@ -80,23 +80,31 @@ class Ahead:
     def __init__(self) -> None:
         self._held: dict[str, set[int]] = {}
 
-    def advance(self, vv: dict[str, int], origin: str, oseqs: list[int]) -> int | None:
-        """:func:`advance` through ``oseqs`` and the dots held for ``origin``."""
-        held = self._held.get(origin)
-        return advance(vv, origin, sorted(held.union(oseqs)) if held else oseqs)
+    def raised(self, vv: Mapping[str, int], by_origin: Mapping[str, list[int]]) -> dict[str, int]:
+        """Per origin, how far ``vv`` may rise once the writes ``by_origin`` (their oseqs in
+        order) are applied: :func:`advance` through them and the dots held for that origin."""
+        trial = dict(vv)
+        out: dict[str, int] = {}
+        for origin, oseqs in by_origin.items():
+            held = self._held.get(origin)
+            new = advance(trial, origin, sorted(held.union(oseqs)) if held else oseqs)
+            if new is not None:
+                out[origin] = new
+        return out
 
-    def hold(self, vv: Mapping[str, int], origin: str, oseqs: Iterable[int]) -> None:
-        """Once ``oseqs`` of ``origin`` are applied: keep those the vector ``vv`` did not reach,
-        and drop the ones it passed."""
-        top = vv.get(origin, 0)
-        held = {oseq for oseq in self._held.get(origin, ()) if oseq > top}
-        held.update(oseq for oseq in oseqs if oseq > top)
-        if len(held) > self.LIMIT:
-            held = set(sorted(held)[: self.LIMIT])
-        if held:
-            self._held[origin] = held
-        else:
-            self._held.pop(origin, None)
+    def hold(self, vv: Mapping[str, int], by_origin: Mapping[str, Iterable[int]]) -> None:
+        """Once the writes ``by_origin`` are applied: keep the dots the vector ``vv`` did not
+        reach, and drop the ones it passed."""
+        for origin, oseqs in by_origin.items():
+            top = vv.get(origin, 0)
+            held = {oseq for oseq in self._held.get(origin, ()) if oseq > top}
+            held.update(oseq for oseq in oseqs if oseq > top)
+            if len(held) > self.LIMIT:
+                held = set(sorted(held)[: self.LIMIT])
+            if held:
+                self._held[origin] = held
+            else:
+                self._held.pop(origin, None)
 
 
 def truncation_targets(own: VV, reports: Iterable[VV]) -> dict[str, int]:

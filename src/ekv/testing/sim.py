@@ -178,6 +178,9 @@ class Simulation:
     """``messages`` when :func:`run_seed` checked the run (before any idle measurement)."""
     idle_rate = 0.0
     """Idle anti-entropy messages per node per second (:func:`run_seed` with ``idle_ms``)."""
+    sessions_max = sessions_max_late = session_sum = session_samples = 0
+    """Sessions per node sampled every 50 ms: the most (``_late``: from 5 s on, after the start's
+    dials of every peer given), their sum and count (the mean is ``session_sum / session_samples``)."""
 
     def __init__(
         self,
@@ -410,6 +413,11 @@ class Simulation:
             if self._faults:
                 await self._fault()
             self._refresh()
+            counts = [len(c.sessions) for c in self.clusters.values()]  # (N-1 in a full mesh)
+            self.sessions_max = max(self.sessions_max, *counts, 0)
+            if self.elapsed_ns() >= 5 * NS_PER_S:
+                self.sessions_max_late = max(self.sessions_max_late, *counts, 0)
+            self.session_sum, self.session_samples = self.session_sum + sum(counts), self.session_samples + len(counts)
             if self.now_ns >= self._next_gc:
                 self._next_gc = self.now_ns + self.gc_every_ms * MS
                 self.gc_all()
@@ -676,7 +684,9 @@ def main(argv: list[str] | None = None) -> int:
         idle = f", idle anti-entropy {sim.idle_rate:.2f} messages/node/s" if args.idle else ""
         print(
             f"seed {seed}: {status}, {len(sim.acked)} acknowledged writes, {sim.checked_messages} messages "
-            f"({sim.checked_live} carrying live writes), settled in {settle_ms} ms{copies}{linear}{idle}"
+            f"({sim.checked_live} carrying live writes), settled in {settle_ms} ms{copies}{linear}{idle}; "
+            f"sessions per node max {sim.sessions_max} ({sim.sessions_max_late} from 5 s on), "
+            f"mean {sim.session_sum / max(1, sim.session_samples):.1f}"
         )
         for problem in problems:
             print(f"  {problem.kind}: {problem.detail}")

@@ -1,0 +1,104 @@
+"""Large mode: sessions on demand (ekv._cluster.ondemand; issue 15 step 1). Real cluster nodes over
+memnet in virtual time (ekv.testing.sim), no loss, 1 s anti-entropy rounds: from 16 SWIM members
+on a node keeps sessions with its broadcast view's peers, the round's partner and voters only,
+closes the ones it dialed and no longer needs, and takes members' down-since times from SWIM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ekv._model import Version
+from ekv._values import Values
+from ekv.testing import sim
+
+
+def _simulation(nodes: int = 20, seed: int = 5, **options: Any) -> sim.Simulation:
+    return sim.Simulation(seed, nodes=nodes, drop=0, duplicate=0, reorder=0, delay_ms=(1, 10), **options)
+
+
+def _sessions(s: sim.Simulation) -> list[int]:
+    return [len(c.sessions) for c in s.clusters.values()]
+
+
+def _write(s: sim.Simulation, name: str, key: str) -> Version:
+    store = s.nodes[name].store
+    assert store is not None
+    return Values(store).put(key, f"{name}:{key}".encode())
+
+
+def _holders(s: sim.Simulation, key: str, version: Version) -> set[str]:
+    out = set()
+    for name, node in s.nodes.items():
+        entry = None if node.store is None else node.store.entry(key)
+        if entry is not None and entry.version == version:
+            out.add(name)
+    return out
+
+
+def test_twenty_nodes_hold_few_sessions_close_idle_ones_without_down_since_and_deliver_every_write() -> None:
+    with _simulation() as s:
+        s.run(8_000, writes_per_s=0, faults=False)  # SWIM joins, the tree forms, the start's full mesh closes
+        assert all(c.ondemand.large for c in s.clusters.values())
+        peak: list[int] = []
+        names = sorted(s.nodes)
+        for i in range(40):
+            key = f"k1/w{i}"
+            version = _write(s, names[i % len(names)], key)
+            for _ in range(100):
+                s.run(50, writes_per_s=0, faults=False)
+                peak.append(max(_sessions(s)))
+                if _holders(s, key, version) == set(names):
+                    break
+            assert _holders(s, key, version) == set(names), f"{key} did not reach every node"
+        counts = _sessions(s)
+        # the view's 3 peers (+1 of slack), a round's partner each way: far from N-1 = 19
+        assert max(peak) <= 10, max(peak)
+        assert sum(counts) / len(counts) <= 6, counts
+        # the sessions no longer needed were closed by their dialers, and an idle close is not a
+        # failure: no member is recorded down (that would quarantine it after tombstone_ttl)
+        closed = sum(c.ondemand.stats["idle_closed"] for c in s.clusters.values())
+        assert closed >= 20, closed
+        for name, c in s.clusters.items():
+            rep = c.replicator
+            assert rep is not None
+            assert rep.down_since() == {}, (name, rep.down_since())
+            assert not rep.quarantined
+
+
+def test_a_cluster_in_large_mode_converges_after_a_partition_heals() -> None:
+    with _simulation() as s:
+        s.run(5_000, writes_per_s=0, faults=False)
+        names = sorted(s.nodes)
+        s.partition([names[:10], names[10:]])
+        # shorter than SWIM's suspicion timeout: both sides stay in large mode (a longer one
+        # leaves each side 10 members, below the threshold, and they dial everyone again)
+        s.run(4_000, writes_per_s=20, faults=False)
+        assert all(c.ondemand.large for c in s.clusters.values())
+        s.heal()
+        waited = s.settle(max_ms=30_000)
+        assert s.check() == []
+        # the sessions across the cut failed and the tree's views refilled on their own side:
+        # anti-entropy partners drawn from SWIM's live members, dialed for the round, carry the
+        # writes across within a round or two (from sessions only: 11.5 s with this seed)
+        assert waited <= 2_000, waited
+
+
+def test_a_member_swim_declared_failed_longer_than_tombstone_ttl_is_quarantined_on_return() -> None:
+    with _simulation(tombstone_ttl_s=20, log_retention_s=5) as s:
+        s.run(5_000, writes_per_s=0, faults=False)
+        victim = "n3"
+        others = [n for n in s.nodes if n != victim]
+        vid = s.node_id(victim)
+        s.partition([[victim], others])
+        s.run(12_000, writes_per_s=0, faults=False)  # SWIM declares it failed (suspicion timeout)
+        assert any(vid in c.replicator.down_since() for n, c in s.clusters.items() if n != victim and c.replicator)
+        s.run(30_000, writes_per_s=0, faults=False)  # longer than tombstone_ttl
+        s.heal()
+        for _ in range(60):
+            s.run(500, writes_per_s=0, faults=False)
+            if any(vid in c.replicator.quarantined for n, c in s.clusters.items() if n != victim and c.replicator):
+                break
+        quarantining = [
+            n for n, c in s.clusters.items() if n != victim and c.replicator and vid in c.replicator.quarantined
+        ]
+        assert quarantining, "nobody quarantined the member SWIM saw failed for longer than tombstone_ttl"

@@ -13,13 +13,14 @@ import logging
 import random
 import shutil
 import socket
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import ekv
+from _virtual import run_virtual, until
 from ekv._cluster import report
 from ekv._cluster.cluster import ClusterNode
 from ekv._config import Config
@@ -29,7 +30,6 @@ from ekv._storage.datadir import load_membership_incarnation, save_membership_in
 from ekv._storage.store import ShardedStore
 from ekv.testing import wait_until
 from ekv.testing.memnet import MemoryNetwork
-from ekv.testing.vtime import VirtualTimeLoop
 
 PORT = 4370
 
@@ -101,22 +101,6 @@ class _Nodes:
         assert info["running"], info
         member = info["members"].get(self.nodes[host][1].node_id if host in self.nodes else host)
         return None if member is None else str(member["status"])
-
-
-def run_virtual(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    loop = VirtualTimeLoop()
-    try:
-        loop.run_until_complete(scenario())
-    finally:
-        loop.close()
-
-
-async def until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not predicate():
-        assert loop.time() < deadline, f"{what}: not within {seconds} virtual seconds"
-        await asyncio.sleep(0.05)
 
 
 def _all_alive(nodes: _Nodes) -> bool:

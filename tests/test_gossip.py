@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from _virtual import run_virtual, until
 from ekv._cluster.datagram import MAX_DATAGRAM, Opener, Sealer
 from ekv._cluster.gossip import Membership
 from ekv._cluster.network import TcpNetwork
@@ -24,28 +25,8 @@ from ekv._core import swim_wire
 from ekv._core.swim import Event, Gossip, Ping, PingReq, Status, SwimConfig, Update
 from ekv.testing import wait_until
 from ekv.testing.memnet import MemoryNetwork
-from ekv.testing.vtime import VirtualTimeLoop
 
 COOKIE = b"gossip-test-cookie"
-
-
-def run_virtual(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    loop = VirtualTimeLoop()
-    try:
-        loop.run_until_complete(scenario())
-    finally:
-        loop.close()
-
-
-async def until(predicate: Callable[[], bool], seconds: float, what: str) -> float:
-    """Wait (virtual time) until ``predicate``; returns the seconds it took."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not predicate():
-        if loop.time() - start > seconds:
-            raise AssertionError(f"{what}: not within {seconds} s")
-        await asyncio.sleep(0.05)
-    return loop.time() - start
 
 
 class Cluster:

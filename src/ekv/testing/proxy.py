@@ -30,10 +30,12 @@ import asyncio
 import contextlib
 import functools
 import json
+import random
 import socket
 import struct
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __all__ = ["FaultProxy", "free_ports"]
@@ -42,6 +44,7 @@ _HEAD = struct.Struct(">IB")
 _HELLO = 1
 _MAX_HELLO = 64 * 1024
 _POLL_S = 0.02
+_LOWEST = 10000  # free_ports' lowest choice (below: ports well-known services are set up on)
 
 
 class FaultProxy:
@@ -188,17 +191,39 @@ class FaultProxy:
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports free right now on 127.0.0.1 (held open together so they are distinct)."""
-    socks = []
+    """Ports free right now on 127.0.0.1 for both TCP and UDP (held open together so they are
+    distinct), below the kernel's ephemeral range where it can be read: the ports are bound
+    later, by node processes started one after the other, and a port of that range can meanwhile
+    be handed to an outgoing connection (24 nodes dialing each other through the proxy took one
+    in two runs out of three: "address already in use" at the start of a chaos run)."""
+    socks: list[socket.socket] = []
+    low = _ephemeral_low()
+    candidates = random.sample(range(_LOWEST, low), low - _LOWEST) if low > _LOWEST + count else []
     try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
+        for port in [*candidates, *[0] * count]:  # 0: any port (where the range is unknown)
+            if len(socks) == 2 * count:
+                break
+            tcp, udp = socket.socket(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", tcp.getsockname()[1]))
+            except OSError:
+                tcp.close()
+                udp.close()
+                continue
+            socks += [tcp, udp]
+        return [s.getsockname()[1] for s in socks[::2]]
     finally:
         for sock in socks:
             sock.close()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux), or 0 if unknown."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class _Relay(asyncio.DatagramProtocol):

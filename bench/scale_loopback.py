@@ -14,10 +14,14 @@ through ONE seed (the first node). Phases, each timed on this machine's monotoni
 4. kill: SIGKILL ``--kill`` nodes (while ``--writers`` write a few more); until the first member
    suspects / declares each one failed, and until every other member has declared it failed;
 5. restart: the killed nodes on their own directories; until every SWIM view is whole again and
-   every node holds every write.
+   every node holds every write;
+6. partition (only with ``--partition S``): the nodes then run behind the loopback fault proxy
+   (:mod:`ekv.testing.proxy`, which cuts TCP and drops SWIM's datagrams across a cut; it relays
+   every byte in this process, so the other phases' figures are not comparable with a run
+   without it); two halves for S s, one writer on each side; until each side has declared the
+   other failed, then after the heal until every view is whole and every node holds every write.
 
-A partition is not made: without root, loopback cannot drop datagrams between two processes
-(the chaos harness's ``--net local`` proxies TCP only, and SWIM speaks UDP). The counters are
+The counters are
 the nodes' own (``kv.metrics()``; messages a node sends): SWIM datagrams, ``Live`` entries sent
 directly, the broadcast tree's frames by kind, shard syncs served (each at least a request and a
 response; summary probes and heartbeats are not counted, but are in the bytes every node sent
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ekv.testing.cluster import NodeProcess
+from ekv.testing.proxy import FaultProxy, free_ports
 
 OPTIONS = {
     # ekv's defaults, but anti-entropy every second as in the simulators' figures (docs/scale.md)
@@ -68,13 +73,23 @@ class Node(NodeProcess):
 
 
 class Bench:
-    def __init__(self, root: Path, n: int, timeout: float) -> None:
+    def __init__(self, root: Path, n: int, timeout: float, proxied: bool) -> None:
         self.root = root
         self.timeout = timeout
         self.nodes = [Node(f"n{i}", root / f"n{i}", instance="scale", options=OPTIONS) for i in range(n)]
         for node in self.nodes:
             node.stderr_path = root / f"{node.name}.log"
         self.pool = ThreadPoolExecutor(max_workers=n + 8)
+        self.proxy: FaultProxy | None = None
+        if proxied:  # listen on a free port, advertise the proxy's port in front of it
+            self.proxy = FaultProxy(self.index_of)
+            ports = free_ports(n)
+            for node, port, front in zip(self.nodes, ports, self.proxy.start(ports), strict=True):
+                node.listen = f"127.0.0.1:{port}"
+                node.options["advertise"] = f"127.0.0.1:{front}"
+
+    def index_of(self, node_id: str) -> int | None:
+        return next((i for i, node in enumerate(self.nodes) if node.node_id == node_id), None)
 
     def each(self, nodes: Iterable[Node], f: Callable[[Node], Any]) -> list[Any]:
         return list(self.pool.map(f, list(nodes)))
@@ -89,6 +104,8 @@ class Bench:
             except Exception as exc:  # keep killing the others
                 print(f"could not kill {node.name}: {exc}", file=sys.stderr)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.proxy is not None:
+            self.proxy.close()
 
     def wait(self, what: str, done: Callable[[], bool]) -> float:
         """Seconds until ``done()`` (polled); an error after ``timeout`` s."""
@@ -172,7 +189,7 @@ def run(args: argparse.Namespace, bench: Bench, result: dict[str, Any]) -> None:
     seed, rest = bench.nodes[0], bench.nodes[1:]
     seed.start()
     for node in rest:
-        node.peers = [seed.address or ""]
+        node.peers = [seed.options.get("advertise") or seed.address or ""]
     started = time.monotonic()
     bench.each(rest, lambda n: n.start(timeout=bench.timeout))
     result["start_s"] = round(time.monotonic() - started, 2)
@@ -258,7 +275,46 @@ def run(args: argparse.Namespace, bench: Bench, result: dict[str, Any]) -> None:
         result["restart"]["whole_s"] = round(time.monotonic() - restarted, 2)
         bench.wait("every node holds every write", lambda: min(bench.key_counts("")) == expected)
         result["restart"]["converged_s"] = round(time.monotonic() - restarted, 2)
-    result["partition"] = "skipped: no root for loopback datagram loss (--net local proxies TCP only)"
+    if bench.proxy is None:
+        result["partition"] = "skipped (--partition S: a run behind the loopback fault proxy)"
+        return
+
+    # 6. partition
+    half = len(bench.nodes) // 2
+    sides = [bench.nodes[:half], bench.nodes[half:]]
+    expected = min(bench.key_counts(""))
+    bench.proxy.cut({i: set(range(half, len(bench.nodes))) for i in range(half)})
+    cut_at = time.monotonic()
+    for side in sides:
+        write(side[0], "split", 10)
+    expected += 20
+
+    def split() -> bool:
+        views = bench.views(bench.nodes)
+        return all(
+            views[node.node_id or ""].get(other.node_id or "") == "failed"
+            for mine, theirs in (sides, sides[::-1])
+            for node in mine
+            for other in theirs
+        )
+
+    split_s = None
+    while time.monotonic() - cut_at < args.partition:
+        if split_s is None and split():
+            split_s = round(time.monotonic() - cut_at, 2)
+        time.sleep(POLL_S)
+    bench.proxy.cut({})
+    healed = time.monotonic()
+    bench.wait("SWIM views whole after the heal", bench.whole)
+    whole = time.monotonic() - healed
+    bench.wait("every node holds every write after the heal", lambda: min(bench.key_counts("")) == expected)
+    result["partition"] = {
+        "seconds": args.partition,
+        "halves": [len(side) for side in sides],
+        "each_side_declared_the_other_failed_s": split_s,
+        "heal_whole_s": round(whole, 2),
+        "heal_converged_s": round(time.monotonic() - healed, 2),
+    }
 
 
 def flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -285,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--kill", type=int, default=2, help="nodes SIGKILLed, then restarted")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds any one wait may take")
+    parser.add_argument("--partition", type=float, default=0, help="seconds of a partition in halves (0: none)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the data directories and logs")
     args = parser.parse_args(argv)
@@ -293,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     root = Path(tempfile.mkdtemp(prefix="ekv-scale-"))
     result: dict[str, Any] = {"nodes": args.nodes, "load_before": [round(x, 2) for x in os.getloadavg()]}
-    bench = Bench(root, args.nodes, args.timeout)
+    bench = Bench(root, args.nodes, args.timeout, proxied=args.partition > 0)
     try:
         run(args, bench, result)
     finally:

@@ -330,7 +330,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+    raise KeyboardInterrupt  # unwinds to main's cleanup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,12 +347,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nodes < 2 or not 0 <= args.kill < args.nodes - 1 or not 1 <= args.writers <= args.nodes - args.kill:
         parser.error("need --nodes >= 2, 0 <= --kill < nodes - 1 and 1 <= --writers <= nodes - kill")
-    signal.signal(signal.SIGTERM, interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell starts `... &` with it ignored
+        signal.signal(signum, interrupt)
     root = Path(tempfile.mkdtemp(prefix="ekv-scale-"))
     result: dict[str, Any] = {"nodes": args.nodes, "load_before": [round(x, 2) for x in os.getloadavg()]}
     bench = Bench(root, args.nodes, args.timeout, proxied=args.partition > 0)
     try:
         run(args, bench, result)
+    except KeyboardInterrupt:
+        print("interrupted: every node process killed", file=sys.stderr)
+        return 130
     finally:
         bench.close()
         result["load_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -182,6 +182,65 @@ def test_the_fault_proxy_holds_cut_links_and_refuses_new_connections() -> None:
             conn.close()
 
 
+def test_the_fault_proxy_relays_datagrams_from_the_senders_proxy_port_and_drops_them_across_a_cut() -> None:
+    """SWIM speaks UDP on a node's listen port and answers members at their advertised (proxy)
+    address: the proxy relays a datagram from node a's real port to node b's real port, sent
+    from a's proxy port; across a cut, and from a port that is no node's, it drops them."""
+    import socket
+    import time
+
+    from ekv.testing.proxy import FaultProxy
+
+    a, b, stranger = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
+    proxy = FaultProxy(lambda node_id: None)
+    try:
+        for sock in (a, b, stranger):
+            sock.bind(("127.0.0.1", 0))
+        b.settimeout(30)
+        proxy_a, proxy_b = proxy.start([a.getsockname()[1], b.getsockname()[1]])
+
+        def relayed(kind: str, count: int) -> None:
+            deadline = time.monotonic() + 30
+            while proxy.relayed[kind] < count:
+                assert time.monotonic() < deadline, proxy.relayed
+                time.sleep(0.01)
+
+        a.sendto(b"ping", ("127.0.0.1", proxy_b))
+        assert b.recvfrom(100) == (b"ping", ("127.0.0.1", proxy_a))  # from a's advertised address
+        proxy.cut({0: {1}})
+        a.sendto(b"lost", ("127.0.0.1", proxy_b))
+        relayed("cut", 1)
+        proxy.cut({})
+        stranger.sendto(b"stranger", ("127.0.0.1", proxy_b))
+        relayed("stranger", 1)
+        a.sendto(b"healed", ("127.0.0.1", proxy_b))
+        assert b.recvfrom(100)[0] == b"healed"  # neither the cut one nor the stranger's came through
+    finally:
+        proxy.close()
+        for sock in (a, b, stranger):
+            sock.close()
+
+
+def test_free_ports_lie_below_the_ephemeral_range_so_outgoing_connections_cannot_take_them() -> None:
+    """A chaos run reserves its nodes' ports, then starts the nodes one by one while the first
+    ones already dial each other: a port of the ephemeral range could be handed to one of those
+    connections meanwhile (24 nodes: "address already in use" in two runs out of three)."""
+    import socket
+    from pathlib import Path
+
+    from ekv.testing.proxy import free_ports
+
+    range_file = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if not range_file.exists():
+        pytest.skip("no Linux ephemeral port range to stay below")
+    low = int(range_file.read_text().split()[0])
+    ports = free_ports(24)
+    assert len(set(ports)) == 24 and all(1024 < port < low for port in ports), (low, ports)
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):  # free for the listener and for SWIM
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.bind(("127.0.0.1", ports[0]))
+
+
 # -- real runs -----------------------------------------------------------------------------------
 
 

@@ -13,6 +13,9 @@ It opens an :class:`ekv.EKV` with ``codec="json"``, prints one line
     {"op": "dump"}     -> every stored entry, tombstones included: [[key, ts, origin, value|null], ...]
     {"op": "members"}  -> {node_id: connected?}
     {"op": "info"}     -> the info() dict (JSON-safe)
+    {"op": "metrics"}  -> {"metrics": kv.metrics()}
+    {"op": "cluster", "keys": [...]?} -> the cluster's own report (members, membership, broadcast,
+                          what info() leaves out), only ``keys`` of it if given
     {"op": "block", "node_ids": [...]}   cut (and refuse) connections to these members
                                          (:func:`ekv.testing._hooks.cut_off`; [] heals)
     {"op": "connect", "address": A}
@@ -65,6 +68,15 @@ def handle(kv: ekv.EKV, command: dict[str, Any]) -> Any:
         return {"members": {k: bool(v.get("connected")) for k, v in members.items() if v.get("node_id")}}
     if op == "info":
         return {"info": kv.info()}
+    if op == "metrics":
+        return {"metrics": kv.metrics()}
+    if op == "cluster":
+        cluster = node_of(kv).cluster
+        if cluster is None:
+            raise ValueError("the store is not clustered")
+        own = cluster.info()
+        keys = command.get("keys")
+        return {"cluster": own if keys is None else {k: own.get(k) for k in keys}}
     if op == "block":
         cut_off(kv, command["node_ids"])
         return {}

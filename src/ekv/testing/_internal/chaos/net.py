@@ -11,7 +11,8 @@ between the processes: ekv's code is not told about the faults.
 
 ``LocalNet`` (anyone): every node on 127.0.0.1, every member-to-member connection through a
 fault proxy in the harness (:mod:`ekv.testing.proxy`) that holds the bytes of cut links and refuses new
-connections across a cut. Packet loss is not available.
+connections across a cut, and relays SWIM's datagrams (dropped across a cut). Packet loss is
+not available.
 """
 
 from __future__ import annotations

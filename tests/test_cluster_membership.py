@@ -308,6 +308,8 @@ def test_real_nodes_run_membership_over_udp(make: Callable[..., ekv.EKV]) -> Non
 
     wait_until(lambda: all(sees_all(kv) for kv in (a, b, c)), message="the three did not see each other alive")
     assert b.info()["membership"]["members"][a.node_id]["address"] == a.listen_address
+    info = b.info()  # the broadcast and large mode are part of the public info() too
+    assert info["broadcast"]["mode"] == "direct" and info["large_mode"]["large"] is False
     c_id = c.node_id
     c.close()
     wait_until(lambda: a.info()["membership"]["members"][c_id]["status"] == "left", message="c not seen left")

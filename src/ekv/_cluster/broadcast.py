@@ -307,7 +307,7 @@ class Broadcast:
     # -- info --------------------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        """``info()["cluster"]["broadcast"]``."""
+        """``info()["broadcast"]``."""
         return {
             "mode": "tree" if self.active else "direct",
             "threshold": plumtree.DIRECT_THRESHOLD,

@@ -257,7 +257,7 @@ class ClusterMembership:
     # -- reports ------------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        """``info()["cluster"]["membership"]``: this member, every member with SWIM's belief
+        """``info()["membership"]``: this member, every member with SWIM's belief
         about it, datagram counts and drops by reason; or why it does not run."""
         membership = self.membership
         if membership is None or not membership.running:

@@ -62,7 +62,8 @@ def repeats_note(count: int) -> str:
 
 
 def cluster_info(self: ClusterNode) -> dict[str, Any]:
-    """``info()["cluster"]``: members with their state, replication, skew (loop thread)."""
+    """The cluster's part of ``info()`` (the node copies its keys): members with their state,
+    replication, skew, membership, broadcast, large mode (loop thread)."""
     rep = self.replicator
     assert rep is not None
     peers = rep.peer_info()

@@ -610,6 +610,8 @@ class Node:
             result["refused"] = cluster["refused"]
             result["replication"] = cluster["stats"]
             result["membership"] = cluster["membership"]
+            result["broadcast"] = cluster["broadcast"]
+            result["large_mode"] = cluster["large_mode"]
             result["clock"]["skew_ns"] = {
                 node_id: member.get("skew_ns")
                 for node_id, member in cluster["members"].items()

@@ -180,6 +180,7 @@ def test_compare_table_flags_only_moves_beyond_the_threshold_in_the_bad_directio
 
 
 @pytest.mark.long
+@pytest.mark.soak  # (about 60 s under load: the CI budget; compare.py's logic is tested above)
 def test_compare_runs_head_against_the_work_tree(tmp_path: Path) -> None:
     """compare.py end to end, on the smallest settings: HEAD against the work tree, one round of
     bench_local.py each. About 35 s even so: every bench_local run pays a fixed os.sync() and pause

@@ -288,7 +288,7 @@ def _check_scenario(nodes: int, seed: int, loss: float, check_wire: bool = False
         assert f.false_positives == 0, f
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.soak)])
 def test_100_members_without_loss(seed: int) -> None:
     _check_scenario(100, seed, 0.0)
 

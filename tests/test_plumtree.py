@@ -283,3 +283,13 @@ def test_100_members_under_swim(seed: int) -> None:
     assert phases["partition"].delivery == 1.0, phases["partition"]
     assert f.active[0] >= 3 and f.active[1] <= 4, f.active
     assert f.idle_msgs < 0.2, f
+
+
+def test_a_phase_of_concurrent_writers() -> None:
+    """``writers=K`` adds a phase where K fixed members write at once (the loopback bench's
+    concurrent writers, the case of duplicates kept by the "concurrent broadcasts" rule):
+    every member gets every write, under the bound of 2(N-1) messages per write."""
+    f = run_scenario(24, 0, scale=0.5, writers=4)
+    writers = next(p for p in f.phases if p.name == "writers")
+    assert writers.writes > 500 and writers.delivery == 1.0, writers
+    assert writers.per_write <= 2 * 23, writers

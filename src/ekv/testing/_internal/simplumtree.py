@@ -95,15 +95,16 @@ class BroadcastSim(SwimSim):
             self.delivered[(d.origin, d.seq)].setdefault(name, (self.now, d.hops))
         super()._flush(name)
 
-    def write_for(self, seconds: float, per_s: float) -> list[pt.Dot]:
-        """Broadcast ``per_s`` writes a second from random running members for ``seconds``."""
+    def write_for(self, seconds: float, per_s: float, origins: Sequence[str] = ()) -> list[pt.Dot]:
+        """Broadcast ``per_s`` writes a second for ``seconds``, each from a random running member
+        (or a random one of ``origins``: steady concurrent writers)."""
         dots: list[pt.Dot] = []
         end = self.now + int(seconds * NS_PER_S)
         while True:
             self.run_for(self.rng.expovariate(per_s))
             if self.now >= end:
                 return dots
-            dots.append(self.broadcast(self.rng.choice(sorted(self.up))))
+            dots.append(self.broadcast(self.rng.choice(sorted(origins or self.up))))
 
 
 @dataclass
@@ -166,10 +167,12 @@ def _measure(
     return phase
 
 
-def _phase(sim: BroadcastSim, name: str, seconds: float, per_s: float, drain_s: float = 5.0) -> Phase:
+def _phase(
+    sim: BroadcastSim, name: str, seconds: float, per_s: float, drain_s: float = 5.0, origins: Sequence[str] = ()
+) -> Phase:
     """Writes for ``seconds``, then ``drain_s`` for repairs; every running member must have each."""
     before = Counter(sim.bsent)
-    dots = sim.write_for(seconds, per_s)
+    dots = sim.write_for(seconds, per_s, origins)
     sim.run_for(drain_s)
     audience = {dot: set(sim.up) for dot in dots}
     return _measure(sim, name, dots, before, audience)
@@ -183,11 +186,14 @@ def run_scenario(
     crashes: int = 3,
     scale: float = 1.0,
     check_wire: bool = False,
+    writers: int = 0,
     swim_config: SwimConfig | None = None,
     pt_config: pt.PlumtreeConfig | None = None,
 ) -> Figures:
     """The scenario of the module docstring; ``scale`` shortens or lengthens the phases of
-    writes (the tests run 0.5). See docs/scale.md for the figures."""
+    writes (the tests run 0.5); ``writers`` > 0 adds a phase after the burst, "writers": that many
+    fixed members writing at once, 50 writes a second each (the loopback bench's concurrent
+    writers). See docs/scale.md for the figures."""
     sim = BroadcastSim(seed=seed, loss=loss, config=swim_config, check_wire=check_wire, pt_config=pt_config)
     figures = Figures(nodes, seed, loss)
     names = [f"ekv-node-{i:04d}" for i in range(nodes)]
@@ -209,6 +215,9 @@ def run_scenario(
     sim.run_for(2)
     figures.phases.append(_phase(sim, "isolated", 20 * scale, 1))
     figures.phases.append(_phase(sim, "burst", 10 * scale, 20))
+    if writers:
+        origins = sim.rng.sample(sorted(sim.up), writers)
+        figures.phases.append(_phase(sim, "writers", 10 * scale, 50 * writers, origins=origins))
     for victim in sim.rng.sample(sorted(sim.up), crashes):
         sim.crash(victim)
     figures.phases.append(_phase(sim, "crashes", 20 * scale, 5))  # SWIM declares them after 10-15 s
@@ -244,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first", type=int, default=0, help="the first seed")
     parser.add_argument("--loss", type=float, default=0.0, help="message loss probability")
+    parser.add_argument("--writers", type=int, default=0, help="add a phase of this many concurrent writers")
     args = parser.parse_args(argv)
     print(
         f"Plumtree over SWIM, {args.nodes} members, loss {args.loss:.0%}; messages per write by kind"
@@ -252,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         " hops p50/p99/max | latency ms p50/p99 |\n|" + "---|" * 12
     )
     for seed in range(args.first, args.first + args.seeds):
-        f = run_scenario(args.nodes, seed, loss=args.loss)
+        f = run_scenario(args.nodes, seed, loss=args.loss, writers=args.writers)
         for p in f.phases:
             s = p.sent
             print(

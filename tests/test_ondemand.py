@@ -84,7 +84,7 @@ def test_a_cluster_in_large_mode_converges_after_a_partition_heals() -> None:
 
 
 def test_a_member_swim_declared_failed_longer_than_tombstone_ttl_is_quarantined_on_return() -> None:
-    with _simulation(tombstone_ttl_s=20, log_retention_s=5) as s:
+    with _simulation(tombstone_ttl_s=8, log_retention_s=5) as s:
         s.run(5_000, writes_per_s=0, faults=False)
         victim = "n3"
         others = [n for n in s.nodes if n != victim]
@@ -92,7 +92,7 @@ def test_a_member_swim_declared_failed_longer_than_tombstone_ttl_is_quarantined_
         s.partition([[victim], others])
         s.run(12_000, writes_per_s=0, faults=False)  # SWIM declares it failed (suspicion timeout)
         assert any(vid in c.replicator.down_since() for n, c in s.clusters.items() if n != victim and c.replicator)
-        s.run(30_000, writes_per_s=0, faults=False)  # longer than tombstone_ttl
+        s.run(12_000, writes_per_s=0, faults=False)  # longer than tombstone_ttl
         s.heal()
         for _ in range(60):
             s.run(500, writes_per_s=0, faults=False)

@@ -191,8 +191,11 @@ def node_main(args: argparse.Namespace) -> int:
                 sent[key] = time.monotonic_ns()
                 kv.put(key, value(i))
                 seen = 0
+                wanted = key.encode()
                 while seen < command["peers"]:  # strictly sequential: no queue builds up behind a put
-                    seen += acks.recv(256).decode() == key
+                    # (bytes, not text: a member's SWIM datagram can land here when a node's TCP
+                    # port number equals this socket's UDP one, and that node's SWIM then could not bind)
+                    seen += acks.recv(256) == wanted
                 i += 1
                 if time.monotonic() >= end:
                     break

@@ -203,6 +203,7 @@ def test_compare_runs_head_against_the_work_tree(tmp_path: Path) -> None:
     assert set(runs) == {"A", "B"} and all(len(v) == 1 for v in runs["A"].values())
 
 
+@pytest.mark.soak  # (about 40 s under load, with its SIGKILL and takeover: the CI budget)
 def test_bench_processes_runs_on_the_smallest_settings(tmp_path: Path) -> None:
     """bench_processes.py end to end with real processes on one data directory (one node process,
     three attached, one SIGKILL and takeover): every row of issue 11's targets is measured and

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from ekv.testing import wait_until
 from ekv.testing._internal.chaos import KINDS, RunOptions, RunResult, run, schedule
 from ekv.testing._internal.chaos.net import namespaces_available
 
@@ -187,7 +188,6 @@ def test_the_fault_proxy_relays_datagrams_from_the_senders_proxy_port_and_drops_
     address: the proxy relays a datagram from node a's real port to node b's real port, sent
     from a's proxy port; across a cut, and from a port that is no node's, it drops them."""
     import socket
-    import time
 
     from ekv.testing.proxy import FaultProxy
 
@@ -200,10 +200,7 @@ def test_the_fault_proxy_relays_datagrams_from_the_senders_proxy_port_and_drops_
         proxy_a, proxy_b = proxy.start([a.getsockname()[1], b.getsockname()[1]])
 
         def relayed(kind: str, count: int) -> None:
-            deadline = time.monotonic() + 30
-            while proxy.relayed[kind] < count:
-                assert time.monotonic() < deadline, proxy.relayed
-                time.sleep(0.01)
+            wait_until(lambda: proxy.relayed[kind] >= count, 30, message=str(proxy.relayed))
 
         a.sendto(b"ping", ("127.0.0.1", proxy_b))
         assert b.recvfrom(100) == (b"ping", ("127.0.0.1", proxy_a))  # from a's advertised address

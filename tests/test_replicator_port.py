@@ -661,7 +661,7 @@ def test_writes_delivered_out_of_order_are_covered_once_the_gap_fills() -> None:
 def test_ahead_keeps_at_most_its_limit_and_forgets_what_the_vector_passed() -> None:
     ahead = vvmod.Ahead()
     vv: dict[str, int] = {}
-    ahead.hold(vv, {"o": range(3, 3 + vvmod.Ahead.LIMIT + 10)})
+    ahead.hold(vv, {"o": list(range(3, 3 + vvmod.Ahead.LIMIT + 10))})
     vv.update(ahead.raised(vv, {"o": [1, 2]}))
     assert vv == {"o": 2 + vvmod.Ahead.LIMIT}  # the lowest LIMIT were kept
     ahead.hold(vv, {"o": [1, 2]})

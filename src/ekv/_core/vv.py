@@ -92,11 +92,13 @@ class Ahead:
                 out[origin] = new
         return out
 
-    def hold(self, vv: Mapping[str, int], by_origin: Mapping[str, Iterable[int]]) -> None:
-        """Once the writes ``by_origin`` are applied: keep the dots the vector ``vv`` did not
-        reach, and drop the ones it passed."""
+    def hold(self, vv: Mapping[str, int], by_origin: Mapping[str, list[int]]) -> None:
+        """Once the writes ``by_origin`` (their oseqs in order) are applied: keep the dots the
+        vector ``vv`` did not reach, and drop the ones it passed."""
         for origin, oseqs in by_origin.items():
             top = vv.get(origin, 0)
+            if origin not in self._held and (not oseqs or oseqs[-1] <= top):
+                continue  # the usual case: in order, nothing held (no set built per message)
             held = {oseq for oseq in self._held.get(origin, ()) if oseq > top}
             held.update(oseq for oseq in oseqs if oseq > top)
             if len(held) > self.LIMIT:

@@ -103,7 +103,8 @@ def test_the_tree_repairs_after_a_node_crashes() -> None:
         writers = ["n0", "n3", "n12", "n19", *parents]
         waits = [_deliver(s, n, f"k2/after{i}", limit_ms=1_500, absent=victim) for i, n in enumerate(writers)]
         modes = _modes(s)
-        assert modes.pop(victim) == "direct" and set(modes.values()) == {"tree"}  # (it is alone)
+        modes.pop(victim)  # (alone: its own writes reach nobody either way)
+        assert set(modes.values()) == {"tree"}
         # grafts around the gap: a batch period plus the graft timeout, not anti-entropy's minute
         assert max(waits) <= 1_000, waits
         assert s.live_frames(tree=False) == 0

@@ -102,3 +102,31 @@ def test_a_member_swim_declared_failed_longer_than_tombstone_ttl_is_quarantined_
             n for n, c in s.clusters.items() if n != victim and c.replicator and vid in c.replicator.quarantined
         ]
         assert quarantining, "nobody quarantined the member SWIM saw failed for longer than tombstone_ttl"
+
+
+def test_in_large_mode_every_write_goes_through_the_tree_even_with_members_out_of_the_view() -> None:
+    """17 nodes, just above the threshold, anti-entropy slowed to a minute so that only live
+    traffic can deliver a write in time. A member whose session failed stays out of the tree's
+    view for a few seconds; the tree used to switch itself off whenever that left fewer than 16
+    in the view, and the node's writes then went directly to the handful of members it had a
+    session with, the rest waiting for anti-entropy. Here n0 loses two of its sessions (links cut
+    and left cut): its writes must still reach every member, the two included, through the tree."""
+    with _simulation(nodes=17, seed=1, anti_entropy_ms=60_000) as s:
+        s.run(8_000, writes_per_s=0, faults=False)
+        assert all(c.ondemand.large for c in s.clusters.values())
+        names = sorted(s.nodes)
+        by_id = {s.node_id(name): name for name in names}
+        peers = sorted(by_id[p] for p in s.clusters["n0"].sessions)
+        assert len(peers) >= 2, peers
+        for peer in peers[:2]:
+            s.cut("n0", peer)
+        s.run(200, writes_per_s=0, faults=False)
+        for i in range(5):
+            key = f"k2/w{i}"
+            version = _write(s, "n0", key)
+            for _ in range(30):
+                if _holders(s, key, version) == set(names):
+                    break
+                s.run(50, writes_per_s=0, faults=False)
+            assert _holders(s, key, version) == set(names), f"{key} missed {set(names) - _holders(s, key, version)}"
+        assert s.live_frames("n0", tree=False) == 0  # (no direct Live: its writes went through the tree)

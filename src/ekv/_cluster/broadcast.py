@@ -132,8 +132,11 @@ class Broadcast:
 
     @property
     def active(self) -> bool:
-        """At or above the threshold: local writes go through the tree."""
-        return len(self.eligible) + 1 >= plumtree.DIRECT_THRESHOLD
+        """At or above the threshold, or in large mode: local writes go through the tree. (In large
+        mode always: sessions are kept only with the view's peers, so a write sent directly would
+        reach a handful of members and the rest only at anti-entropy's next round, which is what
+        happened whenever a few members were briefly out of the view.)"""
+        return len(self.eligible) + 1 >= plumtree.DIRECT_THRESHOLD or self.live_members() is not None
 
     def _now(self) -> int:
         return int(self._loop.time() * NS_PER_S)

@@ -226,8 +226,8 @@ class Replicator:
         if down is not None:
             self._set_marker("member_down/", peer_id, None)
         if self.tree is not None:
-            self.tree.peers_changed()
-        if state.quarantined:
+            self.tree.peers_changed()  # (may send to it, and a failed send ends the session at once)
+        if state.quarantined or self.peers.get(peer_id) is not state:
             return
         if summaries and self._summary_mode():
             if probe:

@@ -74,6 +74,9 @@ class _End(asyncio.Transport):
         self._lost = False
         self.on_lost: Callable[[_End], object] | None = None
         self.shape: Callable[[bytes], Iterable[tuple[float, bytes]]] | None = None
+        self._last_delivery = 0.0
+        """Loop time of the latest delivery this end scheduled: a close reaches the peer after it,
+        as TCP's FIN follows the data sent before it."""
 
     # -- asyncio.Transport ---------------------------------------------------------------------------
 
@@ -109,6 +112,7 @@ class _End(asyncio.Transport):
             self._loop.call_soon(self.peer._deliver, bytes(data))
             return
         for when, piece in self.shape(bytes(data)):
+            self._last_delivery = max(self._last_delivery, when)
             self._loop.call_at(when, self.peer._deliver, piece)
 
     def can_write_eof(self) -> bool:
@@ -120,7 +124,10 @@ class _End(asyncio.Transport):
         self._closing = True
         self._loop.call_soon(self._lose, None)  # after the writes already scheduled
         if self.peer is not None:
-            self._loop.call_soon(self.peer._lose, None)
+            if self._last_delivery > self._loop.time():  # (a shaped link: after its last frame arrives)
+                self._loop.call_at(self._last_delivery, self.peer._lose, None)
+            else:
+                self._loop.call_soon(self.peer._lose, None)
 
     def abort(self) -> None:
         self.close()

@@ -94,7 +94,9 @@ def test_without_consistent_the_simulator_is_unchanged() -> None:
 
 # -- negative controls --------------------------------------------------------------------------
 
-CONTROL_SEEDS = range(6)
+CONTROL_SEEDS = range(8)
+"""(8 seeds since 2026-12-08: the in-memory network then began delivering a close after the frames
+sent before it, which moved every seed's timing, and forgotten promises were first caught at seed 6.)"""
 CONTROL = {
     "duration_ms": 4_000,
     "fault_scale": 10.0,

@@ -9,23 +9,27 @@ import pytest
 from ekv.testing._internal.simscale import main, run_scale
 
 
+@pytest.mark.soak
 def test_seventeen_nodes_in_large_mode_cost_about_n_minus_1_frames_per_write_and_converge_after_a_heal() -> None:
     """Just above the threshold of large mode (16): the tree carries every write, so the
-    steady phase costs about N-1 Gossip plus lazy announcements and anti-entropy's probes."""
-    f = run_scale(17, 1, join_s=3, steady_s=2, partition_s=2, idle_s=1)
+    steady phase costs about N-1 Gossip plus lazy announcements. The halves (8 and 9) fall below
+    the threshold during the partition and reconnect as a mesh. About 10 s of wall time."""
+    f = run_scale(17, 1, join_s=3, steady_s=2, partition_s=10, idle_s=1)
     assert f.problems == []
     assert f.steady_kinds["gossip"] >= 0.9 * 16 * f.steady_writes  # (not direct sends to a handful)
-    assert f.per_write_over_bound <= 2.5, f.steady_kinds  # (measured 1.9-2.0 with seeds 1-2)
+    assert f.per_write_over_bound <= 2.0, f.steady_kinds  # (measured 1.56-1.60 with seeds 1-2)
     assert f.converged_ms <= 10_000
-    assert f.sessions_mean <= 8
+    assert f.sessions_mean <= 10
 
 
 @pytest.mark.soak
 def test_one_hundred_nodes_converge_within_ten_seconds_of_a_partitions_heal() -> None:
-    """Issue 15's target for a partition of 100 nodes: converged within 10 s of virtual time
-    after the heal (measured 1.0 s). About 3 minutes of wall time (docs/scale.md)."""
+    """Issue 15's targets at 100 nodes: at most 2 (N-1) frames per write while writes flow, and
+    converged within 10 s of virtual time after a partition of two halves heals (docs/scale.md).
+    A few minutes of wall time."""
     f = run_scale(100, 0)
     assert f.problems == []
+    assert f.per_write_over_bound <= 2.0, f.steady_kinds
     assert f.converged_ms <= 10_000
     assert f.sessions_mean <= 12
 

@@ -114,6 +114,10 @@ class OnDemand:
         if event.node == self._members.node_id:
             return
         if event.kind in _LIVE_KINDS:
+            if event.kind == "alive" and event.node not in self.live and self._large:
+                rep = self._members.driver.replicator
+                if rep is not None:
+                    rep.member_back(event.node)  # (back from failed: writes it lacks, or made apart)
             self.live.add(event.node)
         else:
             self.live.discard(event.node)
@@ -294,7 +298,8 @@ class OnDemand:
 
 
 def idle_close_s(anti_entropy_interval_ns: int) -> float:
-    """``idle_close``: half an anti-entropy interval, at least half a second. A round's exchange
-    takes a few round trips; a session kept longer only adds to every node's count (each node
-    dials one partner per interval and is dialed by one on average)."""
-    return max(0.5, anti_entropy_interval_ns / NS_PER_S / 2)
+    """``idle_close``: half an anti-entropy interval, at least half a second and at most 5 s. A
+    round's exchange takes a few round trips; a session kept longer only adds to every node's
+    count (each node dials one partner per interval and is dialed by one on average; after a
+    heal, one member back a second: 15 s, half the default interval, kept 15 sessions each)."""
+    return min(5.0, max(0.5, anti_entropy_interval_ns / NS_PER_S / 2))

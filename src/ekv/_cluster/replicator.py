@@ -250,6 +250,10 @@ class Replicator:
         if record and self.tree is not None:
             self.tree.peers_changed()
 
+    def member_back(self, peer_id: str) -> None:
+        """SWIM saw ``peer_id`` alive again, or join (large mode): an extra round with it is due."""
+        self._rotation.back(peer_id)
+
     def member_gone(self, peer_id: str, now_ns: int) -> None:
         """Remember since when ``peer_id`` is gone (its session ended, or in large mode SWIM said so)."""
         if peer_id not in self._down_since:
@@ -408,16 +412,21 @@ class Replicator:
         return len(self.peers) >= SUMMARY_MIN_MEMBERS or self._live() is not None
 
     def _probe_round(self, now_ns: int) -> None:
-        """Start a summary round if one is due: a probe to the next member of the rotation."""
+        """Start a summary round if one is due: a probe to the next member of the rotation (or an
+        extra round with a member back, :meth:`Rotation.back`)."""
+        live, peers, rotation = self._live(), self.peers, self._rotation  # (large mode: any live member)
+        candidates = peers if live is None else {p: peers.get(p) for p in live if p not in self.quarantined}
+        eligible = (p for p, s in candidates.items() if not s or (s.summaries and not s.quarantined))
         if self._next_round_ns is None:
             self._next_round_ns = self._next_due(now_ns)  # the first round one interval from now
             return
-        if self._next_round_ns > now_ns:
+        if self._next_round_ns <= now_ns:
+            self._next_round_ns = self._next_due(now_ns)
+            peer_id = rotation.next(eligible)
+        elif rotation.next_back_ns <= now_ns and (peer_id := rotation.next_back(eligible)) is not None:
+            rotation.next_back_ns = now_ns + min(self.settings.anti_entropy_interval_ns, NS_PER_S)
+        else:
             return
-        self._next_round_ns = self._next_due(now_ns)
-        live, peers = self._live(), self.peers  # (large mode: any live member, dialed if need be)
-        candidates = peers if live is None else {p: peers.get(p) for p in live if p not in self.quarantined}
-        peer_id = self._rotation.next(p for p, s in candidates.items() if not s or (s.summaries and not s.quarantined))
         if peer_id in peers:
             self._probe(peer_id)
         elif peer_id is not None and self.demand is not None:

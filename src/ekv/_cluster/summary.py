@@ -57,6 +57,27 @@ class Rotation:
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
         self._pass: list[str] = []
+        self._back: dict[str, None] = {}  # (ordered: first back, first probed)
+        self.next_back_ns = 0
+        """Earliest time of the next extra round with a member back (at most one a second)."""
+
+    def back(self, member: str) -> None:
+        """``member`` is back (SWIM saw it alive after it had failed, or it joined): an extra round
+        with it is due. In large mode nothing else carries writes made on the other side of a
+        healed partition before the next regular round (``anti_entropy_interval``, 30 s by
+        default): with each node probing one member back a second, they spread within a few
+        seconds, as an epidemic does (docs/scale.md)."""
+        self._back[member] = None
+
+    def next_back(self, eligible: Iterable[str]) -> str | None:
+        """The first member back that is still eligible (forgetting those that are not)."""
+        members = set(eligible)
+        while self._back:
+            member = next(iter(self._back))
+            del self._back[member]
+            if member in members:
+                return member
+        return None
 
     def next(self, eligible: Iterable[str]) -> str | None:
         """The next partner among ``eligible`` (None if there is none)."""

@@ -82,12 +82,15 @@ def run_scale(
     steady_s: float = 5.0,
     partition_s: float = 10.0,
     idle_s: float = 5.0,
-    writes_per_s: float = 50.0,
+    writes_per_s: float = 20.0,
+    anti_entropy_s: float = 30.0,
 ) -> ScaleFigures:
     """Run the scenario of the module docstring for one seed and return its figures."""
     started = time.monotonic()
     figures = ScaleFigures(nodes, seed)
-    sim = Simulation(seed, nodes=nodes, drop=0.0, duplicate=0.0, reorder=0.0)
+    sim = Simulation(
+        seed, nodes=nodes, drop=0.0, duplicate=0.0, reorder=0.0, anti_entropy_ms=int(anti_entropy_s * 1000)
+    )
     try:
         sim.run(int(join_s * 1000), writes_per_s=writes_per_s, faults=False)
         sessions0 = (sim.session_sum, sim.session_samples)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from ekv.testing._internal.simcount import _KINDS, GROUPS, count
 
 
+@pytest.mark.soak  # (19-30 s of wall time on the loaded 2-core machine: over CI's budget)
 def test_the_split_accounts_for_every_message_the_simulator_counts() -> None:
     """20 nodes (the broadcast tree is active from 16) for 2 s: every frame the simulator counts in
     its total is named, each name is in exactly one group, and the tree's frames are there."""

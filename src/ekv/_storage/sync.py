@@ -20,6 +20,7 @@ from typing import Any
 
 import apsw
 
+from ekv._core import retire
 from ekv._core import vv as vvmod
 from ekv._model import Entry
 from ekv._storage import schema
@@ -135,12 +136,15 @@ class SyncSnapshot:
         self._cur = self._conn.cursor()
         begin_snapshot(self._cur)
         try:
-            self.vv = local_vv(self._cur, origin)  # the first read pins the snapshot
+            own = local_vv(self._cur, origin)  # the first read pins the snapshot
             self.floors = floors(self._cur)
         except BaseException:
             self.close()
             raise
-        self.peer_vv = dict(peer_vv)
+        # Retired origins (ekv._core.retire): covered by the requester from T + tombstone_ttl on,
+        # and left out of the vector this sync sends from the time every node drops them.
+        self.vv = retire.effective(own, cutoff_ns - retire.margin_ns(now_ns - cutoff_ns))
+        self.peer_vv = retire.cover(peer_vv, own, cutoff_ns)
         self.kind = "delta" if not force_full and vvmod.log_covers(self.floors, self.peer_vv) else "full"
         self._now = now_ns
         self._cutoff = cutoff_ns

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from ekv._core.checksum import row_check
-from ekv._core.retire import margin_ns
 from ekv._model import Version
 from ekv._storage import schema
 from ekv._storage.integrity import row_ok
@@ -79,13 +78,13 @@ def purge_batch(cur: apsw.Cursor, cutoff_ns: int) -> int:
 
 
 def finish_gc(shard: Shard, cur: apsw.Cursor, now_ns: int, targets: Mapping[str, int] | None, cutoff_ns: int) -> int:
-    """Persist the counters, retire dead writers, drop the origins retired long enough ago
-    (:mod:`ekv._core.retire`: ``tombstone_ttl`` plus its margin before ``now_ns``; ``cutoff_ns`` is
-    ``now_ns - tombstone_ttl``), truncate the change log, refresh ``last_active_at``."""
+    """Persist the counters, retire dead writers, settle and drop the origins retired long enough
+    ago (:mod:`ekv._core.retire`; ``cutoff_ns`` is ``now_ns - tombstone_ttl``), truncate the change
+    log, refresh ``last_active_at``."""
     with transaction(cur):
         shard.persist_floors(cur)
         shard.retire_dead_writers(cur, now_ns)
-        drop_retired(cur, cutoff_ns - margin_ns(now_ns - cutoff_ns))
+        drop_retired(cur, now_ns, now_ns - cutoff_ns)
         truncated = truncate_log(cur, shard.origin, targets)
         cur.execute(schema.META_SET, ("last_active_at", now_ns))
     return truncated

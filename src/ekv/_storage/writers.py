@@ -14,15 +14,25 @@ from typing import Any, NamedTuple
 
 import apsw
 
+from ekv._core.retire import BASE, expired, margin_ns, marker, retirable, settle
 from ekv._core.retire import PREFIX as RETIRED
-from ekv._core.retire import expired, marker, retirable
 from ekv._storage import schema
 from ekv._storage.shardfile import own_tail
 
-__all__ = ["WRITER", "Writers", "drop_retired", "register", "retire_dead", "retire_origin", "writer_rows"]
+__all__ = [
+    "WRITER",
+    "Writers",
+    "drop_retired",
+    "dropped_retirements",
+    "register",
+    "retire_dead",
+    "retire_origin",
+    "writer_rows",
+]
 
 WRITER = "writer/"
 _WRITER_END = "writer0"  # the first key after every "writer/..." key
+_DROPPED = "retired_dropped"  # meta: the latest retirement time whose origin was dropped
 
 
 class Writers(NamedTuple):
@@ -57,23 +67,37 @@ def retire_origin(cur: apsw.Cursor, origin: str, now_ns: int) -> None:
     cur.execute(schema.META_DELETE, (f"{WRITER}{origin}",))
 
 
-def drop_retired(cur: apsw.Cursor, cutoff_ns: int) -> list[str]:
-    """Drop the origins retired at or before ``cutoff_ns`` from the shard (:mod:`ekv._core.retire`):
-    their vector entries and markers, their change-log entries and truncation floors (a delta
-    would otherwise send their rows again to members that dropped them, or fall back to a full
-    sync), their persisted counters. The rows they wrote stay. Returns the origins dropped."""
+def drop_retired(cur: apsw.Cursor, now_ns: int, tombstone_ttl_ns: int) -> list[str]:
+    """Settle and drop the retired origins of the shard that are due (:mod:`ekv._core.retire`):
+    raise the stored vector's base to the retirements ``tombstone_ttl`` old, and drop the origins
+    retired ``tombstone_ttl`` plus its margin ago: their vector entries and markers, their
+    change-log entries and truncation floors (a delta would otherwise send their rows again to
+    members that dropped them, or fall back to a full sync), their persisted counters; the latest
+    retirement dropped is remembered (a requester whose base is below it gets a full sync). The
+    rows they wrote stay. Returns the origins dropped."""
     rows: list[Any] = cur.execute(schema.VV_ALL).fetchall()
+    vv = dict(rows)
+    if settle(vv, now_ns - tombstone_ttl_ns):
+        cur.execute(schema.VV_RAISE, (BASE, vv[BASE]))
     live = set(writer_rows(cur))
-    gone = [key for key in expired(dict(rows), cutoff_ns) if key not in live]
+    gone = [key for key in expired(vv, now_ns - tombstone_ttl_ns - margin_ns(tombstone_ttl_ns)) if key not in live]
     origins = []
     for key in sorted(gone):
         cur.execute(schema.VV_DELETE, (key,))
-        if not key.startswith(RETIRED):
+        if key.startswith(RETIRED):
+            cur.execute(schema.META_SET, (_DROPPED, max(vv[key], dropped_retirements(cur))))
+        else:
             origins.append(key)
             cur.execute(schema.LOG_TRUNCATE, (key, 2**63 - 1))
             cur.execute(schema.FLOOR_DELETE, (key,))
             cur.execute(schema.META_DELETE, (f"oseq_floor/{key}",))
     return origins
+
+
+def dropped_retirements(cur: apsw.Cursor) -> int:
+    """The latest retirement time whose origin this shard dropped (0: none)."""
+    value = cur.execute(schema.META_GET, (_DROPPED,)).get
+    return value if isinstance(value, int) else 0
 
 
 def retire_dead(

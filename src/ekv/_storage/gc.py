@@ -3,7 +3,8 @@
 * expire: a put whose TTL ran out becomes a tombstone that keeps its version (every node does the
   same deterministic rewrite, so no new version is made) and an ``expired`` event;
 * purge: tombstones older than the cutoff (``tombstone_ttl``) are deleted;
-* finish: the change log is truncated as far as every member allows, the local counters that
+* finish: origins retired longer than ``tombstone_ttl`` ago are dropped (:mod:`ekv._core.retire`),
+  the change log is truncated as far as every member allows, the local counters that
   truncation would otherwise lose are persisted, ``last_active_at`` is refreshed.
 
 The store (:meth:`ekv._storage.store.ShardedStore.gc_shard`) drives the batches so that writes
@@ -24,6 +25,7 @@ from ekv._storage import schema
 from ekv._storage.integrity import row_ok
 from ekv._storage.sqlite import transaction
 from ekv._storage.sync import truncate_log
+from ekv._storage.writers import drop_retired
 
 if TYPE_CHECKING:
     from ekv._storage.shard import RawEvent, Shard
@@ -75,10 +77,14 @@ def purge_batch(cur: apsw.Cursor, cutoff_ns: int) -> int:
     return int(cur.connection.changes())
 
 
-def finish_gc(shard: Shard, cur: apsw.Cursor, now_ns: int, targets: Mapping[str, int] | None) -> int:
+def finish_gc(shard: Shard, cur: apsw.Cursor, now_ns: int, targets: Mapping[str, int] | None, cutoff_ns: int) -> int:
+    """Persist the counters, retire dead writers, settle and drop the origins retired long enough
+    ago (:mod:`ekv._core.retire`; ``cutoff_ns`` is ``now_ns - tombstone_ttl``), truncate the change
+    log, refresh ``last_active_at``."""
     with transaction(cur):
         shard.persist_floors(cur)
-        shard.retire_dead_writers(cur)
+        shard.retire_dead_writers(cur, now_ns)
+        drop_retired(cur, now_ns, now_ns - cutoff_ns)
         truncated = truncate_log(cur, shard.origin, targets)
         cur.execute(schema.META_SET, ("last_active_at", now_ns))
     return truncated

@@ -337,7 +337,9 @@ VV_ALL = "SELECT origin, oseq FROM vv"
 VV_RAISE = (
     "INSERT INTO vv (origin, oseq) VALUES (?, ?) ON CONFLICT (origin) DO UPDATE SET oseq = max(oseq, excluded.oseq)"
 )
+VV_DELETE = "DELETE FROM vv WHERE origin = ?"
 FLOORS_ALL = "SELECT origin, oseq FROM floors"
+FLOOR_DELETE = "DELETE FROM floors WHERE origin = ?"
 FLOOR_OF = "SELECT oseq FROM floors WHERE origin = ?"
 FLOOR_RAISE = (
     "INSERT INTO floors (origin, oseq) VALUES (?, ?) ON CONFLICT (origin) DO UPDATE SET oseq = max(oseq, excluded.oseq)"

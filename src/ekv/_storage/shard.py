@@ -324,7 +324,7 @@ class Shard:
     def _arm(self, cur: apsw.Cursor, now_ns: int, retire: str | None = None) -> None:
         previous, origin = self._previous_origin, self.origin
         with transaction(cur, synchronous="FULL"):
-            retire_dead(cur, origin, self.writers.alive, previous=previous, retire=retire)
+            retire_dead(cur, origin, self.writers.alive, now_ns, previous=previous, retire=retire)
             register(cur, origin, self.writers.slot)
             cur.execute(schema.META_SET, ("origin", origin))
             cur.execute(schema.META_SET, ("node_id", self._node_id))
@@ -334,10 +334,10 @@ class Shard:
         self._previous_origin = origin
         self._armed = True
 
-    def retire_dead_writers(self, cur: apsw.Cursor) -> None:
+    def retire_dead_writers(self, cur: apsw.Cursor, now_ns: int) -> None:
         """Retire the origins of opens that died without closing (run by the node process's GC
         pass, inside its transaction)."""
-        retire_dead(cur, self.origin, self.writers.alive)
+        retire_dead(cur, self.origin, self.writers.alive, now_ns)
 
     def _arm_before(self, batch: Sequence[Op]) -> bool:
         """Arm the shard before a batch of writes or applies; on failure fail every op of the
@@ -664,7 +664,7 @@ class Shard:
             with transaction(cur):
                 if self._armed:
                     cur.execute(schema.META_SET, (f"oseq_floor/{self.origin}", self._oseq))
-                    retire_origin(cur, self.origin)
+                    retire_origin(cur, self.origin, self.clock.wall.now_ns())
                 cur.execute(schema.META_SET, ("last_active_at", self.clock.wall.now_ns()))
                 if self.last_out:
                     cur.execute(schema.META_SET, ("clean_shutdown", 1))

@@ -450,7 +450,7 @@ class ShardedStore(StoreReads):
             report.acceptors += dropped
             if dropped < PURGE_BATCH:
                 break
-        report.log_truncated = shard.run_exclusive(lambda cur: finish_gc(shard, cur, now_ns, log_targets))
+        report.log_truncated = shard.run_exclusive(lambda cur: finish_gc(shard, cur, now_ns, log_targets, cutoff_ns))
         return report
 
     # -- checkpoints -------------------------------------------------------------------------

@@ -20,13 +20,14 @@ from typing import Any
 
 import apsw
 
+from ekv._core import retire
 from ekv._core import vv as vvmod
 from ekv._model import Entry
 from ekv._storage import schema
 from ekv._storage.integrity import row_ok
 from ekv._storage.shardfile import own_tail, previous_origin
 from ekv._storage.sqlite import begin_snapshot, open_connection, roll_back
-from ekv._storage.writers import writer_rows
+from ekv._storage.writers import dropped_retirements, writer_rows
 
 __all__ = ["SyncSnapshot", "load_markers", "load_peer_reports", "local_vv", "set_marker", "truncate_log"]
 
@@ -135,12 +136,18 @@ class SyncSnapshot:
         self._cur = self._conn.cursor()
         begin_snapshot(self._cur)
         try:
-            self.vv = local_vv(self._cur, origin)  # the first read pins the snapshot
+            own = local_vv(self._cur, origin)  # the first read pins the snapshot
             self.floors = floors(self._cur)
+            dropped = dropped_retirements(self._cur)
         except BaseException:
             self.close()
             raise
-        self.peer_vv = dict(peer_vv)
+        # Retired origins (ekv._core.retire): covered by a requester that settled past them, a full
+        # sync for one that has not settled past every origin dropped here, and left out of the
+        # vector this sync sends once dropped.
+        self.vv = retire.effective(own, cutoff_ns - retire.margin_ns(now_ns - cutoff_ns))
+        self.peer_vv = retire.cover(peer_vv, own)
+        force_full = force_full or retire.needs_full(peer_vv, dropped)
         self.kind = "delta" if not force_full and vvmod.log_covers(self.floors, self.peer_vv) else "full"
         self._now = now_ns
         self._cutoff = cutoff_ns

@@ -1,0 +1,250 @@
+"""Version-vector compaction (:mod:`ekv._core.retire`): origins of closed opens are dropped from
+every vector once ``tombstone_ttl`` (plus its margin) has passed since they retired, by agreement,
+so vectors stay O(live origins) however often nodes restart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ekv
+from ekv._cluster import wire
+from ekv._core.retire import (
+    BASE,
+    Compactor,
+    compact,
+    cover,
+    effective,
+    expired,
+    margin_ns,
+    marker,
+    mergeable,
+    needs_full,
+    retirable,
+    settle,
+)
+from ekv._storage import schema
+from ekv._storage.sync import local_vv
+from ekv.testing import FakeClock, entries, node_of, run_gc, sim
+
+S = 1_000_000_000
+OLD, NEW, LIVE = "a~1", "a~2", "b~1"
+
+
+# -- the pure parts ----------------------------------------------------------------------------
+
+
+def test_a_marker_names_no_origin_and_fits_the_wire() -> None:
+    assert marker(OLD).startswith("~") and retirable(OLD)
+    assert not retirable("") and not retirable(marker(OLD))
+    assert not retirable("x" * 250)  # its marker would be longer than the wire's 255 bytes: kept
+
+
+def test_expired_drops_the_marker_and_its_origin_only_once_due() -> None:
+    vv = {OLD: 7, marker(OLD): 100, NEW: 3, LIVE: 9}
+    assert expired(vv, 99) == set()
+    assert expired(vv, 100) == {OLD, marker(OLD)}
+    assert effective(vv, 100) == {NEW: 3, LIVE: 9}
+    copy = dict(vv)
+    assert compact(copy, 100) == {OLD, marker(OLD)} and copy == {NEW: 3, LIVE: 9}
+
+
+def test_a_member_behind_does_not_bring_back_a_dropped_origin() -> None:
+    own = {LIVE: 9}  # OLD was dropped here
+    theirs = {OLD: 7, marker(OLD): 100, LIVE: 9}  # not yet there (its clock is behind)
+    assert mergeable(theirs, own, 100) == {LIVE: 9}
+    assert mergeable(theirs, own, 99) == theirs  # before the drop: merged as any entry
+    # our own marker is enough too (an entry of the origin alone, from a member behind)
+    assert mergeable({OLD: 8}, {OLD: 7, marker(OLD): 100}, 100) == {}
+
+
+def test_the_server_counts_a_retired_origin_as_covered_by_a_requester_settled_past_it() -> None:
+    own = {OLD: 7, marker(OLD): 100, LIVE: 9}
+    assert cover({LIVE: 4}, own) == {LIVE: 4}  # no base: a new member, or one that never settled
+    assert cover({LIVE: 4, BASE: 99}, own) == {LIVE: 4, BASE: 99}
+    assert cover({LIVE: 4, BASE: 100}, own) == {LIVE: 4, BASE: 100, OLD: 7}
+    assert cover({OLD: 9, BASE: 100}, own)[OLD] == 9  # never lowers
+
+
+def test_settle_raises_the_base_to_the_retirements_due_and_never_lowers_it() -> None:
+    vv = {OLD: 7, marker(OLD): 100, NEW: 3, marker(NEW): 200}
+    assert not settle(vv, 99) and BASE not in vv
+    assert settle(vv, 150) and vv[BASE] == 100
+    assert settle(vv, 250) and vv[BASE] == 200
+    compact(vv, 250)
+    assert vv == {BASE: 200} and not settle(vv, 300)
+
+
+def test_a_requester_below_the_latest_dropped_retirement_gets_a_full_sync() -> None:
+    assert not needs_full({}, 0)  # nothing dropped here: as before
+    assert needs_full({LIVE: 4}, 100)  # a new member: rows of dropped origins are in no delta
+    assert needs_full({BASE: 99}, 100) and not needs_full({BASE: 100}, 100)
+
+
+def test_the_margin_is_a_tenth_of_tombstone_ttl_at_most_ten_minutes() -> None:
+    assert margin_ns(100 * S) == 10 * S
+    assert margin_ns(7 * 86_400 * S) == 600 * S
+
+
+def test_the_compactor_settles_then_drops_when_due_and_not_before() -> None:
+    compactor = Compactor(100 * S)  # settles 100 s after the retirement, drops at 110 s
+    vvs = [{OLD: 7, marker(OLD): 50 * S, LIVE: 3}, {LIVE: 1}]
+    assert compactor.compact(vvs, 149 * S) == 0 and BASE not in vvs[0]
+    assert compactor.compact(vvs, 150 * S) == 0 and vvs[0][BASE] == 50 * S and OLD in vvs[0]
+    assert compactor.compact(vvs, 159 * S) == 0 and OLD in vvs[0]
+    assert compactor.compact(vvs, 160 * S) == 2 and vvs[0] == {LIVE: 3, BASE: 50 * S}
+    # a marker merged later is noted: settled and dropped when due, not a full delay after a scan
+    vvs[1].update(compactor.mergeable({NEW: 2, marker(NEW): 100 * S}, vvs[1], 170 * S))
+    assert compactor.compact(vvs, 200 * S) == 0 and vvs[1][BASE] == 100 * S
+    assert compactor.compact(vvs, 209 * S) == 0
+    assert compactor.compact(vvs, 210 * S) == 2 and vvs[1] == {LIVE: 1, BASE: 100 * S}
+
+
+# -- one store: the record is written at close, the origin dropped by GC ---------------------------
+
+
+def _vectors(kv: ekv.EKV) -> list[dict[str, int]]:
+    node = node_of(kv)
+    return [shard.run_exclusive(lambda cur, s=shard: local_vv(cur, s.origin)) for shard in node.store.shards]
+
+
+def _log_origins(kv: ekv.EKV) -> set[str]:
+    def read(cur: Any) -> set[str]:
+        return {row[0] for row in cur.execute(schema.LOG_ORIGINS).fetchall()}
+
+    return set().union(*(shard.run_exclusive(read) for shard in node_of(kv).store.shards))
+
+
+def test_a_closed_origin_is_recorded_and_dropped_after_tombstone_ttl(
+    open_kv: Callable[..., ekv.EKV], clock: FakeClock
+) -> None:
+    kv = open_kv(clock=clock, tombstone_ttl=100, gc_interval=10, shards=1)
+    kv.put("k", 1)
+    first = node_of(kv).store.origin
+    kv.close()
+    kv = open_kv(clock=clock, tombstone_ttl=100, gc_interval=10, shards=1)
+    (vv,) = _vectors(kv)
+    retired_at = clock.now_ns()
+    assert vv[first] == 1 and vv[marker(first)] == retired_at
+    clock.advance(100 + 10 - 1)
+    run_gc(kv)
+    assert first in _vectors(kv)[0]
+    clock.advance(2)
+    run_gc(kv)
+    (vv,) = _vectors(kv)
+    assert first not in vv and marker(first) not in vv and vv[BASE] == retired_at
+    assert first not in _log_origins(kv)
+    assert [e.origin for e in entries(kv)] == [first]  # the row keeps its version
+    assert kv.get("k") == 1
+
+
+# -- the cluster simulator -----------------------------------------------------------------------
+
+
+def _sizes(s: sim.Simulation) -> list[int]:
+    """The largest shard vector of each node, in memory (the replicator's) and stored."""
+    out = []
+    for node in s.nodes.values():
+        assert node.rep is not None and node.store is not None
+        out.append(max(len(vv) for vv in node.rep.vv))
+        out.extend(
+            len(vv) for vv in (shard.run_exclusive(lambda cur: local_vv(cur, "")) for shard in node.store.shards)
+        )
+    return out
+
+
+def test_vectors_shrink_to_the_live_origins_after_many_restarts() -> None:
+    """Three nodes restarted eight times each (each restart a new origin in every shard it wrote):
+    once tombstone_ttl and its margin have passed, every vector holds the live origins only, in
+    memory and on disk; a member away for less than tombstone_ttl while others restarted catches
+    up; nothing is lost or resurrected."""
+    with sim.Simulation(7, nodes=3, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0) as s:
+        s.run(1_000, faults=False)
+        for _ in range(4):
+            for name in sorted(s.nodes):
+                s.crash(name)
+                s.run(500, faults=False)
+        s.partition([["n0", "n1"], ["n2"]])  # n2 away for 12 s (< tombstone_ttl) while the others restart
+        for _ in range(4):
+            for name in ("n0", "n1"):
+                s.crash(name)
+                s.run(1_500, faults=False)
+        s.heal()
+        s.settle()
+        assert not s.check()
+        before = _sizes(s)
+        assert min(before) >= 20, before  # 24 retired origins and their markers (a vector per shard)
+        s.run(25_000, writes_per_s=5, faults=False)  # tombstone_ttl (20 s) + margin (2 s) + GC
+        s.settle()
+        assert not s.check()
+        after = _sizes(s)
+        # the live origins (2 in memory, its own is the counter; 3 read from disk) and the base
+        assert max(after) <= 4, f"vectors before {before}, after {after}"
+        assert not any(n.rep.quarantined for n in s.nodes.values() if n.rep is not None)
+
+
+def _frames(s: sim.Simulation, code: int) -> int:
+    return sum(count for (_, _, kind, _), count in s.frames.items() if kind == code)
+
+
+def test_the_drop_moves_no_rows_and_digests_agree_after_it() -> None:
+    """The trap the agreed drop avoids (docs/scale.md, step 4), in summary mode (9 nodes: one
+    digest probe per round, pulls only of shards whose digests differ): while the members drop
+    the retired origins no row is sent again (a member serving a pull counts them as covered by
+    one that dropped them), and afterwards the digests agree (no pull at all while idle)."""
+    with sim.Simulation(21, nodes=9, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0) as s:
+        s.run(2_000, faults=False)
+        for name in ("n0", "n3", "n5", "n7"):
+            s.crash(name)
+            s.run(300, faults=False)
+        s.run(2_000, faults=False)
+        s.settle()
+        assert not s.check()
+        assert min(_sizes(s)) >= 14  # 8 live origins, 4 retired ones and their markers (per shard)
+        chunks = _frames(s, wire._SYNC_CHUNK)
+        s.run(30_000, writes_per_s=0, faults=False)  # the drop
+        assert _frames(s, wire._SYNC_CHUNK) == chunks, "rows of dropped origins were sent again"
+        requests = _frames(s, wire._SYNC_REQUEST)
+        s.run(10_000, writes_per_s=0, faults=False)
+        assert _frames(s, wire._SYNC_REQUEST) == requests, "digests still differ after the drop"
+        assert max(_sizes(s)) <= 10 and not s.check()
+
+
+def test_random_faults_with_compaction_converge() -> None:
+    """Random partitions, crashes (new origins), loss and skew with a tombstone_ttl short enough
+    that origins retire and are dropped during the run, then idle past the drop of the rest: no
+    violation, and the vectors end with the live origins only. (Puts without TTL: the checker
+    cannot tell a value that expired and was purged from a lost one.)"""
+    for seed in (5000, 5002):  # 4 and 5 crashes
+        with sim.Simulation(seed, tombstone_ttl_s=30, log_retention_s=3, ttl_fraction=0) as s:
+            s.run(60_000)
+            s.settle()
+            assert not s.check(), f"seed {seed}"
+            assert sum(" crash " in line for line in s.trace) >= 2, f"seed {seed}: too few restarts to test"
+            s.run(35_000, writes_per_s=0, faults=False)  # tombstone_ttl (30 s) + margin (3 s) + GC
+            s.settle()
+            assert not s.check(), f"seed {seed}"
+            assert max(_sizes(s)) <= 4, f"seed {seed}: {_sizes(s)}"
+
+
+def test_a_new_member_after_the_drop_gets_every_row_of_the_dropped_origins() -> None:
+    """Regression (found while building this): the drop removes an origin's change-log entries,
+    so a new member (empty vector) whose first pull was a delta (no other origin's log truncated:
+    the live origins wrote nothing in the shard) got none of the rows the dropped origins wrote.
+    Its base is below the latest retirement the server dropped: it gets a full sync."""
+    with sim.Simulation(
+        31, nodes=3, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0, delete_fraction=0
+    ) as s:
+        s.run(3_000, faults=False)
+        for name in sorted(s.nodes):
+            s.crash(name)
+            s.run(300, writes_per_s=0, faults=False)  # (the live origins write nothing)
+        s.run(30_000, writes_per_s=0, faults=False)  # the drop
+        s.settle()
+        assert not s.check() and max(_sizes(s)) <= 4
+        node = sim._Node("n3", s.directory / "n3", sim.SimClock(s, 0, 1.0))
+        s.nodes["n3"] = node
+        s._await(s._open(node, new_node_id="0000001f000000n3"))
+        s.settle(max_ms=20_000)
+        assert len(s.dump("n3")) == len(s.dump("n0")) > 0
+        assert not s.check()

@@ -117,7 +117,7 @@ class OnDemand:
             if event.kind == "alive" and event.node not in self.live and self._large:
                 rep = self._members.driver.replicator
                 if rep is not None:
-                    rep.member_back(event.node)  # (back from failed: writes it lacks, or made apart)
+                    rep.rotation.back(event.node)  # (back from failed: writes it lacks, or made apart)
             self.live.add(event.node)
         else:
             self.live.discard(event.node)

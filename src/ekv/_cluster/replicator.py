@@ -173,7 +173,8 @@ class Replicator:
         self._repairs: dict[int, _Repair] = {}
         """Per damaged shard, who has resent it (see :meth:`_repair_of`); not persisted: after
         a restart every member is asked again."""
-        self._rotation = Rotation(self._rng)
+        self.rotation = Rotation(self._rng)
+        """Anti-entropy rounds' partners (large mode: :meth:`Rotation.back` when SWIM sees one back)."""
         self._next_round_ns: int | None = None
         """When the next summary round is due (None: not in summary mode)."""
         self._next_probe = 1
@@ -251,10 +252,6 @@ class Replicator:
             self.member_gone(peer_id, now_ns)
         if record and self.tree is not None:
             self.tree.peers_changed()
-
-    def member_back(self, peer_id: str) -> None:
-        """SWIM saw ``peer_id`` alive again, or join (large mode): an extra round with it is due."""
-        self._rotation.back(peer_id)
 
     def member_gone(self, peer_id: str, now_ns: int) -> None:
         """Remember since when ``peer_id`` is gone (its session ended, or in large mode SWIM said so)."""
@@ -415,19 +412,14 @@ class Replicator:
     def _probe_round(self, now_ns: int) -> None:
         """Start a summary round if one is due: a probe to the next member of the rotation (or an
         extra round with a member back, :meth:`Rotation.back`)."""
-        live, peers, rotation = self._live(), self.peers, self._rotation  # (large mode: any live member)
+        live, peers, rotation = self._live(), self.peers, self.rotation  # (large mode: any live member)
         candidates = peers if live is None else {p: peers.get(p) for p in live if p not in self.quarantined}
         eligible = (p for p, s in candidates.items() if not s or (s.summaries and not s.quarantined))
-        if self._next_round_ns is None:
-            self._next_round_ns = self._next_due(now_ns)  # the first round one interval from now
-            return
-        if self._next_round_ns <= now_ns:
-            self._next_round_ns = self._next_due(now_ns)
-            peer_id = rotation.next(eligible)
-        elif rotation.next_back_ns <= now_ns and (peer_id := rotation.next_back(eligible)) is not None:
-            rotation.next_back_ns = now_ns + min(self.settings.anti_entropy_interval_ns, NS_PER_S)
+        if self._next_round_ns is None or self._next_round_ns <= now_ns:
+            first, self._next_round_ns = self._next_round_ns is None, self._next_due(now_ns)
+            peer_id = None if first else rotation.next(eligible)  # (the first round: one interval from now)
         else:
-            return
+            peer_id = rotation.next_back(eligible, now_ns, min(self.settings.anti_entropy_interval_ns, NS_PER_S))
         if peer_id in peers:
             self._probe(peer_id)
         elif peer_id is not None and self.demand is not None:

@@ -69,13 +69,17 @@ class Rotation:
         seconds, as an epidemic does (docs/scale.md)."""
         self._back[member] = None
 
-    def next_back(self, eligible: Iterable[str]) -> str | None:
-        """The first member back that is still eligible (forgetting those that are not)."""
+    def next_back(self, eligible: Iterable[str], now_ns: int, gap_ns: int) -> str | None:
+        """The first member back that is still eligible (forgetting those that are not), if the
+        last extra round was ``gap_ns`` ago or more; None otherwise."""
+        if not self._back or now_ns < self.next_back_ns:
+            return None
         members = set(eligible)
         while self._back:
             member = next(iter(self._back))
             del self._back[member]
             if member in members:
+                self.next_back_ns = now_ns + gap_ns
                 return member
         return None
 

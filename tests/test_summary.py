@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from ekv._cluster.summary import Rotation, differing, digest
+from ekv._cluster.summary import BACK_QUEUE, Rotation, differing, digest
 
 
 def test_each_pass_of_the_rotation_visits_every_member_once_in_a_new_order() -> None:
@@ -35,6 +35,26 @@ def test_the_same_seed_gives_the_same_partners() -> None:
     members = [f"m{i}" for i in range(7)]
     a, b = Rotation(random.Random(3)), Rotation(random.Random(3))
     assert [a.next(members) for _ in range(20)] == [b.next(members) for _ in range(20)]
+
+
+def test_members_back_get_extra_rounds_one_a_second_bounded_until_one_is_in_sync() -> None:
+    """After a heal (large mode): the members SWIM sees back wait for extra rounds, at most
+    BACK_QUEUE of them, one per gap; those no longer eligible are skipped; a partner of an extra
+    round found with the same data ends the others (a regular round's partner does not)."""
+    s = 1_000_000_000
+    rotation = Rotation(random.Random(4))
+    for member in ["a", "b", "c", "d", "e", "f"]:
+        rotation.back(member)
+    live = ["b", "c", "d", "e", "f"]
+    assert rotation.next_back(live, 0, s) == "b"  # ("a" is gone; "e" and "f" did not fit)
+    assert rotation.next_back(live, s // 2, s) is None  # (one a second)
+    rotation.in_sync("x")  # a regular round's partner: nothing changes
+    assert rotation.next_back(live, s, s) == "c"
+    rotation.in_sync("c")
+    assert rotation.next_back(live, 3 * s, s) is None
+    rotation.back("f")
+    assert rotation.next_back(live, 4 * s, s) == "f"
+    assert BACK_QUEUE == 4
 
 
 def test_digests_are_equal_exactly_for_equal_vectors() -> None:

@@ -114,10 +114,10 @@ class OnDemand:
         if event.node == self._members.node_id:
             return
         if event.kind in _LIVE_KINDS:
-            if event.kind == "alive" and event.node not in self.live and self._large:
+            if event.kind == "alive" and self._large:  # (back from suspect or failed)
                 rep = self._members.driver.replicator
                 if rep is not None:
-                    rep.rotation.back(event.node)  # (back from failed: writes it lacks, or made apart)
+                    rep.rotation.back(event.node)  # (the writes made apart, if a partition kept it away)
             self.live.add(event.node)
         else:
             self.live.discard(event.node)

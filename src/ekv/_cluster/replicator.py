@@ -410,8 +410,7 @@ class Replicator:
         return len(self.peers) >= SUMMARY_MIN_MEMBERS or self._live() is not None
 
     def _probe_round(self, now_ns: int) -> None:
-        """Start a summary round if one is due: a probe to the next member of the rotation (or an
-        extra round with a member back, :meth:`Rotation.back`)."""
+        """Start a summary round if one is due, or an extra one with a member back (Rotation.back)."""
         live, peers, rotation = self._live(), self.peers, self.rotation  # (large mode: any live member)
         candidates = peers if live is None else {p: peers.get(p) for p in live if p not in self.quarantined}
         eligible = (p for p, s in candidates.items() if not s or (s.summaries and not s.quarantined))
@@ -454,6 +453,8 @@ class Replicator:
         """Pull the differing ``shards`` from the member; for the others, its vector equals ours
         (``vvs``): the report change-log truncation needs (nothing else refreshes it in summary mode)."""
         differ, large = set(shards), self._live() is not None
+        if not differ:
+            self.rotation.in_sync(state.node_id)  # (an extra round's partner: the others back need none)
         for shard in range(self._shards):
             if shard not in differ:
                 state.reported_vv[shard] = vvs[shard]

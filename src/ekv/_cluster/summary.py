@@ -46,6 +46,10 @@ def differing(mine: Sequence[bytes], theirs: Sequence[bytes]) -> tuple[int, ...]
     return tuple(shard for shard, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b)
 
 
+BACK_QUEUE = 4
+"""Members back from a partition that wait for an extra round (:meth:`Rotation.back`)."""
+
+
 class Rotation:
     """Partners for anti-entropy rounds: a shuffled round-robin.
 
@@ -58,6 +62,7 @@ class Rotation:
         self._rng = rng
         self._pass: list[str] = []
         self._back: dict[str, None] = {}  # (ordered: first back, first probed)
+        self._extra: str | None = None  # the last extra round's partner
         self.next_back_ns = 0
         """Earliest time of the next extra round with a member back (at most one a second)."""
 
@@ -66,8 +71,20 @@ class Rotation:
         with it is due. In large mode nothing else carries writes made on the other side of a
         healed partition before the next regular round (``anti_entropy_interval``, 30 s by
         default): with each node probing one member back a second, they spread within a few
-        seconds, as an epidemic does (docs/scale.md)."""
-        self._back[member] = None
+        seconds, as an epidemic does (docs/scale.md). At most :data:`BACK_QUEUE` wait: after a heal
+        of two halves each node sees half the cluster back, and a few exchanges across the cut
+        each already carry the other side's writes to every node (the rest is the epidemic)."""
+        if len(self._back) < BACK_QUEUE:
+            self._back[member] = None
+
+    def in_sync(self, member: str) -> None:
+        """A round found ``member`` with the same data: if it was an extra round's partner, forget
+        the members back that wait for one. After a heal the exchanges across the cut stop once
+        this node meets a member back that already has everything (the rest of the repair is
+        other nodes', an epidemic); members SWIM reports back later still queue."""
+        if member == self._extra:
+            self._extra = None
+            self._back.clear()
 
     def next_back(self, eligible: Iterable[str], now_ns: int, gap_ns: int) -> str | None:
         """The first member back that is still eligible (forgetting those that are not), if the
@@ -80,6 +97,7 @@ class Rotation:
             del self._back[member]
             if member in members:
                 self.next_back_ns = now_ns + gap_ns
+                self._extra = member
                 return member
         return None
 

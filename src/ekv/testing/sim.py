@@ -2,7 +2,7 @@
 time, on one thread, driven by one seed.
 
 Each node is a real :class:`~ekv._storage.store.ShardedStore` (SQLite files in a temporary
-directory) and a real :class:`~ekv._cluster.cluster.ClusterNode`: membership, dialing and
+directory, in ``/dev/shm`` when it has room) and a real :class:`~ekv._cluster.cluster.ClusterNode`: membership, dialing and
 backoff, gossip, the handshake, sessions and heartbeats, duplicate identities, the outbox and the
 replicator all run as in production, over :mod:`ekv.testing.memnet` on a
 :class:`~ekv.testing.vtime.VirtualTimeLoop`. What is simulated:
@@ -16,6 +16,8 @@ replicator all run as in production, over :mod:`ekv.testing.memnet` on a
   dropped, duplicated or lets others overtake it (faults TCP itself would hide, injected to prove
   the protocol does not depend on them; a dropped frame is lost and the session goes on), control
   frames (handshake, heartbeats, membership) are only delayed;
+* configuration: every node lists every other as its peers, or (``seeds=k``) only the first
+  ``k`` nodes, as an operator lists a few seeds; the rest are learned through the membership;
 * clients: random puts (with and without TTL) and deletes on random nodes, every acknowledged
   write recorded with its version;
 * crashes: the node's connections are reset (no Bye reaches anyone), its cluster stops, its store
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shutil
 import sys
@@ -82,6 +85,20 @@ _LIVE, _TREE, _GOSSIP = 16, 26, 1
 """Live's frame code, TreeMessage's, and the first body byte of a TreeMessage carrying a Gossip."""
 _PAXOS = frozenset(range(18, 24))
 """The frame codes of the linearizable-operation messages (faults too, with ``consistent=True``)."""
+
+
+def _scratch() -> str | None:
+    """Where a simulation keeps its nodes' files when given no directory: in memory (``/dev/shm``)
+    when it has room, since the files die with the run and a disk's fsyncs (each store's opening
+    and closing, checkpoints) would be most of a large simulation's waiting; else the default
+    temporary directory."""
+    shm = "/dev/shm"
+    try:
+        if os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= 1 << 30:
+            return shm
+    except OSError:
+        pass
+    return None
 
 
 class SimClock:
@@ -208,6 +225,7 @@ class Simulation:
         consistent: bool = False,
         fault_scale: float = 1.0,
         consistent_options: dict[str, Any] | None = None,
+        seeds: int | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -229,8 +247,11 @@ class Simulation:
         self._tombstone_ttl_s = tombstone_ttl_s
         self._log_retention_s = log_retention_s
         self._shards = shards
+        self._seeds = seeds
         self._own_dir = directory is None
-        self.directory = Path(tempfile.mkdtemp(prefix=f"ekv-sim-{seed}-")) if directory is None else directory
+        self.directory = (
+            Path(tempfile.mkdtemp(prefix=f"ekv-sim-{seed}-", dir=_scratch())) if directory is None else directory
+        )
         self.blocked: set[tuple[str, str]] = set()
         self.sessions: set[frozenset[str]] = set()
         self.acked: list[tuple[str, str, Version, bytes | None, int | None]] = []
@@ -280,17 +301,25 @@ class Simulation:
             cluster = self.clusters.get(name)
             node.rep = None if cluster is None else cluster.replicator
             node.up = cluster is not None
+        # (from each node's sessions, not every pair of nodes: this runs every tick, and N² pairs
+        # cost 50 ms a tick at 100 nodes; two copies of a data directory share a node id)
+        names_of: dict[str, list[str]] = {}
+        for name, cluster in self.clusters.items():
+            names_of.setdefault(cluster.node_id, []).append(name)
         self.sessions = {
             frozenset((a, b))
             for a, cluster in self.clusters.items()
-            for b, other in self.clusters.items()
-            if a < b and other.node_id in cluster.sessions
+            for peer in cluster.sessions
+            for b in names_of.get(peer, ())
+            if a < b
         }
 
     # -- nodes -----------------------------------------------------------------------------------
 
     async def _open(self, node: _Node, *, new_node_id: str | None = None) -> None:
         names = [n for n in self.nodes if n != node.name]
+        if self._seeds is not None:  # (the first nodes, as an operator lists a few seeds; the rest via SWIM)
+            names = [n for n in list(self.nodes)[: self._seeds] if n != node.name]
         config = Config.create(
             "sim",
             node.path,

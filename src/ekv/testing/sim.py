@@ -2,10 +2,11 @@
 time, on one thread, driven by one seed.
 
 Each node is a real :class:`~ekv._storage.store.ShardedStore` (SQLite files in a temporary
-directory, in ``/dev/shm`` when it has room) and a real :class:`~ekv._cluster.cluster.ClusterNode`: membership, dialing and
-backoff, gossip, the handshake, sessions and heartbeats, duplicate identities, the outbox and the
-replicator all run as in production, over :mod:`ekv.testing.memnet` on a
-:class:`~ekv.testing.vtime.VirtualTimeLoop`. What is simulated:
+directory, in ``/dev/shm`` when it has room) and a real
+:class:`~ekv._cluster.cluster.ClusterNode`: membership, dialing and backoff, gossip, the
+handshake, sessions and heartbeats, duplicate identities, the outbox and the replicator all run
+as in production, over :mod:`ekv.testing.memnet` on a :class:`~ekv.testing.vtime.VirtualTimeLoop`.
+What is simulated:
 
 * time: the loop's virtual clock; every node sees it through its own :class:`SimClock` with a
   per-node skew and drift, so hybrid-clock behaviour under skew is exercised;

@@ -138,9 +138,9 @@ def test_sessions_are_every_pair_with_a_session_and_files_live_in_memory() -> No
 
 
 def test_members_given_a_few_seeds_find_the_others_and_converge() -> None:
-    """``seeds=``: every node is configured with the first nodes only, as an operator lists a few
-    seeds (issue 15: members learned through one seed); the others come from the membership."""
-    problems, _, s = run(4, duration_ms=5_000, nodes=5, seeds=1)
+    """``seed_nodes=``: every node is configured with the first nodes only, as an operator lists a
+    few seeds (issue 15: members learned through one seed); the others come from the membership."""
+    problems, _, s = run(4, duration_ms=5_000, nodes=5, seed_nodes=1)
     assert problems == []
     assert s.sessions_max == 4  # (everyone found everyone: below the threshold all connect)
 

@@ -117,6 +117,34 @@ def test_same_seed_replays_identically() -> None:
     assert runs[0] == runs[1]
 
 
+def test_sessions_are_every_pair_with_a_session_and_files_live_in_memory() -> None:
+    """``Simulation.sessions`` (read from each node's sessions, not from every pair of nodes: that
+    cost 50 ms a tick at 100 nodes) is every pair of names the smaller of which holds a session
+    to the other's node id, also while two copies of a data directory share one; the nodes'
+    files live in /dev/shm when it has room (no disk fsyncs)."""
+    with sim.Simulation(3, nodes=4) as s:
+        s.run(2_000)
+        s.clone("n1")  # (both copies under one node id until the membership finds them)
+        s.run(300, faults=False)
+        expected = {
+            frozenset((a, b))
+            for a, cluster in s.clusters.items()
+            for b, other in s.clusters.items()
+            if a < b and other.node_id in cluster.sessions
+        }
+        assert s.sessions == expected and len(expected) >= 3
+        if os.access("/dev/shm", os.W_OK) and sim.shutil.disk_usage("/dev/shm").free >= 1 << 30:
+            assert str(s.directory).startswith("/dev/shm/")
+
+
+def test_members_given_a_few_seeds_find_the_others_and_converge() -> None:
+    """``seed_nodes=``: every node is configured with the first nodes only, as an operator lists a
+    few seeds (issue 15: members learned through one seed); the others come from the membership."""
+    problems, _, s = run(4, duration_ms=5_000, nodes=5, seed_nodes=1)
+    assert problems == []
+    assert s.sessions_max == 4  # (everyone found everyone: below the threshold all connect)
+
+
 def test_non_transitive_partition_relays_within_one_interval() -> None:
     with sim.Simulation(3, nodes=3, drop=0, duplicate=0, anti_entropy_ms=1_000) as s:
         s.run(500, writes_per_s=0, faults=False)
@@ -271,8 +299,9 @@ def test_idle_anti_entropy_per_node_does_not_grow_from_12_to_24_nodes() -> None:
 @pytest.mark.soak
 def test_one_hundred_nodes_in_large_mode_converge_with_few_sessions() -> None:
     """100 nodes (issue 15): random faults, 2% loss, 200 writes; large mode keeps each node's
-    sessions to its tree view, a round's partner and the like. In the soak tier: about 3 minutes
-    of wall time on the loaded 2-core machine (2026-12-08), over CI's budget (docs/scale.md)."""
+    sessions to its tree view, a round's partner and the like. In the soak tier: about 90 s of CPU
+    (2.5 minutes of wall time on the loaded 2-core machine, 2026-12-08), over CI's budget; where
+    the time goes: docs/scale.md, "The simulator's own cost at 100 nodes"."""
     problems, _, s = sim.run_seed(900, duration_ms=10_000, nodes=100)
     assert problems == []
     assert s.checked_messages <= 3 * 99 * len(s.acked)  # (measured: docs/scale.md)

@@ -693,3 +693,22 @@ def test_tree_messages_are_checked_like_every_frame() -> None:
     rejected(frame(26, b"\x04\x00"), match="trailing")  # a Prune with a byte after it
     with pytest.raises(ekv.InvalidArgument):
         wire.encode(TreeMessage(plumtree.Gossip("n1", 3, 0, b"")))  # a hop count of 0
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "named"),
+    [
+        (7, {"members": [["a", "h:1"], ["", "h:2"]]}, "Members.members[1] node id"),
+        (7, {"members": [["a", "h:1"], ["b", ""]]}, "Members.members[1] address"),
+        (7, {"members": [["a", "h:1"], "b"]}, "Members.members[1] must be"),
+        (8, {"shard": 0, "sync_id": 1, "vv": {"a": 1, "b": -1}}, "SyncRequest.vv['b']"),
+        (8, {"shard": 0, "sync_id": 1, "vv": {"a": 1, "": 2}}, "SyncRequest.vv origin"),
+        (8, {"shard": 0, "sync_id": "x", "vv": {}}, "SyncRequest.sync_id"),
+    ],
+)
+def test_a_bad_field_is_named_in_the_error(code: int, body: dict[str, Any], named: str) -> None:
+    """The checks name a field only when it fails (formatting every item's name cost more than
+    checking it, on the member lists every session start carries): the name is still exact."""
+    with pytest.raises(ekv.ProtocolError) as caught:
+        wire.FrameDecoder(BIG).feed(frame(code, json.dumps(body).encode()))
+    assert named in str(caught.value)

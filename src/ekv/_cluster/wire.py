@@ -548,7 +548,10 @@ def _tuple(item: _Check, min_len: int = 0, max_len: int | None = None) -> _Check
     def check(value: Any, what: str) -> tuple[Any, ...]:
         if type(value) is not list or len(value) < min_len or (max_len is not None and len(value) > max_len):
             raise ProtocolError(f"{what} must be a list of {min_len}..{max_len or 'any'} items")
-        return tuple(item(v, f"{what}[{i}]") for i, v in enumerate(value))
+        try:  # (items are named only for the error: formatting each name costs more than its check)
+            return tuple([item(v, what) for v in value])
+        except ProtocolError:
+            return tuple(item(v, f"{what}[{i}]") for i, v in enumerate(value))  # (raises, naming the item)
 
     return check
 
@@ -579,13 +582,19 @@ def _bool(value: Any, what: str) -> bool:
 def _member(value: Any, what: str) -> tuple[str, str]:
     if type(value) is not list or len(value) != 2:
         raise ProtocolError(f"{what} must be a [node_id, listen] pair")
-    return _ORIGIN(value[0], f"{what} node id"), _NAME(value[1], f"{what} address")
+    try:  # (the fields are named only for the error, as in _tuple)
+        return _ORIGIN(value[0], what), _NAME(value[1], what)
+    except ProtocolError:
+        return _ORIGIN(value[0], f"{what} node id"), _NAME(value[1], f"{what} address")
 
 
 def _vv(value: Any, what: str) -> VersionVector:
     if type(value) is not dict:
         raise ProtocolError(f"{what} must be an object")
-    return {_ORIGIN(k, f"{what} origin"): _U64(v, f"{what}[{k!r:.40}]") for k, v in value.items()}
+    try:  # (the entries are named only for the error, as in _tuple)
+        return {_ORIGIN(k, what): _U64(v, what) for k, v in value.items()}
+    except ProtocolError:
+        return {_ORIGIN(k, f"{what} origin"): _U64(v, f"{what}[{k!r:.40}]") for k, v in value.items()}
 
 
 _SCHEMAS: Final[dict[int, tuple[Callable[..., Message], tuple[tuple[str, _Check], ...]]]] = {
@@ -665,4 +674,7 @@ def _from_fields(code: int, obj: Any) -> Message:
         raise ProtocolError(f"{name} lacks {', '.join(missing)}")
     if code not in _LENIENT and len(obj) != len(schema):
         raise ProtocolError(f"{name} has unknown fields {sorted(set(obj) - {f for f, _ in schema})!r:.200}")
-    return cls(*(check(obj[field], f"{name}.{field}") if field in obj else added[field] for field, check in schema))
+    try:  # (the fields are named only for the error, as in _tuple)
+        return cls(*[check(obj[field], name) if field in obj else added[field] for field, check in schema])
+    except ProtocolError:
+        return cls(*(check(obj[field], f"{name}.{field}") if field in obj else added[field] for field, check in schema))

@@ -2,10 +2,11 @@
 time, on one thread, driven by one seed.
 
 Each node is a real :class:`~ekv._storage.store.ShardedStore` (SQLite files in a temporary
-directory) and a real :class:`~ekv._cluster.cluster.ClusterNode`: membership, dialing and
-backoff, gossip, the handshake, sessions and heartbeats, duplicate identities, the outbox and the
-replicator all run as in production, over :mod:`ekv.testing.memnet` on a
-:class:`~ekv.testing.vtime.VirtualTimeLoop`. What is simulated:
+directory, in ``/dev/shm`` when it has room) and a real
+:class:`~ekv._cluster.cluster.ClusterNode`: membership, dialing and backoff, gossip, the
+handshake, sessions and heartbeats, duplicate identities, the outbox and the replicator all run
+as in production, over :mod:`ekv.testing.memnet` on a :class:`~ekv.testing.vtime.VirtualTimeLoop`.
+What is simulated:
 
 * time: the loop's virtual clock; every node sees it through its own :class:`SimClock` with a
   per-node skew and drift, so hybrid-clock behaviour under skew is exercised;
@@ -16,6 +17,8 @@ replicator all run as in production, over :mod:`ekv.testing.memnet` on a
   dropped, duplicated or lets others overtake it (faults TCP itself would hide, injected to prove
   the protocol does not depend on them; a dropped frame is lost and the session goes on), control
   frames (handshake, heartbeats, membership) are only delayed;
+* configuration: every node lists every other as its peers, or (``seed_nodes=k``) only the
+  first ``k`` nodes, as an operator lists a few seeds; the rest are learned through the membership;
 * clients: random puts (with and without TTL) and deletes on random nodes, every acknowledged
   write recorded with its version;
 * crashes: the node's connections are reset (no Bye reaches anyone), its cluster stops, its store
@@ -41,8 +44,8 @@ rate limits, change no decision).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import os
 import random
 import shutil
 import sys
@@ -82,6 +85,18 @@ _LIVE, _TREE, _GOSSIP = 16, 26, 1
 """Live's frame code, TreeMessage's, and the first body byte of a TreeMessage carrying a Gossip."""
 _PAXOS = frozenset(range(18, 24))
 """The frame codes of the linearizable-operation messages (faults too, with ``consistent=True``)."""
+
+
+def _scratch(seed: int) -> Path:
+    """A new directory for a simulation's files: in memory (``/dev/shm``) when it has room, since
+    the files die with the run and a disk's fsyncs (each store's opening and closing, checkpoints)
+    would be most of a large simulation's waiting; else in the default temporary directory."""
+    shm: str | None = "/dev/shm"
+    try:
+        shm = shm if os.access("/dev/shm", os.W_OK) and shutil.disk_usage("/dev/shm").free >= 1 << 30 else None
+    except OSError:
+        shm = None
+    return Path(tempfile.mkdtemp(prefix=f"ekv-sim-{seed}-", dir=shm))
 
 
 class SimClock:
@@ -208,6 +223,7 @@ class Simulation:
         consistent: bool = False,
         fault_scale: float = 1.0,
         consistent_options: dict[str, Any] | None = None,
+        seed_nodes: int | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -226,11 +242,10 @@ class Simulation:
             sync_chunk_bytes=1 << 20,
             tombstone_ttl_ns=tombstone_ttl_s * NS_PER_S,
         )
-        self._tombstone_ttl_s = tombstone_ttl_s
-        self._log_retention_s = log_retention_s
-        self._shards = shards
+        self._tombstone_ttl_s, self._log_retention_s = tombstone_ttl_s, log_retention_s
+        self._shards, self._seed_nodes = shards, seed_nodes
         self._own_dir = directory is None
-        self.directory = Path(tempfile.mkdtemp(prefix=f"ekv-sim-{seed}-")) if directory is None else directory
+        self.directory = _scratch(seed) if directory is None else directory
         self.blocked: set[tuple[str, str]] = set()
         self.sessions: set[frozenset[str]] = set()
         self.acked: list[tuple[str, str, Version, bytes | None, int | None]] = []
@@ -280,17 +295,25 @@ class Simulation:
             cluster = self.clusters.get(name)
             node.rep = None if cluster is None else cluster.replicator
             node.up = cluster is not None
+        # (from each node's sessions, not every pair of nodes: this runs every tick, and N² pairs
+        # cost 50 ms a tick at 100 nodes; two copies of a data directory share a node id)
+        names_of: dict[str, list[str]] = {}
+        for name, cluster in self.clusters.items():
+            names_of.setdefault(cluster.node_id, []).append(name)
         self.sessions = {
             frozenset((a, b))
             for a, cluster in self.clusters.items()
-            for b, other in self.clusters.items()
-            if a < b and other.node_id in cluster.sessions
+            for peer in cluster.sessions
+            for b in names_of.get(peer, ())
+            if a < b
         }
 
     # -- nodes -----------------------------------------------------------------------------------
 
     async def _open(self, node: _Node, *, new_node_id: str | None = None) -> None:
         names = [n for n in self.nodes if n != node.name]
+        if self._seed_nodes is not None:  # (as an operator lists a few seeds; the rest come through SWIM)
+            names = [n for n in list(self.nodes)[: self._seed_nodes] if n != node.name]
         config = Config.create(
             "sim",
             node.path,
@@ -640,59 +663,10 @@ def run_seed(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run ekv's deterministic cluster simulator.")
-    parser.add_argument("--seeds", type=int, default=20, help="how many seeds (from --first)")
-    parser.add_argument("--first", type=int, default=0)
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=20.0, help="virtual seconds of faults and writes per seed")
-    parser.add_argument(
-        "--clones", type=int, default=0, help="at most this many data-directory copies started next to their original"
-    )
-    parser.add_argument(
-        "--consistent",
-        action="store_true",
-        help="also run clients of linearizable operations on keys c/0..c/2 and check linearizability",
-    )
-    parser.add_argument("--fault-scale", type=float, default=1.0, help="multiply the rate of faults")
-    parser.add_argument(
-        "--idle", type=float, default=0.0, help="after the check, idle this many seconds and report anti-entropy's cost"
-    )
-    args = parser.parse_args(argv)
-    failed = 0
-    for seed in range(args.first, args.first + args.seeds):
-        extra = {"consistent": True} if args.consistent else {}
-        if args.fault_scale != 1.0:
-            extra["fault_scale"] = args.fault_scale
-        problems, settle_ms, sim = run_seed(
-            seed,
-            duration_ms=int(args.seconds * 1000),
-            nodes=args.nodes,
-            clones=args.clones,
-            idle_ms=int(args.idle * 1000),
-            **extra,
-        )
-        status = "ok" if not problems else "FAIL"
-        copies = f", {args.clones - sim.clones_left} copied data directories" if args.clones else ""
-        linear = ""
-        if sim.consistent is not None:
-            stats = sim.consistent.stats
-            linear = (
-                f"; linearizable: {'no' if any(p.kind == 'linearizability' for p in problems) else 'yes'} "
-                f"({stats['ok']} ok, {stats['conflict']} conflicts, {stats['no_quorum']} no quorum, "
-                f"{stats['info']} unknown, {stats['ok_partitioned']} ok under a partition)"
-            )
-        idle = f", idle anti-entropy {sim.idle_rate:.2f} messages/node/s" if args.idle else ""
-        print(
-            f"seed {seed}: {status}, {len(sim.acked)} acknowledged writes, {sim.checked_messages} messages "
-            f"({sim.checked_live} carrying live writes), settled in {settle_ms} ms{copies}{linear}{idle}; "
-            f"sessions per node max {sim.sessions_max} ({sim.sessions_max_late} from 5 s on), "
-            f"mean {sim.session_sum / max(1, sim.session_samples):.1f}"
-        )
-        for problem in problems:
-            print(f"  {problem.kind}: {problem.detail}")
-        failed += bool(problems)
-    print(f"{args.seeds - failed}/{args.seeds} seeds passed")
-    return 1 if failed else 0
+    """Run seeds from the command line (:mod:`ekv.testing._internal.simcli`)."""
+    from ekv.testing._internal.simcli import main as cli
+
+    return cli(argv, run_seed)
 
 
 if __name__ == "__main__":

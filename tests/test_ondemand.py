@@ -148,3 +148,23 @@ def test_after_a_heal_members_back_from_failed_get_an_extra_round_at_once() -> N
         waited = s.settle(max_ms=60_000)
         assert s.check() == []
         assert waited <= 6_000, waited  # (measured 2.5 s; 11 s before)
+
+
+def test_a_node_given_every_member_as_a_peer_does_not_dial_them_all_at_start() -> None:
+    """Every simulated node is given the 19 others as peers (an operator's seed list). It used to
+    dial all of them before SWIM had counted 16 live members, so the cluster started as a full
+    mesh (19 sessions per node within 100 ms, each starting with a probe from both sides), and
+    the broadcast tree, filled one member at a time in sorted order, then had every node ask the
+    same first few members to be its peers. Now a node dials a few seeds while SWIM counts, and
+    the tree's view is drawn from all the members it learned at once."""
+    with _simulation() as s:
+        peak = 0
+        for _ in range(40):
+            s.run(50, writes_per_s=0, faults=False)
+            peak = max(peak, *_sessions(s))
+        assert all(c.ondemand.large for c in s.clusters.values())
+        assert peak <= 14, peak  # (measured 12; 19 before: the full mesh, or the first members dialed by all)
+        names = sorted(s.nodes)
+        version = _write(s, names[0], "k1/after-start")
+        s.run(2_000, writes_per_s=0, faults=False)
+        assert _holders(s, "k1/after-start", version) == set(names)

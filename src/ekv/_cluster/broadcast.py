@@ -162,8 +162,7 @@ class Broadcast:
         for member in sorted(self.tree.members() - self.eligible):
             self.tree.member_down(member, now)
         if self.active:
-            for member in sorted(self.eligible - self.tree.members()):
-                self.tree.member_up(member, now)
+            self.tree.members_up(sorted(self.eligible - self.tree.members()), now)
         self._pump()
 
     def fanout(self, message: Live) -> Collection[str]:

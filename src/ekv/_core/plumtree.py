@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -264,10 +264,22 @@ class Plumtree:
             self.member_down(node, now_ns)
 
     def member_up(self, node: str, now_ns: int) -> None:
-        if node == self.name or node in self._member_at:
+        self.members_up((node,), now_ns)
+
+    def members_up(self, nodes: Iterable[str], now_ns: int) -> None:
+        """Several members at once: all are added before the view is filled. (Added one by one,
+        each fills the view from the members so far, so the view ends up with the first few in
+        the order given: a node learning many members at once, in sorted order, asked the same
+        three for a session as every other node did, and those three were dialed by everyone.)"""
+        added = False
+        for node in nodes:
+            if node == self.name or node in self._member_at:
+                continue
+            self._member_at[node] = len(self._members)
+            self._members.append(node)
+            added = True
+        if not added:
             return
-        self._member_at[node] = len(self._members)
-        self._members.append(node)
         if self._next_rotate_ns is None and self.config.rotate_interval_ns > 0:
             self._next_rotate_ns = now_ns + self._rng.randrange(self.config.rotate_interval_ns)
         self._fill(now_ns)

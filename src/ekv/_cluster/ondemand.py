@@ -24,9 +24,12 @@ down. Since sessions now come and go, a member's down-since time (quarantine aft
 comes from SWIM in large mode: "failed" or "left" records it, and the quarantine check runs at the
 next session start, as before; session ends record nothing.
 
-At its *start*, a node that knows enough addresses for large mode (an operator's list of every
-member) dials only a few of them while SWIM counts the live members (``_JOIN_S``), instead of
-all of them before SWIM has counted 16.
+Two transitions have their own rules. At its *start*, a node that knows enough addresses for
+large mode (an operator's list of every member) dials only a few of them while SWIM counts the
+live members (``_JOIN_S``), instead of all of them before SWIM has counted 16. And a member whose
+session *failed* in large mode (reset, timed out: a partition shorter than SWIM's failure
+detection, which declares nobody failed) is offered for an extra anti-entropy round until a
+session with it is up again (:meth:`OnDemand._offer_cut`), as members SWIM sees back are.
 
 Below the threshold (and on a node that runs no SWIM) nothing else here acts: every address is
 dialed (after the start's window, on a node given 15 addresses or more) and kept, and sessions'
@@ -62,6 +65,13 @@ enough for a dial and its handshake, short enough that a member that cannot be r
 dialed for ever."""
 _PARK_S = 10.0
 """A parked dialer looks again this often even if nothing woke it (a safety net)."""
+_CUT_S = 30.0
+_CUT_MAX = 256
+"""A member whose session failed is offered for an extra round for at most :data:`_CUT_S` (then
+the regular rounds, every ``anti_entropy_interval``, take over), at most :data:`_CUT_MAX` at a time."""
+_FAILED = ("connection lost", "no heartbeat")
+"""How the reason of a session that failed begins (:class:`~ekv._cluster.session.Session`): the
+connection reset or timed out, or the member fell silent (a partition, or a crash)."""
 _JOIN_S = 3.0
 _JOIN_SEEDS = 3
 """At its start, a node that knows enough addresses for large mode (an operator's list of every
@@ -105,6 +115,7 @@ class OnDemand:
         self.stats = {"idle_closed": 0, "dialed_on_demand": 0}
         self._joining_until: float | None = None  # loop time the start's window ends (see _JOIN_S)
         self._seeds: tuple[int, frozenset[str]] = (0, frozenset())  # (addresses known, the seeds dialed then)
+        self._cut_until: dict[str, float] = {}  # node id -> until when its failed session is retried (_offer_cut)
 
     # -- the mode ------------------------------------------------------------------------------
 
@@ -297,6 +308,28 @@ class OnDemand:
         broadcast = self._members.driver.broadcast
         if self._large and broadcast is not None:
             broadcast.session_ended(node_id, cut=IDLE_REASON not in reason)
+        failed = reason.startswith(_FAILED)  # (not an idle close, a goodbye, a duplicate's end: a clean EOF)
+        if self._large and failed and not self._members.stopping and len(self._cut_until) < _CUT_MAX:
+            self._cut_until[node_id] = asyncio.get_running_loop().time() + _CUT_S
+            self._offer_cut()
+
+    def _offer_cut(self) -> None:
+        """Offer every member whose session failed for an extra anti-entropy round (the replicator
+        probes one member back a second, dialing it): again each time this runs (every second, from
+        the idle loop) until a session with it is up, SWIM no longer counts it live, or
+        :data:`_CUT_S` passed. Why: a partition shorter than SWIM's failure detection cuts sessions
+        but declares nobody failed; a member SWIM suspected and sees alive again is queued once
+        (:meth:`on_event`, a bounded queue that one round in sync clears), one it never suspected
+        not at all, and the writes the tree could not carry across waited for a later round (30 s
+        by default). The dials fail while the cut lasts; the first that succeeds starts with the
+        round's probe."""
+        rep = self._members.driver.replicator
+        now = asyncio.get_running_loop().time()
+        for node_id, until in list(self._cut_until.items()):
+            if until <= now or node_id in self._members.sessions or node_id not in self.live or not self._large:
+                del self._cut_until[node_id]
+            elif rep is not None:
+                rep.rotation.back(node_id)
 
     def records_down(self, reason: str) -> bool:
         """Whether a session's end records the member's down-since time: below the threshold,
@@ -312,6 +345,7 @@ class OnDemand:
                 await asyncio.sleep(min(1.0, self.idle_close_s / 2))
                 self._update()
                 self.close_idle()
+                self._offer_cut()
         finally:
             self._looping = False
 

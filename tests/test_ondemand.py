@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ekv._model import Version
 from ekv._values import Values
 from ekv.testing import sim
@@ -132,6 +134,7 @@ def test_in_large_mode_every_write_goes_through_the_tree_even_with_members_out_o
         assert s.live_frames("n0", tree=False) == 0  # (no direct Live: its writes went through the tree)
 
 
+@pytest.mark.soak  # (8-23 s of wall time; the short-partition test below covers the extra rounds in CI)
 def test_after_a_heal_members_back_from_failed_get_an_extra_round_at_once() -> None:
     """Anti-entropy at its default interval (30 s): 3 of 20 nodes cut off long enough for each side
     to declare the other failed, writes on both sides, then the heal. In large mode nothing but a

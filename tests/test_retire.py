@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import ekv
 from ekv._cluster import wire
 from ekv._core.retire import (
@@ -210,6 +212,7 @@ def test_the_drop_moves_no_rows_and_digests_agree_after_it() -> None:
         assert max(_sizes(s)) <= 10 and not s.check()
 
 
+@pytest.mark.soak  # (27 s at load 8; the other compaction tests stay in CI)
 def test_random_faults_with_compaction_converge() -> None:
     """Random partitions, crashes (new origins), loss and skew with a tombstone_ttl short enough
     that origins retire and are dropped during the run, then idle past the drop of the rest: no

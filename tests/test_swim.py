@@ -84,6 +84,27 @@ def test_join_through_one_seed_and_probes_are_acked() -> None:
     assert all(node.awareness == 0 for node in net.nodes.values())
 
 
+def test_a_join_through_many_seeds_asks_a_few_at_a_time_until_one_answers() -> None:
+    """Each seed answers a join with its whole view: a node given its 49 peers asks 3 per period
+    (SwimConfig.join_fanout), drawn anew on each retry, so dead seeds only delay it."""
+    names = [f"m{i:02d}" for i in range(50)]
+    net = Net(names[:1])  # m00 alone; the others are named as seeds but only m00 and m49 run
+    newcomer = Swim("m49", "m49", seed=1)
+    net.nodes["m49"] = newcomer
+    net.down = set(names[1:49])  # (never started: their joins go nowhere)
+    newcomer.join(names[1:49] + ["m00"], net.now)
+    first = newcomer.take_messages()
+    assert len(first) == 3 and all(isinstance(m, Sync) for _, m in first), first
+    for dst, message in first:
+        net.log.append(("m49", dst, message))
+        if dst == "m00":
+            net.nodes["m00"].receive("m49", decode(encode(message)), net.now)
+    net.run(30)
+    assert newcomer.members().get("m00") is Status.ALIVE  # (it answered one of the retries)
+    joins = [m for src, _, m in net.log if src == "m49" and isinstance(m, Sync)]
+    assert len(joins) <= 3 * 31, len(joins)
+
+
 def test_randomized_round_robin_probes_every_member_once_per_round() -> None:
     names = [f"m{i}" for i in range(8)]
     net = Net(names)

@@ -411,9 +411,8 @@ class Replicator:
 
     def _probe_round(self, now_ns: int) -> None:
         """Start a summary round if one is due, or an extra one with a member back (Rotation.back)."""
-        live, peers, rotation = self._live(), self.peers, self.rotation  # (large mode: any live member)
-        candidates = peers if live is None else {p: peers.get(p) for p in live if p not in self.quarantined}
-        eligible = (p for p, s in candidates.items() if not s or (s.summaries and not s.quarantined))
+        live, peers, rotation, q = self._live(), self.peers, self.rotation, self.quarantined  # (lazy, below)
+        eligible = (p for p in (live or peers) if p not in q and ((s := peers.get(p)) is None or s.summaries))
         if self._next_round_ns is None or self._next_round_ns <= now_ns:
             first, self._next_round_ns = self._next_round_ns is None, self._next_due(now_ns)
             peer_id = None if first else rotation.next(eligible)  # (the first round: one interval from now)

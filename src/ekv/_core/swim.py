@@ -155,7 +155,10 @@ class SwimConfig:
     alpha=5, beta=6, K=3. ``piggyback_bytes`` bounds the gossip on one message (a UDP datagram's
     worth); a member believed failed is pinged every ``reconnect_interval`` (a tiny message) and
     synced with only if it answers. A member with more than ``sync_backlog`` updates queued
-    also pushes-pulls with one random live member every ``reconnect_interval``."""
+    also pushes-pulls with one random live member every ``reconnect_interval``. A join pushes-pulls
+    with ``join_fanout`` of its seeds at a time, drawn anew on each retry: one answer suffices, and
+    each answer is the seed's whole view (a node given its 99 peers as seeds made 100 nodes swap
+    about a million member entries at start)."""
 
     probe_interval_ns: int = NS_PER_S
     probe_timeout_ns: int = NS_PER_S // 2
@@ -169,6 +172,7 @@ class SwimConfig:
     reconnect_interval_ns: int = 2 * NS_PER_S
     failed_retention_ns: int = 300 * NS_PER_S
     leave_fanout: int = 4
+    join_fanout: int = 3
     sync_backlog: int = 32
 
 
@@ -352,7 +356,10 @@ class Swim:
         if self.left:
             return
         if not self._joined and now_ns >= self._next_join_ns:
-            for seed in self._seeds:
+            seeds = self._seeds
+            if len(seeds) > self.config.join_fanout:  # (a few at a time: each answers with its whole view)
+                seeds = tuple(self._rng.sample(seeds, self.config.join_fanout))
+            for seed in seeds:
                 self._out.append((seed, self._sync(reply=True)))
             self._next_join_ns = now_ns + self.config.probe_interval_ns
         probe = self._probe

@@ -92,7 +92,7 @@ def test_a_join_through_many_seeds_asks_a_few_at_a_time_until_one_answers() -> N
     newcomer = Swim("m49", "m49", seed=1)
     net.nodes["m49"] = newcomer
     net.down = set(names[1:49])  # (never started: their joins go nowhere)
-    newcomer.join(names[1:49] + ["m00"], net.now)
+    newcomer.join([*names[1:49], "m00"], net.now)
     first = newcomer.take_messages()
     assert len(first) == 3 and all(isinstance(m, Sync) for _, m in first), first
     for dst, message in first:

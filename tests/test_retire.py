@@ -266,12 +266,16 @@ def _origins_of(s: sim.Simulation, node_id: str) -> list[tuple[str, str]]:
     return found
 
 
-def _leave(s: sim.Simulation, name: str) -> None:
-    """Close ``name`` as an operator decommissioning it does (a clean close: SWIM "left", goodbyes)
-    and never open its data directory again."""
+def _leave(s: sim.Simulation, name: str, *, crash: bool = False) -> None:
+    """Close ``name`` as an operator decommissioning it does (a clean close: SWIM "left", goodbyes),
+    or as a crash does (``crash``: nothing said, as Simulation.crash), and never open its data
+    directory again."""
 
     async def close() -> None:
         cluster = s.clusters.pop(name)
+        if crash:
+            s.net.reset_host(name)
+            await cluster.membership.close(leave=False)
         await cluster.aclose()
         store = s.nodes[name].store
         assert store is not None
@@ -292,14 +296,7 @@ def test_the_origins_of_a_member_failed_for_longer_than_tombstone_ttl_leave_ever
         s.run(3_000, faults=False)
         s.settle()
         gone = s.node_id("n3")
-        s.net.reset_host("n3")  # (a crash: nothing said, as Simulation.crash; never reopened)
-        cluster = s.clusters.pop("n3")
-        s._await(cluster.membership.close(leave=False))
-        s._await(cluster.aclose())
-        store = s.nodes.pop("n3").store
-        assert store is not None
-        store.close()
-        s._refresh()
+        _leave(s, "n3", crash=True)
         s.run(15_000, faults=False)
         assert not [key for _, key in _origins_of(s, gone) if key.startswith(PREFIX)], "marked before tombstone_ttl"
         s.run(15_000, faults=False)  # (SWIM takes a few seconds to say "failed", then tombstone_ttl)
@@ -363,3 +360,37 @@ def test_a_late_left_that_marks_a_live_origin_loses_nothing() -> None:
         s.settle()
         assert not s.check()
         assert not [key for _, key in _origins_of(s, live) if key.startswith(PREFIX)]
+
+
+def test_members_that_mark_a_departed_origin_below_another_members_counter_lose_nothing() -> None:
+    """The choice of T (ekv._cluster.departed): n3's last writes reached n0 only (a partition),
+    then n3 went for good and n1, n2 marked its origin holding a lower counter than n0's (n0 only
+    gets their marker). The partition heals within tombstone_ttl of T: they pull the rest from n0
+    before anyone settles past T, so no write is lost, and the origin is still dropped everywhere."""
+    with sim.Simulation(
+        59, nodes=4, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0, delete_fraction=0
+    ) as s:
+        s.run(2_000, faults=False)
+        s.settle()
+        gone = s.node_id("n3")
+        store = s.nodes["n3"].store
+        assert store is not None
+        origin = store.origin
+        s.partition([["n0", "n3"], ["n1", "n2"]])
+        for i in range(20):
+            s.client_write("n3", f"late/{i}")
+        s.run(500, writes_per_s=0, faults=False)  # (they reach n0 only)
+        _leave(s, "n3", crash=True)  # (n0 hears no "left": it marks nothing before tombstone_ttl)
+        for name in ("n1", "n2"):  # as if SWIM told them "left" now
+            rep = s.nodes[name].rep
+            assert rep is not None and departed.retire_member(rep, gone, s.now_ns) > 0
+        n0, n1 = s.nodes["n0"].rep, s.nodes["n1"].rep
+        assert n0 is not None and n1 is not None
+        assert all(n1.vv[i].get(origin, 0) < n0.vv[i].get(origin, 0) for i in range(2))
+        s.run(10_000, writes_per_s=5, faults=False)  # (the partition lasts half tombstone_ttl)
+        s.heal()
+        s.run(20_000, writes_per_s=5, faults=False)  # tombstone_ttl (20 s) + margin (2 s) + GC
+        s.settle()
+        assert not s.check()
+        assert _origins_of(s, gone) == []
+        assert all(f"late/{i}" in s.dump("n1") for i in range(20))

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 import ekv
-from ekv._cluster import wire
+from ekv._cluster import departed, wire
 from ekv._core.retire import (
     BASE,
+    PREFIX,
     Compactor,
     compact,
     cover,
@@ -251,3 +252,148 @@ def test_a_new_member_after_the_drop_gets_every_row_of_the_dropped_origins() -> 
         s.settle(max_ms=20_000)
         assert len(s.dump("n3")) == len(s.dump("n0")) > 0
         assert not s.check()
+
+
+# -- members that leave for good (ekv._cluster.departed) ------------------------------------------
+
+
+def _origins_of(s: sim.Simulation, node_id: str) -> list[tuple[str, str]]:
+    """(node, entry) of every vector entry, in memory or stored, naming an origin of ``node_id``
+    (or its marker)."""
+    found = []
+    for name, node in s.nodes.items():
+        assert node.rep is not None and node.store is not None
+        stored = [shard.run_exclusive(lambda cur: local_vv(cur, "")) for shard in node.store.shards]
+        for vv in [*node.rep.vv, *stored]:
+            found.extend((name, key) for key in vv if key.removeprefix(PREFIX).partition("~")[0] == node_id)
+    return found
+
+
+def _leave(s: sim.Simulation, name: str, *, crash: bool = False) -> None:
+    """Close ``name`` as an operator decommissioning it does (a clean close: SWIM "left", goodbyes),
+    or as a crash does (``crash``: nothing said, as Simulation.crash), and never open its data
+    directory again."""
+
+    async def close() -> None:
+        cluster = s.clusters.pop(name)
+        if crash:
+            s.net.reset_host(name)
+            await cluster.membership.close(leave=False)
+        await cluster.aclose()
+        store = s.nodes[name].store
+        assert store is not None
+        store.close()
+
+    s._await(close())
+    del s.nodes[name]
+    s._refresh()
+
+
+def test_the_origins_of_a_member_failed_for_longer_than_tombstone_ttl_leave_every_vector() -> None:
+    """A node crashes and never comes back (SWIM "failed", no leave): once it has been failed for
+    tombstone_ttl (it would be quarantined if it came back, SPEC 7) the members write the markers
+    of its origins, and tombstone_ttl and its margin later no vector names it; nothing is lost."""
+    with sim.Simulation(
+        47, nodes=4, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0, delete_fraction=0
+    ) as s:
+        s.run(3_000, faults=False)
+        s.settle()
+        gone = s.node_id("n3")
+        _leave(s, "n3", crash=True)
+        s.run(15_000, faults=False)
+        assert not [key for _, key in _origins_of(s, gone) if key.startswith(PREFIX)], "marked before tombstone_ttl"
+        s.run(15_000, faults=False)  # (SWIM takes a few seconds to say "failed", then tombstone_ttl)
+        assert {name for name, key in _origins_of(s, gone) if key.startswith(PREFIX)} == set(s.nodes)
+        s.run(25_000, writes_per_s=5, faults=False)  # tombstone_ttl (20 s) + margin (2 s) + GC
+        s.settle()
+        assert not s.check()
+        assert _origins_of(s, gone) == []
+
+
+def test_the_origins_of_a_member_that_left_for_good_leave_every_vector() -> None:
+    """A node leaves (clean close, SWIM "left") and never comes back: the members write the
+    markers of its origins (its own, written at its close, is in its files only), and once
+    tombstone_ttl and its margin have passed no vector, in memory or stored, names it; nothing is
+    lost, and a member that joins afterwards still gets every row it wrote."""
+    with sim.Simulation(
+        43, nodes=4, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0, delete_fraction=0
+    ) as s:
+        s.run(3_000, faults=False)
+        s.crash("n3")  # (two origins of it: the retired one and the live one)
+        s.run(1_000, faults=False)
+        s.settle()
+        gone = s.node_id("n3")
+        assert {key for _, key in _origins_of(s, gone)}, "n3 wrote nothing"
+        _leave(s, "n3")
+        s.run(3_000, faults=False)
+        marked = {(name, key) for name, key in _origins_of(s, gone) if key.startswith(PREFIX)}
+        assert len({key for _, key in marked}) == 2, marked  # both origins (the retired one had its own)
+        assert {name for name, _ in marked} == set(s.nodes)  # at every member (SWIM told it, or a sync)
+        s.run(25_000, writes_per_s=5, faults=False)  # tombstone_ttl (20 s) + margin (2 s) + GC
+        s.settle()
+        assert not s.check()
+        assert _origins_of(s, gone) == []
+        assert not any(n.rep.quarantined for n in s.nodes.values() if n.rep is not None)
+        node = sim._Node("n4", s.directory / "n4", sim.SimClock(s, 0, 1.0))
+        s.nodes["n4"] = node
+        s._await(s._open(node, new_node_id="0000002b000000n4"))
+        s.settle(max_ms=20_000)
+        assert len(s.dump("n4")) == len(s.dump("n0")) > 0
+        assert not s.check()
+
+
+def test_a_late_left_that_marks_a_live_origin_loses_nothing() -> None:
+    """Should a "left" be processed after its node came back under the same node id (a new
+    origin, which a member already holds), that live origin gets a marker. Its node never merges
+    a marker of its own live origin, so it keeps serving its writes: nothing is lost, and the
+    members converge once the marker is dropped."""
+    with sim.Simulation(
+        53, nodes=3, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0, delete_fraction=0
+    ) as s:
+        s.run(3_000, faults=False)
+        s.settle()
+        live = s.node_id("n0")
+        rep = s.nodes["n1"].rep
+        assert rep is not None
+        assert departed.retire_member(rep, live, s.now_ns) > 0
+        s.run(5_000, faults=False)
+        marked = {name for name, key in _origins_of(s, live) if key.startswith(PREFIX)}
+        assert marked == {"n1", "n2"}, marked  # spread by sync, but not taken by n0
+        s.run(25_000, faults=False)  # n0 writes on, past the drop
+        s.settle()
+        assert not s.check()
+        assert not [key for _, key in _origins_of(s, live) if key.startswith(PREFIX)]
+
+
+def test_members_that_mark_a_departed_origin_below_another_members_counter_lose_nothing() -> None:
+    """The choice of T (ekv._cluster.departed): n3's last writes reached n0 only (a partition),
+    then n3 went for good and n1, n2 marked its origin holding a lower counter than n0's (n0 only
+    gets their marker). The partition heals within tombstone_ttl of T: they pull the rest from n0
+    before anyone settles past T, so no write is lost, and the origin is still dropped everywhere."""
+    with sim.Simulation(
+        59, nodes=4, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0, delete_fraction=0
+    ) as s:
+        s.run(2_000, faults=False)
+        s.settle()
+        gone = s.node_id("n3")
+        store = s.nodes["n3"].store
+        assert store is not None
+        origin = store.origin
+        s.partition([["n0", "n3"], ["n1", "n2"]])
+        for i in range(20):
+            s.client_write("n3", f"late/{i}")
+        s.run(500, writes_per_s=0, faults=False)  # (they reach n0 only)
+        _leave(s, "n3", crash=True)  # (n0 hears no "left": it marks nothing before tombstone_ttl)
+        for name in ("n1", "n2"):  # as if SWIM told them "left" now
+            rep = s.nodes[name].rep
+            assert rep is not None and departed.retire_member(rep, gone, s.now_ns) > 0
+        n0, n1 = s.nodes["n0"].rep, s.nodes["n1"].rep
+        assert n0 is not None and n1 is not None
+        assert all(n1.vv[i].get(origin, 0) < n0.vv[i].get(origin, 0) for i in range(2))
+        s.run(10_000, writes_per_s=5, faults=False)  # (the partition lasts half tombstone_ttl)
+        s.heal()
+        s.run(20_000, writes_per_s=5, faults=False)  # tombstone_ttl (20 s) + margin (2 s) + GC
+        s.settle()
+        assert not s.check()
+        assert _origins_of(s, gone) == []
+        assert all(f"late/{i}" in s.dump("n1") for i in range(20))

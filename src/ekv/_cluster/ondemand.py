@@ -47,7 +47,7 @@ import hashlib
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
-from ekv._cluster import wire
+from ekv._cluster import departed, wire
 from ekv._cluster.messages import Bye
 from ekv._core import plumtree
 from ekv._core.addresses import format_address, parse_address
@@ -140,6 +140,7 @@ class OnDemand:
             return
         if event.node == self._members.node_id:
             return
+        departed.on_event(self._members.driver, self._membership, event, self._wall)  # (every mode)
         if event.kind in _LIVE_KINDS:
             if event.kind == "alive" and self._large:  # (back from suspect or failed)
                 rep = self._members.driver.replicator

@@ -50,7 +50,7 @@ from ekv._cluster.port import DamagedVersion, Demand, ReplicationStore, SyncSour
 from ekv._cluster.summary import SUMMARY_MIN_MEMBERS, Rotation, differing, digest
 from ekv._core import vv as vvmod
 from ekv._core.durations import NS_PER_S, tombstone_cutoff_ns
-from ekv._core.retire import Compactor
+from ekv._core.retire import PREFIX, Compactor
 from ekv._model import Entry
 
 __all__ = ["ReplicationSettings", "Replicator"]
@@ -158,7 +158,7 @@ class Replicator:
         (they back the ``ekv_syncs_*_total`` counters, which may only grow)."""
         self.vv: list[dict[str, int]] = [self._load_vv(i) for i in range(self._shards)]
         self._ahead = [vvmod.Ahead() for _ in range(self._shards)]  # (writes the tree delivered early)
-        self._retired = Compactor(settings.tombstone_ttl_ns)  # drops retired origins (ekv._core.retire)
+        self.retired = Compactor(settings.tombstone_ttl_ns)  # drops retired origins (ekv._core.retire)
         self.stats = {
             "live_sent": 0,
             "live_received": 0,
@@ -385,8 +385,8 @@ class Replicator:
                     self._set_marker("member_resend/", state.node_id, None)
         if complete:
             vv = self.vv[msg.shard]
-            theirs = self._retired.mergeable(msg.vv, vv, now_ns)  # (never brings back a dropped origin)
-            raised = {o: oseq for o, oseq in theirs.items() if o != self.origin and oseq > vv.get(o, 0)}
+            theirs = self.retired.mergeable(msg.vv, vv, now_ns)  # (no dropped origin back; ours unmarked: departed)
+            raised = {o: n for o, n in theirs.items() if o.removeprefix(PREFIX) != self.origin and n > vv.get(o, 0)}
             if raised:
                 self.store.apply(msg.shard, [], raised)
                 vv.update(raised)
@@ -588,7 +588,7 @@ class Replicator:
         """Start due anti-entropy pulls and send pending sync chunks (at most ``max_chunks``
         per call, so the driver interleaves them with live traffic)."""
         self._now = now_ns
-        self._retired.compact(self.vv, now_ns)
+        self.retired.compact(self.vv, now_ns)
         timeout = self.settings.sync_timeout_ns
         summary = self._summary_mode()
         for state in list(self.peers.values()):

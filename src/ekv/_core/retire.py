@@ -41,6 +41,21 @@ lacking an earlier origin it never heard of has missed that origin's writes for 
 ``tombstone_ttl`` while connected, which anti-entropy does not allow; a member away that long is
 stale or quarantined. Rows keep their origin strings (versions still compare by ``(ts,
 origin)``); only the vector entry goes.
+
+Nodes that leave for good. A node that never runs again (decommissioned, its data directory
+deleted, or crashed for good) retires nothing the others hear of: its own marker, if it closed
+cleanly, is in its files only. The members write the markers for it
+(:mod:`ekv._cluster.departed`): when SWIM says it *left*, at once; when SWIM has said *failed* of
+the same incarnation for ``tombstone_ttl`` (it would be quarantined if it came back, SPEC 7), then.
+Each member that hears it marks every origin of that node id (``node_id~incarnation``) in its
+vectors that has no marker yet, with ``T`` = its own now and next to the highest counter it holds.
+Why that ``T``, and why a member holding a higher counter loses nothing: the node is gone, so each
+of its writes that survives is held by some member at ``T``; members connected to it pull them
+within ``tombstone_ttl`` (their vectors differ on ``O``), before anyone settles past ``T``, the rule
+above. Markers merge by max, so members that mark at once agree on the latest ``T``, and one that
+dropped on an earlier one takes it back with a merge and drops again. A node never merges a marker
+of its own live origin (the replicator's merge), in case a late "left" marked an origin its node
+took up again.
 """
 
 from __future__ import annotations
@@ -191,10 +206,15 @@ class Compactor:
         """When the marker ``key: when`` is next due: its settling, then its drop."""
         return when + (self.ttl_ns if when > vv.get(BASE, 0) else self.delay_ns)
 
+    def note(self, when_ns: int) -> None:
+        """A marker of time ``when_ns`` entered a vector (merged, or written for a member that left
+        for good: :mod:`ekv._cluster.departed`): be due at its settling."""
+        self._due = min(self._due, when_ns + self.ttl_ns)
+
     def mergeable(self, incoming: Mapping[str, int], own: Mapping[str, int], now_ns: int) -> dict[str, int]:
         """:func:`mergeable` at ``now_ns``; a marker that comes in is noted for its settling."""
         out = mergeable(incoming, own, self.drop_cutoff(now_ns))
         for key, when in out.items():
             if key.startswith(PREFIX):
-                self._due = min(self._due, when + self.ttl_ns)
+                self.note(when)
         return out

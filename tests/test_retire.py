@@ -31,6 +31,15 @@ from ekv._storage.sync import local_vv
 from ekv.testing import FakeClock, entries, node_of, run_gc, sim
 
 S = 1_000_000_000
+
+
+def _quiet(seed: int, **options: Any) -> sim.Simulation:
+    """A simulation for compaction: tombstone_ttl 20 s (retirements come due within a test), a
+    short change log, no loss or duplicates, no TTL puts."""
+    quiet: dict[str, Any] = {"tombstone_ttl_s": 20, "log_retention_s": 5, "drop": 0, "duplicate": 0, "ttl_fraction": 0}
+    return sim.Simulation(seed, **{**quiet, **options})
+
+
 OLD, NEW, LIVE = "a~1", "a~2", "b~1"
 
 
@@ -161,7 +170,7 @@ def test_vectors_shrink_to_the_live_origins_after_many_restarts() -> None:
     once tombstone_ttl and its margin have passed, every vector holds the live origins only, in
     memory and on disk; a member away for less than tombstone_ttl while others restarted catches
     up; nothing is lost or resurrected."""
-    with sim.Simulation(7, nodes=3, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0) as s:
+    with _quiet(7, nodes=3) as s:
         s.run(1_000, faults=False)
         for _ in range(4):
             for name in sorted(s.nodes):
@@ -195,7 +204,7 @@ def test_the_drop_moves_no_rows_and_digests_agree_after_it() -> None:
     digest probe per round, pulls only of shards whose digests differ): while the members drop
     the retired origins no row is sent again (a member serving a pull counts them as covered by
     one that dropped them), and afterwards the digests agree (no pull at all while idle)."""
-    with sim.Simulation(21, nodes=9, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0) as s:
+    with _quiet(21, nodes=9) as s:
         s.run(2_000, faults=False)
         for name in ("n0", "n3", "n5", "n7"):
             s.crash(name)
@@ -236,9 +245,7 @@ def test_a_new_member_after_the_drop_gets_every_row_of_the_dropped_origins() -> 
     so a new member (empty vector) whose first pull was a delta (no other origin's log truncated:
     the live origins wrote nothing in the shard) got none of the rows the dropped origins wrote.
     Its base is below the latest retirement the server dropped: it gets a full sync."""
-    with sim.Simulation(
-        31, nodes=3, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0, delete_fraction=0
-    ) as s:
+    with _quiet(31, nodes=3, delete_fraction=0) as s:
         s.run(3_000, faults=False)
         for name in sorted(s.nodes):
             s.crash(name)
@@ -293,9 +300,7 @@ def test_the_origins_of_a_member_failed_for_longer_than_tombstone_ttl_leave_ever
     """A node crashes and never comes back (SWIM "failed", no leave): once it has been failed for
     tombstone_ttl (it would be quarantined if it came back, SPEC 7) the members write the markers
     of its origins, and tombstone_ttl and its margin later no vector names it; nothing is lost."""
-    with sim.Simulation(
-        47, nodes=4, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0, delete_fraction=0
-    ) as s:
+    with _quiet(47, nodes=4, delete_fraction=0) as s:
         s.run(3_000, faults=False)
         s.settle()
         gone = s.node_id("n3")
@@ -315,9 +320,7 @@ def test_the_origins_of_a_member_that_left_for_good_leave_every_vector() -> None
     markers of its origins (its own, written at its close, is in its files only), and once
     tombstone_ttl and its margin have passed no vector, in memory or stored, names it; nothing is
     lost, and a member that joins afterwards still gets every row it wrote."""
-    with sim.Simulation(
-        43, nodes=4, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0, delete_fraction=0
-    ) as s:
+    with _quiet(43, nodes=4, delete_fraction=0) as s:
         s.run(3_000, faults=False)
         s.crash("n3")  # (two origins of it: the retired one and the live one)
         s.run(1_000, faults=False)
@@ -347,9 +350,7 @@ def test_a_late_left_that_marks_a_live_origin_loses_nothing() -> None:
     origin, which a member already holds), that live origin gets a marker. Its node never merges
     a marker of its own live origin, so it keeps serving its writes: nothing is lost, and the
     members converge once the marker is dropped."""
-    with sim.Simulation(
-        53, nodes=3, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0, delete_fraction=0
-    ) as s:
+    with _quiet(53, nodes=3, delete_fraction=0) as s:
         s.run(3_000, faults=False)
         s.settle()
         live = s.node_id("n0")
@@ -370,9 +371,7 @@ def test_members_that_mark_a_departed_origin_below_another_members_counter_lose_
     then n3 went for good and n1, n2 marked its origin holding a lower counter than n0's (n0 only
     gets their marker). The partition heals within tombstone_ttl of T: they pull the rest from n0
     before anyone settles past T, so no write is lost, and the origin is still dropped everywhere."""
-    with sim.Simulation(
-        59, nodes=4, tombstone_ttl_s=20, log_retention_s=5, drop=0, duplicate=0, ttl_fraction=0, delete_fraction=0
-    ) as s:
+    with _quiet(59, nodes=4, delete_fraction=0) as s:
         s.run(2_000, faults=False)
         s.settle()
         gone = s.node_id("n3")

@@ -67,7 +67,8 @@ class Rotation:
         """Earliest time of the next extra round with a member back (at most one a second)."""
 
     def back(self, member: str) -> None:
-        """``member`` is back (SWIM saw it alive after it had failed, or it joined): an extra round
+        """``member`` is back (SWIM saw it alive again after a suspicion or a failure, or its failed
+        session can be dialed again: :class:`~ekv._cluster.ondemand.OnDemand`): an extra round
         with it is due. In large mode nothing else carries writes made on the other side of a
         healed partition before the next regular round (``anti_entropy_interval``, 30 s by
         default): with each node probing one member back a second, they spread within a few

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from ekv.testing.sim import Simulation
 
-__all__ = ["GROUPS", "count", "main"]
+__all__ = ["GROUPS", "by_kind", "count", "main"]
 
 _KINDS = {
     (8, 0): "SyncRequest",
@@ -51,7 +51,9 @@ GROUPS = {
 the pulls (session starts, differing digests)."""
 
 
-def _by_kind(sim: Simulation) -> Counter[str]:
+def by_kind(sim: Simulation) -> Counter[str]:
+    """Every replication frame the simulator counted so far, by kind (a TreeMessage by its
+    Plumtree kind)."""
     kinds: Counter[str] = Counter()
     for (_, _, code, kind), n in sim.frames.items():
         kinds[_KINDS.get((code, kind), f"frame {code}/{kind}")] += n
@@ -73,7 +75,7 @@ def count(
 
     def snapshot(second: str) -> None:
         nonlocal before, acked
-        now = _by_kind(sim)
+        now = by_kind(sim)
         rows.append((second, len(sim.acked) - acked, now - before))
         before, acked = now, len(sim.acked)
 

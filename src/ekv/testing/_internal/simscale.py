@@ -29,14 +29,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ekv.testing._internal.simcount import by_kind
 from ekv.testing.sim import Simulation, Violation
 
 __all__ = ["ScaleFigures", "main", "run_scale"]
-
-_KINDS = {8: "sync request", 9: "sync done", 16: "live", 17: "sync chunk", 24: "summary", 25: "summary diff"}
-_TREE_KINDS = {1: "gossip", 2: "ihave", 3: "graft", 4: "prune"}
-"""Frame codes of the replication frames the simulator counts, and (for a TreeMessage, code 26)
-the first byte of its body: what kind of Plumtree message it carries."""
 
 
 @dataclass
@@ -67,13 +63,6 @@ class ScaleFigures:
         return self.per_write / max(1, self.nodes - 1)
 
 
-def _kinds(sim: Simulation) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for (_, _, code, kind), n in sim.frames.items():
-        counts[_TREE_KINDS.get(kind, "tree") if code == 26 else _KINDS.get(code, str(code))] += n
-    return counts
-
-
 def run_scale(
     nodes: int,
     seed: int,
@@ -94,11 +83,11 @@ def run_scale(
     try:
         sim.run(int(join_s * 1000), writes_per_s=writes_per_s, faults=False)
         sessions0 = (sim.session_sum, sim.session_samples)
-        messages0, writes0, kinds0 = sim.messages, len(sim.acked), _kinds(sim)
+        messages0, writes0, kinds0 = sim.messages, len(sim.acked), by_kind(sim)
         sim.run(int(steady_s * 1000), writes_per_s=writes_per_s, faults=False)
         figures.steady_messages = sim.messages - messages0
         figures.steady_writes = len(sim.acked) - writes0
-        figures.steady_kinds = _kinds(sim) - kinds0
+        figures.steady_kinds = by_kind(sim) - kinds0
         names = sorted(sim.nodes)
         random.Random(seed).shuffle(names)
         half = len(names) // 2
